@@ -1,0 +1,2 @@
+//! The admin HTTP API.
+pub mod ctl;

@@ -1,0 +1,183 @@
+//! The few messages pgbridge writes itself or reads the fields of.
+//!
+//! pgwire's codec encodes and decodes them. Its strings are decoded lossily, so a decoded frame is
+//! never re-encoded for forwarding unless pgbridge means to change it (DESIGN.md, principle 2).
+
+use bytes::{Buf, Bytes, BytesMut};
+use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
+use pgwire::messages::Message;
+use pgwire::messages::{DecodeContext, ProtocolVersion};
+
+/// The SQLSTATEs pgbridge reports itself.
+pub mod sqlstate {
+    /// The primary cannot be reached or went away.
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// Too many client connections.
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// A message over the configured size.
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// pgbridge is shutting down.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// Feature not supported (a second SSLRequest, for instance).
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+}
+
+/// Severity of an ErrorResponse pgbridge writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+/// An ErrorResponse frame, as PostgreSQL writes it (S, V, C, M fields).
+pub fn error_response(severity: Severity, sqlstate: &str, message: &str) -> Bytes {
+    let sev = match severity {
+        Severity::Error => "ERROR",
+        Severity::Fatal => "FATAL",
+    };
+    let msg = ErrorResponse::new(vec![
+        (b'S', sev.to_string()),
+        (b'V', sev.to_string()),
+        (b'C', sqlstate.to_string()),
+        (b'M', message.to_string()),
+    ]);
+    let mut buf = BytesMut::with_capacity(msg.message_length() + 1);
+    // Encoding a vector of short strings into memory cannot fail.
+    msg.encode(&mut buf)
+        .expect("an ErrorResponse of short strings encodes");
+    buf.freeze()
+}
+
+/// The fields of an ErrorResponse or NoticeResponse frame (whole frame, header included).
+pub fn error_fields(frame: &[u8]) -> Vec<(u8, String)> {
+    let mut buf = BytesMut::from(frame);
+    match ErrorResponse::decode(&mut buf, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0)) {
+        Ok(Some(e)) => e.fields,
+        _ => Vec::new(),
+    }
+}
+
+/// The transaction status byte of a ReadyForQuery frame: `I` idle, `T` in a transaction,
+/// `E` in a failed transaction.
+pub fn ready_status(frame: &[u8]) -> u8 {
+    frame.get(5).copied().unwrap_or(b'I')
+}
+
+/// A decoded BackendKeyData: the backend's process id and its secret (4 bytes in protocol 3.0,
+/// up to 256 from 3.2 on).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CancelKey {
+    pub pid: i32,
+    pub secret: Bytes,
+}
+
+impl CancelKey {
+    /// Decodes a whole BackendKeyData frame.
+    pub fn from_backend_key_data(frame: &[u8]) -> Option<CancelKey> {
+        if frame.len() < 13 || frame[0] != b'K' {
+            return None;
+        }
+        let mut body = &frame[5..];
+        let pid = body.get_i32();
+        let secret = Bytes::copy_from_slice(body);
+        (4..=256)
+            .contains(&secret.len())
+            .then_some(CancelKey { pid, secret })
+    }
+
+    /// The BackendKeyData frame that hands this key to a client.
+    pub fn to_backend_key_data(&self) -> Bytes {
+        let secret = if self.secret.len() == 4 {
+            SecretKey::I32((&self.secret[..]).get_i32())
+        } else {
+            SecretKey::Bytes(self.secret.clone())
+        };
+        let msg = BackendKeyData::new(self.pid, secret);
+        let mut buf = BytesMut::with_capacity(msg.message_length() + 1);
+        msg.encode(&mut buf)
+            .expect("a secret of 4 to 256 bytes encodes");
+        buf.freeze()
+    }
+
+    /// The CancelRequest packet that asks a server to cancel this backend's query.
+    pub fn to_cancel_request(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(12 + self.secret.len());
+        buf.extend_from_slice(&((12 + self.secret.len()) as u32).to_be_bytes());
+        buf.extend_from_slice(&super::startup::CANCEL_REQUEST_CODE.to_be_bytes());
+        buf.extend_from_slice(&self.pid.to_be_bytes());
+        buf.extend_from_slice(&self.secret);
+        buf.freeze()
+    }
+}
+
+/// The SASL mechanisms of an AuthenticationSASL frame, or `None` for another request.
+pub fn sasl_mechanisms(frame: &[u8]) -> Option<Vec<String>> {
+    let mut buf = BytesMut::from(frame);
+    match Authentication::decode(&mut buf, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0)) {
+        Ok(Some(Authentication::SASL(mechs))) => Some(mechs),
+        _ => None,
+    }
+}
+
+/// An AuthenticationSASL frame offering `mechanisms`.
+pub fn sasl_offer(mechanisms: Vec<String>) -> Bytes {
+    let msg = Authentication::SASL(mechanisms);
+    let mut buf = BytesMut::with_capacity(msg.message_length() + 1);
+    msg.encode(&mut buf)
+        .expect("a list of mechanism names encodes");
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_response_has_postgres_fields() {
+        let frame = error_response(Severity::Fatal, "08006", "primary gone");
+        assert_eq!(frame[0], b'E');
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len + 1, frame.len());
+        let fields = error_fields(&frame);
+        assert!(fields.contains(&(b'C', "08006".to_string())));
+        assert!(fields.contains(&(b'S', "FATAL".to_string())));
+        assert!(fields.contains(&(b'M', "primary gone".to_string())));
+    }
+
+    #[test]
+    fn a_cancel_key_roundtrips_through_backend_key_data() {
+        for secret in [vec![1, 2, 3, 4], vec![9; 32]] {
+            let key = CancelKey {
+                pid: 4242,
+                secret: Bytes::from(secret),
+            };
+            let frame = key.to_backend_key_data();
+            assert_eq!(CancelKey::from_backend_key_data(&frame), Some(key.clone()));
+            let req = key.to_cancel_request();
+            assert_eq!(req.len(), 12 + key.secret.len());
+            assert_eq!(&req[4..8], &80877102u32.to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn sasl_offers_roundtrip() {
+        let offer = sasl_offer(vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()]);
+        assert_eq!(
+            sasl_mechanisms(&offer),
+            Some(vec![
+                "SCRAM-SHA-256-PLUS".to_string(),
+                "SCRAM-SHA-256".to_string()
+            ])
+        );
+        let mut md5 = vec![b'R', 0, 0, 0, 12, 0, 0, 0, 5];
+        md5.extend_from_slice(b"salt");
+        assert_eq!(sasl_mechanisms(&md5), None);
+    }
+
+    #[test]
+    fn ready_status_reads_the_transaction_state() {
+        assert_eq!(ready_status(&[b'Z', 0, 0, 0, 5, b'T']), b'T');
+    }
+}

@@ -1,0 +1,28 @@
+//! The PostgreSQL wire protocol, as far as pgbridge needs it, without I/O.
+//!
+//! - [`frame`] finds frame boundaries in a byte stream without copying it.
+//! - [`startup`] reads the packets that come before the first typed frame (SSLRequest,
+//!   GSSENCRequest, CancelRequest, StartupMessage).
+//! - [`messages`] builds the few messages pgbridge writes itself and decodes the few it reads.
+
+pub mod frame;
+pub mod messages;
+pub mod startup;
+
+/// An error in what a peer sent, with the SQLSTATE that reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProtocolError {
+    /// The SQLSTATE reported to the client (08P01 protocol_violation, 54000 program_limit_exceeded).
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn violation(message: impl Into<String>) -> Self {
+        ProtocolError {
+            sqlstate: messages::sqlstate::PROTOCOL_VIOLATION,
+            message: message.into(),
+        }
+    }
+}
