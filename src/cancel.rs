@@ -1,1 +1,144 @@
-//! cancel
+//! Cancel keys.
+//!
+//! A client cancels a query by opening a new connection and sending the key it got in
+//! BackendKeyData. pgbridge hands each client a key of its own (so that a client cannot learn, or
+//! guess from pgbridge's numbering, the primary's process ids) and keeps the map from its keys to
+//! the primary's; a CancelRequest with a known key is forwarded to the primary with the real one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::protocol::messages::CancelKey;
+
+/// Where a session's backend lives and the key that cancels its query.
+#[derive(Debug, Clone)]
+pub struct BackendTarget {
+    pub host: String,
+    pub port: u16,
+    pub key: CancelKey,
+}
+
+/// The keys of the live sessions, by the process id pgbridge handed out.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    sessions: Mutex<HashMap<i32, (Bytes, BackendTarget)>>,
+}
+
+/// Keeps a key registered for as long as its session lives.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    pub client_key: CancelKey,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.registry.sessions.lock() {
+            map.remove(&self.client_key.pid);
+        }
+    }
+}
+
+impl CancelRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers the primary's key of a new session and returns the key to hand to the client:
+    /// a fresh random process id and a random secret as long as the primary's.
+    pub fn register(self: &Arc<Self>, target: BackendTarget) -> Registration {
+        let mut rng = rand::rng();
+        let mut secret = vec![0u8; target.key.secret.len()];
+        rng.fill(&mut secret[..]);
+        let secret = Bytes::from(secret);
+        let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = loop {
+            let pid = rng.random_range(1..i32::MAX);
+            if !map.contains_key(&pid) {
+                break pid;
+            }
+        };
+        map.insert(pid, (secret.clone(), target));
+        Registration {
+            registry: Arc::clone(self),
+            client_key: CancelKey { pid, secret },
+        }
+    }
+
+    /// The backend a client's key cancels, if the key is one pgbridge handed out and still live.
+    pub fn lookup(&self, client_key: &CancelKey) -> Option<BackendTarget> {
+        let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let (secret, target) = map.get(&client_key.pid)?;
+        (*secret == client_key.secret).then(|| target.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sends a CancelRequest for `target` to its server, as a client would. The server answers
+/// nothing; it closes the connection.
+pub async fn send_cancel(target: &BackendTarget, timeout: Duration) -> std::io::Result<()> {
+    let work = async {
+        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.write_all(&target.key.to_cancel_request()).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(secret: &'static [u8]) -> BackendTarget {
+        BackendTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            key: CancelKey {
+                pid: 77,
+                secret: Bytes::from_static(secret),
+            },
+        }
+    }
+
+    #[test]
+    fn a_handed_out_key_finds_its_backend_until_the_session_ends() {
+        let registry = CancelRegistry::new();
+        let reg = registry.register(target(&[1, 2, 3, 4]));
+        assert_eq!(reg.client_key.secret.len(), 4);
+        assert_ne!(
+            reg.client_key.pid, 77,
+            "pgbridge hands out its own process id"
+        );
+        let found = registry.lookup(&reg.client_key).expect("registered");
+        assert_eq!(found.key.pid, 77);
+        let mut wrong = reg.client_key.clone();
+        wrong.secret = Bytes::from_static(&[0, 0, 0, 0]);
+        assert!(registry.lookup(&wrong).is_none());
+        let key = reg.client_key.clone();
+        drop(reg);
+        assert!(registry.lookup(&key).is_none());
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn long_secrets_of_protocol_3_2_keep_their_length() {
+        let registry = CancelRegistry::new();
+        let reg = registry.register(target(&[5; 32]));
+        assert_eq!(reg.client_key.secret.len(), 32);
+    }
+}

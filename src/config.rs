@@ -43,6 +43,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Threads that run sessions; defaults to the number of cores.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,8 +231,10 @@ impl PgUrl {
     /// The url with any password masked, for logs and status.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.raw) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("****"));
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("****"));
+                }
                 u.to_string()
             }
             _ => format!("{}:{}", self.addr.0, self.addr.1),
@@ -348,6 +353,13 @@ impl Config {
             return Err(("max_message_bytes", "must be at least 1024".to_string()));
         }
         Ok(())
+    }
+
+    /// The number of runtime worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -1,1 +1,307 @@
-//! relay
+//! The two directions of one session: client to primary and primary to client.
+//!
+//! Each direction reads whatever the socket has, walks the frame headers in it with a
+//! [`FrameScanner`], and writes the original bytes on in as few writes as possible: usually one
+//! write per read. Frames stream through even when larger than the buffer (a 100 MB bytea is
+//! never held whole). Only a handful of frames are looked at:
+//!
+//! - client to primary: every header, to refuse garbage and oversized messages and to count the
+//!   requests that each end in one ReadyForQuery (Query, Sync, FunctionCall);
+//! - primary to client: ReadyForQuery (transaction state, requests in flight), BackendKeyData
+//!   (replaced by pgbridge's own cancel key).
+//!
+//! The two directions run as two futures in the session's one task and share a [`Shared`] of
+//! atomics. Neither blocks the other: a client that pipelines while the primary streams results
+//! behaves as it would directly.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::Relaxed};
+
+use bytes::{Buf, BytesMut};
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::frame::{printable, Disposition, Event, FrameScanner};
+use crate::protocol::messages::{ready_status, sqlstate, CancelKey};
+use crate::protocol::ProtocolError;
+
+/// Bytes read at once. Large enough that a typical result set arrives in one read.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// State the two directions of a session share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Requests sent (Query, Sync, FunctionCall) whose ReadyForQuery has not come back.
+    in_flight: AtomicI64,
+    /// Extended-protocol messages sent since the last Sync.
+    partial: AtomicBool,
+    /// The transaction status of the last ReadyForQuery (`I`, `T` or `E`); 0 before the first.
+    txn: AtomicU8,
+    /// Set when pgbridge is draining: the session ends at its next idle point.
+    draining: AtomicBool,
+    /// Whether the bytes written to the client so far end at a frame boundary.
+    client_at_boundary: AtomicBool,
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Shared {
+            client_at_boundary: AtomicBool::new(true),
+            ..Default::default()
+        }
+    }
+
+    /// Between transactions with nothing sent and nothing owed: the session can be closed without
+    /// losing anything the client asked for.
+    pub fn is_idle(&self) -> bool {
+        self.txn.load(Relaxed) == b'I'
+            && self.in_flight.load(Relaxed) <= 0
+            && !self.partial.load(Relaxed)
+    }
+
+    /// A request is running on the primary (for cancelling it when the client vanishes).
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Relaxed) > 0
+    }
+
+    /// The session has completed its startup (authentication included).
+    pub fn established(&self) -> bool {
+        self.txn.load(Relaxed) != 0
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    /// pgbridge may write a message of its own to the client now.
+    pub fn client_at_boundary(&self) -> bool {
+        self.client_at_boundary.load(Relaxed)
+    }
+}
+
+/// Why a direction stopped.
+#[derive(Debug)]
+pub enum End {
+    /// The client closed its connection (or it failed).
+    ClientClosed,
+    /// The client sent Terminate; it was forwarded.
+    ClientTerminated,
+    /// The client sent something that is not the protocol, or too large.
+    ClientProtocol(ProtocolError),
+    /// The primary closed the connection; `reported` if its last message was an ErrorResponse,
+    /// which the client then already has.
+    PrimaryClosed { reported: bool },
+    /// The primary sent something pgbridge cannot relay.
+    PrimaryProtocol(ProtocolError),
+    /// The session reached an idle point while pgbridge drains.
+    Drained,
+}
+
+/// What the client-to-primary direction needs to know.
+pub struct ClientLimits {
+    pub max_message_bytes: u32,
+}
+
+/// Relays client frames to the primary until either side stops.
+pub async fn client_to_primary<R, W>(
+    client: &mut R,
+    primary: &mut W,
+    shared: &Shared,
+    limits: &ClientLimits,
+    bytes: &Counter,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = FrameScanner::new();
+    let mut terminated = false;
+    loop {
+        loop {
+            let event = scanner.next(&buf, |tag, len| {
+                classify_client(tag, len, limits, shared, &mut terminated)
+            });
+            match event {
+                Ok(Event::Forward { end }) => {
+                    if write(primary, &buf[..end], bytes).await.is_err() {
+                        return End::PrimaryClosed { reported: false };
+                    }
+                    buf.advance(end);
+                    scanner.consume(end);
+                    if terminated && scanner.at_boundary() {
+                        return End::ClientTerminated;
+                    }
+                }
+                Ok(Event::Frame { .. }) => unreachable!("no client frame is inspected"),
+                Ok(Event::NeedMore { .. }) => break,
+                Err(e) => return End::ClientProtocol(e),
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match client.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return End::ClientClosed,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn classify_client(
+    tag: u8,
+    len: u32,
+    limits: &ClientLimits,
+    shared: &Shared,
+    terminated: &mut bool,
+) -> Result<Disposition, ProtocolError> {
+    match tag {
+        b'Q' | b'F' => {
+            shared.in_flight.fetch_add(1, Relaxed);
+        }
+        b'S' => {
+            shared.in_flight.fetch_add(1, Relaxed);
+            shared.partial.store(false, Relaxed);
+        }
+        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => shared.partial.store(true, Relaxed),
+        b'd' | b'c' | b'f' | b'p' => {}
+        b'X' => *terminated = true,
+        _ => {
+            return Err(ProtocolError::violation(format!(
+                "invalid frontend message type {}",
+                printable(tag)
+            )));
+        }
+    }
+    if len > limits.max_message_bytes {
+        return Err(ProtocolError {
+            sqlstate: sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            message: format!(
+                "message of {len} bytes exceeds pgbridge's limit of {} bytes (limits.max_message_bytes)",
+                limits.max_message_bytes
+            ),
+        });
+    }
+    Ok(Disposition::Pass)
+}
+
+/// Replaces the primary's BackendKeyData with the key pgbridge hands the client.
+pub trait KeyExchange {
+    /// Returns the BackendKeyData frame to send the client instead of the primary's.
+    fn exchange(&mut self, primary_key: CancelKey) -> bytes::Bytes;
+}
+
+/// Relays primary frames to the client until either side stops.
+pub async fn primary_to_client<R, W, K>(
+    primary: &mut R,
+    client: &mut W,
+    shared: &Shared,
+    keys: &mut K,
+    bytes: &Counter,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    K: KeyExchange,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = FrameScanner::new();
+    // Bytes at the front of `buf` that are ready to be written as they are.
+    let mut ready = 0;
+    loop {
+        loop {
+            match scanner.next(&buf, classify_primary) {
+                Ok(Event::Forward { end }) => ready = end,
+                Ok(Event::Frame { start, end }) => match buf[start] {
+                    b'Z' => {
+                        ready = end;
+                        // The first ReadyForQuery ends the startup and answers no request.
+                        if shared.txn.swap(ready_status(&buf[start..end]), Relaxed) != 0 {
+                            shared.in_flight.fetch_sub(1, Relaxed);
+                        }
+                        if shared.draining.load(Relaxed) && shared.is_idle() {
+                            let done = write_client(client, &buf[..ready], shared, true, bytes);
+                            if done.await.is_err() {
+                                return End::ClientClosed;
+                            }
+                            return End::Drained;
+                        }
+                    }
+                    b'K' => {
+                        let Some(key) = CancelKey::from_backend_key_data(&buf[start..end]) else {
+                            return End::PrimaryProtocol(ProtocolError::violation(
+                                "invalid BackendKeyData from the primary",
+                            ));
+                        };
+                        let mine = keys.exchange(key);
+                        let before = write_client(client, &buf[..start], shared, true, bytes);
+                        if before.await.is_err()
+                            || write_client(client, &mine, shared, true, bytes)
+                                .await
+                                .is_err()
+                        {
+                            return End::ClientClosed;
+                        }
+                        buf.advance(end);
+                        scanner.consume(end);
+                        ready = 0;
+                    }
+                    _ => ready = end,
+                },
+                Ok(Event::NeedMore { .. }) => break,
+                Err(e) => return End::PrimaryProtocol(e),
+            }
+        }
+        if ready > 0 {
+            let at_boundary = scanner.at_boundary() && ready == scanner.scanned();
+            let done = write_client(client, &buf[..ready], shared, at_boundary, bytes);
+            if done.await.is_err() {
+                return End::ClientClosed;
+            }
+            buf.advance(ready);
+            scanner.consume(ready);
+            ready = 0;
+        }
+        buf.reserve(READ_CHUNK);
+        match primary.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                return End::PrimaryClosed {
+                    reported: scanner.last_tag() == b'E',
+                };
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+fn classify_primary(tag: u8, _len: u32) -> Result<Disposition, ProtocolError> {
+    Ok(match tag {
+        b'Z' | b'K' => Disposition::Inspect,
+        _ => Disposition::Pass,
+    })
+}
+
+async fn write_client<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    data: &[u8],
+    shared: &Shared,
+    ends_at_boundary: bool,
+    bytes: &Counter,
+) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    shared.client_at_boundary.store(false, Relaxed);
+    write(client, data, bytes).await?;
+    shared.client_at_boundary.store(ends_at_boundary, Relaxed);
+    Ok(())
+}
+
+async fn write<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    data: &[u8],
+    bytes: &Counter,
+) -> std::io::Result<()> {
+    to.write_all(data).await?;
+    // A no-op on TCP; TLS streams need it to send what they buffered.
+    to.flush().await?;
+    bytes.increment(data.len() as u64);
+    Ok(())
+}

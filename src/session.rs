@@ -1,1 +1,398 @@
-//! session
+//! One client session, from its first byte to its last.
+//!
+//! 1. Negotiation: SSLRequest (TLS when `[tls]` is set, else `N`), GSSENCRequest (`N`),
+//!    CancelRequest (forwarded to the right backend, then the connection closes), and finally the
+//!    StartupMessage.
+//! 2. The connection to the primary, with the client's own StartupMessage bytes: the primary
+//!    authenticates the client itself, whatever the method, through the relay.
+//! 3. The relay ([`crate::relay`]) until one side stops, then an orderly end: the client gets an
+//!    ErrorResponse with a SQLSTATE when pgbridge is the one ending the session, and a query the
+//!    client abandoned is cancelled on the primary so that its backend is released.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::cancel::{send_cancel, BackendTarget, Registration};
+use crate::protocol::messages::{error_response, sqlstate, CancelKey, Severity};
+use crate::protocol::startup::StartupPacket;
+use crate::protocol::ProtocolError;
+use crate::relay::{self, ClientLimits, End, KeyExchange, Shared};
+use crate::server::Proxy;
+
+/// How long a cancel forwarded to the primary may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection. `permit` is `None` when the connection limit was reached: the
+/// client is then refused with SQLSTATE 53300 once it has said who it is.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    id: u64,
+) {
+    let span = info_span!("session", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let startup_timeout = proxy.config.limits.startup_timeout_secs;
+        let negotiated = match tokio::time::timeout(startup_timeout, negotiate(&proxy, tcp)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                debug!(error = %e, "startup failed");
+                return;
+            }
+            Err(_) => {
+                debug!("startup timed out");
+                return;
+            }
+        };
+        match negotiated {
+            Negotiated::Done => {}
+            Negotiated::Plain(tcp, startup) => session(&proxy, tcp, startup, permit).await,
+            Negotiated::Tls(tls, startup) => session(&proxy, *tls, startup, permit).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+enum Negotiated {
+    /// A CancelRequest was handled, or the client gave up: nothing more to do.
+    Done,
+    Plain(TcpStream, StartupPacket),
+    Tls(Box<TlsStream>, StartupPacket),
+}
+
+async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotiated> {
+    loop {
+        let packet = match read_startup(&mut tcp).await? {
+            Ok(p) => p,
+            Err(e) => return refuse(&mut tcp, &e).await.map(|_| Negotiated::Done),
+        };
+        match packet {
+            StartupPacket::SslRequest => match &proxy.tls {
+                Some(acceptor) => {
+                    tcp.write_all(b"S").await?;
+                    let mut tls = acceptor.accept(tcp).await?;
+                    return match read_startup(&mut tls).await? {
+                        Ok(p @ StartupPacket::Startup { .. }) => {
+                            Ok(Negotiated::Tls(Box::new(tls), p))
+                        }
+                        Ok(StartupPacket::Cancel(key)) => {
+                            forward_cancel(proxy, &key).await;
+                            Ok(Negotiated::Done)
+                        }
+                        Ok(_) => {
+                            let e = ProtocolError::violation("SSL negotiation inside TLS");
+                            refuse(&mut tls, &e).await.map(|_| Negotiated::Done)
+                        }
+                        Err(e) => refuse(&mut tls, &e).await.map(|_| Negotiated::Done),
+                    };
+                }
+                None => tcp.write_all(b"N").await?,
+            },
+            StartupPacket::GssEncRequest => tcp.write_all(b"N").await?,
+            StartupPacket::Cancel(key) => {
+                forward_cancel(proxy, &key).await;
+                return Ok(Negotiated::Done);
+            }
+            p @ StartupPacket::Startup { .. } => return Ok(Negotiated::Plain(tcp, p)),
+        }
+    }
+}
+
+/// Reads one startup-phase packet: the outer error is I/O, the inner a malformed packet.
+async fn read_startup<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Result<StartupPacket, ProtocolError>> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let len = match StartupPacket::declared_len(header) {
+        Ok(len) => len,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut raw = BytesMut::zeroed(len);
+    raw[..4].copy_from_slice(&header);
+    stream.read_exact(&mut raw[4..]).await?;
+    Ok(StartupPacket::decode(raw.freeze()))
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ProtocolError) -> std::io::Result<()> {
+    warn!(error = %e.message, sqlstate = e.sqlstate, "refused client");
+    crate::admin::metrics::get().protocol_errors.increment(1);
+    write_fatal(stream, e.sqlstate, &e.message).await
+}
+
+async fn write_fatal<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    stream
+        .write_all(&error_response(Severity::Fatal, code, message))
+        .await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+async fn forward_cancel(proxy: &Proxy, key: &CancelKey) {
+    let metrics = crate::admin::metrics::get();
+    match proxy.cancels.lookup(key) {
+        Some(target) => {
+            metrics.cancels_forwarded.increment(1);
+            if let Err(e) = send_cancel(&target, CANCEL_TIMEOUT).await {
+                warn!(error = %e, "could not forward a cancel request to the primary");
+            }
+        }
+        None => {
+            metrics.cancels_unknown.increment(1);
+            debug!("cancel request with an unknown key ignored");
+        }
+    }
+}
+
+/// A stream that can be split into halves the two directions own.
+pub trait SplitStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send;
+    type Write: AsyncWrite + Unpin + Send;
+    fn split_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl SplitStream for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl SplitStream for TlsStream {
+    type Read = tokio::io::ReadHalf<TlsStream>;
+    type Write = tokio::io::WriteHalf<TlsStream>;
+    fn split_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// The primary's cancel key of this session, and the key handed to the client for it.
+struct Keys<'a> {
+    proxy: &'a Proxy,
+    registration: Option<Registration>,
+    primary: Option<BackendTarget>,
+}
+
+impl KeyExchange for Keys<'_> {
+    fn exchange(&mut self, primary_key: CancelKey) -> Bytes {
+        let (host, port) = self.proxy.config.primary.url.host_port();
+        let target = BackendTarget {
+            host: host.to_string(),
+            port,
+            key: primary_key,
+        };
+        let registration = self.proxy.cancels.register(target.clone());
+        let frame = registration.client_key.to_backend_key_data();
+        self.registration = Some(registration);
+        self.primary = Some(target);
+        frame
+    }
+}
+
+async fn session<C: SplitStream>(
+    proxy: &Proxy,
+    mut client: C,
+    startup: StartupPacket,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let StartupPacket::Startup { raw, params, .. } = startup else {
+        return;
+    };
+    let span = tracing::Span::current();
+    span.record("user", params.get("user").map_or("", |s| s.as_str()));
+    span.record(
+        "database",
+        params.get("database").map_or("", |s| s.as_str()),
+    );
+    let metrics = crate::admin::metrics::get();
+    if permit.is_none() {
+        metrics.refused_limit.increment(1);
+        let limit = proxy.config.limits.max_client_connections;
+        warn!(limit, "refused client: connection limit reached");
+        let message =
+            format!("too many connections to pgbridge (limits.max_client_connections = {limit})");
+        let _ = write_fatal(&mut client, sqlstate::TOO_MANY_CONNECTIONS, &message).await;
+        return;
+    }
+    if proxy.is_draining() {
+        let _ = write_fatal(
+            &mut client,
+            sqlstate::ADMIN_SHUTDOWN,
+            "pgbridge is shutting down",
+        )
+        .await;
+        return;
+    }
+    let primary = match connect_primary(proxy).await {
+        Ok(p) => p,
+        Err(message) => {
+            metrics.primary_connect_errors.increment(1);
+            warn!(error = %message, "could not connect to the primary");
+            let _ = write_fatal(&mut client, sqlstate::CONNECTION_FAILURE, &message).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let _active = metrics.session_started();
+    let (end, keys) = relay_until_end(proxy, client, primary, raw).await;
+    info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
+    drop(keys);
+    drop(permit);
+}
+
+async fn connect_primary(proxy: &Proxy) -> Result<TcpStream, String> {
+    let (host, port) = proxy.config.primary.url.host_port();
+    let timeout = proxy.config.limits.connect_timeout_secs;
+    let describe = |e: &dyn std::fmt::Display| {
+        format!("pgbridge could not connect to the primary at {host}:{port}: {e}")
+    };
+    match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(describe(&"timed out")),
+    }
+}
+
+/// Relays until one side stops, then ends the session as that side requires. Returns why it
+/// ended, and the session's cancel key registration (dropped by the caller).
+async fn relay_until_end<C: SplitStream>(
+    proxy: &Proxy,
+    client: C,
+    primary: TcpStream,
+    startup: Bytes,
+) -> (End, Keys<'_>) {
+    let metrics = crate::admin::metrics::get();
+    let shared = Shared::new();
+    let mut keys = Keys {
+        proxy,
+        registration: None,
+        primary: None,
+    };
+    let (mut client_r, mut client_w) = client.split_halves();
+    let (mut primary_r, mut primary_w) = primary.into_split();
+    if primary_w.write_all(&startup).await.is_err() {
+        let _ = write_fatal(
+            &mut client_w,
+            sqlstate::CONNECTION_FAILURE,
+            "the primary closed the connection during startup",
+        )
+        .await;
+        return (End::PrimaryClosed { reported: false }, keys);
+    }
+    let limits = ClientLimits {
+        max_message_bytes: proxy.config.limits.max_message_bytes,
+    };
+    let end = {
+        let up = relay::client_to_primary(
+            &mut client_r,
+            &mut primary_w,
+            &shared,
+            &limits,
+            &metrics.bytes_to_primary,
+        );
+        let down = relay::primary_to_client(
+            &mut primary_r,
+            &mut client_w,
+            &shared,
+            &mut keys,
+            &metrics.bytes_to_client,
+        );
+        tokio::pin!(up, down);
+        let mut drain = proxy.drain_signal();
+        let mut draining = false;
+        let mut deadline = None;
+        loop {
+            tokio::select! {
+                end = &mut up => break end,
+                end = &mut down => break end,
+                _ = drain.wait_for(|d| *d), if !draining => {
+                    draining = true;
+                    shared.start_draining();
+                    deadline = Some(tokio::time::Instant::now() + proxy.config.limits.shutdown_timeout_secs);
+                    if shared.is_idle() && shared.established() {
+                        break End::Drained;
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => break End::Drained,
+            }
+        }
+    };
+    finish(&end, &shared, &keys, &mut client_w, &mut primary_w).await;
+    (end, keys)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends both connections as the reason requires.
+async fn finish<CW, PW>(
+    end: &End,
+    shared: &Shared,
+    keys: &Keys<'_>,
+    client: &mut CW,
+    primary: &mut PW,
+) where
+    CW: AsyncWrite + Unpin,
+    PW: AsyncWrite + Unpin,
+{
+    let to_client = match end {
+        End::ClientClosed | End::ClientTerminated => None,
+        End::ClientProtocol(e) => {
+            crate::admin::metrics::get().protocol_errors.increment(1);
+            warn!(error = %e.message, sqlstate = e.sqlstate, "closing a client that broke the protocol");
+            Some((e.sqlstate, e.message.clone()))
+        }
+        End::PrimaryClosed { reported: true } => None,
+        End::PrimaryClosed { reported: false } => Some((
+            sqlstate::CONNECTION_FAILURE,
+            "the connection to the primary was lost".to_string(),
+        )),
+        End::PrimaryProtocol(e) => Some((
+            sqlstate::CONNECTION_FAILURE,
+            format!("the primary sent an invalid message: {}", e.message),
+        )),
+        End::Drained => Some((
+            sqlstate::ADMIN_SHUTDOWN,
+            "pgbridge is shutting down".to_string(),
+        )),
+    };
+    if let Some((code, message)) = to_client {
+        if shared.client_at_boundary() {
+            let _ = write_fatal(client, code, &message).await;
+        }
+    }
+    let _ = client.shutdown().await;
+    // A query still running for a client that is gone is cancelled, so that its backend is
+    // released now rather than when the query ends.
+    if shared.busy() && !matches!(end, End::PrimaryClosed { .. }) {
+        if let Some(target) = &keys.primary {
+            debug!("cancelling the query of a session that ended");
+            let _ = send_cancel(target, CANCEL_TIMEOUT).await;
+        }
+    }
+    let _ = primary.shutdown().await;
+}

@@ -1,2 +1,171 @@
-//! The admin HTTP API.
+//! The admin HTTP API (JSON) and `/metrics`, and the `pgbridge ctl` client.
+//!
+//! `GET /api/status` and `GET /metrics` are open to whoever reaches `admin_listen`; mutating calls
+//! need `Authorization: Bearer <[admin] token>`.
+
 pub mod ctl;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Json;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tracing::error;
+
+use crate::server::Proxy;
+
+#[derive(Clone)]
+struct AppState {
+    proxy: Arc<Proxy>,
+    metrics: PrometheusHandle,
+}
+
+/// Serves the admin API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, metrics: PrometheusHandle) {
+    let app = router(AppState { proxy, metrics });
+    if let Err(e) = axum::serve(listener, app).await {
+        error!(error = %e, "the admin API stopped");
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/api/status", get(status))
+        .route("/api/tables/{source}/reads", put(set_reads))
+        .with_state(state)
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /api/status`, as CONTRACT.md gives it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub tables: Vec<TableStatus>,
+    pub mirror: MirrorStatus,
+    pub divergences: DivergenceStatus,
+    pub sessions: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TableStatus {
+    pub source: String,
+    pub target: String,
+    pub reads: String,
+    pub mirror: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    pub journal_seq: u64,
+    pub applied_seq: u64,
+    pub lag_seconds: f64,
+    pub parked: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DivergenceStatus {
+    pub total: u64,
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    Json(Status {
+        tables: Vec::new(),
+        mirror: MirrorStatus::default(),
+        divergences: DivergenceStatus::default(),
+        sessions: state.proxy.cancels.len() as u64,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadsChange {
+    source: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn set_reads(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(table): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let change: ReadsChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    if !matches!(change.source.as_str(), "primary" | "shadow" | "secondary") {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "source must be primary, shadow or secondary, not {:?}",
+                change.source
+            ),
+        );
+    }
+    let _ = change.reason;
+    problem(
+        StatusCode::NOT_FOUND,
+        format!("no rule migrates a table named {table:?}"),
+    )
+}
+
+/// Mutating calls need the configured token; without one configured they are refused.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = state.proxy.config.admin.token.as_deref() else {
+        return Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "set [admin] token in the config to allow changes".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(token) {
+        return Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn problem(code: StatusCode, message: String) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Logs to stderr; `RUST_LOG` (or `PGBRIDGE_LOG`) sets the filter, `info` by default.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("PGBRIDGE_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
