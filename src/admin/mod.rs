@@ -107,8 +107,8 @@ async fn set_reads(
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
+    if let Err((code, message)) = authorize(&state, &headers) {
+        return problem(code, message);
     }
     let change: ReadsChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
@@ -131,9 +131,9 @@ async fn set_reads(
 }
 
 /// Mutating calls need the configured token; without one configured they are refused.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     let Some(token) = state.proxy.config.admin.token.as_deref() else {
-        return Err(problem(
+        return Err((
             StatusCode::UNAUTHORIZED,
             "set [admin] token in the config to allow changes".into(),
         ));
@@ -143,7 +143,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if given != Some(token) {
-        return Err(problem(
+        return Err((
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token".into(),
         ));
