@@ -11,16 +11,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::primary::{ServerAddr, ServerStream};
 use crate::protocol::messages::CancelKey;
 
 /// Where a session's backend lives and the key that cancels its query.
 #[derive(Debug, Clone)]
 pub struct BackendTarget {
-    pub host: String,
-    pub port: u16,
+    pub addr: ServerAddr,
     pub key: CancelKey,
 }
 
@@ -90,14 +89,17 @@ impl CancelRegistry {
 /// Sends a CancelRequest for `target` to its server, as a client would. The server answers
 /// nothing; it closes the connection.
 pub async fn send_cancel(target: &BackendTarget, timeout: Duration) -> std::io::Result<()> {
-    let work = async {
-        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-        stream.write_all(&target.key.to_cancel_request()).await?;
-        stream.shutdown().await
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel timed out"))?
+    let request = target.key.to_cancel_request();
+    match target.addr.connect(timeout).await {
+        Ok(ServerStream::Tcp(mut s)) => write_and_close(&mut s, &request).await,
+        Ok(ServerStream::Unix(mut s)) => write_and_close(&mut s, &request).await,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+async fn write_and_close<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
+    s.write_all(data).await?;
+    s.shutdown().await
 }
 
 #[cfg(test)]
@@ -106,8 +108,10 @@ mod tests {
 
     fn target(secret: &'static [u8]) -> BackendTarget {
         BackendTarget {
-            host: "127.0.0.1".into(),
-            port: 5432,
+            addr: ServerAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
             key: CancelKey {
                 pid: 77,
                 secret: Bytes::from_static(secret),

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::primary::ServerAddr;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,7 +211,7 @@ fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 pub struct PgUrl {
     raw: String,
     config: tokio_postgres::Config,
-    addr: (String, u16),
+    addr: ServerAddr,
 }
 
 impl PgUrl {
@@ -218,9 +220,9 @@ impl PgUrl {
         &self.config
     }
 
-    /// The host and port that client sessions are relayed to.
-    pub fn host_port(&self) -> (&str, u16) {
-        (&self.addr.0, self.addr.1)
+    /// Where client sessions are relayed to.
+    pub fn server_addr(&self) -> &ServerAddr {
+        &self.addr
     }
 
     /// The database named by the url, if any.
@@ -237,7 +239,7 @@ impl PgUrl {
                 }
                 u.to_string()
             }
-            _ => format!("{}:{}", self.addr.0, self.addr.1),
+            _ => self.addr.to_string(),
         }
     }
 }
@@ -254,19 +256,27 @@ impl FromStr for PgUrl {
     fn from_str(raw: &str) -> Result<Self, String> {
         let config = tokio_postgres::Config::from_str(raw)
             .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(_) => return Err("unix-socket hosts are not supported; give a TCP host".into()),
-            None => "localhost".to_string(),
-        };
         if config.get_hosts().len() > 1 {
             return Err("give exactly one host".into());
         }
         let port = config.get_ports().first().copied().unwrap_or(5432);
+        let addr = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => ServerAddr::Tcp {
+                host: host.clone(),
+                port,
+            },
+            Some(tokio_postgres::config::Host::Unix(dir)) => {
+                ServerAddr::Unix(dir.join(format!(".s.PGSQL.{port}")))
+            }
+            None => ServerAddr::Tcp {
+                host: "localhost".to_string(),
+                port,
+            },
+        };
         Ok(PgUrl {
             raw: raw.to_string(),
             config,
-            addr: (host, port),
+            addr,
         })
     }
 }
@@ -437,10 +447,25 @@ token = "abc"
 "#,
         )
         .unwrap();
-        assert_eq!(c.primary.url.host_port(), ("127.0.0.1", 5432));
+        assert_eq!(
+            c.primary.url.server_addr(),
+            &ServerAddr::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5432
+            }
+        );
         assert_eq!(c.secondary.unwrap().shared_tables, vec!["instruments"]);
         assert_eq!(c.mirror.mode, MirrorMode::Async);
         assert!(format!("{:?}", c.primary.url).contains("127.0.0.1"));
+    }
+
+    #[test]
+    fn a_socket_directory_host_is_a_unix_socket() {
+        let c = parse("[primary]\nurl = \"host=/run/postgresql port=5433 dbname=x\"\n").unwrap();
+        assert_eq!(
+            c.primary.url.server_addr(),
+            &ServerAddr::Unix("/run/postgresql/.s.PGSQL.5433".into())
+        );
     }
 
     #[test]

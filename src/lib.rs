@@ -10,6 +10,7 @@
 //!   inspected are decoded.
 //! - [`protocol`] holds the wire protocol pieces without I/O: frame scanning, the startup packet,
 //!   and the few messages pgbridge writes itself (ErrorResponse, BackendKeyData).
+//! - [`primary`] is where the primary is (TCP or a Unix-domain socket) and how to connect.
 //! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
 //! - [`tls`] loads the certificate for TLS termination.
 //! - [`admin`] serves the admin HTTP API and `/metrics`, and holds the `pgbridge ctl` client.
@@ -22,6 +23,7 @@ pub mod cancel;
 pub mod config;
 pub mod demo;
 pub mod pgcluster;
+pub mod primary;
 pub mod protocol;
 pub mod relay;
 pub mod server;

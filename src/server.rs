@@ -52,9 +52,17 @@ impl Proxy {
 /// `pgbridge serve`: runs until SIGTERM or SIGINT, then drains.
 pub fn run(config: Config) -> Result<(), CliError> {
     crate::admin::init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: no cross-thread wake-ups at all, the cheapest relay where cores are scarce.
+    let threads = config.worker_threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder
         .enable_all()
-        .worker_threads(config.worker_threads())
         .thread_name("pgbridge")
         .build()
         .map_err(CliError::unreachable)?;

@@ -20,6 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::cancel::{send_cancel, BackendTarget, Registration};
+use crate::primary::ServerStream;
 use crate::protocol::messages::{error_response, sqlstate, CancelKey, Severity};
 use crate::protocol::startup::StartupPacket;
 use crate::protocol::ProtocolError;
@@ -175,6 +176,14 @@ impl SplitStream for TcpStream {
     }
 }
 
+impl SplitStream for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn split_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
 impl SplitStream for TlsStream {
     type Read = tokio::io::ReadHalf<TlsStream>;
     type Write = tokio::io::WriteHalf<TlsStream>;
@@ -192,10 +201,8 @@ struct Keys<'a> {
 
 impl KeyExchange for Keys<'_> {
     fn exchange(&mut self, primary_key: CancelKey) -> Bytes {
-        let (host, port) = self.proxy.config.primary.url.host_port();
         let target = BackendTarget {
-            host: host.to_string(),
-            port,
+            addr: self.proxy.config.primary.url.server_addr().clone(),
             key: primary_key,
         };
         let registration = self.proxy.cancels.register(target.clone());
@@ -240,7 +247,8 @@ async fn session<C: SplitStream>(
         .await;
         return;
     }
-    let primary = match connect_primary(proxy).await {
+    let addr = proxy.config.primary.url.server_addr();
+    let primary = match addr.connect(proxy.config.limits.connect_timeout_secs).await {
         Ok(p) => p,
         Err(message) => {
             metrics.primary_connect_errors.increment(1);
@@ -251,34 +259,21 @@ async fn session<C: SplitStream>(
     };
     let started = Instant::now();
     let _active = metrics.session_started();
-    let (end, keys) = relay_until_end(proxy, client, primary, raw).await;
+    let (end, keys) = match primary {
+        ServerStream::Tcp(tcp) => relay_until_end(proxy, client, tcp, raw).await,
+        ServerStream::Unix(unix) => relay_until_end(proxy, client, unix, raw).await,
+    };
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
     drop(keys);
     drop(permit);
 }
 
-async fn connect_primary(proxy: &Proxy) -> Result<TcpStream, String> {
-    let (host, port) = proxy.config.primary.url.host_port();
-    let timeout = proxy.config.limits.connect_timeout_secs;
-    let describe = |e: &dyn std::fmt::Display| {
-        format!("pgbridge could not connect to the primary at {host}:{port}: {e}")
-    };
-    match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
-        Ok(Ok(tcp)) => {
-            let _ = tcp.set_nodelay(true);
-            Ok(tcp)
-        }
-        Ok(Err(e)) => Err(describe(&e)),
-        Err(_) => Err(describe(&"timed out")),
-    }
-}
-
 /// Relays until one side stops, then ends the session as that side requires. Returns why it
 /// ended, and the session's cancel key registration (dropped by the caller).
-async fn relay_until_end<C: SplitStream>(
+async fn relay_until_end<C: SplitStream, P: SplitStream>(
     proxy: &Proxy,
     client: C,
-    primary: TcpStream,
+    primary: P,
     startup: Bytes,
 ) -> (End, Keys<'_>) {
     let metrics = crate::admin::metrics::get();
@@ -289,7 +284,7 @@ async fn relay_until_end<C: SplitStream>(
         primary: None,
     };
     let (mut client_r, mut client_w) = client.split_halves();
-    let (mut primary_r, mut primary_w) = primary.into_split();
+    let (mut primary_r, mut primary_w) = primary.split_halves();
     if primary_w.write_all(&startup).await.is_err() {
         let _ = write_fatal(
             &mut client_w,

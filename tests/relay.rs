@@ -536,3 +536,32 @@ fn pgbench_runs_through_pgbridge_in_every_query_mode() {
     );
     assert_eq!(history.trim(), "400");
 }
+
+#[tokio::test]
+async fn a_primary_on_a_unix_socket_is_relayed_and_cancelled_too() {
+    let socket_dir = lock(&cluster().primary).dir().to_path_buf();
+    let port = pgbridge::pgcluster::free_port().unwrap();
+    let admin = pgbridge::pgcluster::free_port().unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         [primary]\nurl = \"host={} port={} user=postgres dbname=postgres\"\n",
+        socket_dir.display(),
+        cluster().primary_port
+    );
+    let bridge = Bridge::start_with_config(port, admin, &config);
+    let client = connect(&bridge.conn_str("postgres", "", "postgres")).await;
+    let row = client
+        .query_one("SELECT inet_client_addr() IS NULL AS over_unix_socket", &[])
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the primary saw a Unix-socket client"
+    );
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move { client.query("SELECT pg_sleep(30)", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "57014");
+}
