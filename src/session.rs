@@ -74,6 +74,19 @@ enum Negotiated {
 }
 
 async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotiated> {
+    if let Some(acceptor) = &proxy.tls {
+        // PostgreSQL 17 clients with sslnegotiation=direct open with a TLS ClientHello.
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE {
+            let tls = acceptor.accept(tcp).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"postgresql") {
+                let mut tls = tls;
+                let e = ProtocolError::violation("direct TLS without ALPN \"postgresql\"");
+                return refuse(&mut tls, &e).await.map(|_| Negotiated::Done);
+            }
+            return startup_inside_tls(proxy, tls).await;
+        }
+    }
     loop {
         let packet = match read_startup(&mut tcp).await? {
             Ok(p) => p,
@@ -83,21 +96,8 @@ async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotia
             StartupPacket::SslRequest => match &proxy.tls {
                 Some(acceptor) => {
                     tcp.write_all(b"S").await?;
-                    let mut tls = acceptor.accept(tcp).await?;
-                    return match read_startup(&mut tls).await? {
-                        Ok(p @ StartupPacket::Startup { .. }) => {
-                            Ok(Negotiated::Tls(Box::new(tls), p))
-                        }
-                        Ok(StartupPacket::Cancel(key)) => {
-                            forward_cancel(proxy, &key).await;
-                            Ok(Negotiated::Done)
-                        }
-                        Ok(_) => {
-                            let e = ProtocolError::violation("SSL negotiation inside TLS");
-                            refuse(&mut tls, &e).await.map(|_| Negotiated::Done)
-                        }
-                        Err(e) => refuse(&mut tls, &e).await.map(|_| Negotiated::Done),
-                    };
+                    let tls = acceptor.accept(tcp).await?;
+                    return startup_inside_tls(proxy, tls).await;
                 }
                 None => tcp.write_all(b"N").await?,
             },
@@ -108,6 +108,24 @@ async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotia
             }
             p @ StartupPacket::Startup { .. } => return Ok(Negotiated::Plain(tcp, p)),
         }
+    }
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn startup_inside_tls(proxy: &Proxy, mut tls: TlsStream) -> std::io::Result<Negotiated> {
+    match read_startup(&mut tls).await? {
+        Ok(p @ StartupPacket::Startup { .. }) => Ok(Negotiated::Tls(Box::new(tls), p)),
+        Ok(StartupPacket::Cancel(key)) => {
+            forward_cancel(proxy, &key).await;
+            Ok(Negotiated::Done)
+        }
+        Ok(_) => {
+            let e = ProtocolError::violation("SSL negotiation inside TLS");
+            refuse(&mut tls, &e).await.map(|_| Negotiated::Done)
+        }
+        Err(e) => refuse(&mut tls, &e).await.map(|_| Negotiated::Done),
     }
 }
 

@@ -378,21 +378,8 @@ fn ctl_status_reports_a_running_proxy_and_exits_2_when_none_runs() {
 
 #[test]
 fn tls_is_terminated_for_every_auth_method_and_refused_when_not_configured() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("server.key"),
-        cert.signing_key.serialize_pem(),
-    )
-    .unwrap();
-    let tls = format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        dir.path().join("server.crt").display(),
-        dir.path().join("server.key").display()
-    );
-    let bridge = Bridge::start(&tls);
+    let tls = TlsFiles::new();
+    let bridge = Bridge::start(&tls.config);
     for (user, password, method) in AUTH_USERS {
         let conn = format!(
             "{} sslmode=require",
@@ -437,4 +424,50 @@ fn tls_is_terminated_for_every_auth_method_and_refused_when_not_configured() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn direct_tls_with_alpn_postgresql_is_accepted() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = TlsFiles::new();
+    let bridge = Bridge::start(&tls.config);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tls.cert_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", bridge.port))
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("a direct TLS handshake");
+    let startup = wire::startup_packet((3, 0), &[("user", "postgres"), ("database", "postgres")]);
+    stream.write_all(&startup).await.unwrap();
+    stream
+        .write_all(&wire::query("SELECT 'over direct tls'"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut readies = 0;
+    while readies < 2 {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await.unwrap();
+        let len = u32::from_be_bytes(header[1..].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).await.unwrap();
+        if header[0] == b'Z' {
+            readies += 1;
+        }
+        seen.push((header[0], body));
+    }
+    let row = seen.iter().find(|f| f.0 == b'D').expect("a row");
+    assert!(String::from_utf8_lossy(&row.1).contains("over direct tls"));
 }

@@ -368,3 +368,35 @@ pub async fn connect_with_messages(
     });
     (client, rx)
 }
+
+/// A self-signed certificate for `localhost` in a temporary directory, and the `[tls]` section
+/// that points at it.
+pub struct TlsFiles {
+    pub dir: tempfile::TempDir,
+    pub config: String,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TlsFiles {
+    pub fn new() -> TlsFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("server.key"),
+            cert.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let config = format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            dir.path().join("server.crt").display(),
+            dir.path().join("server.key").display()
+        );
+        TlsFiles {
+            config,
+            cert_der: cert.cert.der().clone(),
+            dir,
+        }
+    }
+}
