@@ -325,6 +325,22 @@ run_pgbench() {
     fi
 }
 
+still_running() {
+    case "$1" in
+    direct) "${as_server_user[@]}" "$PG_BIN/pg_ctl" -D "$work/pg/data" status >/dev/null 2>&1 ;;
+    pgbouncer) kill -0 "$bouncer_pid" 2>/dev/null ;;
+    pgbridge) kill -0 "$bridge_pid" 2>/dev/null ;;
+    esac
+}
+log_of() {
+    case "$1" in
+    direct) echo "$work/pg/postgres.log" ;;
+    pgbouncer) echo "$work/pgbouncer/pgbouncer.log" ;;
+    pgbridge) echo "$work/pgbridge/pgbridge.log" ;;
+    esac
+}
+
+failures=0
 read -r -a targets <<<"$TARGETS"
 runs=$((ROUNDS * ${#WORKLOADS[@]} * ${#targets[@]}))
 log "$runs runs of ${DURATION}s: scale $SCALE, $CLIENTS clients, $THREADS threads"
@@ -341,10 +357,18 @@ for round in $(seq 1 "$ROUNDS"); do
             tps=$(run_pgbench "$target" "$workload" "$round")
             if [ -z "$tps" ]; then
                 tps=FAIL
+                failures=$((failures + 1))
+                # A target that died is not run again: each further run would only time out.
+                if ! still_running "$target"; then
+                    broken[$target]="exited during the runs; its log: $(tail -n 10 "$(log_of "$target")" 2>/dev/null)"
+                    log "  $target is gone; its remaining runs are skipped"
+                fi
             else
                 echo "$tps" >>"$work/results/$workload.$target"
             fi
-            log "round $round/$ROUNDS  $(printf '%-22s %-10s' "$(workload_title "$workload")" "$target") $tps tps"
+            unit=" tps"
+            [ "$tps" != FAIL ] || unit=""
+            log "round $round/$ROUNDS  $(printf '%-22s %-10s' "$(workload_title "$workload")" "$target") $tps$unit"
             [ -z "$OUT" ] || echo "$round,$workload,$target,$tps" >>"$OUT"
         done
     done
@@ -384,8 +408,6 @@ for workload in "${WORKLOADS[@]}"; do
         v=${med[$workload.$target]}
         if [ -n "$v" ]; then
             printf '%12.0f' "$v"
-        elif [ -n "${broken[$target]:-}" ]; then
-            printf '%12s' "not run"
         else
             printf '%12s' "FAIL"
         fi
@@ -399,10 +421,15 @@ for workload in "${WORKLOADS[@]}"; do
     echo
 done
 status=0
+if [ "$failures" -gt 0 ]; then
+    echo
+    echo "$failures run(s) failed; rerun with KEEP=1 to keep every pgbench output and server log."
+    status=1
+fi
 for target in "${targets[@]}"; do
     if [ -n "${broken[$target]:-}" ]; then
         echo
-        echo "$target was not measured: ${broken[$target]}"
+        echo "$target: ${broken[$target]}"
         status=1
     fi
 done
