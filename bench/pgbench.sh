@@ -18,6 +18,7 @@
 #   TARGETS="direct pgbouncer pgbridge"           PGBRIDGE_BIN=path  skip the cargo build
 #   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
 #   OUT=file     also write every run as CSV (round,workload,target,tps) to this file
+#   PGBRIDGE_CONFIG_EXTRA="worker_threads = 1"   top-level lines added to pgbridge's config
 #   KEEP=1       keep the temp dir (server logs, every pgbench output) instead of removing it
 # Needs: PostgreSQL server and client binaries (Debian: postgresql-15 postgresql-client-15),
 # pgbouncer, and cargo unless PGBRIDGE_BIN is given.
@@ -246,6 +247,8 @@ start_pgbridge() {
     mkdir -p "$dir/rules"
     # No rules: the benchmark measures the relay that every session goes through.
     cat >"$dir/pgbridge.toml" <<EOF
+# PGBRIDGE_CONFIG_EXTRA: top-level keys to try, e.g. worker_threads = 1
+${PGBRIDGE_CONFIG_EXTRA:-}
 listen = "127.0.0.1:${port[pgbridge]}"
 admin_listen = "127.0.0.1:$admin_port"
 rules = "rules"
