@@ -61,6 +61,8 @@ pub enum DemoError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("could not start a runtime to load the schemas: {0}")]
+    Runtime(std::io::Error),
     #[error("the generated demo config is invalid (a bug in pgbridge): {0}")]
     Config(#[from] crate::config::ConfigError),
 }
@@ -172,10 +174,7 @@ fn load_schemas(primary: &PgServer, secondary: &PgServer) -> Result<(), DemoErro
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| DemoError::Files {
-            dir: PathBuf::from("(tokio runtime)"),
-            source,
-        })?;
+        .map_err(DemoError::Runtime)?;
     rt.block_on(async {
         load_one("primary", primary, PRIMARY_SQL).await?;
         load_one("secondary", secondary, SECONDARY_SQL).await
