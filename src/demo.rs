@@ -1,5 +1,421 @@
-//! `pgbridge demo`.
+//! `pgbridge demo`: the embedded default.
+//!
+//! Starts two throwaway PostgreSQL servers from the machine's own binaries (see [`pgcluster`]):
+//! a primary holding the legacy schema (`docker/primary-init.sql`) and a secondary holding the new
+//! one (`docker/secondary-init.sql`), writes a config and `rules/dxy.toml` into a temporary
+//! directory, prints how to connect, and runs the proxy in front of them until Ctrl-C. The servers
+//! and the directory are removed when the proxy returns; if the process dies harder than that, the
+//! servers die with it (parent-death signal) and their files are swept by the next start.
+//!
+//! The SQL and the rule file are compiled in, so the binary works from any directory.
+//!
+//! [`pgcluster`]: crate::pgcluster
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+
+use crate::config::Config;
+use crate::pgcluster::{self, PgOptions, PgServer};
 use crate::CliError;
-pub fn run(_listen: &str) -> Result<(), CliError> {
-    Err(CliError::user("todo"))
+
+const PRIMARY_SQL: &str = include_str!("../docker/primary-init.sql");
+const SECONDARY_SQL: &str = include_str!("../docker/secondary-init.sql");
+const DXY_RULES: &str = include_str!("../rules/dxy.toml");
+
+/// The database the demo creates on both servers, as in docker/compose.yaml.
+const DBNAME: &str = "trading";
+
+/// Why the demo could not start. Each variant knows its exit code (CONTRACT.md: 1 for the user's
+/// input, 2 for something that could not be reached or started).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("--listen {listen:?} is not an address and port such as 127.0.0.1:6432")]
+    BadListen { listen: String },
+    #[error(
+        "cannot listen on {addr}: {source}. Is another pgbridge (or pgbouncer) running there? \
+         Pick another address with --listen"
+    )]
+    ListenTaken {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "could not start the {role} PostgreSQL server: {source}\n\
+         (the demo needs the PostgreSQL 15 server binaries, e.g. `apt-get install postgresql-15`)"
+    )]
+    Server {
+        role: &'static str,
+        source: pgcluster::PgClusterError,
+    },
+    #[error("could not load the {role} schema into {url}: {source}")]
+    Load {
+        role: &'static str,
+        url: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("could not write the demo files in {}: {source}", dir.display())]
+    Files {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not start a runtime to load the schemas: {0}")]
+    Runtime(std::io::Error),
+    #[error("the generated demo config is invalid (a bug in pgbridge): {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+impl From<DemoError> for CliError {
+    fn from(e: DemoError) -> Self {
+        match e {
+            DemoError::BadListen { .. } => CliError::user(e),
+            DemoError::Config(_) => CliError::user(e),
+            _ => CliError::unreachable(e),
+        }
+    }
+}
+
+/// Everything the demo keeps alive while the proxy runs. Dropping it stops both servers and
+/// removes every file the demo wrote.
+struct Demo {
+    primary: PgServer,
+    secondary: PgServer,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    token: String,
+}
+
+/// `pgbridge demo --listen ADDR`.
+pub fn run(listen: &str) -> Result<(), CliError> {
+    let (demo, config) = set_up(listen)?;
+    print_banner(&demo, &config);
+    let result = crate::server::run(config);
+    // Stop the servers before saying so: dropping `demo` does both.
+    drop(demo);
+    eprintln!("pgbridge demo: the servers are stopped and their files removed.");
+    result
+}
+
+fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
+    let listen: SocketAddr = listen.parse().map_err(|_| DemoError::BadListen {
+        listen: listen.to_string(),
+    })?;
+    // Fail before spending seconds on initdb if the proxy could not listen anyway.
+    check_free(listen)?;
+    let admin = pick_admin_addr(listen)?;
+
+    eprintln!(
+        "pgbridge demo: starting two PostgreSQL servers from this machine's PostgreSQL server \
+         binaries (Debian: postgresql-15; initdb takes a few seconds)..."
+    );
+    let primary = PgServer::start(&PgOptions::default()).map_err(|source| DemoError::Server {
+        role: "primary",
+        source,
+    })?;
+    let secondary = PgServer::start(&PgOptions::default()).map_err(|source| DemoError::Server {
+        role: "secondary",
+        source,
+    })?;
+    load_schemas(&primary, &secondary)?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("pgbridge-demo-")
+        .tempdir()
+        .map_err(|source| DemoError::Files {
+            dir: std::env::temp_dir(),
+            source,
+        })?;
+    let token = random_token();
+    let text = demo_config(
+        listen,
+        admin,
+        &primary.url("postgres", DBNAME),
+        &secondary.url("postgres", DBNAME),
+        &token,
+    );
+    let config_path = write_files(dir.path(), &text)?;
+    let config = Config::load(&config_path)?;
+    let demo = Demo {
+        primary,
+        secondary,
+        dir,
+        admin,
+        token,
+    };
+    Ok((demo, config))
+}
+
+fn check_free(addr: SocketAddr) -> Result<(), DemoError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| DemoError::ListenTaken { addr, source })
+}
+
+/// The admin API on its usual port 9187 when that is free, so `pgbridge ctl` works without
+/// `--admin`; otherwise any free port on the same interface.
+fn pick_admin_addr(listen: SocketAddr) -> Result<SocketAddr, DemoError> {
+    let usual = SocketAddr::new(listen.ip(), 9187);
+    if usual != listen && check_free(usual).is_ok() {
+        return Ok(usual);
+    }
+    let any = SocketAddr::new(listen.ip(), 0);
+    let bound =
+        TcpListener::bind(any).map_err(|source| DemoError::ListenTaken { addr: any, source })?;
+    bound
+        .local_addr()
+        .map_err(|source| DemoError::ListenTaken { addr: any, source })
+}
+
+/// Creates the `trading` database on both servers and loads each one's schema and sample rows.
+fn load_schemas(primary: &PgServer, secondary: &PgServer) -> Result<(), DemoError> {
+    // A runtime of its own, dropped before the proxy builds its own one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DemoError::Runtime)?;
+    rt.block_on(async {
+        load_one("primary", primary, PRIMARY_SQL).await?;
+        load_one("secondary", secondary, SECONDARY_SQL).await
+    })
+}
+
+async fn load_one(role: &'static str, server: &PgServer, sql: &str) -> Result<(), DemoError> {
+    let admin_url = server.url("postgres", "postgres");
+    execute(role, &admin_url, &format!("CREATE DATABASE {DBNAME}")).await?;
+    execute(role, &server.url("postgres", DBNAME), sql).await
+}
+
+async fn execute(role: &'static str, url: &str, sql: &str) -> Result<(), DemoError> {
+    let err = |source| DemoError::Load {
+        role,
+        url: url.to_string(),
+        source,
+    };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(err)?;
+    let driver = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await.map_err(err);
+    // Closing the client ends the connection task; its own error, if any, is the one above.
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// The config the demo runs with. Relative paths resolve against the config's directory.
+fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    primary_url: &str,
+    secondary_url: &str,
+    token: &str,
+) -> String {
+    format!(
+        r#"# Written by `pgbridge demo`; removed when the demo stops.
+listen = "{listen}"
+admin_listen = "{admin}"
+rules = "rules"
+
+[primary]
+url = "{primary_url}"
+
+[secondary]
+url = "{secondary_url}"
+shared_tables = ["instruments"]
+
+[mirror]
+journal_dir = "pgbridge-journal"
+mode = "async"
+
+[divergence]
+log = "divergences.jsonl"
+redact = false
+
+[admin]
+token = "{token}"
+"#
+    )
+}
+
+fn write_files(dir: &Path, config: &str) -> Result<PathBuf, DemoError> {
+    let err = |source| DemoError::Files {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir(dir.join("rules")).map_err(err)?;
+    std::fs::write(dir.join("rules").join("dxy.toml"), DXY_RULES).map_err(err)?;
+    let path = dir.join("pgbridge.toml");
+    std::fs::write(&path, config).map_err(err)?;
+    Ok(path)
+}
+
+/// A fresh admin token per run: the demo's admin API accepts changes only from whoever read the
+/// banner.
+fn random_token() -> String {
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect()
+}
+
+fn print_banner(demo: &Demo, config: &Config) {
+    let psql =
+        |port: u16| format!("psql \"host=127.0.0.1 port={port} user=postgres dbname={DBNAME}\"");
+    let listen = config.listen;
+    let mut b = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(b);
+    let _ = writeln!(
+        b,
+        "pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed)."
+    );
+    let _ = writeln!(b);
+    let _ = writeln!(b, "  Connect through pgbridge:");
+    let _ = writeln!(
+        b,
+        "    psql \"host={} port={} user=postgres dbname={DBNAME}\"",
+        listen.ip(),
+        listen.port()
+    );
+    let _ = writeln!(b);
+    let _ = writeln!(
+        b,
+        "  The servers behind it (PostgreSQL, trust auth on loopback):"
+    );
+    let _ = writeln!(
+        b,
+        "    primary   (legacy schema: derived_data_bars, instruments)"
+    );
+    let _ = writeln!(b, "      {}", psql(demo.primary.port()));
+    let _ = writeln!(b, "    secondary (new schema: data_bars, instruments)");
+    let _ = writeln!(b, "      {}", psql(demo.secondary.port()));
+    let _ = writeln!(b);
+    let admin_url = format!("http://{}", demo.admin);
+    let _ = writeln!(
+        b,
+        "  Admin API and metrics: {admin_url}/api/status  {admin_url}/metrics"
+    );
+    let ctl_admin = if demo.admin.port() == 9187 && demo.admin.ip().is_loopback() {
+        String::new()
+    } else {
+        format!(" --admin {admin_url}")
+    };
+    let _ = writeln!(b, "    pgbridge ctl{ctl_admin} status");
+    let _ = writeln!(
+        b,
+        "    pgbridge ctl{ctl_admin} --token {} reads derived_data_bars shadow --reason \"try it\"",
+        demo.token
+    );
+    let _ = writeln!(b);
+    let _ = writeln!(b, "  Files: {}", demo.dir.path().display());
+    let _ = writeln!(
+        b,
+        "    pgbridge.toml, rules/dxy.toml, divergences.jsonl, pgbridge-journal/"
+    );
+    let _ = writeln!(
+        b,
+        "    server logs: {}/postgres.log and {}/postgres.log",
+        demo.primary.dir().display(),
+        demo.secondary.dir().display()
+    );
+    // The banner is the demo's output proper, so stdout; progress and logs go to stderr.
+    print!("{b}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PgUrl;
+
+    /// Host and port of a url, through tokio-postgres's own view of it.
+    fn host_port(url: &PgUrl) -> (String, u16) {
+        let c = url.pg_config();
+        let host = match c.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            other => format!("{other:?}"),
+        };
+        (host, c.get_ports().first().copied().unwrap_or(5432))
+    }
+
+    #[test]
+    fn the_demo_config_parses() {
+        let text = demo_config(
+            "127.0.0.1:6432".parse().unwrap(),
+            "127.0.0.1:9187".parse().unwrap(),
+            "postgres://postgres@127.0.0.1:40001/trading",
+            "postgres://postgres@127.0.0.1:40002/trading",
+            &random_token(),
+        );
+        let c = Config::parse(&text, Path::new("demo/pgbridge.toml")).expect("demo config");
+        assert_eq!(host_port(&c.primary.url), ("127.0.0.1".into(), 40001));
+        let secondary = c.secondary.expect("a secondary");
+        assert_eq!(host_port(&secondary.url), ("127.0.0.1".into(), 40002));
+        assert_eq!(secondary.shared_tables, vec!["instruments"]);
+        assert_eq!(c.admin.token.as_deref().map(str::len), Some(24));
+    }
+
+    #[test]
+    fn the_compose_config_parses() {
+        let text = include_str!("../docker/pgbridge.toml");
+        let c = Config::parse(text, Path::new("docker/pgbridge.toml")).expect("compose config");
+        assert_eq!(c.listen, "0.0.0.0:6432".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.admin_listen.port(), 9187);
+        assert_eq!(host_port(&c.primary.url), ("primary".into(), 5432));
+        let secondary = c.secondary.expect("a secondary");
+        assert_eq!(host_port(&secondary.url), ("secondary".into(), 5432));
+        assert!(c.admin.token.is_some());
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_a_user_error() {
+        let err = CliError::from(set_up("nowhere").map(|_| ()).unwrap_err());
+        assert_eq!(err.code, 1);
+        assert!(err.message.contains("nowhere"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_before_any_server_starts() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let err = CliError::from(set_up(&addr).map(|_| ()).unwrap_err());
+        assert_eq!(err.code, 2);
+        assert!(err.message.contains("cannot listen on"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_demo_loads_both_schemas() {
+        let listen = format!("127.0.0.1:{}", pgcluster::free_port().unwrap());
+        let (demo, config) = set_up(&listen).expect("demo set-up");
+        assert!(config.rules.join("dxy.toml").is_file());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for (server, table) in [
+                (&demo.primary, "derived_data_bars"),
+                (&demo.secondary, "data_bars"),
+            ] {
+                let (client, conn) =
+                    tokio_postgres::connect(&server.url("postgres", DBNAME), tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let n: i64 = client
+                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                let expected = if table == "data_bars" { 0 } else { 120 };
+                assert_eq!(n, expected, "{table}");
+            }
+        });
+        let dir = demo.dir.path().to_path_buf();
+        drop(demo);
+        assert!(!dir.exists());
+    }
 }

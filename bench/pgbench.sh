@@ -1,0 +1,439 @@
+#!/usr/bin/env bash
+# pgbench through pgbridge, side by side with a direct connection and with pgbouncer.
+#
+#   bench/pgbench.sh                         # 3 rounds of 15 s per workload and target
+#   DURATION=5 ROUNDS=1 bench/pgbench.sh     # a quick look
+#   TARGETS="direct pgbouncer" bench/pgbench.sh
+#
+# One run starts its own PostgreSQL (initdb in a temp dir, fsync off, a free loopback port, as the
+# `postgres` user when run as root), loads `pgbench -i -s $SCALE`, starts pgbouncer (session pooling)
+# and pgbridge (a release build, no rules: the relay alone) in front of it, then for every round
+# and workload runs the targets one after the other, so that noise on the machine hits all of them
+# alike. It ends with the median tps of each target and workload and the ratios. Everything is
+# stopped and removed on exit.
+#
+# Settings (environment):
+#   DURATION=15  seconds per pgbench run          ROUNDS=3     rounds
+#   SCALE=10     pgbench scale                    CLIENTS=8    THREADS=2
+#   TARGETS="direct pgbouncer pgbridge"           PGBRIDGE_BIN=path  skip the cargo build
+#   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
+#   OUT=file     also write every run as CSV (round,workload,target,tps) to this file
+#   PGBRIDGE_CONFIG_EXTRA="worker_threads = 1"   top-level lines added to pgbridge's config
+#   KEEP=1       keep the temp dir (server logs, every pgbench output) instead of removing it
+# Needs: PostgreSQL server and client binaries (Debian: postgresql-15 postgresql-client-15),
+# pgbouncer, and cargo unless PGBRIDGE_BIN is given.
+set -euo pipefail
+export LC_ALL=C
+
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-3}
+SCALE=${SCALE:-10}
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+TARGETS=${TARGETS:-direct pgbouncer pgbridge}
+OUT=${OUT:-}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORKLOADS=(select-simple select-extended tpcb)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# --- binaries ------------------------------------------------------------------------------------
+if [ -z "${PG_BIN:-}" ]; then
+    PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null |
+        sort -V | tail -n 1 || true)
+    if [ -z "$PG_BIN" ] && command -v pg_config >/dev/null 2>&1; then
+        PG_BIN=$(pg_config --bindir)
+    fi
+fi
+for tool in initdb pg_ctl postgres; do
+    [ -x "${PG_BIN:-/nonexistent}/$tool" ] ||
+        die "$tool not found in '${PG_BIN:-}': install the PostgreSQL server (apt-get install postgresql-15) or set PG_BIN"
+done
+PGBENCH=$PG_BIN/pgbench
+PSQL=$PG_BIN/psql
+[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
+[ -x "$PSQL" ] || PSQL=$(command -v psql || true)
+[ -n "$PGBENCH" ] && [ -n "$PSQL" ] ||
+    die "pgbench and psql are needed: apt-get install postgresql-client-15"
+
+# --- a private directory, and who runs the servers --------------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/pgbridge-bench.XXXXXX")
+# PostgreSQL and pgbouncer both refuse to run as root: as root, they run as `postgres`.
+as_server_user=()
+if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 ||
+        die "running as root needs a 'postgres' user to run the servers as (the postgresql package creates it)"
+    as_server_user=(setpriv --reuid=postgres --regid=postgres --init-groups)
+    chmod 0755 "$work"
+fi
+server_dir() {
+    mkdir -p "$work/$1"
+    [ "${#as_server_user[@]}" -eq 0 ] || chown postgres: "$work/$1"
+}
+
+pg_started=
+bouncer_pid=
+bridge_pid=
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ -n "$bridge_pid" ] && kill -0 "$bridge_pid" 2>/dev/null; then
+        kill -TERM "$bridge_pid" 2>/dev/null || true
+        # pgbridge drains its sessions on SIGTERM; the benchmark's are gone already.
+        for _ in $(seq 1 50); do
+            kill -0 "$bridge_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$bridge_pid" 2>/dev/null || true
+    fi
+    if [ -n "$bouncer_pid" ]; then
+        kill -TERM "$bouncer_pid" 2>/dev/null || true
+    fi
+    if [ -n "$pg_started" ]; then
+        "${as_server_user[@]}" "$PG_BIN/pg_ctl" -D "$work/pg/data" -m immediate -w stop \
+            >/dev/null 2>&1 || true
+    fi
+    wait 2>/dev/null || true
+    if [ -n "${KEEP:-}" ]; then
+        log "kept the logs in $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Sets variable $1 to a loopback port nothing listens on (and not handed out already in this run;
+# not a command substitution, whose subshell would forget the ports handed out).
+used_ports=" "
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        case "$used_ports" in *" $p "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            used_ports+="$p "
+            printf -v "$1" '%s' "$p"
+            return 0
+        fi
+    done
+    die "no free loopback port found"
+}
+
+# Waits until psql gets an answer through host:port, or gives up after $2 seconds.
+wait_ready() {
+    local port=$1 seconds=$2 pid=${3:-}
+    local deadline=$((SECONDS + seconds))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            return 1
+        fi
+        if PGCONNECT_TIMEOUT=3 timeout 10 "$PSQL" -X -q -h 127.0.0.1 -p "$port" -U postgres \
+            -d bench -Atc 'SELECT 1' >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+declare -A port=() broken=()
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+free_port "port[direct]"
+server_dir pg
+log "PostgreSQL from $PG_BIN on port ${port[direct]} (initdb in $work/pg)"
+"${as_server_user[@]}" "$PG_BIN/initdb" -D "$work/pg/data" -U postgres -A trust -E UTF8 \
+    --locale=C --no-sync >"$work/initdb.log" 2>&1 || {
+    cat "$work/initdb.log" >&2
+    die "initdb failed"
+}
+# The conventions of src/pgcluster.rs (durability off, loopback only), with buffers that hold the
+# whole scale-10 data set so the runs measure the wire path, not the disk.
+cat >>"$work/pg/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = ${port[direct]}
+unix_socket_directories = '$work/pg'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 300
+shared_buffers = 256MB
+logging_collector = off
+log_min_messages = warning
+EOF
+"${as_server_user[@]}" "$PG_BIN/pg_ctl" -D "$work/pg/data" -l "$work/pg/postgres.log" -w -t 60 \
+    start >/dev/null || {
+    cat "$work/pg/postgres.log" >&2
+    die "PostgreSQL did not start"
+}
+pg_started=1
+"$PSQL" -X -q -h 127.0.0.1 -p "${port[direct]}" -U postgres -d postgres \
+    -c 'CREATE DATABASE bench' >/dev/null
+log "pgbench -i -s $SCALE"
+"$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "${port[direct]}" -U postgres bench \
+    >"$work/pgbench-init.log" 2>&1 || {
+    cat "$work/pgbench-init.log" >&2
+    die "pgbench -i failed"
+}
+
+# --- pgbouncer -------------------------------------------------------------------------------------
+start_pgbouncer() {
+    if ! command -v pgbouncer >/dev/null 2>&1; then
+        broken[pgbouncer]="pgbouncer is not installed (apt-get install pgbouncer)"
+        return
+    fi
+    free_port "port[pgbouncer]"
+    server_dir pgbouncer
+    local dir=$work/pgbouncer
+    echo '"postgres" ""' >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=${port[direct]} dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${port[pgbouncer]}
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = session
+max_client_conn = 500
+default_pool_size = 100
+logfile = $dir/pgbouncer.log
+pidfile =
+ignore_startup_parameters = extra_float_digits
+EOF
+    [ "${#as_server_user[@]}" -eq 0 ] || chown postgres: "$dir"/*
+    log "pgbouncer $(pgbouncer --version 2>&1 | sed -n '1s/^PgBouncer //p') on port ${port[pgbouncer]}"
+    "${as_server_user[@]}" pgbouncer "$dir/pgbouncer.ini" >>"$dir/stdout.log" 2>&1 &
+    bouncer_pid=$!
+    if ! wait_ready "${port[pgbouncer]}" 20 "$bouncer_pid"; then
+        broken[pgbouncer]="did not answer within 20 s; its log: $(tail -n 5 "$dir/pgbouncer.log" "$dir/stdout.log" 2>/dev/null)"
+    fi
+}
+
+# --- pgbridge --------------------------------------------------------------------------------------
+start_pgbridge() {
+    local bin=${PGBRIDGE_BIN:-}
+    if [ -z "$bin" ]; then
+        if ! command -v cargo >/dev/null 2>&1; then
+            broken[pgbridge]="cargo not found (install Rust, or set PGBRIDGE_BIN)"
+            return
+        fi
+        log "cargo build --release (pgbridge)"
+        if ! (cd "$repo" && cargo build --release --bin pgbridge) >"$work/cargo.log" 2>&1; then
+            broken[pgbridge]="cargo build --release failed: $(tail -n 20 "$work/cargo.log")"
+            return
+        fi
+        bin=${CARGO_TARGET_DIR:-$repo/target}/release/pgbridge
+        case "$bin" in /*) ;; *) bin=$repo/$bin ;; esac
+    fi
+    [ -x "$bin" ] || {
+        broken[pgbridge]="no pgbridge binary at $bin"
+        return
+    }
+    local admin_port
+    free_port "port[pgbridge]"
+    free_port admin_port
+    local dir=$work/pgbridge
+    mkdir -p "$dir/rules"
+    # No rules: the benchmark measures the relay that every session goes through.
+    cat >"$dir/pgbridge.toml" <<EOF
+# PGBRIDGE_CONFIG_EXTRA: top-level keys to try, e.g. worker_threads = 1
+${PGBRIDGE_CONFIG_EXTRA:-}
+listen = "127.0.0.1:${port[pgbridge]}"
+admin_listen = "127.0.0.1:$admin_port"
+rules = "rules"
+
+[primary]
+url = "postgres://postgres@127.0.0.1:${port[direct]}/bench"
+
+[mirror]
+journal_dir = "journal"
+
+[divergence]
+log = "divergences.jsonl"
+
+[limits]
+max_client_connections = 500
+EOF
+    log "pgbridge ($bin) on port ${port[pgbridge]}"
+    RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$dir/pgbridge.toml" >"$dir/pgbridge.log" 2>&1 &
+    bridge_pid=$!
+    if ! wait_ready "${port[pgbridge]}" 30 "$bridge_pid"; then
+        local why="did not answer a query within 30 s"
+        kill -0 "$bridge_pid" 2>/dev/null || why="exited before answering a query"
+        broken[pgbridge]="$why; its log: $(tail -n 10 "$dir/pgbridge.log")"
+    fi
+}
+
+# direct needs no start: it is the server itself.
+for target in $TARGETS; do
+    case "$target" in
+    direct) ;;
+    pgbouncer) start_pgbouncer ;;
+    pgbridge) start_pgbridge ;;
+    *) die "unknown target '$target' (direct, pgbouncer, pgbridge)" ;;
+    esac
+done
+for target in $TARGETS; do
+    if [ -n "${broken[$target]:-}" ]; then
+        log "$target will be skipped: ${broken[$target]}"
+    fi
+done
+
+# --- the runs --------------------------------------------------------------------------------------
+mkdir -p "$work/results"
+workload_args() {
+    case "$1" in
+    select-simple) echo "-S -M simple" ;;
+    select-extended) echo "-S -M extended" ;;
+    tpcb) echo "-M simple" ;;
+    esac
+}
+workload_title() {
+    case "$1" in
+    select-simple) echo "select-only, simple" ;;
+    select-extended) echo "select-only, extended" ;;
+    tpcb) echo "TPC-B-like" ;;
+    esac
+}
+
+# One pgbench run; prints the tps, or nothing when the run failed (the reason goes to the log).
+run_pgbench() {
+    local target=$1 workload=$2 round=$3 out
+    out=$work/results/$round.$workload.$target.log
+    if [ "$workload" = tpcb ]; then
+        # What pgbench itself does before a TPC-B-like run, done directly so that every target
+        # starts from the same tables (the runs below pass -n).
+        "$PSQL" -X -q -h 127.0.0.1 -p "${port[direct]}" -U postgres -d bench \
+            -c 'TRUNCATE pgbench_history' -c 'VACUUM pgbench_branches, pgbench_tellers' \
+            >/dev/null || log "  resetting the TPC-B tables failed"
+    fi
+    # shellcheck disable=SC2046 # the workload's flags are separate words
+    if timeout --kill-after=10 $((DURATION + 60)) "$PGBENCH" -n -h 127.0.0.1 -p "${port[$target]}" \
+        -U postgres -c "$CLIENTS" -j "$THREADS" -T "$DURATION" $(workload_args "$workload") bench \
+        >"$out" 2>&1; then
+        sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | tail -n 1
+    else
+        log "  $target failed (exit $?): $(grep -v '^pgbench: warning' "$out" | tail -n 3 | tr '\n' ' ')"
+    fi
+}
+
+still_running() {
+    case "$1" in
+    direct) "${as_server_user[@]}" "$PG_BIN/pg_ctl" -D "$work/pg/data" status >/dev/null 2>&1 ;;
+    pgbouncer) kill -0 "$bouncer_pid" 2>/dev/null ;;
+    pgbridge) kill -0 "$bridge_pid" 2>/dev/null ;;
+    esac
+}
+log_of() {
+    case "$1" in
+    direct) echo "$work/pg/postgres.log" ;;
+    pgbouncer) echo "$work/pgbouncer/pgbouncer.log" ;;
+    pgbridge) echo "$work/pgbridge/pgbridge.log" ;;
+    esac
+}
+
+failures=0
+read -r -a targets <<<"$TARGETS"
+runs=$((ROUNDS * ${#WORKLOADS[@]} * ${#targets[@]}))
+log "$runs runs of ${DURATION}s: scale $SCALE, $CLIENTS clients, $THREADS threads"
+[ -z "$OUT" ] || echo "round,workload,target,tps" >"$OUT"
+for round in $(seq 1 "$ROUNDS"); do
+    for workload in "${WORKLOADS[@]}"; do
+        # Rotate the order from round to round so no target always runs first.
+        n=${#targets[@]}
+        for i in $(seq 0 $((n - 1))); do
+            target=${targets[$(((i + round - 1) % n))]}
+            if [ -n "${broken[$target]:-}" ]; then
+                continue
+            fi
+            tps=$(run_pgbench "$target" "$workload" "$round")
+            if [ -z "$tps" ]; then
+                tps=FAIL
+                failures=$((failures + 1))
+                # A target that died is not run again: each further run would only time out.
+                if ! still_running "$target"; then
+                    broken[$target]="exited during the runs; its log: $(tail -n 10 "$(log_of "$target")" 2>/dev/null)"
+                    log "  $target is gone; its remaining runs are skipped"
+                fi
+            else
+                echo "$tps" >>"$work/results/$workload.$target"
+            fi
+            unit=" tps"
+            [ "$tps" != FAIL ] || unit=""
+            log "round $round/$ROUNDS  $(printf '%-22s %-10s' "$(workload_title "$workload")" "$target") $tps$unit"
+            [ -z "$OUT" ] || echo "$round,$workload,$target,$tps" >>"$OUT"
+        done
+    done
+done
+
+# --- the table -------------------------------------------------------------------------------------
+median() {
+    [ -s "$1" ] || return 0
+    sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+ratio() {
+    if [ -n "$1" ] && [ -n "$2" ]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+    else
+        echo "-"
+    fi
+}
+declare -A med=()
+for workload in "${WORKLOADS[@]}"; do
+    for target in "${targets[@]}"; do
+        med[$workload.$target]=$(median "$work/results/$workload.$target")
+    done
+done
+
+echo
+echo "pgbench, scale $SCALE, $CLIENTS clients, $THREADS threads, ${DURATION}s x $ROUNDS rounds: median tps"
+printf '%-22s' "workload"
+for target in "${targets[@]}"; do printf '%12s' "$target"; done
+has() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac }
+has pgbouncer && has direct && printf '%18s' "pgbouncer/direct"
+has pgbridge && has direct && printf '%17s' "pgbridge/direct"
+has pgbridge && has pgbouncer && printf '%19s' "pgbridge/pgbouncer"
+echo
+for workload in "${WORKLOADS[@]}"; do
+    printf '%-22s' "$(workload_title "$workload")"
+    for target in "${targets[@]}"; do
+        v=${med[$workload.$target]}
+        if [ -n "$v" ]; then
+            printf '%12.0f' "$v"
+        else
+            printf '%12s' "FAIL"
+        fi
+    done
+    has pgbouncer && has direct &&
+        printf '%18s' "$(ratio "${med[$workload.pgbouncer]}" "${med[$workload.direct]}")"
+    has pgbridge && has direct &&
+        printf '%17s' "$(ratio "${med[$workload.pgbridge]}" "${med[$workload.direct]}")"
+    has pgbridge && has pgbouncer &&
+        printf '%19s' "$(ratio "${med[$workload.pgbridge]}" "${med[$workload.pgbouncer]}")"
+    echo
+done
+status=0
+if [ "$failures" -gt 0 ]; then
+    echo
+    echo "$failures run(s) failed; rerun with KEEP=1 to keep every pgbench output and server log."
+    status=1
+fi
+for target in "${targets[@]}"; do
+    if [ -n "${broken[$target]:-}" ]; then
+        echo
+        echo "$target: ${broken[$target]}"
+        status=1
+    fi
+done
+exit "$status"
