@@ -248,6 +248,9 @@ pub struct Rule {
     pub source_columns: Option<Vec<Column>>,
     /// The target's columns in table order, known once the rule was checked online.
     pub target_columns: Option<Vec<Column>>,
+    /// The target's unique key within [`Rule::target_key`], the `ON CONFLICT` columns of the
+    /// mirror's upserts; known once the rule was checked online.
+    pub conflict_key: Option<Vec<String>>,
     /// The file and line the rule starts on, for logs.
     pub origin: String,
 }

@@ -156,6 +156,7 @@ pub async fn check(
         };
         problems.extend(check_target(parsed, &source, &target));
         problems.extend(check_values(parsed, &target, target_db).await);
+        parsed.rule.conflict_key = conflict_key(&parsed.rule, &target);
         parsed.rule.target_columns = Some(target.columns);
     }
     Ok(problems)
@@ -243,25 +244,29 @@ fn check_target(parsed: &ParsedRule, source: &TableSchema, target: &TableSchema)
         }
     }
     problems.extend(unset_target_columns(parsed, source, target));
-    let key = rule.target_key();
-    let mut wanted = key.clone();
-    wanted.sort();
-    let exact = target.unique_keys.iter().any(|k| {
-        let mut k = k.clone();
-        k.sort();
-        k == wanted
-    });
-    if !rule.key.is_empty() && !exact {
+    if !rule.key.is_empty() && conflict_key(rule, target).is_none() {
         problems.push(parsed.problem(
             "key",
             format!(
-                "({}) is not a primary key or unique index of target `{}`: the mirror's upsert needs one on exactly these columns",
-                key.join(", "),
+                "({}) does not contain a primary key or unique index of target `{}`: the mirror's upsert needs one",
+                rule.target_key().join(", "),
                 rule.target
             ),
         ));
     }
     problems
+}
+
+/// The smallest unique key of the target within the mapped key plus the `values` columns: the
+/// `ON CONFLICT` target of the mirror's upserts.
+pub fn conflict_key(rule: &Rule, target: &TableSchema) -> Option<Vec<String>> {
+    let key = rule.target_key();
+    target
+        .unique_keys
+        .iter()
+        .filter(|k| k.iter().all(|c| key.contains(c)))
+        .min_by_key(|k| k.len())
+        .cloned()
 }
 
 fn compatible(source: &Column, target: &Column) -> bool {

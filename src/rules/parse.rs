@@ -196,6 +196,7 @@ fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<Pars
             .collect(),
         source_columns: None,
         target_columns: None,
+        conflict_key: None,
         origin: format!("{}:{}", ctx.file.display(), line),
     };
     Some(ParsedRule {
