@@ -190,7 +190,9 @@ fn is_boolean_shaped(expr: &Expr) -> bool {
         | Expr::ILike { .. }
         | Expr::SimilarTo { .. }
         | Expr::AnyOp { .. }
-        | Expr::AllOp { .. } => true,
+        | Expr::AllOp { .. }
+        | Expr::InSubquery { .. }
+        | Expr::Exists { .. } => true,
         // A boolean column or function: PostgreSQL decides in the online check.
         Expr::Identifier(_) | Expr::Function(_) | Expr::Cast { .. } => true,
         _ => false,
