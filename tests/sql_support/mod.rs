@@ -83,3 +83,37 @@ pub fn config_dir(primary: &str, secondary: &str, rules: &str) -> tempfile::Temp
     std::fs::write(dir.path().join("pgbridge.toml"), config).unwrap();
     dir
 }
+
+/// The rows of a simple query, as text.
+pub async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}\n{e:?}"));
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Rules from `text`, loaded and checked against the two databases.
+pub async fn ruleset(primary: &str, secondary: &str, text: &str) -> pgbridge::rules::RuleSet {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, text).unwrap();
+    let p: pgbridge::config::PgUrl = url(primary).parse().unwrap();
+    let s: pgbridge::config::PgUrl = url(secondary).parse().unwrap();
+    pgbridge::rules::load_online(&path, &p, Some(&s))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An analyzer over fixed rules.
+pub fn analyzer(rules: pgbridge::rules::RuleSet) -> pgbridge::sql::Analyzer {
+    let live = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(rules));
+    pgbridge::sql::Analyzer::new(live, 1000)
+}
