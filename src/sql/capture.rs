@@ -225,7 +225,10 @@ fn old_key_edit(
     Ok((
         start,
         end - start,
-        old_key_sql(prefix, &keys, table_text, cond),
+        // Replacing `WHERE ...` keeps the client's space before it.
+        old_key_sql(prefix, &keys, table_text, cond)
+            .trim_start_matches(if where_at.is_some() { " " } else { "" })
+            .to_string(),
     ))
 }
 
