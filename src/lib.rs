@@ -14,6 +14,9 @@
 //! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
 //! - [`tls`] loads the certificate for TLS termination.
 //! - [`admin`] serves the admin HTTP API and `/metrics`, and holds the `pgbridge ctl` client.
+//! - [`mirror`] takes a committed transaction's row images from the session: the durable journal,
+//!   the applier to the secondary, in-doubt resolution, mirror status.
+//! - [`divergence`] records every difference found as typed JSON lines and metrics.
 //! - [`config`] is the typed config file.
 //! - [`pgcluster`] starts throwaway PostgreSQL servers from the machine's binaries, for
 //!   `pgbridge demo` and the integration tests.
@@ -22,6 +25,8 @@ pub mod admin;
 pub mod cancel;
 pub mod config;
 pub mod demo;
+pub mod divergence;
+pub mod mirror;
 pub mod pgcluster;
 pub mod primary;
 pub mod protocol;
