@@ -544,6 +544,11 @@ struct Writer {
     carried: Vec<(u64, bool)>,
 }
 
+type Reply = (
+    oneshot::Sender<Result<u64, JournalError>>,
+    Result<u64, JournalError>,
+);
+
 /// An intent written in this batch: id, offset, frame length, xid, capture time.
 type Written = (u64, u64, u32, Option<i64>, i64);
 
@@ -561,16 +566,27 @@ impl Writer {
             let Some(journal) = self.journal.upgrade() else {
                 return;
             };
-            self.write_batch(&journal, batch, &mut buf);
+            let replies = self.write_batch(&journal, batch, &mut buf);
             if self.len >= journal.opts.segment_bytes {
                 if let Err(e) = self.rotate(&journal) {
                     error!(error = %e, "cannot start a new journal segment");
                 }
             }
+            // Let go of the journal before answering: the last owner may drop it right after
+            // (and open it again, which needs its lock released).
+            drop(journal);
+            for (reply, result) in replies {
+                let _ = reply.send(result);
+            }
         }
     }
 
-    fn write_batch(&mut self, journal: &Journal, batch: Vec<Request>, buf: &mut BytesMut) {
+    fn write_batch(
+        &mut self,
+        journal: &Journal,
+        batch: Vec<Request>,
+        buf: &mut BytesMut,
+    ) -> Vec<Reply> {
         loop {
             buf.clear();
             let mut next_id = journal.lock().last_id;
@@ -618,8 +634,7 @@ impl Writer {
                 Ok(()) => {
                     journal.counters.no_space.store(false, Ordering::Relaxed);
                     self.len += buf.len() as u64;
-                    self.commit(journal, batch, pending, buf.len() as u64);
-                    return;
+                    return self.commit(journal, batch, pending, buf.len() as u64);
                 }
                 Err(e) => {
                     // Cut whatever part of the batch reached the file.
@@ -634,6 +649,7 @@ impl Writer {
                         continue;
                     }
                     self.carried = outcomes;
+                    let mut replies = Vec::new();
                     for req in batch {
                         if let Request::Intent { reply, .. } = req {
                             let err = if no_space {
@@ -644,10 +660,10 @@ impl Writer {
                                     source: io::Error::new(e.kind(), e.to_string()),
                                 }
                             };
-                            let _ = reply.send(Err(err));
+                            replies.push((reply, Err(err)));
                         }
                     }
-                    return;
+                    return replies;
                 }
             }
         }
@@ -659,7 +675,7 @@ impl Writer {
         batch: Vec<Request>,
         pending: Vec<Written>,
         written: u64,
-    ) {
+    ) -> Vec<Reply> {
         let mut replies = Vec::new();
         {
             let mut st = journal.lock();
@@ -685,7 +701,7 @@ impl Writer {
                             outcome: None,
                         },
                     );
-                    replies.push((id, reply));
+                    replies.push((reply, Ok(id)));
                 }
             }
         }
@@ -694,9 +710,7 @@ impl Writer {
             .appends
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
         journal.bump();
-        for (id, reply) in replies {
-            let _ = reply.send(Ok(id));
-        }
+        replies
     }
 
     fn rotate(&mut self, journal: &Journal) -> Result<(), JournalError> {
