@@ -19,7 +19,8 @@ const OIDS: &[u32] = &[25, 1184, 1700, 1700, 1700, 1700, 20];
 const RET: &str = "RETURNING symbol, ts, open, high, low, close, volume";
 const EXPECTED: &str = "SELECT 'DXY.IDX', '1m', ts, open, high, low, close, volume, 't' \
     FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts";
-const ACTUAL: &str = "SELECT symbol, timeframe, ts, open, high, low, close_px, volume, is_synthetic \
+const ACTUAL: &str =
+    "SELECT symbol, timeframe, ts, open, high, low, close_px, volume, is_synthetic \
     FROM data_bars WHERE symbol <> 'ABC' ORDER BY ts";
 
 fn table() -> TableName {
@@ -49,7 +50,10 @@ async fn begin(primary: &Client, session: u64) -> TxnRecord {
 /// One committed transaction of inserts, captured in binary.
 async fn insert_txn(primary: &Client, m: &Mirror, ts: &str, volume: i64) -> u64 {
     let mut t = begin(primary, 9).await;
-    t.changes = upserts(capture_binary(primary, &insert(ts, "100.75", volume)).await, None);
+    t.changes = upserts(
+        capture_binary(primary, &insert(ts, "100.75", volume)).await,
+        None,
+    );
     finish(primary, &m.journal, &t, true).await
 }
 
@@ -89,7 +93,11 @@ async fn a_dxy_workload_reaches_data_bars_exactly_once() {
     // T2: binary row images, a non-DXY row among them (the applier evaluates the `where`).
     let mut t = begin(&primary, 2).await;
     let mut captured = Vec::new();
-    for ts in ["2026-01-05 10:00:00+00", "2026-01-05 10:01:00+00", "2026-01-05 10:02:00+00"] {
+    for ts in [
+        "2026-01-05 10:00:00+00",
+        "2026-01-05 10:01:00+00",
+        "2026-01-05 10:02:00+00",
+    ] {
         captured.extend(capture_binary(&primary, &insert(ts, "100.75", 1000)).await);
     }
     captured.extend(
@@ -193,7 +201,11 @@ async fn a_dxy_workload_reaches_data_bars_exactly_once() {
     assert_eq!(expected.len(), 3);
     assert_eq!(rows(&secondary, ACTUAL).await, expected);
     assert_eq!(
-        rows(&secondary, "SELECT count(*) FROM data_bars WHERE symbol = 'ABC'").await,
+        rows(
+            &secondary,
+            "SELECT count(*) FROM data_bars WHERE symbol = 'ABC'"
+        )
+        .await,
         vec![vec![Some("1".to_string())]],
         "a row the rule does not own survives the TRUNCATE"
     );
@@ -217,14 +229,20 @@ async fn a_dxy_workload_reaches_data_bars_exactly_once() {
     m.reopen().await;
     let applier = m.applier(&url(&s), OnError::Halt);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows(&secondary, "SELECT count(*) FROM apply_log").await, writes);
+    assert_eq!(
+        rows(&secondary, "SELECT count(*) FROM apply_log").await,
+        writes
+    );
     let id = insert_txn(&primary, &m, "2026-01-05 12:00+00", 42).await;
     assert_eq!(id, last + 1);
     applier
         .wait_applied(id, Duration::from_secs(20))
         .await
         .unwrap();
-    assert_eq!(rows(&secondary, ACTUAL).await, rows(&primary, EXPECTED).await);
+    assert_eq!(
+        rows(&secondary, ACTUAL).await,
+        rows(&primary, EXPECTED).await
+    );
     let after: i64 = rows(&secondary, "SELECT count(*) FROM apply_log").await[0][0]
         .as_ref()
         .unwrap()
@@ -372,7 +390,11 @@ async fn a_refused_transaction_halts_the_mirror_until_fixed() {
     let report = applier.report();
     assert!(report.halted, "{report:?}");
     assert_eq!((report.applied_seq, report.parked), (first, 1));
-    assert_eq!(m.divergences().len(), 1, "recorded once, not on every retry");
+    assert_eq!(
+        m.divergences().len(),
+        1,
+        "recorded once, not on every retry"
+    );
     // The operator fixes the target: the mirror resumes in order.
     secondary
         .batch_execute("ALTER TABLE data_bars DROP CONSTRAINT small")
@@ -383,7 +405,10 @@ async fn a_refused_transaction_halts_the_mirror_until_fixed() {
         .await
         .unwrap();
     assert!(bad < last);
-    assert_eq!(rows(&secondary, ACTUAL).await, rows(&primary, EXPECTED).await);
+    assert_eq!(
+        rows(&secondary, ACTUAL).await,
+        rows(&primary, EXPECTED).await
+    );
     let report = applier.report();
     assert!(!report.halted);
     assert_eq!(report.parked, 0);
@@ -439,7 +464,10 @@ async fn nulls_binary_values_and_custom_types_apply() {
         })
         .collect();
     let id = finish(&primary, &m.journal, &t, true).await;
-    applier.wait_applied(id, Duration::from_secs(20)).await.unwrap();
+    applier
+        .wait_applied(id, Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!(
         rows(&secondary, "SELECT * FROM notes2 ORDER BY id").await,
         rows(&primary, "SELECT * FROM notes ORDER BY id").await

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgbridge::config::OnFull;
-use pgbridge::mirror::{Change, ChangeOp, Journal, JournalError, JournalOptions, Row, TxnRecord, Value};
+use pgbridge::mirror::{
+    Change, ChangeOp, Journal, JournalError, JournalOptions, Row, TxnRecord, Value,
+};
 use pgbridge::rules::TableName;
 
 fn txn(n: i64) -> TxnRecord {
@@ -174,7 +176,10 @@ async fn applied_segments_are_removed_and_ids_go_on() {
     assert!(j.last_id() >= 50);
     assert!(j.in_doubt().is_empty());
     let id = j.append_intent(&txn(51)).await.unwrap();
-    assert!(id > 50, "ids are never reused after everything was applied: {id}");
+    assert!(
+        id > 50,
+        "ids are never reused after everything was applied: {id}"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +223,10 @@ async fn a_full_journal_refuses_or_holds_writers() {
         tokio::spawn(async move { j.append_intent(&txn(999)).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the writer waits while the journal is full");
+    assert!(
+        !waiting.is_finished(),
+        "the writer waits while the journal is full"
+    );
     j.set_applied(last);
     let id = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await

@@ -13,7 +13,8 @@ pub fn normalize_query(sql: &str) -> String {
     };
     while i < b.len() {
         let c = b[i];
-        let prev_ident = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        let prev_ident =
+            i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
         match c {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 let end = sql[i..].find('\n').map_or(b.len(), |n| i + n);
@@ -40,7 +41,9 @@ pub fn normalize_query(sql: &str) -> String {
                 if let Some(tag_len) = dollar_tag(&b[i..]) {
                     let tag = &sql[i..i + tag_len];
                     let body = i + tag_len;
-                    let end = sql[body..].find(tag).map_or(b.len(), |n| body + n + tag_len);
+                    let end = sql[body..]
+                        .find(tag)
+                        .map_or(b.len(), |n| body + n + tag_len);
                     placeholder(&mut out);
                     i = end;
                 } else {
@@ -139,7 +142,10 @@ fn max_param(sql: &str) -> usize {
         if prev_ident {
             continue;
         }
-        let digits: String = sql[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = sql[i + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         if let Ok(n) = digits.parse::<usize>() {
             max = max.max(n);
         }
@@ -157,9 +163,15 @@ mod tests {
             n("SELECT * FROM t WHERE a = 'x''y' AND b > 1.5e3 AND c = -2"),
             "SELECT * FROM t WHERE a = $1 AND b > $2 AND c = -$3"
         );
-        assert_eq!(n("UPDATE t2 SET v = $1 WHERE k = 7"), "UPDATE t2 SET v = $1 WHERE k = $2");
+        assert_eq!(
+            n("UPDATE t2 SET v = $1 WHERE k = 7"),
+            "UPDATE t2 SET v = $1 WHERE k = $2"
+        );
         assert_eq!(n("select E'a\\'b', $$x$$, $q$y$q$"), "select $1, $2, $3");
-        assert_eq!(n("SELECT \"col1\", x1 FROM t -- 'c'\n"), "SELECT \"col1\", x1 FROM t -- 'c'\n");
+        assert_eq!(
+            n("SELECT \"col1\", x1 FROM t -- 'c'\n"),
+            "SELECT \"col1\", x1 FROM t -- 'c'\n"
+        );
         assert_eq!(n("SELECT 'DXY'::text"), "SELECT $1::text");
         assert_eq!(n("SELECT .5, 3"), "SELECT $1, $2");
     }

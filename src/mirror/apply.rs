@@ -350,7 +350,9 @@ impl Applier {
                 Ok(()) => {
                     let last = txns.last().map_or(pos, |(id, _)| *id);
                     let applied = txns.iter().filter(|(_, t)| t.is_some()).count() as u64;
-                    self.stats.applied_txns.fetch_add(applied, Ordering::Relaxed);
+                    self.stats
+                        .applied_txns
+                        .fetch_add(applied, Ordering::Relaxed);
                     metrics::counter!("pgbridge_mirror_applied_total").increment(applied);
                     if let Some(id) = self.parked_here.take() {
                         // A halted transaction went through after all.
@@ -714,7 +716,14 @@ fn filter_sql(rule: &Rule) -> Result<Option<String>, String> {
     let items: Vec<String> = cols
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("${}::text::{} AS {}", i + 1, c.type_name, quote_ident(&c.name)))
+        .map(|(i, c)| {
+            format!(
+                "${}::text::{} AS {}",
+                i + 1,
+                c.type_name,
+                quote_ident(&c.name)
+            )
+        })
         .collect();
     Ok(Some(format!(
         "SELECT ({filter}) FROM (SELECT {}) AS pgbridge_v",

@@ -377,8 +377,7 @@ impl Journal {
             id,
             reason: reason.into(),
         };
-        let (kind, rid, payload) =
-            parse_frame(&buf).ok_or_else(|| corrupt("checksum mismatch"))?;
+        let (kind, rid, payload) = parse_frame(&buf).ok_or_else(|| corrupt("checksum mismatch"))?;
         if kind != KIND_INTENT || rid != id {
             return Err(corrupt("not this intent"));
         }
@@ -427,7 +426,9 @@ impl Journal {
                 .remove(&base);
             match fs::remove_file(&path) {
                 Ok(()) => info!(segment = %path.display(), "applied journal segment removed"),
-                Err(e) => warn!(segment = %path.display(), error = %e, "cannot remove an applied segment"),
+                Err(e) => {
+                    warn!(segment = %path.display(), error = %e, "cannot remove an applied segment")
+                }
             }
         }
         self.refresh_full();
@@ -503,7 +504,11 @@ impl Journal {
         let full = bytes > self.opts.max_bytes;
         let was = self.counters.full.swap(full, Ordering::Relaxed);
         if full && !was {
-            error!(bytes, max = self.opts.max_bytes, "the mirror journal is full");
+            error!(
+                bytes,
+                max = self.opts.max_bytes,
+                "the mirror journal is full"
+            );
         }
         full
     }

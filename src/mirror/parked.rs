@@ -47,13 +47,7 @@ pub fn list(journal_dir: &Path) -> Vec<u64> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".rec")?
-                .parse()
-                .ok()
-        })
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rec")?.parse().ok())
         .collect();
     ids.sort_unstable();
     ids
@@ -63,8 +57,13 @@ pub fn list(journal_dir: &Path) -> Vec<u64> {
 pub fn load(journal_dir: &Path, id: u64) -> io::Result<TxnRecord> {
     let raw = fs::read(dir(journal_dir).join(format!("{id:020}.rec")))?;
     // Frame: len u32, crc u32, kind u8, id u64, payload.
-    if raw.len() < 17 || crc32c::crc32c(&raw[8..]) != u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "checksum mismatch"));
+    if raw.len() < 17
+        || crc32c::crc32c(&raw[8..]) != u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]])
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "checksum mismatch",
+        ));
     }
     codec::decode(bytes::Bytes::copy_from_slice(&raw[17..]))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))

@@ -183,7 +183,11 @@ pub fn spawn_resolver(
         loop {
             tokio::time::sleep(every).await;
             let cutoff = now_us() - cfg.min_age.as_micros() as i64;
-            if !journal.in_doubt().iter().any(|d| d.captured_at_us <= cutoff) {
+            if !journal
+                .in_doubt()
+                .iter()
+                .any(|d| d.captured_at_us <= cutoff)
+            {
                 stats.in_progress.store(0, Ordering::Relaxed);
                 continue;
             }

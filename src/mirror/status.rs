@@ -75,7 +75,10 @@ impl MirrorStats {
         let n = self.applied_txns.load(Ordering::Relaxed);
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         s.push_back((now, n));
-        while s.len() > 2 && s.front().is_some_and(|(t, _)| now - *t > Duration::from_secs(10)) {
+        while s.len() > 2
+            && s.front()
+                .is_some_and(|(t, _)| now - *t > Duration::from_secs(10))
+        {
             s.pop_front();
         }
     }
