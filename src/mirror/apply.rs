@@ -157,11 +157,14 @@ pub struct Applier {
     stats: Arc<MirrorStats>,
     cfg: ApplierConfig,
     applied: watch::Sender<u64>,
-    plans: HashMap<TableName, (Arc<Rule>, Arc<RulePlan>)>,
+    plans: HashMap<TableName, LivePlan>,
     statements: HashMap<(String, Vec<u32>), Statement>,
     /// The id of a transaction already parked (halt mode retries it without parking again).
     parked_here: Option<u64>,
 }
+
+/// A live rule and its plan.
+type LivePlan = (Arc<Rule>, Arc<RulePlan>);
 
 /// A rule's apply statements, plus the filter check when the rule has a `where`.
 #[derive(Debug)]
@@ -683,7 +686,7 @@ impl Applier {
 
     /// The live rule of a source table and its plan (rebuilt when the rule was reloaded).
     /// `None` when no rule mirrors the table any more.
-    fn plan(&mut self, table: &TableName) -> Result<Option<(Arc<Rule>, Arc<RulePlan>)>, String> {
+    fn plan(&mut self, table: &TableName) -> Result<Option<LivePlan>, String> {
         let rules = self.rules.load();
         let Some(rule) = rules.get(table) else {
             return Ok(None);
