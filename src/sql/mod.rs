@@ -105,6 +105,11 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Touches no migrated table and controls nothing: relay it untouched. The parser never ran.
+    pub fn is_unrelated(&self) -> bool {
+        self.statements.is_empty()
+    }
+
     /// Does any statement write a migrated table, or might it (unparsed with a migrated name)?
     pub fn writes_migrated(&self) -> bool {
         self.statements
