@@ -247,6 +247,7 @@ fn statement(
     };
     let mut info = StatementInfo::new(kind, text);
     info.reads = found.reads;
+    info.others = found.others;
     info.writes = found.writes;
     info.may_write = found.may_write;
     match info.kind {
