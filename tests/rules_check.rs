@@ -102,7 +102,7 @@ fn two_rules_for_one_source_across_files() {
     let lines = stderr_lines(&out, dir.path());
     assert_eq!(
         lines[0],
-        "rules/zz.toml:2:10: two rules for one source: `derived_data_bars` already has the rule at rules/dxy.toml:4"
+        "rules/zz.toml:2:10: two rules for one source: `derived_data_bars` already has the rule at rules/dxy.toml:22"
     );
 }
 

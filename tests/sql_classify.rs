@@ -127,12 +127,32 @@ fn reads_and_writes_of_migrated_tables() {
 }
 
 #[test]
+fn other_tables_are_listed_for_the_router() {
+    let a = analyzer();
+    let an = a.analyze(
+        "WITH recent AS (SELECT * FROM derived_data_bars) SELECT * FROM recent r JOIN instruments i USING (symbol) JOIN ref.venues v ON true",
+    );
+    let info = &an.statements[0];
+    assert_eq!(info.reads, [dxy()]);
+    assert_eq!(
+        info.others,
+        [
+            TableName::new("public", "instruments"),
+            TableName::new("ref", "venues")
+        ]
+    );
+}
+
+#[test]
 fn functions_that_may_write_keep_a_read_on_the_primary() {
     let a = analyzer();
     let safe = a.analyze("SELECT max(close) FROM derived_data_bars");
     assert!(!safe.statements[0].may_write && safe.read_rewrite().is_some());
     let risky = a.analyze("SELECT audit_log(symbol) FROM derived_data_bars");
     assert!(risky.statements[0].may_write && risky.read_rewrite().is_none());
+    let locking = a.analyze("SELECT * FROM derived_data_bars WHERE ts = $1 FOR UPDATE");
+    assert_eq!(locking.statements[0].kind, Kind::Read);
+    assert!(locking.statements[0].may_write && locking.read_rewrite().is_none());
 }
 
 #[test]

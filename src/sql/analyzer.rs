@@ -20,7 +20,7 @@ use super::classify::{self, WriteOp};
 use super::keywords::{self, Leading};
 use super::prefilter::Prefilter;
 use super::read::{self, Views};
-use super::splice::{self, Tok};
+use super::splice::{self, Edit, Tok};
 use super::{capture, statements, view, Analysis, Kind, StatementInfo};
 use crate::rules::{MirrorMode, RuleSet, TableName};
 
@@ -38,16 +38,9 @@ impl Snapshot {
         let names: Vec<TableName> = rules.rules().iter().map(|r| r.source.clone()).collect();
         let prefilter = Prefilter::new(names.iter().map(|n| n.name.as_str()));
         let mut views = HashMap::new();
-        for rule in rules.rules() {
-            let parsed = view::read_view(rule).and_then(|v| {
-                Parser::new(&PostgreSqlDialect {})
-                    .try_with_sql(&v)
-                    .ok()?
-                    .parse_query()
-                    .ok()
-            });
-            if let Some(q) = parsed {
-                views.insert(rule.source.clone(), *q);
+        for (i, rule) in rules.rules().iter().enumerate() {
+            if let Some(v) = view::read_view(rule) {
+                views.insert(rule.source.clone(), (i, v));
             }
         }
         Snapshot {
@@ -135,7 +128,21 @@ fn has_more_statements(sql: &str) -> bool {
     }
 }
 
-/// The full analysis of a text: tokenize, parse, classify and rewrite each statement.
+/// The text's tokens, computed only when needed: a single statement that is not captured needs
+/// none beyond the parser's own.
+struct Tokens<'a> {
+    sql: &'a str,
+    toks: std::cell::OnceCell<Vec<Tok>>,
+}
+
+impl Tokens<'_> {
+    fn get(&self) -> &[Tok] {
+        self.toks
+            .get_or_init(|| splice::tokens(self.sql).unwrap_or_default())
+    }
+}
+
+/// The full analysis of a text: parse, classify and rewrite each statement.
 fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
     let seen: Vec<TableName> = snap
         .prefilter
@@ -143,9 +150,20 @@ fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
         .into_iter()
         .map(|i| snap.names[i].clone())
         .collect();
-    let toks = splice::tokens(sql).unwrap_or_default();
-    let ranges = splice::statements(&toks);
+    let tokens = Tokens {
+        sql,
+        toks: std::cell::OnceCell::new(),
+    };
     let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
+    let single = matches!(&parsed, Ok(s) if s.len() == 1) && !has_more_statements(sql);
+    let ranges: Vec<Option<Range<usize>>> = if single {
+        vec![None]
+    } else {
+        splice::statements(tokens.get())
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
     let mut analysis = Analysis {
         seen,
         ..Analysis::default()
@@ -162,10 +180,13 @@ fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
         }
     };
     let mut edits = Vec::new();
-    for (i, range) in ranges.iter().enumerate() {
-        let text = splice::text_range(&toks, range);
+    for (i, range) in ranges.into_iter().enumerate() {
+        let text = match &range {
+            Some(r) => splice::text_range(tokens.get(), r),
+            None => whole_statement(sql),
+        };
         let info = match stmts.get(i) {
-            Some(stmt) => statement(sql, stmt, &toks, range.clone(), text, snap, &mut edits),
+            Some(stmt) => statement(sql, stmt, &tokens, range, text, snap, &mut edits),
             None => unparsed(&sql[text.clone()], text, &analysis.seen),
         };
         analysis.statements.push(info);
@@ -174,6 +195,17 @@ fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
         analysis.capture_sql = Some(splice::apply(sql, &mut edits));
     }
     analysis
+}
+
+/// The bytes of a text holding one statement, without surrounding space and the final `;`.
+fn whole_statement(sql: &str) -> Range<usize> {
+    let start = sql.len() - sql.trim_start().len();
+    let trimmed = sql.trim_end();
+    let end = trimmed
+        .strip_suffix(';')
+        .map_or(trimmed, str::trim_end)
+        .len();
+    start..end.max(start)
 }
 
 fn unparsed(text: &str, range: Range<usize>, seen: &[TableName]) -> StatementInfo {
@@ -192,11 +224,11 @@ fn unparsed(text: &str, range: Range<usize>, seen: &[TableName]) -> StatementInf
 fn statement(
     sql: &str,
     stmt: &Statement,
-    toks: &[Tok],
-    range: Range<usize>,
+    toks: &Tokens,
+    range: Option<Range<usize>>,
     text: Range<usize>,
     snap: &Snapshot,
-    edits: &mut Vec<(usize, usize, String)>,
+    edits: &mut Vec<Edit>,
 ) -> StatementInfo {
     let leading = keywords::leading(&sql[text.clone()]);
     if let Some(Leading::Tx(t)) = leading {
@@ -215,10 +247,11 @@ fn statement(
     };
     let mut info = StatementInfo::new(kind, text);
     info.reads = found.reads;
+    info.others = found.others;
     info.writes = found.writes;
     info.may_write = found.may_write;
     match info.kind {
-        Kind::Read => match read::rewrite(stmt, &snap.views, &info.reads) {
+        Kind::Read => match read::rewrite(sql, stmt, &snap.views, &info.reads) {
             Ok(r) => info.read_rewrite = Some(r),
             Err(e) => info.note = Some(e),
         },
@@ -239,14 +272,25 @@ fn seen_tables(sql: &str, snap: &Snapshot) -> Vec<TableName> {
         .collect()
 }
 
+/// The token range of the statement to capture (the text's only one when not yet known).
+fn capture_range(tokens: &Tokens, range: Option<Range<usize>>) -> Result<Range<usize>, String> {
+    match range {
+        Some(r) => Ok(r),
+        None => splice::statements(tokens.get())
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the statement could not be tokenized".to_string()),
+    }
+}
+
 fn write_rewrites(
     sql: &str,
     stmt: &Statement,
-    toks: &[Tok],
-    range: Range<usize>,
+    tokens: &Tokens,
+    range: Option<Range<usize>>,
     snap: &Snapshot,
     info: &mut StatementInfo,
-    edits: &mut Vec<(usize, usize, String)>,
+    edits: &mut Vec<Edit>,
 ) {
     let [write] = info.writes.as_slice() else {
         info.note = Some("a statement writing several migrated tables cannot be mirrored".into());
@@ -261,7 +305,9 @@ fn write_rewrites(
     }
     match rule.mirror {
         MirrorMode::Off => {}
-        MirrorMode::Rows => match capture::capture(sql, stmt, write.op, rule, toks, range) {
+        MirrorMode::Rows => match capture_range(tokens, range)
+            .and_then(|r| capture::capture(sql, stmt, write.op, rule, tokens.get(), r))
+        {
             Ok((e, c)) => {
                 edits.extend(e);
                 info.capture = Some(c);
@@ -272,9 +318,11 @@ fn write_rewrites(
         MirrorMode::Statements => match statements::rewrite(stmt, rule) {
             Ok(mut r) => {
                 if let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &r.sql) {
-                    if let Some(s) = parsed.first_mut() {
-                        read::replace_sources(s, &snap.views);
-                        r.sql = s.to_string();
+                    if let Some(text) = parsed
+                        .first_mut()
+                        .and_then(|s| read::render_with_views(s, &snap.views))
+                    {
+                        r.sql = text;
                     }
                 }
                 info.statement_rewrite = Some(r);

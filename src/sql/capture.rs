@@ -15,7 +15,7 @@ use std::ops::Range;
 use sqlparser::ast::{Expr, Ident, SelectItem, Statement, TableFactor, TableObject};
 
 use super::classify::WriteOp;
-use super::splice::{top_level_keyword, Tok};
+use super::splice::{top_level_keyword, Edit, Tok};
 use crate::rules::{quote_ident, Rule, TableName};
 
 /// How the captured columns come back from a rewritten write.
@@ -106,7 +106,7 @@ pub fn capture(
     rule: &Rule,
     toks: &[Tok],
     range: Range<usize>,
-) -> Result<(Vec<(usize, usize, String)>, Capture), String> {
+) -> Result<(Vec<Edit>, Capture), String> {
     let columns: Vec<String> = match op {
         WriteOp::Delete => rule.key.clone(),
         WriteOp::Insert | WriteOp::Upsert | WriteOp::InsertSelect | WriteOp::Update => {
@@ -181,7 +181,7 @@ fn old_key_edit(
     range: Range<usize>,
     prefix: &str,
     rule: &Rule,
-) -> Result<(usize, usize, String), String> {
+) -> Result<Edit, String> {
     let Statement::Update(u) = stmt else {
         return Err("not an UPDATE".into());
     };

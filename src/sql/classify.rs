@@ -43,6 +43,9 @@ pub struct Write {
 #[derive(Debug, Default)]
 pub struct Found {
     pub reads: Vec<TableName>,
+    /// Tables referenced that no rule migrates (CTE names excluded): a read can be served by the
+    /// secondary only if each of them is a shared table there.
+    pub others: Vec<TableName>,
     pub writes: Vec<Write>,
     pub may_write: bool,
     /// Names defined by `WITH`: a reference to one of them is not a table.
@@ -196,6 +199,10 @@ impl Visitor for Walk<'_> {
     }
 
     fn pre_visit_query(&mut self, q: &sqlparser::ast::Query) -> ControlFlow<()> {
+        // SELECT ... FOR UPDATE takes row locks: only the primary can.
+        if !q.locks.is_empty() {
+            self.found.may_write = true;
+        }
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
                 self.found.ctes.push(cte.alias.name.value.to_lowercase());
@@ -207,8 +214,13 @@ impl Visitor for Walk<'_> {
     fn pre_visit_relation(&mut self, name: &sqlparser::ast::ObjectName) -> ControlFlow<()> {
         if let Some(t) = resolve(name) {
             let bare = name.0.len() == 1;
-            if self.rules.get(&t).is_some() && !(bare && self.found.ctes.contains(&t.name)) {
+            if bare && self.found.ctes.contains(&t.name) {
+                return ControlFlow::Continue(());
+            }
+            if self.rules.get(&t).is_some() {
                 self.relations.push(t);
+            } else if !self.found.others.contains(&t) {
+                self.found.others.push(t);
             }
         }
         ControlFlow::Continue(())

@@ -62,6 +62,9 @@ pub struct StatementInfo {
     /// Its bytes in the text (without the `;`).
     pub text: Range<usize>,
     pub reads: Vec<TableName>,
+    /// Tables referenced that no rule migrates: the router serves a read from the secondary
+    /// only when each is one of the config's `shared_tables`.
+    pub others: Vec<TableName>,
     pub writes: Vec<Write>,
     /// Calls a function that might write: keep it on the primary.
     pub may_write: bool,
@@ -81,6 +84,7 @@ impl StatementInfo {
             kind,
             text,
             reads: Vec::new(),
+            others: Vec::new(),
             writes: Vec::new(),
             may_write: false,
             read_rewrite: None,
@@ -105,6 +109,11 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Touches no migrated table and controls nothing: relay it untouched. The parser never ran.
+    pub fn is_unrelated(&self) -> bool {
+        self.statements.is_empty()
+    }
+
     /// Does any statement write a migrated table, or might it (unparsed with a migrated name)?
     pub fn writes_migrated(&self) -> bool {
         self.statements

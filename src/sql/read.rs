@@ -10,14 +10,19 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Ident, Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+    Expr, Ident, ObjectName, Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
 };
 
 use super::view::resolve;
 use crate::rules::TableName;
 
-/// The parsed inline view of each source table whose rule has known columns.
-pub type Views = HashMap<TableName, Query>;
+/// The inline view SQL of each source table whose rule has known columns, with the index that
+/// names its placeholder.
+pub type Views = HashMap<TableName, (usize, String)>;
+
+/// Rendering a large view through the AST costs more than the rest of the rewrite; the view is
+/// put in as a placeholder table name and its text substituted after rendering.
+const PLACEHOLDER: &str = "pgbridge_view_";
 
 struct Rewriter<'v> {
     views: &'v Views,
@@ -53,24 +58,19 @@ impl VisitorMut for Rewriter<'_> {
         if name.0.len() == 1 && self.ctes.contains(&table.name) {
             return ControlFlow::Continue(());
         }
-        let Some(view) = self.views.get(&table) else {
+        let Some((index, _)) = self.views.get(&table) else {
             return ControlFlow::Continue(());
         };
         let last = name.0.last().and_then(|p| p.as_ident()).cloned();
-        let alias = alias.take().or_else(|| {
-            last.map(|name| TableAlias {
+        if alias.is_none() {
+            *alias = last.map(|name| TableAlias {
                 explicit: true,
                 name,
                 columns: Vec::new(),
                 at: None,
-            })
-        });
-        *factor = TableFactor::Derived {
-            lateral: false,
-            subquery: Box::new(view.clone()),
-            alias,
-            sample: None,
-        };
+            });
+        }
+        *name = ObjectName::from(vec![Ident::new(format!("{PLACEHOLDER}{index}"))]);
         self.replaced += 1;
         ControlFlow::Continue(())
     }
@@ -96,20 +96,36 @@ fn fold(i: &Ident) -> String {
     }
 }
 
-/// Replaces every source table reference in `stmt` by its view; returns how many.
-pub fn replace_sources(stmt: &mut Statement, views: &Views) -> usize {
+/// Renders `stmt` with every source table reference replaced by its view; `None` when there was
+/// none to replace.
+pub fn render_with_views(stmt: &mut Statement, views: &Views) -> Option<String> {
     let mut r = Rewriter {
         views,
         ctes: Vec::new(),
         replaced: 0,
     };
     let _ = stmt.visit(&mut r);
-    r.replaced
+    if r.replaced == 0 {
+        return None;
+    }
+    let mut text = stmt.to_string();
+    for (index, sql) in views.values() {
+        let placeholder = format!("{PLACEHOLDER}{index} ");
+        if text.contains(&placeholder) {
+            text = text.replace(&placeholder, &format!("({sql}) "));
+        }
+    }
+    Some(text)
 }
 
 /// The query rewritten for the secondary; `Err` says why it cannot be (a source table whose
 /// columns are unknown, or a statement that is not a query).
-pub fn rewrite(stmt: &Statement, views: &Views, reads: &[TableName]) -> Result<String, String> {
+pub fn rewrite(
+    sql: &str,
+    stmt: &Statement,
+    views: &Views,
+    reads: &[TableName],
+) -> Result<String, String> {
     let Statement::Query(_) = stmt else {
         return Err("only plain queries are served by the secondary".into());
     };
@@ -118,9 +134,12 @@ pub fn rewrite(stmt: &Statement, views: &Views, reads: &[TableName]) -> Result<S
             "the columns of `{t}` are unknown: rules were not checked online"
         ));
     }
-    let mut stmt = stmt.clone();
-    if replace_sources(&mut stmt, views) == 0 {
-        return Err("no source table reference could be rewritten".into());
+    if sql.contains(PLACEHOLDER) {
+        return Err(format!(
+            "the statement uses pgbridge's own name {PLACEHOLDER}"
+        ));
     }
-    Ok(stmt.to_string())
+    let mut stmt = stmt.clone();
+    render_with_views(&mut stmt, views)
+        .ok_or_else(|| "no source table reference could be rewritten".to_string())
 }

@@ -117,8 +117,11 @@ pub fn top_level_keyword(toks: &[Tok], range: Range<usize>, kw: &str) -> Option<
     None
 }
 
-/// Applies edits (byte offset, replaced length, new text) to `sql`; edits must not overlap.
-pub fn apply(sql: &str, edits: &mut [(usize, usize, String)]) -> String {
+/// An edit of the client's text: byte offset, length replaced, new text.
+pub type Edit = (usize, usize, String);
+
+/// Applies edits to `sql`; edits must not overlap.
+pub fn apply(sql: &str, edits: &mut [Edit]) -> String {
     edits.sort_by_key(|e| e.0);
     let mut out = String::with_capacity(sql.len() + 256);
     let mut at = 0;
