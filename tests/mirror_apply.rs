@@ -484,3 +484,55 @@ async fn secondary_url(c: &Client) -> String {
         .get(0);
     url(&db)
 }
+
+/// A rough figure: `cargo test --test mirror_apply apply_rate -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn apply_rate() {
+    let (p, s) = dxy_pair().await;
+    let primary = connect(&p).await;
+    primary
+        .batch_execute("DELETE FROM derived_data_bars")
+        .await
+        .unwrap();
+    let m = Mirror::new(ruleset(&p, &s, DXY_RULES).await);
+    // Row images captured once, journaled many times (one row per transaction).
+    let rows_bin = capture_binary(&primary, &insert("2026-01-05 10:00+00", "1.5", 1)).await;
+    let n = 5000u64;
+    let mut last = 0;
+    for i in 0..n {
+        let mut t = TxnRecord::new(i, Some(1));
+        let mut row = rows_bin[0].clone();
+        row.values[6] = pgbridge::mirror::Value::text(20, &i.to_string());
+        row.values[1] =
+            pgbridge::mirror::Value::text(1184, &format!("2026-01-05 10:00:00+00 +{i} minutes"));
+        row.values[1] = pgbridge::mirror::Value::text(
+            1184,
+            &format!(
+                "2026-01-{:02} {:02}:{:02}:00+00",
+                1 + i / 1440,
+                i / 60 % 24,
+                i % 60
+            ),
+        );
+        t.changes = upserts(vec![row], Some(true));
+        last = m.journal.append_intent(&t).await.unwrap();
+        m.journal.append_outcome(last, true).unwrap();
+    }
+    let start = std::time::Instant::now();
+    let applier = m.applier(&url(&s), OnError::Halt);
+    applier
+        .wait_applied(last, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let elapsed = start.elapsed();
+    println!(
+        "applied {n} one-row transactions in {elapsed:?}: {:.0} txn/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    let secondary = connect(&s).await;
+    assert_eq!(
+        rows(&secondary, "SELECT count(*) FROM data_bars").await,
+        vec![vec![Some(n.to_string())]]
+    );
+}
