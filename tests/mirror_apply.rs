@@ -504,8 +504,6 @@ async fn apply_rate() {
         let mut t = TxnRecord::new(i, Some(1));
         let mut row = rows_bin[0].clone();
         row.values[6] = pgbridge::mirror::Value::text(20, &i.to_string());
-        row.values[1] =
-            pgbridge::mirror::Value::text(1184, &format!("2026-01-05 10:00:00+00 +{i} minutes"));
         row.values[1] = pgbridge::mirror::Value::text(
             1184,
             &format!(
