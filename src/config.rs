@@ -76,13 +76,63 @@ pub enum MirrorMode {
     Sync,
 }
 
+/// What a journal above `max_journal_bytes` (or on a full disk) does to writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFull {
+    /// Writers of migrated tables wait (their COMMIT is held) until the applier frees space.
+    #[default]
+    Backpressure,
+    /// Writers of migrated tables get an error (their transaction is rolled back).
+    Refuse,
+}
+
+/// What the applier does after parking a transaction the secondary refused for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Stop applying (the mirror lags, visibly) and retry the parked transaction every few
+    /// seconds, so fixing the target resumes the mirror in order.
+    #[default]
+    Halt,
+    /// Go on with the next transactions; the parked one is kept for an operator to replay.
+    Skip,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
+    /// The durable queue of committed writes not yet applied to the secondary.
     #[serde(default = "default_journal_dir")]
     pub journal_dir: PathBuf,
     #[serde(default)]
     pub mode: MirrorMode,
+    /// Above this many bytes of journal on disk the journal is "full": an alarm in status and
+    /// metrics, and `on_full` applies. Default 8 GiB.
+    #[serde(default = "default_max_journal_bytes")]
+    pub max_journal_bytes: u64,
+    /// Size at which a journal segment file is closed and a new one started; applied segments
+    /// are removed whole. Default 64 MiB.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// `backpressure` (default) or `refuse`: see [`OnFull`]. Never a silent drop.
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// `halt` (default) or `skip`: see [`OnError`].
+    #[serde(default)]
+    pub on_error: OnError,
+    /// In sync mode, how long a COMMIT waits for the secondary before it is released anyway
+    /// (and a divergence recorded). Default 5 s.
+    #[serde(default = "default_sync_timeout", deserialize_with = "de_seconds")]
+    pub sync_timeout_secs: Duration,
+    /// An intent without an outcome for this long is resolved by asking the primary
+    /// (`pg_xact_status`). Default 10 s.
+    #[serde(default = "default_resolve_after", deserialize_with = "de_seconds")]
+    pub resolve_after_secs: Duration,
+    /// An in-doubt intent without a primary transaction id cannot be resolved: apply it when
+    /// true, park it (with an `in_doubt` divergence) when false (default).
+    #[serde(default)]
+    pub assume_committed_without_xid: bool,
 }
 
 impl Default for MirrorConfig {
@@ -90,8 +140,28 @@ impl Default for MirrorConfig {
         MirrorConfig {
             journal_dir: default_journal_dir(),
             mode: MirrorMode::Async,
+            max_journal_bytes: default_max_journal_bytes(),
+            segment_bytes: default_segment_bytes(),
+            on_full: OnFull::default(),
+            on_error: OnError::default(),
+            sync_timeout_secs: default_sync_timeout(),
+            resolve_after_secs: default_resolve_after(),
+            assume_committed_without_xid: false,
         }
     }
+}
+
+fn default_max_journal_bytes() -> u64 {
+    8 << 30
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_sync_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_resolve_after() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]

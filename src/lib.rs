@@ -14,6 +14,9 @@
 //! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
 //! - [`tls`] loads the certificate for TLS termination.
 //! - [`admin`] serves the admin HTTP API and `/metrics`, and holds the `pgbridge ctl` client.
+//! - [`mirror`] takes a committed transaction's row images from the session: the durable journal,
+//!   the applier to the secondary, in-doubt resolution, mirror status.
+//! - [`divergence`] records every difference found as typed JSON lines and metrics.
 //! - [`config`] is the typed config file.
 //! - [`pgcluster`] starts throwaway PostgreSQL servers from the machine's binaries, for
 //!   `pgbridge demo` and the integration tests.
@@ -22,12 +25,16 @@ pub mod admin;
 pub mod cancel;
 pub mod config;
 pub mod demo;
+pub mod divergence;
+pub mod mirror;
 pub mod pgcluster;
 pub mod primary;
 pub mod protocol;
 pub mod relay;
+pub mod rules;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod tls;
 
 use std::path::Path;
@@ -58,7 +65,45 @@ impl CliError {
     }
 }
 
-/// `pgbridge rules check`.
-pub fn rules_check(_config: &Path, _offline: bool) -> Result<(), CliError> {
-    Err(CliError::user("rules check is not built yet"))
+/// `pgbridge rules check`: every problem on stderr as `FILE:LINE:COL: message` (exit 1), a
+/// database that cannot be reached exit 2, and on success one summary line per table on stdout.
+pub fn rules_check(config: &Path, offline: bool) -> Result<(), CliError> {
+    let config = config::Config::load(config).map_err(CliError::user)?;
+    let checked = if offline {
+        rules::load_offline(&config.rules)
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::unreachable)?;
+        let secondary = config.secondary.as_ref().map(|s| &s.url);
+        runtime.block_on(rules::load_online(
+            &config.rules,
+            &config.primary.url,
+            secondary,
+        ))
+    };
+    match checked {
+        Ok(set) => {
+            for rule in set.rules() {
+                println!("{}", rules::online::summary(rule));
+            }
+            println!(
+                "{}: {} rule(s) valid",
+                config.rules.display(),
+                set.rules().len()
+            );
+            Ok(())
+        }
+        Err(rules::RulesError::Invalid(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            Err(CliError::user(format!(
+                "{} problem(s) in the rules",
+                problems.len()
+            )))
+        }
+        Err(e) => Err(CliError::unreachable(e)),
+    }
 }

@@ -1,0 +1,178 @@
+//! Queries in divergence records without their values: string and number literals become
+//! `$n` placeholders, numbered after the query's own parameters (as pg_stat_statements does).
+
+/// `SELECT * FROM t WHERE a = 'x' AND b > 1.5` becomes `SELECT * FROM t WHERE a = $1 AND b > $2`.
+pub fn normalize_query(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let mut next = max_param(sql) + 1;
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut placeholder = |out: &mut String| {
+        out.push_str(&format!("${next}"));
+        next += 1;
+    };
+    while i < b.len() {
+        let c = b[i];
+        let prev_ident =
+            i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                let end = sql[i..].find('\n').map_or(b.len(), |n| i + n);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let end = sql[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'"' => {
+                let end = quoted_end(b, i, b'"');
+                out.push_str(&sql[i..end]);
+                i = end;
+            }
+            b'\'' => {
+                // A prefix E, B, X or U& belongs to the literal.
+                strip_prefix(&mut out, sql, i);
+                i = quoted_end(b, i, b'\'');
+                placeholder(&mut out);
+            }
+            b'$' if !prev_ident => {
+                if let Some(tag_len) = dollar_tag(&b[i..]) {
+                    let tag = &sql[i..i + tag_len];
+                    let body = i + tag_len;
+                    let end = sql[body..]
+                        .find(tag)
+                        .map_or(b.len(), |n| body + n + tag_len);
+                    placeholder(&mut out);
+                    i = end;
+                } else {
+                    // A parameter $n: keep it.
+                    let end = i + 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    out.push_str(&sql[i..end]);
+                    i = end;
+                }
+            }
+            b'0'..=b'9' | b'.' if !prev_ident && starts_number(&b[i..]) => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.' || b[j] == b'_') {
+                    j += 1;
+                }
+                if j < b.len() && (b[j] == b'e' || b[j] == b'E') {
+                    let k = j + 1 + usize::from(matches!(b.get(j + 1), Some(b'+' | b'-')));
+                    if b.get(k).is_some_and(u8::is_ascii_digit) {
+                        j = k;
+                        while j < b.len() && b[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                    }
+                }
+                placeholder(&mut out);
+                i = j;
+            }
+            _ => {
+                let ch = sql[i..].chars().next().unwrap_or(' ');
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    out
+}
+
+fn starts_number(b: &[u8]) -> bool {
+    b[0].is_ascii_digit() || (b[0] == b'.' && b.get(1).is_some_and(u8::is_ascii_digit))
+}
+
+/// Removes a literal prefix (`E`, `B`, `X`, `N`, `U&`) just pushed to `out`.
+fn strip_prefix(out: &mut String, sql: &str, quote: usize) {
+    let before = &sql[..quote];
+    for p in ["U&", "u&", "E", "e", "B", "b", "X", "x", "N", "n"] {
+        if let Some(rest) = before.strip_suffix(p) {
+            let standalone = !rest
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_');
+            if standalone && out.ends_with(p) {
+                out.truncate(out.len() - p.len());
+            }
+            return;
+        }
+    }
+}
+
+/// The end (exclusive) of a quoted token starting at `start`, doubled quotes included.
+fn quoted_end(b: &[u8], start: usize, q: u8) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        if b[i] == b'\\' && q == b'\'' && start > 0 && matches!(b[start - 1], b'E' | b'e') {
+            i += 2;
+            continue;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// The length of a `$tag$` opening, if `b` starts with one.
+fn dollar_tag(b: &[u8]) -> Option<usize> {
+    let n = b[1..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+        .count();
+    if b.get(1 + n) == Some(&b'$') && !b.get(1).is_some_and(u8::is_ascii_digit) {
+        Some(n + 2)
+    } else {
+        None
+    }
+}
+
+fn max_param(sql: &str) -> usize {
+    let b = sql.as_bytes();
+    let mut max = 0;
+    for (i, _) in sql.match_indices('$') {
+        let prev_ident = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if prev_ident {
+            continue;
+        }
+        let digits: String = sql[i + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(n) = digits.parse::<usize>() {
+            max = max.max(n);
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_query as n;
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            n("SELECT * FROM t WHERE a = 'x''y' AND b > 1.5e3 AND c = -2"),
+            "SELECT * FROM t WHERE a = $1 AND b > $2 AND c = -$3"
+        );
+        assert_eq!(
+            n("UPDATE t2 SET v = $1 WHERE k = 7"),
+            "UPDATE t2 SET v = $1 WHERE k = $2"
+        );
+        assert_eq!(n("select E'a\\'b', $$x$$, $q$y$q$"), "select $1, $2, $3");
+        assert_eq!(
+            n("SELECT \"col1\", x1 FROM t -- 'c'\n"),
+            "SELECT \"col1\", x1 FROM t -- 'c'\n"
+        );
+        assert_eq!(n("SELECT 'DXY'::text"), "SELECT $1::text");
+        assert_eq!(n("SELECT .5, 3"), "SELECT $1, $2");
+    }
+}

@@ -1,0 +1,270 @@
+//! The binary encoding of a [`TxnRecord`] inside a journal record.
+//!
+//! Little-endian, length-prefixed, versioned; values keep their bytes as the primary sent them.
+//! The journal's framing (length, checksum, kind) is around this, in [`super::journal`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{Change, ChangeOp, Row, TxnRecord, Value};
+use crate::rules::TableName;
+
+const VERSION: u8 = 1;
+
+/// Why a record's payload could not be decoded (the checksum matched, so a bug or a newer format).
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable journal record: {0}")]
+pub struct DecodeError(pub &'static str);
+
+pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
+    out.put_u8(VERSION);
+    out.put_u64_le(txn.session);
+    match txn.xid {
+        Some(x) => {
+            out.put_u8(1);
+            out.put_i64_le(x);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_i64_le(txn.captured_at_us);
+    out.put_u32_le(txn.settings.len() as u32);
+    for (k, v) in &txn.settings {
+        put_str(out, k);
+        put_str(out, v);
+    }
+    out.put_u32_le(txn.changes.len() as u32);
+    for c in &txn.changes {
+        put_str(out, &c.table.schema);
+        put_str(out, &c.table.name);
+        match &c.op {
+            ChangeOp::Upsert { row, in_filter } => {
+                out.put_u8(1);
+                put_filter(out, *in_filter);
+                put_row(out, row);
+            }
+            ChangeOp::Delete { key, in_filter } => {
+                out.put_u8(2);
+                put_filter(out, *in_filter);
+                put_row(out, key);
+            }
+            ChangeOp::UpdateKey {
+                old_key,
+                row,
+                in_filter,
+            } => {
+                out.put_u8(3);
+                put_filter(out, *in_filter);
+                put_row(out, old_key);
+                put_row(out, row);
+            }
+            ChangeOp::Truncate => out.put_u8(4),
+        }
+    }
+}
+
+pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
+    let b = &mut buf;
+    if get_u8(b)? != VERSION {
+        return Err(DecodeError("unknown version"));
+    }
+    let session = get_u64(b)?;
+    let xid = match get_u8(b)? {
+        0 => None,
+        _ => Some(get_u64(b)? as i64),
+    };
+    let captured_at_us = get_u64(b)? as i64;
+    let n = get_u32(b)?;
+    let mut settings = Vec::new();
+    for _ in 0..n {
+        settings.push((get_str(b)?, get_str(b)?));
+    }
+    let n = get_u32(b)?;
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        let table = TableName {
+            schema: get_str(b)?,
+            name: get_str(b)?,
+        };
+        let op = match get_u8(b)? {
+            1 => ChangeOp::Upsert {
+                in_filter: get_filter(b)?,
+                row: get_row(b)?,
+            },
+            2 => ChangeOp::Delete {
+                in_filter: get_filter(b)?,
+                key: get_row(b)?,
+            },
+            3 => ChangeOp::UpdateKey {
+                in_filter: get_filter(b)?,
+                old_key: get_row(b)?,
+                row: get_row(b)?,
+            },
+            4 => ChangeOp::Truncate,
+            _ => return Err(DecodeError("unknown change kind")),
+        };
+        changes.push(Change { table, op });
+    }
+    Ok(TxnRecord {
+        session,
+        xid,
+        captured_at_us,
+        settings,
+        changes,
+    })
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32_le(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_filter(out: &mut BytesMut, f: Option<bool>) {
+    out.put_u8(match f {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
+}
+
+fn put_row(out: &mut BytesMut, row: &Row) {
+    out.put_u32_le(row.columns.len() as u32);
+    for (c, v) in row.columns.iter().zip(&row.values) {
+        put_str(out, c);
+        out.put_u32_le(v.type_oid);
+        out.put_u8(v.format);
+        match &v.bytes {
+            None => out.put_i32_le(-1),
+            Some(b) => {
+                out.put_i32_le(b.len() as i32);
+                out.put_slice(b);
+            }
+        }
+    }
+}
+
+fn need(b: &Bytes, n: usize) -> Result<(), DecodeError> {
+    if b.remaining() < n {
+        Err(DecodeError("truncated"))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, DecodeError> {
+    need(b, 1)?;
+    Ok(b.get_u8())
+}
+
+fn get_u32(b: &mut Bytes) -> Result<u32, DecodeError> {
+    need(b, 4)?;
+    Ok(b.get_u32_le())
+}
+
+fn get_u64(b: &mut Bytes) -> Result<u64, DecodeError> {
+    need(b, 8)?;
+    Ok(b.get_u64_le())
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, DecodeError> {
+    let n = get_u32(b)? as usize;
+    need(b, n)?;
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| DecodeError("a name is not UTF-8"))
+}
+
+fn get_filter(b: &mut Bytes) -> Result<Option<bool>, DecodeError> {
+    Ok(match get_u8(b)? {
+        0 => None,
+        1 => Some(false),
+        _ => Some(true),
+    })
+}
+
+fn get_row(b: &mut Bytes) -> Result<Row, DecodeError> {
+    let n = get_u32(b)? as usize;
+    let mut row = Row {
+        columns: Vec::with_capacity(n.min(1024)),
+        values: Vec::with_capacity(n.min(1024)),
+    };
+    for _ in 0..n {
+        row.columns.push(get_str(b)?);
+        let type_oid = get_u32(b)?;
+        let format = get_u8(b)?;
+        let len = get_u32(b)? as i32;
+        let bytes = if len < 0 {
+            None
+        } else {
+            need(b, len as usize)?;
+            Some(b.split_to(len as usize))
+        };
+        row.values.push(Value {
+            type_oid,
+            format,
+            bytes,
+        });
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample() -> TxnRecord {
+        let row = Row::new()
+            .with("symbol", Value::text(25, "DXY"))
+            .with("ts", Value::binary(1184, vec![0, 1, 2, 3, 4, 5, 6, 7]))
+            .with("volume", Value::null(20));
+        TxnRecord {
+            session: 7,
+            xid: Some(1234),
+            captured_at_us: 1_700_000_000_000_000,
+            settings: vec![("DateStyle".into(), "ISO, MDY".into())],
+            changes: vec![
+                Change {
+                    table: TableName::new("public", "derived_data_bars"),
+                    op: ChangeOp::Upsert {
+                        row: row.clone(),
+                        in_filter: Some(true),
+                    },
+                },
+                Change {
+                    table: TableName::new("public", "derived_data_bars"),
+                    op: ChangeOp::UpdateKey {
+                        old_key: row.clone(),
+                        row: row.clone(),
+                        in_filter: None,
+                    },
+                },
+                Change {
+                    table: TableName::new("s", "t"),
+                    op: ChangeOp::Delete {
+                        key: row,
+                        in_filter: Some(false),
+                    },
+                },
+                Change {
+                    table: TableName::new("s", "t"),
+                    op: ChangeOp::Truncate,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn roundtrip() {
+        let txn = sample();
+        let mut buf = BytesMut::new();
+        encode(&txn, &mut buf);
+        let back = decode(buf.freeze()).unwrap();
+        assert_eq!(back, txn);
+    }
+
+    #[test]
+    fn truncated_input_is_an_error_not_a_panic() {
+        let mut buf = BytesMut::new();
+        encode(&sample(), &mut buf);
+        let full = buf.freeze();
+        for n in 0..full.len() {
+            assert!(decode(full.slice(..n)).is_err(), "prefix of {n} bytes");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! In-doubt intents: the intent is in the journal but its outcome is not, because pgbridge died
+//! (or the session lost the primary) between sending COMMIT and recording the answer.
+//!
+//! The primary knows: `pg_xact_status(xid8)` says `committed`, `aborted` or `in progress`
+//! (PostgreSQL 13+), asked with pgbridge's own credentials. Committed intents are applied,
+//! aborted ones dropped; one still in progress (a prepared transaction, a session still running)
+//! is asked again later. One that cannot be known (no xid, or too old for the primary's commit
+//! log) is parked with an `in_doubt` divergence, or applied when the operator said to assume
+//! that intents without an xid committed.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+use super::parked::{self, ParkedInfo};
+use super::status::MirrorStats;
+use super::{now_us, Journal};
+use crate::divergence::{record::rfc3339, Divergence, Kind, Recorder};
+
+/// What one pass decided.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub committed: Vec<u64>,
+    pub aborted: Vec<u64>,
+    /// Still running on the primary: asked again on the next pass.
+    pub in_progress: Vec<u64>,
+    /// Parked with an `in_doubt` divergence (and skipped).
+    pub unresolvable: Vec<u64>,
+}
+
+/// How in-doubt intents are resolved.
+#[derive(Debug, Clone)]
+pub struct ResolveConfig {
+    pub primary: tokio_postgres::Config,
+    /// Only intents without an outcome for this long (0 at startup: all of them).
+    pub min_age: Duration,
+    /// Apply intents that have no xid (else park them).
+    pub assume_committed_without_xid: bool,
+}
+
+/// One pass over the in-doubt intents, asking `primary`.
+pub async fn resolve_once(
+    journal: &Journal,
+    primary: &Client,
+    cfg: &ResolveConfig,
+    recorder: &Recorder,
+) -> Result<Resolved, tokio_postgres::Error> {
+    let mut out = Resolved::default();
+    let cutoff = now_us() - cfg.min_age.as_micros() as i64;
+    for d in journal.in_doubt() {
+        if d.captured_at_us > cutoff {
+            continue;
+        }
+        let Some(xid) = d.xid else {
+            if cfg.assume_committed_without_xid {
+                commit(journal, d.id, &mut out.committed);
+            } else {
+                unresolvable(journal, d.id, None, "no primary transaction id", recorder);
+                out.unresolvable.push(d.id);
+            }
+            continue;
+        };
+        let status = primary
+            .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
+            .await;
+        let status: Option<String> = match status {
+            Ok(row) => row.get(0),
+            // The primary refuses the xid (from its future: another cluster, a restore).
+            Err(e) if e.as_db_error().is_some() => {
+                warn!(id = d.id, xid, error = %e, "pg_xact_status refused the xid");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        match status.as_deref() {
+            Some("committed") => commit(journal, d.id, &mut out.committed),
+            Some("aborted") => {
+                let _ = journal.append_outcome(d.id, false);
+                out.aborted.push(d.id);
+            }
+            Some("in progress") => out.in_progress.push(d.id),
+            _ => {
+                unresolvable(
+                    journal,
+                    d.id,
+                    Some(xid),
+                    "the primary no longer knows the transaction's outcome",
+                    recorder,
+                );
+                out.unresolvable.push(d.id);
+            }
+        }
+    }
+    if out != Resolved::default() {
+        info!(
+            committed = out.committed.len(),
+            aborted = out.aborted.len(),
+            in_progress = out.in_progress.len(),
+            unresolvable = out.unresolvable.len(),
+            "in-doubt journal intents resolved"
+        );
+    }
+    Ok(out)
+}
+
+fn commit(journal: &Journal, id: u64, into: &mut Vec<u64>) {
+    let _ = journal.append_outcome(id, true);
+    into.push(id);
+}
+
+/// Parks the intent with an `in_doubt` divergence and lets the applier go past it.
+fn unresolvable(journal: &Journal, id: u64, xid: Option<i64>, reason: &str, recorder: &Recorder) {
+    let txn = journal.read(id).ok();
+    let info = ParkedInfo {
+        id,
+        ts: rfc3339(std::time::SystemTime::now()),
+        reason: reason.to_string(),
+        table: txn
+            .as_ref()
+            .and_then(|t| t.changes.first())
+            .map(|c| c.table.to_string()),
+        sqlstate: None,
+    };
+    if let Ok(raw) = journal.raw(id) {
+        if let Err(e) = parked::park(journal.dir(), &raw, &info) {
+            warn!(id, error = %e, "cannot keep the in-doubt transaction");
+        }
+    }
+    let mut tables: Vec<String> = txn
+        .iter()
+        .flat_map(|t| t.changes.iter().map(|c| c.table.to_string()))
+        .collect();
+    tables.dedup();
+    let mut d = Divergence::new(Kind::InDoubt, tables.join(","));
+    d.primary = "unknown".into();
+    d.secondary = "not applied (parked)".into();
+    d.session = txn.as_ref().map(|t| t.session);
+    d.detail = serde_json::json!({ "journal_id": id, "xid": xid, "reason": reason,
+        "changes": txn.as_ref().map_or(0, |t| t.changes.len()) });
+    recorder.record(d);
+    let _ = journal.append_outcome(id, false);
+}
+
+/// Connects to the primary with pgbridge's own credentials and resolves every in-doubt intent
+/// (startup: before the applier needs them).
+pub async fn resolve_at_startup(
+    journal: &Journal,
+    cfg: &ResolveConfig,
+    recorder: &Recorder,
+) -> Result<Resolved, tokio_postgres::Error> {
+    if journal.in_doubt().is_empty() {
+        return Ok(Resolved::default());
+    }
+    let (client, conn) = cfg.primary.connect(NoTls).await?;
+    let conn = tokio::spawn(conn);
+    let cfg = ResolveConfig {
+        min_age: Duration::ZERO,
+        ..cfg.clone()
+    };
+    let r = resolve_once(journal, &client, &cfg, recorder).await;
+    drop(client);
+    let _ = conn.await;
+    r
+}
+
+/// Resolves, every `every`, the intents left without an outcome for `cfg.min_age` (a session
+/// that lost the primary mid-COMMIT). Reports the ones still running in `stats.in_progress`.
+pub fn spawn_resolver(
+    journal: Arc<Journal>,
+    cfg: ResolveConfig,
+    recorder: Arc<Recorder>,
+    stats: Arc<MirrorStats>,
+    every: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client: Option<Client> = None;
+        let mut logged: HashSet<u64> = HashSet::new();
+        loop {
+            tokio::time::sleep(every).await;
+            let cutoff = now_us() - cfg.min_age.as_micros() as i64;
+            if !journal
+                .in_doubt()
+                .iter()
+                .any(|d| d.captured_at_us <= cutoff)
+            {
+                stats.in_progress.store(0, Ordering::Relaxed);
+                continue;
+            }
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                match cfg.primary.connect(NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        client = Some(c);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot reach the primary to resolve in-doubt intents");
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = client.as_ref() else { continue };
+            match resolve_once(&journal, c, &cfg, &recorder).await {
+                Ok(r) => {
+                    stats
+                        .in_progress
+                        .store(r.in_progress.len() as u64, Ordering::Relaxed);
+                    for id in &r.in_progress {
+                        if logged.insert(*id) {
+                            warn!(id, "in-doubt intent still in progress on the primary");
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "resolving in-doubt intents failed");
+                    client = None;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,341 @@
+//! The rule files DBAs write under `rules/` (CONTRACT.md, "Rule files"), checked and held as one
+//! immutable snapshot.
+//!
+//! A rule says how rows of a legacy `source` table correspond to rows of a `target` table in the
+//! secondary. Everything else in pgbridge (routing, the SQL rewrites, mirroring) reads rules only
+//! through a [`RuleSet`] snapshot, which is swapped atomically on reload so a statement always sees
+//! one consistent set of rules.
+//!
+//! - [`parse`] reads one file into rules, keeping every value's position for error messages.
+//! - [`check`] holds the checks that need no database (SQL expressions, literals, one-to-one).
+//! - [`online`] checks rules against the live schemas and records the columns the rewrites need.
+//! - [`load`] reads a file or a directory of files and gathers every problem.
+//! - [`reload`] watches the rules path and SIGHUP, and swaps in each valid new set.
+
+pub mod check;
+pub mod load;
+pub mod online;
+pub mod parse;
+pub mod reload;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use load::{load_offline, load_online};
+pub use online::{Column, TableSchema};
+pub use reload::watch;
+
+/// A problem in a rule file, displayed as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Why a set of rules could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// The rules are wrong; every problem is listed.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+    /// A database needed for the online checks could not be reached.
+    #[error("cannot reach the {which} database: {message}")]
+    Unreachable {
+        which: &'static str,
+        message: String,
+    },
+}
+
+/// A table name as PostgreSQL resolves it: unquoted parts folded to lower case, default schema
+/// `public`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `name`, `schema.name`, or either part double-quoted.
+    pub fn parse(text: &str) -> Option<TableName> {
+        let parts = split_identifier(text)?;
+        match parts.as_slice() {
+            [name] => Some(TableName::new("public", name)),
+            [schema, name] => Some(TableName::new(schema, name)),
+            _ => None,
+        }
+    }
+
+    pub fn new(schema: &str, name: &str) -> TableName {
+        TableName {
+            schema: schema.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The name quoted for SQL: `"public"."data_bars"`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.schema == "public" {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}.{}", self.schema, self.name)
+        }
+    }
+}
+
+/// Splits a possibly quoted, dotted identifier into its folded parts.
+fn split_identifier(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$') {
+                    return None;
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Quotes an identifier for SQL when it needs it.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c.is_ascii_lowercase() || c == '_' || (i > 0 && c.is_ascii_digit()));
+    if plain && !name.is_empty() && !is_reserved(name) {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn is_reserved(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "all",
+        "and",
+        "any",
+        "as",
+        "asc",
+        "case",
+        "check",
+        "column",
+        "constraint",
+        "create",
+        "default",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "false",
+        "for",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "into",
+        "limit",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "or",
+        "order",
+        "select",
+        "table",
+        "then",
+        "to",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "when",
+        "where",
+        "with",
+    ];
+    RESERVED.contains(&name)
+}
+
+/// Where reads of a source table are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSource {
+    Primary,
+    Shadow,
+    Secondary,
+}
+
+/// How writes to a source table reach the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorMode {
+    /// Row images captured on the primary, applied as key-addressed upserts and deletes.
+    Rows,
+    /// The statement itself rewritten to the target.
+    Statements,
+    Off,
+}
+
+/// One `[[table]]`: how rows of `source` correspond to rows of `target`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub source: TableName,
+    pub target: TableName,
+    /// Source columns that identify a row.
+    pub key: Vec<String>,
+    /// Which source rows belong to the migration: a boolean SQL expression over source columns.
+    pub filter: Option<String>,
+    pub reads: ReadSource,
+    pub mirror: MirrorMode,
+    /// Renames, source column to target column.
+    pub columns: Vec<(String, String)>,
+    /// Constant target columns: column and SQL literal.
+    pub values: Vec<(String, String)>,
+    /// Value translations of source columns: column and (source value, target value) pairs.
+    pub translate: Vec<(String, Vec<(String, String)>)>,
+    /// The source's columns in table order, known once the rule was checked online.
+    pub source_columns: Option<Vec<Column>>,
+    /// The target's columns in table order, known once the rule was checked online.
+    pub target_columns: Option<Vec<Column>>,
+    /// The target's unique key within [`Rule::target_key`], the `ON CONFLICT` columns of the
+    /// mirror's upserts; known once the rule was checked online.
+    pub conflict_key: Option<Vec<String>>,
+    /// The file and line the rule starts on, for logs.
+    pub origin: String,
+}
+
+impl Rule {
+    /// The target column a source column is stored in.
+    pub fn target_column<'a>(&'a self, source_column: &'a str) -> &'a str {
+        self.columns
+            .iter()
+            .find(|(s, _)| s == source_column)
+            .map_or(source_column, |(_, t)| t.as_str())
+    }
+
+    /// The translation pairs of a source column, if it has any.
+    pub fn translation(&self, source_column: &str) -> Option<&[(String, String)]> {
+        self.translate
+            .iter()
+            .find(|(c, _)| c == source_column)
+            .map(|(_, pairs)| pairs.as_slice())
+    }
+
+    /// The target's key: the mapped key columns followed by the `values` columns.
+    pub fn target_key(&self) -> Vec<String> {
+        let mut key: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| self.target_column(k).to_string())
+            .collect();
+        key.extend(self.values.iter().map(|(c, _)| c.clone()));
+        key
+    }
+}
+
+/// An immutable snapshot of every rule, looked up by source table.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Rule>>,
+    by_source: HashMap<TableName, usize>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Rule>) -> RuleSet {
+        let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
+        let by_source = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.source.clone(), i))
+            .collect();
+        RuleSet { rules, by_source }
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule for a source table, given as SQL would name it (`Derived_Data_Bars`,
+    /// `public.derived_data_bars`, `"derived_data_bars"`).
+    pub fn lookup(&self, name: &str) -> Option<&Arc<Rule>> {
+        self.get(&TableName::parse(name)?)
+    }
+
+    /// The rule for an already resolved source table name.
+    pub fn get(&self, name: &TableName) -> Option<&Arc<Rule>> {
+        self.by_source.get(name).map(|&i| &self.rules[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fold_like_postgresql() {
+        let t = TableName::parse("Derived_Data_Bars").unwrap();
+        assert_eq!(t, TableName::new("public", "derived_data_bars"));
+        let t = TableName::parse("\"Odd\"\"Name\".x").unwrap();
+        assert_eq!(t, TableName::new("Odd\"Name", "x"));
+        assert!(TableName::parse("a.b.c").is_none());
+        assert!(TableName::parse("bad name").is_none());
+        assert_eq!(quote_ident("Odd"), "\"Odd\"");
+        assert_eq!(quote_ident("close_px"), "close_px");
+        assert_eq!(quote_ident("order"), "\"order\"");
+    }
+}

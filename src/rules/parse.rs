@@ -1,0 +1,440 @@
+//! Reads one rule file into [`Rule`]s, reporting every problem with its position.
+//!
+//! serde stops at the first error; a DBA fixing a file wants all of them at once. So the file is
+//! read into toml's spanned document tree and walked by hand: each key and value keeps its span,
+//! and each problem becomes `FILE:LINE:COL: message`.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::{check, split_identifier, MirrorMode, Problem, ReadSource, Rule, TableName};
+use crate::config::line_col;
+
+const TABLE_KEYS: &[&str] = &[
+    "source",
+    "target",
+    "key",
+    "where",
+    "reads",
+    "mirror",
+    "columns",
+    "values",
+    "translate",
+];
+
+/// A rule as read from its file, with the spans later checks point at.
+#[derive(Debug, Clone)]
+pub struct ParsedRule {
+    pub rule: Rule,
+    pub file: PathBuf,
+    /// The file's text, to turn spans into lines and columns.
+    pub text: std::sync::Arc<str>,
+    pub source_span: Range<usize>,
+    /// Spans by dotted key (`target`, `where`, `key.symbol`, `columns.close`, `values.timeframe`).
+    pub spans: Vec<(String, Range<usize>)>,
+}
+
+impl ParsedRule {
+    /// A problem at the value of a dotted key, or at `source` when the key is not in the file.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> Problem {
+        let span = self
+            .spans
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.source_span.clone(), |(_, s)| s.clone());
+        let (line, col) = line_col(&self.text, span.start);
+        Problem {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+/// The spans of every value in a rule, by dotted key.
+fn collect_spans(t: &DeTable) -> Vec<(String, Range<usize>)> {
+    let mut out = Vec::new();
+    for (k, v) in t.iter() {
+        out.push((k.get_ref().to_string(), v.span()));
+        match v.get_ref() {
+            DeValue::Table(inner) => {
+                for (ik, iv) in inner.iter() {
+                    out.push((format!("{}.{}", k.get_ref(), ik.get_ref()), iv.span()));
+                }
+            }
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    if let Some(s) = item.get_ref().as_str() {
+                        out.push((format!("{}.{s}", k.get_ref()), item.span()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Collects the problems of one file.
+pub struct FileCtx<'t> {
+    pub file: &'t Path,
+    pub text: &'t str,
+    pub problems: Vec<Problem>,
+}
+
+impl FileCtx<'_> {
+    pub fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses the text of one rule file. Returns the rules that could be read and every problem.
+pub fn parse_file(file: &Path, text: &str) -> (Vec<ParsedRule>, Vec<Problem>) {
+    let mut ctx = FileCtx {
+        file,
+        text,
+        problems: Vec::new(),
+    };
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            ctx.problem(span, e.message().trim().to_string());
+            return (Vec::new(), ctx.problems);
+        }
+    };
+    let mut rules = Vec::new();
+    for (key, value) in doc.get_ref().iter() {
+        if key.get_ref() != "table" {
+            ctx.problem(
+                key.span(),
+                format!("unknown key `{}`; expected `[[table]]`", key.get_ref()),
+            );
+            continue;
+        }
+        let DeValue::Array(items) = value.get_ref() else {
+            ctx.problem(
+                value.span(),
+                "`table` must be an array of tables: write `[[table]]`",
+            );
+            continue;
+        };
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::Table(t) => {
+                    if let Some(rule) = parse_rule(&mut ctx, t, item.span()) {
+                        rules.push(rule);
+                    }
+                }
+                other => ctx.problem(
+                    item.span(),
+                    format!("`table` entries must be tables, found {}", other.type_str()),
+                ),
+            }
+        }
+    }
+    (rules, ctx.problems)
+}
+
+type Entry<'a, 'i> = (
+    &'a Spanned<std::borrow::Cow<'i, str>>,
+    &'a Spanned<DeValue<'i>>,
+);
+
+fn field<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<Entry<'a, 'i>> {
+    t.get_key_value(key)
+}
+
+fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<ParsedRule> {
+    for (key, _) in t.iter() {
+        if !TABLE_KEYS.contains(&key.get_ref().as_ref()) {
+            ctx.problem(
+                key.span(),
+                format!(
+                    "unknown key `{}`; expected one of: {}",
+                    key.get_ref(),
+                    TABLE_KEYS.join(", ")
+                ),
+            );
+        }
+    }
+    let source = table_name(ctx, t, "source", &span);
+    let target = table_name(ctx, t, "target", &span);
+    let key = parse_key(ctx, t);
+    let filter = string(ctx, t, "where");
+    let reads = parse_reads(ctx, t);
+    let mirror = parse_mirror(ctx, t, key.is_some());
+    let columns = string_map(ctx, t, "columns");
+    let values = string_map(ctx, t, "values");
+    let translate = parse_translate(ctx, t);
+    check::rule_offline(ctx, t, &columns, &values, &translate, filter.as_ref());
+    let (source, source_span) = source?;
+    let (target, _) = target?;
+    let (line, _) = line_col(ctx.text, span.start);
+    let rule = Rule {
+        source,
+        target,
+        key: key.unwrap_or_default(),
+        filter: filter.map(|(f, _)| f),
+        reads: reads.unwrap_or(ReadSource::Primary),
+        mirror: mirror?,
+        columns: columns.into_iter().map(|(s, t, _, _)| (s, t)).collect(),
+        values: values.into_iter().map(|(c, v, _, _)| (c, v)).collect(),
+        translate: translate
+            .into_iter()
+            .map(|(c, pairs, _)| (c, pairs))
+            .collect(),
+        source_columns: None,
+        target_columns: None,
+        conflict_key: None,
+        origin: format!("{}:{}", ctx.file.display(), line),
+    };
+    Some(ParsedRule {
+        rule,
+        file: ctx.file.to_path_buf(),
+        text: std::sync::Arc::from(ctx.text),
+        source_span,
+        spans: collect_spans(t),
+    })
+}
+
+fn string(ctx: &mut FileCtx, t: &DeTable, key: &str) -> Option<(String, Range<usize>)> {
+    let (_, v) = field(t, key)?;
+    match v.get_ref() {
+        DeValue::String(s) => Some((s.to_string(), v.span())),
+        other => {
+            ctx.problem(
+                v.span(),
+                format!("`{key}` must be a string, found {}", other.type_str()),
+            );
+            None
+        }
+    }
+}
+
+fn table_name(
+    ctx: &mut FileCtx,
+    t: &DeTable,
+    key: &str,
+    rule_span: &Range<usize>,
+) -> Option<(TableName, Range<usize>)> {
+    if field(t, key).is_none() {
+        ctx.problem(
+            rule_span.clone(),
+            format!("missing `{key}`: every [[table]] needs one"),
+        );
+        return None;
+    }
+    let (text, span) = string(ctx, t, key)?;
+    match TableName::parse(&text) {
+        Some(name) => Some((name, span)),
+        None => {
+            ctx.problem(
+                span,
+                format!("`{key}`: `{text}` is not a table name (name or schema.name)"),
+            );
+            None
+        }
+    }
+}
+
+/// A column name as SQL folds it; reports names that are not identifiers.
+pub fn column_name(ctx: &mut FileCtx, text: &str, span: Range<usize>) -> Option<String> {
+    match split_identifier(text) {
+        Some(mut parts) if parts.len() == 1 => parts.pop(),
+        _ => {
+            ctx.problem(span, format!("`{text}` is not a column name"));
+            None
+        }
+    }
+}
+
+fn parse_key(ctx: &mut FileCtx, t: &DeTable) -> Option<Vec<String>> {
+    let (_, v) = field(t, "key")?;
+    let DeValue::Array(items) = v.get_ref() else {
+        ctx.problem(
+            v.span(),
+            format!(
+                "`key` must be an array of column names, found {}",
+                v.get_ref().type_str()
+            ),
+        );
+        return None;
+    };
+    if items.is_empty() {
+        ctx.problem(v.span(), "`key` must name at least one column");
+        return None;
+    }
+    let mut key: Vec<String> = Vec::new();
+    for item in items.iter() {
+        let DeValue::String(s) = item.get_ref() else {
+            ctx.problem(item.span(), "`key` entries must be strings (column names)");
+            continue;
+        };
+        let Some(col) = column_name(ctx, s, item.span()) else {
+            continue;
+        };
+        if key.contains(&col) {
+            ctx.problem(item.span(), format!("key column `{col}` is listed twice"));
+        } else {
+            key.push(col);
+        }
+    }
+    Some(key)
+}
+
+fn parse_reads(ctx: &mut FileCtx, t: &DeTable) -> Option<ReadSource> {
+    let (text, span) = string(ctx, t, "reads")?;
+    match text.as_str() {
+        "primary" => Some(ReadSource::Primary),
+        "shadow" => Some(ReadSource::Shadow),
+        "secondary" => Some(ReadSource::Secondary),
+        _ => {
+            ctx.problem(
+                span,
+                format!("`reads` must be primary, shadow or secondary, not `{text}`"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_mirror(ctx: &mut FileCtx, t: &DeTable, has_key: bool) -> Option<MirrorMode> {
+    if field(t, "mirror").is_none() {
+        return Some(if has_key {
+            MirrorMode::Rows
+        } else {
+            MirrorMode::Statements
+        });
+    }
+    let (text, span) = string(ctx, t, "mirror")?;
+    let mode = match text.as_str() {
+        "rows" => MirrorMode::Rows,
+        "statements" => MirrorMode::Statements,
+        "off" => MirrorMode::Off,
+        _ => {
+            ctx.problem(
+                span,
+                format!("`mirror` must be rows, statements or off, not `{text}`"),
+            );
+            return None;
+        }
+    };
+    if mode == MirrorMode::Rows && !has_key {
+        ctx.problem(
+            span,
+            "mirror = \"rows\" needs a `key`: the columns that identify a row",
+        );
+        return None;
+    }
+    Some(mode)
+}
+
+/// `[table.columns]` or `[table.values]`: (key, value, key span, value span).
+pub type StringMap = Vec<(String, String, Range<usize>, Range<usize>)>;
+
+fn string_map(ctx: &mut FileCtx, t: &DeTable, key: &str) -> StringMap {
+    let mut out = Vec::new();
+    let Some((_, v)) = field(t, key) else {
+        return out;
+    };
+    let DeValue::Table(map) = v.get_ref() else {
+        ctx.problem(
+            v.span(),
+            format!("`{key}` must be a table: write `[table.{key}]`"),
+        );
+        return out;
+    };
+    for (k, val) in map.iter() {
+        let Some(col) = column_name(ctx, k.get_ref(), k.span()) else {
+            continue;
+        };
+        match val.get_ref() {
+            DeValue::String(s) => out.push((col, s.to_string(), k.span(), val.span())),
+            other => ctx.problem(
+                val.span(),
+                format!(
+                    "`{key}.{}` must be a string, found {}",
+                    k.get_ref(),
+                    other.type_str()
+                ),
+            ),
+        }
+    }
+    out
+}
+
+/// `[table.translate.COLUMN]`: column, (source value, target value) pairs, column span.
+pub type Translations = Vec<(String, Vec<(String, String)>, Range<usize>)>;
+
+fn parse_translate(ctx: &mut FileCtx, t: &DeTable) -> Translations {
+    let mut out = Vec::new();
+    let Some((_, v)) = field(t, "translate") else {
+        return out;
+    };
+    let DeValue::Table(cols) = v.get_ref() else {
+        ctx.problem(
+            v.span(),
+            "`translate` must be a table: write `[table.translate.COLUMN]`",
+        );
+        return out;
+    };
+    for (col_key, map) in cols.iter() {
+        let Some(col) = column_name(ctx, col_key.get_ref(), col_key.span()) else {
+            continue;
+        };
+        let DeValue::Table(map) = map.get_ref() else {
+            ctx.problem(
+                map.span(),
+                format!("`translate.{col}` must be a table of source value = target value"),
+            );
+            continue;
+        };
+        let pairs = translation_pairs(ctx, &col, map);
+        out.push((col, pairs, col_key.span()));
+    }
+    out
+}
+
+fn translation_pairs(ctx: &mut FileCtx, col: &str, map: &DeTable) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (k, v) in map.iter() {
+        let target = match v.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Integer(i) => i.as_str().to_string(),
+            DeValue::Boolean(b) => b.to_string(),
+            other => {
+                ctx.problem(
+                    v.span(),
+                    format!(
+                        "`translate.{col}` values must be strings, found {}",
+                        other.type_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        if let Some((other, _)) = pairs.iter().find(|(_, t)| *t == target) {
+            ctx.problem(
+                v.span(),
+                format!(
+                    "`translate.{col}` is not one-to-one: `{}` and `{other}` both become `{target}`",
+                    k.get_ref()
+                ),
+            );
+            continue;
+        }
+        pairs.push((k.get_ref().to_string(), target));
+    }
+    pairs
+}

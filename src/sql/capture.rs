@@ -1,0 +1,242 @@
+//! The capture rewrite: a write to a source table, made to return the rows it changed.
+//!
+//! The client's text is edited only by splicing (DESIGN.md, principle 3): a RETURNING clause is
+//! appended after the statement's last token, or the client's own RETURNING list is extended.
+//! The added columns come last, so the relay strips the trailing [`Capture::extra`] columns from
+//! RowDescription and each DataRow (or drops the rows entirely when the client asked for none).
+//!
+//! The returned columns, in order: the row image (every source column; the key alone for
+//! DELETE), then `where` evaluated on the row when the rule has one, then the old key for an
+//! UPDATE that assigns a key column. PostgreSQL before 18 cannot return old values, so such an
+//! UPDATE reads its old keys in a subquery locked `FOR UPDATE` and joined back by `ctid`.
+
+use std::ops::Range;
+
+use sqlparser::ast::{Expr, Ident, SelectItem, Statement, TableFactor, TableObject};
+
+use super::classify::WriteOp;
+use super::splice::{top_level_keyword, Edit, Tok};
+use crate::rules::{quote_ident, Rule, TableName};
+
+/// How the captured columns come back from a rewritten write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    pub table: TableName,
+    pub op: WriteOp,
+    /// The client wrote RETURNING: its own columns come first and are kept. Without it the
+    /// client expects no rows: drop RowDescription and DataRows, keep CommandComplete.
+    pub client_returning: bool,
+    /// The source columns of the row image, right after the client's own columns.
+    pub columns: Vec<String>,
+    /// Followed by one boolean: does the row match the rule's `where`? A row that does not is
+    /// not the target's (INSERT, DELETE: nothing to apply; UPDATE: it may have left, delete it).
+    pub in_filter: bool,
+    /// Followed by the old values of the key columns (rule key order): delete the old target row.
+    pub old_key: Vec<String>,
+    /// How many trailing columns pgbridge added and the relay strips.
+    pub extra: usize,
+}
+
+/// The statement's table reference as RETURNING must name it (its alias, or its name).
+fn table_ref(stmt: &Statement) -> Option<Vec<Ident>> {
+    let from_factor = |f: &TableFactor| match f {
+        TableFactor::Table { name, alias, .. } => Some(match alias {
+            Some(a) => vec![a.name.clone()],
+            None => name
+                .0
+                .iter()
+                .filter_map(|p| p.as_ident().cloned())
+                .collect(),
+        }),
+        _ => None,
+    };
+    match stmt {
+        Statement::Insert(i) => match (&i.table_alias, &i.table) {
+            (Some(a), _) => Some(vec![a.alias.clone()]),
+            (None, TableObject::TableName(n)) => {
+                Some(n.0.iter().filter_map(|p| p.as_ident().cloned()).collect())
+            }
+            _ => None,
+        },
+        Statement::Update(u) => from_factor(&u.table.relation),
+        Statement::Delete(d) => {
+            let (sqlparser::ast::FromTable::WithFromKeyword(t)
+            | sqlparser::ast::FromTable::WithoutKeyword(t)) = &d.from;
+            from_factor(&t.first()?.relation)
+        }
+        _ => None,
+    }
+}
+
+fn qualified(prefix: &str, col: &str) -> String {
+    format!("{prefix}.{}", quote_ident(col))
+}
+
+/// `where` with its columns qualified by the statement's table reference.
+fn qualified_filter(rule: &Rule, r: &[Ident]) -> Result<String, String> {
+    let Some(filter) = &rule.filter else {
+        return Ok(String::new());
+    };
+    let mut expr = crate::rules::check::parse_expression(filter)?;
+    let _ = sqlparser::ast::visit_expressions_mut(&mut expr, |e| {
+        if let Expr::Identifier(i) = e {
+            let mut parts = r.to_vec();
+            parts.push(i.clone());
+            *e = Expr::CompoundIdentifier(parts);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Ok(expr.to_string())
+}
+
+fn returning(stmt: &Statement) -> Option<&Vec<SelectItem>> {
+    match stmt {
+        Statement::Insert(i) => i.returning.as_ref(),
+        Statement::Update(u) => u.returning.as_ref(),
+        Statement::Delete(d) => d.returning.as_ref(),
+        _ => None,
+    }
+}
+
+/// Builds the capture of one statement: the edits to its text and the description.
+pub fn capture(
+    sql: &str,
+    stmt: &Statement,
+    op: WriteOp,
+    rule: &Rule,
+    toks: &[Tok],
+    range: Range<usize>,
+) -> Result<(Vec<Edit>, Capture), String> {
+    let columns: Vec<String> = match op {
+        WriteOp::Delete => rule.key.clone(),
+        WriteOp::Insert | WriteOp::Upsert | WriteOp::InsertSelect | WriteOp::Update => {
+            let cols = rule
+                .source_columns
+                .as_ref()
+                .ok_or("the source's columns are unknown: rules were not checked online")?;
+            cols.iter().map(|c| c.name.clone()).collect()
+        }
+        other => return Err(format!("{other:?} cannot be captured row by row")),
+    };
+    let r = table_ref(stmt).ok_or("the written table cannot be named in RETURNING")?;
+    let prefix = r
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(".");
+    let mut items: Vec<String> = columns.iter().map(|c| qualified(&prefix, c)).collect();
+    if rule.filter.is_some() {
+        items.push(format!("({})", qualified_filter(rule, &r)?));
+    }
+    let client_returning = returning(stmt).is_some();
+    let mut edits = Vec::new();
+    let mut old_key = Vec::new();
+    if let Statement::Update(u) = stmt {
+        if u.assignments.iter().any(|a| assigns_key(&a.target, rule)) {
+            edits.push(old_key_edit(sql, stmt, toks, range.clone(), &prefix, rule)?);
+            old_key = rule.key.clone();
+            items.extend((0..old_key.len()).map(|i| format!("pgbridge_old.pgbridge_k{i}")));
+        }
+    }
+    let end = toks[range.end - 1].range.end;
+    let lead = if client_returning {
+        ", "
+    } else {
+        " RETURNING "
+    };
+    edits.push((end, 0, format!("{lead}{}", items.join(", "))));
+    let extra = items.len();
+    let capture = Capture {
+        table: rule.source.clone(),
+        op,
+        client_returning,
+        columns,
+        in_filter: rule.filter.is_some(),
+        old_key,
+        extra,
+    };
+    Ok((edits, capture))
+}
+
+fn assigns_key(target: &sqlparser::ast::AssignmentTarget, rule: &Rule) -> bool {
+    let sqlparser::ast::AssignmentTarget::ColumnName(name) = target else {
+        return true;
+    };
+    let Some(last) = name.0.last().and_then(|p| p.as_ident()) else {
+        return true;
+    };
+    let col = match last.quote_style {
+        Some(_) => last.value.clone(),
+        None => last.value.to_lowercase(),
+    };
+    rule.key.contains(&col)
+}
+
+/// Moves the UPDATE's WHERE into a `FOR UPDATE` subquery that also reads the old key, joined
+/// back by ctid: one edit replacing `WHERE cond` (or inserted before RETURNING / the end).
+fn old_key_edit(
+    sql: &str,
+    stmt: &Statement,
+    toks: &[Tok],
+    range: Range<usize>,
+    prefix: &str,
+    rule: &Rule,
+) -> Result<Edit, String> {
+    let Statement::Update(u) = stmt else {
+        return Err("not an UPDATE".into());
+    };
+    if u.from.is_some() {
+        return Err(
+            "an UPDATE ... FROM that changes key columns cannot capture the old key".into(),
+        );
+    }
+    let wildcard = u
+        .returning
+        .iter()
+        .flatten()
+        .any(|i| matches!(i, SelectItem::Wildcard(_)));
+    if wildcard {
+        return Err("RETURNING * with a key change cannot capture the old key".into());
+    }
+    let set = top_level_keyword(toks, range.clone(), "SET").ok_or("no SET")?;
+    let table_text = &sql[toks[range.start + 1].range.start..toks[set - 1].range.end];
+    let ret = top_level_keyword(toks, set..range.end, "RETURNING");
+    let body_end = ret.unwrap_or(range.end);
+    let where_at = top_level_keyword(toks, set..body_end, "WHERE");
+    if where_at.is_some_and(|w| toks.get(w + 1).is_some_and(|t| t.is_keyword("CURRENT"))) {
+        return Err("WHERE CURRENT OF with a key change cannot capture the old key".into());
+    }
+    let (start, end, cond) = match where_at {
+        Some(w) => {
+            let (a, b) = (toks[w].range.start, toks[body_end - 1].range.end);
+            (a, b, Some(&sql[toks[w + 1].range.start..b]))
+        }
+        None => {
+            let at = toks[body_end - 1].range.end;
+            (at, at, None)
+        }
+    };
+    let keys: Vec<String> = rule
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} AS pgbridge_k{i}", quote_ident(k)))
+        .collect();
+    Ok((
+        start,
+        end - start,
+        // Replacing `WHERE ...` keeps the client's space before it.
+        old_key_sql(prefix, &keys, table_text, cond)
+            .trim_start_matches(if where_at.is_some() { " " } else { "" })
+            .to_string(),
+    ))
+}
+
+fn old_key_sql(prefix: &str, keys: &[String], table: &str, cond: Option<&str>) -> String {
+    let cond = cond.map_or(String::new(), |c| format!(" WHERE {c}"));
+    format!(
+        " FROM (SELECT ctid AS pgbridge_ctid, {} FROM {table}{cond} FOR UPDATE) AS pgbridge_old \
+         WHERE {prefix}.ctid = pgbridge_old.pgbridge_ctid",
+        keys.join(", ")
+    )
+}

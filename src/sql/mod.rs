@@ -1,0 +1,131 @@
+//! How pgbridge reads SQL: for each statement, does it touch a migrated table, what does it do
+//! there, and the rewrites routing and mirroring need.
+//!
+//! The relay calls [`Analyzer::analyze`] once per statement text. Unrelated traffic stops at the
+//! [`prefilter`]; the rest is tokenized, parsed, classified and rewritten once and cached by text.
+//!
+//! - [`prefilter`]: the cheap scan for migrated table names.
+//! - [`keywords`]: transaction control and session state from the leading words.
+//! - [`splice`]: byte positions in the client's text, for edits that keep it byte for byte.
+//! - [`classify`]: reads, writes and DDL of migrated tables in a parsed statement.
+//! - [`view`]: one rule's mapping as SQL, shared by every rewrite.
+//! - [`read`]: reads rewritten for the secondary.
+//! - [`capture`]: writes with RETURNING spliced in, for the primary.
+//! - [`apply`]: upserts and deletes for the secondary from captured rows.
+//! - [`statements`]: writes rewritten to the target for `mirror = "statements"`.
+//! - [`cache`]: the bounded LRU of analyses; [`analyzer`]: the entry point.
+
+pub mod analyzer;
+pub mod apply;
+pub mod cache;
+pub mod capture;
+pub mod classify;
+pub mod keywords;
+pub mod prefilter;
+pub mod read;
+pub mod splice;
+pub mod statements;
+pub mod view;
+
+use std::ops::Range;
+
+pub use analyzer::Analyzer;
+pub use apply::ApplyPlan;
+pub use capture::Capture;
+pub use classify::{Write, WriteOp};
+pub use keywords::{SessionOp, TxControl};
+pub use statements::StatementRewrite;
+
+use crate::rules::TableName;
+
+/// What one statement is, as far as pgbridge cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads migrated tables (`reads`) and writes none.
+    Read,
+    /// Writes a migrated table (`writes`).
+    Write,
+    /// Defines or changes a migrated table.
+    Ddl,
+    Transaction(TxControl),
+    Session(SessionOp),
+    /// Touches no migrated table.
+    Other,
+    /// The parser rejected it; `reads` holds the migrated tables the pre-filter saw.
+    Unparsed,
+}
+
+/// One statement of a text, with what pgbridge will do with it.
+#[derive(Debug, Clone)]
+pub struct StatementInfo {
+    pub kind: Kind,
+    /// Its bytes in the text (without the `;`).
+    pub text: Range<usize>,
+    pub reads: Vec<TableName>,
+    /// Tables referenced that no rule migrates: the router serves a read from the secondary
+    /// only when each is one of the config's `shared_tables`.
+    pub others: Vec<TableName>,
+    pub writes: Vec<Write>,
+    /// Calls a function that might write: keep it on the primary.
+    pub may_write: bool,
+    /// For `Read`: the statement rewritten to read the targets on the secondary.
+    pub read_rewrite: Option<String>,
+    /// For `Write` in `rows` mode: how the capture columns come back.
+    pub capture: Option<Capture>,
+    /// For `Write` in `statements` mode: the write rewritten to the target.
+    pub statement_rewrite: Option<StatementRewrite>,
+    /// Why a rewrite this statement would need is missing, to report as a divergence.
+    pub note: Option<String>,
+}
+
+impl StatementInfo {
+    fn new(kind: Kind, text: Range<usize>) -> StatementInfo {
+        StatementInfo {
+            kind,
+            text,
+            reads: Vec::new(),
+            others: Vec::new(),
+            writes: Vec::new(),
+            may_write: false,
+            read_rewrite: None,
+            capture: None,
+            statement_rewrite: None,
+            note: None,
+        }
+    }
+}
+
+/// Everything pgbridge knows about a statement text (one Query message may hold several).
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    /// Migrated tables the pre-filter saw; empty when the parser never ran for the rules.
+    pub seen: Vec<TableName>,
+    pub statements: Vec<StatementInfo>,
+    /// Set when the parser rejected the text.
+    pub parse_error: Option<String>,
+    /// The text to send to the primary when some statement is captured: the client's text with
+    /// RETURNING spliced in, byte for byte otherwise.
+    pub capture_sql: Option<String>,
+}
+
+impl Analysis {
+    /// Touches no migrated table and controls nothing: relay it untouched. The parser never ran.
+    pub fn is_unrelated(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    /// Does any statement write a migrated table, or might it (unparsed with a migrated name)?
+    pub fn writes_migrated(&self) -> bool {
+        self.statements
+            .iter()
+            .any(|s| matches!(s.kind, Kind::Write | Kind::Unparsed | Kind::Ddl))
+    }
+
+    /// The read rewrite, when the text is one read that can be served by the secondary.
+    pub fn read_rewrite(&self) -> Option<&str> {
+        match self.statements.as_slice() {
+            [s] if s.kind == Kind::Read && !s.may_write => s.read_rewrite.as_deref(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The statement rewrite for `mirror = "statements"`: the client's write itself, rewritten to the
+//! target (table, columns, translated values, `values` constants, and the rule's `where`).
+//!
+//! Replaying a statement is only exact when it is deterministic. Expressions that are not
+//! (`now()`, `random()`, `nextval()`, `gen_random_uuid()`, source columns left to their defaults)
+//! are recorded as warnings; `mirror = "rows"` is the exact mode.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, FromTable, OnConflictAction, OnInsert, Statement};
+
+use super::view::{source_value, target_value, values_condition};
+use crate::rules::check::parse_expression as check_expr;
+use crate::rules::{quote_ident, Column, Rule};
+
+/// A write rewritten for the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRewrite {
+    pub sql: String,
+    /// Why replaying it may not reproduce the primary's rows.
+    pub warnings: Vec<String>,
+}
+
+const NON_DETERMINISTIC: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "localtimestamp",
+    "localtime",
+    "current_time",
+    "current_date",
+    "timeofday",
+    "random",
+    "nextval",
+    "currval",
+    "setval",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v4",
+    "txid_current",
+    "pg_current_xact_id",
+];
+
+fn warnings(stmt: &Statement) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+        if let Expr::Function(f) = e {
+            let name = f.name.to_string().to_lowercase();
+            let last = name.rsplit('.').next().unwrap_or("").to_string();
+            if NON_DETERMINISTIC.contains(&last.as_str()) {
+                let w = format!("{last}() is evaluated again on the secondary and may differ");
+                if !out.contains(&w) {
+                    out.push(w);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// Replaces references to source columns (bare, or qualified by one of `refs`) with their value
+/// computed from the target row `pgbridge_t`.
+fn map_columns(expr: &mut Expr, rule: &Rule, cols: &[Column], refs: &[String]) {
+    let _ = sqlparser::ast::visit_expressions_mut(expr, |e| {
+        let col = match e {
+            Expr::Identifier(i) => Some(i.value.to_lowercase()),
+            Expr::CompoundIdentifier(p) if p.len() >= 2 => {
+                let r = p[p.len() - 2].value.to_lowercase();
+                refs.contains(&r)
+                    .then(|| p[p.len() - 1].value.to_lowercase())
+            }
+            _ => None,
+        };
+        if let Some(c) = col.and_then(|c| cols.iter().find(|x| x.name == c)) {
+            if let Ok(mapped) = check_expr(&source_value(rule, c, "pgbridge_t.")) {
+                *e = Expr::Nested(Box::new(mapped));
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The conditions every rewritten UPDATE and DELETE carries: the rule's rows only.
+fn owned_rows(
+    rule: &Rule,
+    cols: &[Column],
+    client: Option<&Expr>,
+    refs: &[String],
+) -> Result<String, String> {
+    let mut conds: Vec<String> = values_condition(rule, "pgbridge_t.").into_iter().collect();
+    for text in client
+        .map(|e| e.to_string())
+        .into_iter()
+        .chain(rule.filter.clone())
+    {
+        let mut e = check_expr(&text)?;
+        map_columns(&mut e, rule, cols, refs);
+        conds.push(format!("({e})"));
+    }
+    Ok(if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    })
+}
+
+/// Rewrites a write to `rule.source` into the same write on `rule.target`.
+pub fn rewrite(stmt: &Statement, rule: &Rule) -> Result<StatementRewrite, String> {
+    let cols = rule
+        .source_columns
+        .as_deref()
+        .ok_or("the source's columns are unknown: rules were not checked online")?;
+    let mut refs = vec![rule.source.name.clone()];
+    let target = format!("{} AS pgbridge_t", rule.target.quoted());
+    let mut warnings = warnings(stmt);
+    let sql = match stmt {
+        Statement::Update(u) => {
+            if u.from.is_some() {
+                return Err("UPDATE ... FROM cannot be rewritten; use mirror = \"rows\"".into());
+            }
+            if let sqlparser::ast::TableFactor::Table { alias: Some(a), .. } = &u.table.relation {
+                refs.push(a.name.value.to_lowercase());
+            }
+            let mut sets = Vec::new();
+            for a in &u.assignments {
+                let name = a.target.to_string().to_lowercase();
+                let col = name
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string();
+                let mut value = a.value.clone();
+                map_columns(&mut value, rule, cols, &refs);
+                let value = target_value(rule, &col, &format!("({value})"));
+                sets.push(format!(
+                    "{} = {value}",
+                    quote_ident(rule.target_column(&col))
+                ));
+            }
+            let filter = owned_rows(rule, cols, u.selection.as_ref(), &refs)?;
+            format!("UPDATE {target} SET {}{filter}", sets.join(", "))
+        }
+        Statement::Delete(d) => {
+            if d.using.is_some() {
+                return Err("DELETE ... USING cannot be rewritten; use mirror = \"rows\"".into());
+            }
+            let (FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)) = &d.from;
+            if let Some(sqlparser::ast::TableFactor::Table { alias: Some(a), .. }) =
+                t.first().map(|t| &t.relation)
+            {
+                refs.push(a.name.value.to_lowercase());
+            }
+            format!(
+                "DELETE FROM {target}{}",
+                owned_rows(rule, cols, d.selection.as_ref(), &refs)?
+            )
+        }
+        Statement::Insert(i) => insert(i, rule, cols, &mut warnings)?,
+        _ => {
+            return Err(
+                "only INSERT, UPDATE and DELETE can be rewritten; use mirror = \"rows\"".into(),
+            )
+        }
+    };
+    Ok(StatementRewrite { sql, warnings })
+}
+
+fn insert(
+    i: &sqlparser::ast::Insert,
+    rule: &Rule,
+    cols: &[Column],
+    warnings: &mut Vec<String>,
+) -> Result<String, String> {
+    let source = i.source.as_ref().ok_or("INSERT without a query")?;
+    let listed: Vec<String> = if i.columns.is_empty() {
+        cols.iter().map(|c| c.name.clone()).collect()
+    } else {
+        i.columns
+            .iter()
+            .map(|c| c.to_string().trim_matches('"').to_lowercase())
+            .collect()
+    };
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for name in &listed {
+        let c = cols
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| format!("`{name}` is not a source column"))?;
+        names.push(quote_ident(rule.target_column(name)));
+        let v = format!("pgbridge_s.{}::{}", quote_ident(name), c.type_name);
+        values.push(target_value(rule, name, &v));
+    }
+    for c in cols
+        .iter()
+        .filter(|c| c.has_default && !listed.contains(&c.name))
+    {
+        warnings.push(format!(
+            "column {} takes its default on each side and may differ",
+            c.name
+        ));
+    }
+    for (c, v) in &rule.values {
+        names.push(quote_ident(c));
+        values.push(v.clone());
+    }
+    let aliases: Vec<String> = listed.iter().map(|n| quote_ident(n)).collect();
+    let mut sql = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM ({source}) AS pgbridge_s ({})",
+        rule.target.quoted(),
+        names.join(", "),
+        values.join(", "),
+        aliases.join(", ")
+    );
+    if let Some(filter) = &rule.filter {
+        sql.push_str(&format!(" WHERE ({filter})"));
+    }
+    match &i.on {
+        None => {}
+        Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoNothing) => {
+            sql.push_str(" ON CONFLICT DO NOTHING");
+        }
+        Some(_) => {
+            return Err(
+                "INSERT ... ON CONFLICT DO UPDATE cannot be rewritten; use mirror = \"rows\""
+                    .into(),
+            )
+        }
+    }
+    Ok(sql)
+}
