@@ -226,6 +226,14 @@ async fn statement_mode_rewrites_do_the_same_on_the_target() {
             rewrite.sql
         );
     }
+    let truncate = a.analyze("TRUNCATE derived_data_bars");
+    let rewrite = truncate.statements[0].statement_rewrite.as_ref().unwrap();
+    primary
+        .batch_execute("TRUNCATE derived_data_bars")
+        .await
+        .unwrap();
+    secondary.batch_execute(&rewrite.sql).await.unwrap();
+    assert!(rows(&secondary, "SELECT * FROM data_bars").await.is_empty());
     let analysis = a.analyze("INSERT INTO derived_data_bars (symbol, ts, open, high, low, close) VALUES ('DXY', now(), 1, 1, 1, random())");
     let warnings = &analysis.statements[0]
         .statement_rewrite
