@@ -86,7 +86,7 @@ pub fn rules_check(config: &Path, offline: bool) -> Result<(), CliError> {
     match checked {
         Ok(set) => {
             for rule in set.rules() {
-                println!("{}", rules::online::summary(rule));
+                println!("{}", rule.summary());
             }
             println!(
                 "{}: {} rule(s) valid",

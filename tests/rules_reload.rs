@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use pgbridge::rules::reload::{watch, Loader};
-use pgbridge::rules::{load_offline, ReadSource, RuleSet};
+use pgbridge::rules::reload::{start, Loader};
+use pgbridge::rules::{ReadSource, RuleSet};
 
 async fn wait_for(current: &ArcSwap<RuleSet>, what: &str, ok: impl Fn(&RuleSet) -> bool) {
     for _ in 0..100 {
@@ -24,13 +24,13 @@ async fn rules_reload_on_change_and_sighup_and_keep_the_last_good_set() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dxy.toml");
     std::fs::write(&file, sql_support::DXY_RULES).unwrap();
-    let current = Arc::new(ArcSwap::from_pointee(load_offline(dir.path()).unwrap()));
     let loader = Loader {
         path: dir.path().to_path_buf(),
         primary: None,
         secondary: None,
     };
-    let task = watch(loader, current.clone());
+    let (current, task) = start(loader).await.unwrap();
+    assert_eq!(current.load().rules().len(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let reads = |rs: &RuleSet| rs.lookup("derived_data_bars").map(|r| r.reads);

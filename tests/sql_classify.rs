@@ -282,3 +282,31 @@ fn the_cache_follows_rule_reloads() {
     let after = a.analyze(sql);
     assert!(after.statements.is_empty(), "no rules: unrelated now");
 }
+
+#[test]
+fn a_capture_inside_a_multi_statement_query() {
+    let a = analyzer();
+    let sql = "BEGIN; DELETE FROM derived_data_bars WHERE ts < '2026-01-01' RETURNING ts; SELECT 1; COMMIT;";
+    let an = a.analyze(sql);
+    assert_eq!(
+        an.capture_sql.as_deref().unwrap(),
+        "BEGIN; DELETE FROM derived_data_bars WHERE ts < '2026-01-01' RETURNING ts, \
+         derived_data_bars.symbol, derived_data_bars.ts, (derived_data_bars.symbol = 'DXY'); SELECT 1; COMMIT;"
+    );
+    let kinds: Vec<Kind> = an.statements.iter().map(|s| s.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::Transaction(TxControl::Begin),
+            Kind::Write,
+            Kind::Other,
+            Kind::Transaction(TxControl::Commit)
+        ]
+    );
+    assert_eq!(
+        &sql[an.statements[1].text.clone()],
+        "DELETE FROM derived_data_bars WHERE ts < '2026-01-01' RETURNING ts"
+    );
+    let c = an.statements[1].capture.as_ref().unwrap();
+    assert_eq!((c.client_returning, c.extra, c.columns.len()), (true, 3, 2));
+}

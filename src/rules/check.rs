@@ -12,7 +12,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 use toml::de::DeTable;
 
-use super::parse::{FileCtx, StringMap, Translations};
+use super::parse::FileCtx;
+use super::sections::{StringMap, Translations};
 
 /// Runs the offline checks of one rule and records their problems.
 pub fn rule_offline(

@@ -6,17 +6,23 @@
 //! through a [`RuleSet`] snapshot, which is swapped atomically on reload so a statement always sees
 //! one consistent set of rules.
 //!
-//! - [`parse`] reads one file into rules, keeping every value's position for error messages.
+//! - [`parse`] reads one file into rules, keeping every value's position for error messages;
+//!   `sections` reads the key array and the columns, values and translate tables.
+//! - `name` folds and quotes table and column names as PostgreSQL does.
 //! - [`check`] holds the checks that need no database (SQL expressions, literals, one-to-one).
-//! - [`online`] checks rules against the live schemas and records the columns the rewrites need.
+//! - [`online`] checks rules against the live schemas ([`schema`] reads them) and records the
+//!   columns the rewrites need.
 //! - [`load`] reads a file or a directory of files and gathers every problem.
 //! - [`reload`] watches the rules path and SIGHUP, and swaps in each valid new set.
 
 pub mod check;
 pub mod load;
+mod name;
 pub mod online;
 pub mod parse;
 pub mod reload;
+pub mod schema;
+mod sections;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,8 +30,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use load::{load_offline, load_online};
-pub use online::{Column, TableSchema};
+pub(crate) use name::split_identifier;
+pub use name::{quote_ident, TableName};
 pub use reload::watch;
+pub use schema::{Column, TableSchema};
 
 /// A problem in a rule file, displayed as `FILE:LINE:COL: message`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,152 +69,6 @@ pub enum RulesError {
         which: &'static str,
         message: String,
     },
-}
-
-/// A table name as PostgreSQL resolves it: unquoted parts folded to lower case, default schema
-/// `public`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl TableName {
-    /// Parses `name`, `schema.name`, or either part double-quoted.
-    pub fn parse(text: &str) -> Option<TableName> {
-        let parts = split_identifier(text)?;
-        match parts.as_slice() {
-            [name] => Some(TableName::new("public", name)),
-            [schema, name] => Some(TableName::new(schema, name)),
-            _ => None,
-        }
-    }
-
-    pub fn new(schema: &str, name: &str) -> TableName {
-        TableName {
-            schema: schema.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    /// The name quoted for SQL: `"public"."data_bars"`.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.schema == "public" {
-            f.write_str(&self.name)
-        } else {
-            write!(f, "{}.{}", self.schema, self.name)
-        }
-    }
-}
-
-/// Splits a possibly quoted, dotted identifier into its folded parts.
-fn split_identifier(text: &str) -> Option<Vec<String>> {
-    let mut parts = Vec::new();
-    let mut chars = text.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next()? {
-                    '"' if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    '"' => break,
-                    c => part.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                if !(c.is_alphanumeric() || c == '_' || c == '$') {
-                    return None;
-                }
-                part.extend(c.to_lowercase());
-                chars.next();
-            }
-        }
-        if part.is_empty() {
-            return None;
-        }
-        parts.push(part);
-        match chars.next() {
-            None => return Some(parts),
-            Some('.') => continue,
-            Some(_) => return None,
-        }
-    }
-}
-
-/// Quotes an identifier for SQL when it needs it.
-pub fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .enumerate()
-        .all(|(i, c)| c.is_ascii_lowercase() || c == '_' || (i > 0 && c.is_ascii_digit()));
-    if plain && !name.is_empty() && !is_reserved(name) {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
-fn is_reserved(name: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "all",
-        "and",
-        "any",
-        "as",
-        "asc",
-        "case",
-        "check",
-        "column",
-        "constraint",
-        "create",
-        "default",
-        "desc",
-        "distinct",
-        "do",
-        "else",
-        "end",
-        "false",
-        "for",
-        "from",
-        "grant",
-        "group",
-        "having",
-        "in",
-        "into",
-        "limit",
-        "not",
-        "null",
-        "offset",
-        "on",
-        "or",
-        "order",
-        "select",
-        "table",
-        "then",
-        "to",
-        "true",
-        "union",
-        "unique",
-        "user",
-        "using",
-        "when",
-        "where",
-        "with",
-    ];
-    RESERVED.contains(&name)
 }
 
 /// Where reads of a source table are served.
@@ -256,6 +118,34 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A one-line summary of a checked rule, as `rules check` prints it.
+    pub fn summary(&self) -> String {
+        let rule = self;
+        let mut s = format!("{} -> {}:", rule.source, rule.target);
+        if !rule.key.is_empty() {
+            s.push_str(&format!(" key ({})", rule.key.join(", ")));
+        }
+        if let Some(f) = &rule.filter {
+            s.push_str(&format!(", where {f}"));
+        }
+        s.push_str(&format!(
+            ", reads {}, mirror {}",
+            format!("{:?}", rule.reads).to_lowercase(),
+            format!("{:?}", rule.mirror).to_lowercase()
+        ));
+        let counts = [
+            (rule.columns.len(), "renamed"),
+            (rule.values.len(), "constant"),
+            (rule.translate.len(), "translated"),
+        ];
+        for (n, what) in counts {
+            if n > 0 {
+                s.push_str(&format!(", {n} {what}"));
+            }
+        }
+        s
+    }
+
     /// The target column a source column is stored in.
     pub fn target_column<'a>(&'a self, source_column: &'a str) -> &'a str {
         self.columns

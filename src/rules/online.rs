@@ -10,33 +10,9 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use super::parse::ParsedRule;
-use super::{Problem, Rule, RulesError, TableName};
+use super::schema::{table_schema, Column, TableSchema};
+use super::{Problem, Rule, RulesError};
 use crate::config::PgUrl;
-
-/// A column of a live table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
-    /// `format_type`, e.g. `numeric(18,6)`.
-    pub type_name: String,
-    /// `pg_type.typcategory`: types of one category convert into each other.
-    pub category: char,
-    pub not_null: bool,
-    pub has_default: bool,
-}
-
-/// A live table: its columns and the column sets of its unique indexes.
-#[derive(Debug, Clone)]
-pub struct TableSchema {
-    pub columns: Vec<Column>,
-    pub unique_keys: Vec<Vec<String>>,
-}
-
-impl TableSchema {
-    fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-}
 
 async fn connect(url: &PgUrl, which: &'static str) -> Result<Client, RulesError> {
     let unreachable = |message: String| RulesError::Unreachable { which, message };
@@ -51,51 +27,6 @@ async fn connect(url: &PgUrl, which: &'static str) -> Result<Client, RulesError>
         }
     });
     Ok(client)
-}
-
-/// Reads a table's columns and unique keys; `None` when it does not exist.
-pub async fn table_schema(
-    client: &Client,
-    table: &TableName,
-) -> Result<Option<TableSchema>, tokio_postgres::Error> {
-    let name = table.quoted();
-    let rows = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, \
-                    a.attnotnull, a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '' \
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY a.attnum",
-            &[&name],
-        )
-        .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let columns = rows
-        .iter()
-        .map(|r| Column {
-            name: r.get(0),
-            type_name: r.get(1),
-            category: r.get::<_, String>(2).chars().next().unwrap_or('X'),
-            not_null: r.get(3),
-            has_default: r.get(4),
-        })
-        .collect();
-    let keys = client
-        .query(
-            "SELECT array(SELECT a.attname::text FROM unnest(i.indkey) k \
-                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k) \
-             FROM pg_index i WHERE i.indrelid = to_regclass($1) AND i.indisunique \
-               AND i.indpred IS NULL AND i.indexprs IS NULL",
-            &[&name],
-        )
-        .await?;
-    let unique_keys = keys.iter().map(|r| r.get::<_, Vec<String>>(0)).collect();
-    Ok(Some(TableSchema {
-        columns,
-        unique_keys,
-    }))
 }
 
 /// Checks every rule online; fills in each rule's source and target columns.
@@ -328,31 +259,4 @@ async fn check_values(parsed: &ParsedRule, target: &TableSchema, client: &Client
         }
     }
     problems
-}
-
-/// A one-line summary of a checked rule, as `rules check` prints it.
-pub fn summary(rule: &Rule) -> String {
-    let mut s = format!("{} -> {}:", rule.source, rule.target);
-    if !rule.key.is_empty() {
-        s.push_str(&format!(" key ({})", rule.key.join(", ")));
-    }
-    if let Some(f) = &rule.filter {
-        s.push_str(&format!(", where {f}"));
-    }
-    s.push_str(&format!(
-        ", reads {}, mirror {}",
-        format!("{:?}", rule.reads).to_lowercase(),
-        format!("{:?}", rule.mirror).to_lowercase()
-    ));
-    let counts = [
-        (rule.columns.len(), "renamed"),
-        (rule.values.len(), "constant"),
-        (rule.translate.len(), "translated"),
-    ];
-    for (n, what) in counts {
-        if n > 0 {
-            s.push_str(&format!(", {n} {what}"));
-        }
-    }
-    s
 }

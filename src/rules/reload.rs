@@ -45,6 +45,16 @@ impl Loader {
     }
 }
 
+/// What `serve` calls at start: the first load (an error here means the proxy must not start),
+/// then [`watch`] keeping the returned rules current.
+pub async fn start(loader: Loader) -> Result<(Arc<ArcSwap<RuleSet>>, JoinHandle<()>), RulesError> {
+    let rules = loader.load().await?;
+    tracing::info!(tables = rules.rules().len(), path = %loader.path.display(), "rules loaded");
+    let current = Arc::new(ArcSwap::from_pointee(rules));
+    let task = watch(loader, current.clone());
+    Ok((current, task))
+}
+
 /// Reloads the rules whenever the rules path changes or SIGHUP arrives, until the task is
 /// aborted. Must be called inside a tokio runtime.
 pub fn watch(loader: Loader, current: Arc<ArcSwap<RuleSet>>) -> JoinHandle<()> {

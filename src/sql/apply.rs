@@ -89,7 +89,8 @@ fn delete_sql(rule: &Rule, cols: &[crate::rules::Column]) -> Result<String, Stri
     ))
 }
 
-fn truncate_sql(rule: &Rule) -> String {
+/// A delete of every target row the rule owns (what TRUNCATE of the source means there).
+pub(crate) fn truncate_sql(rule: &Rule) -> String {
     let mut conds: Vec<String> = values_condition(rule, "").into_iter().collect();
     if let (Some(filter), Some(cols)) = (&rule.filter, &rule.source_columns) {
         // The filter is over source columns: evaluate it on the row mapped back.

@@ -62,6 +62,15 @@ struct Walk<'r> {
 /// Functions known not to write; anything else called by a statement might.
 const READ_ONLY_FUNCTIONS: &[&str] = &[
     "abs",
+    "array_to_string",
+    "char_length",
+    "json_typeof",
+    "jsonb_typeof",
+    "octet_length",
+    "pg_typeof",
+    "regexp_match",
+    "regexp_replace",
+    "string_to_array",
     "age",
     "array_agg",
     "array_length",

@@ -13,7 +13,8 @@
 //! - [`capture`]: writes with RETURNING spliced in, for the primary.
 //! - [`apply`]: upserts and deletes for the secondary from captured rows.
 //! - [`statements`]: writes rewritten to the target for `mirror = "statements"`.
-//! - [`cache`]: the bounded LRU of analyses; [`analyzer`]: the entry point.
+//! - [`cache`]: the bounded LRU of analyses; [`analyzer`]: the entry point; `pipeline`: the
+//!   uncached path it runs once per text.
 
 pub mod analyzer;
 pub mod apply;
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod capture;
 pub mod classify;
 pub mod keywords;
+mod pipeline;
 pub mod prefilter;
 pub mod read;
 pub mod splice;

@@ -7,7 +7,10 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, FromTable, OnConflictAction, OnInsert, Statement};
+use sqlparser::ast::{
+    AssignmentTarget, Delete, Expr, FromTable, ObjectName, OnConflictAction, OnInsert, Statement,
+    TableFactor, Update,
+};
 
 use super::view::{source_value, target_value, values_condition};
 use crate::rules::check::parse_expression as check_expr;
@@ -113,60 +116,77 @@ pub fn rewrite(stmt: &Statement, rule: &Rule) -> Result<StatementRewrite, String
         .source_columns
         .as_deref()
         .ok_or("the source's columns are unknown: rules were not checked online")?;
-    let mut refs = vec![rule.source.name.clone()];
-    let target = format!("{} AS pgbridge_t", rule.target.quoted());
     let mut warnings = warnings(stmt);
-    let sql = match stmt {
-        Statement::Update(u) => {
-            if u.from.is_some() {
-                return Err("UPDATE ... FROM cannot be rewritten; use mirror = \"rows\"".into());
-            }
-            if let sqlparser::ast::TableFactor::Table { alias: Some(a), .. } = &u.table.relation {
-                refs.push(a.name.value.to_lowercase());
-            }
-            let mut sets = Vec::new();
-            for a in &u.assignments {
-                let name = a.target.to_string().to_lowercase();
-                let col = name
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or("")
-                    .trim_matches('"')
-                    .to_string();
-                let mut value = a.value.clone();
-                map_columns(&mut value, rule, cols, &refs);
-                let value = target_value(rule, &col, &format!("({value})"));
-                sets.push(format!(
-                    "{} = {value}",
-                    quote_ident(rule.target_column(&col))
-                ));
-            }
-            let filter = owned_rows(rule, cols, u.selection.as_ref(), &refs)?;
-            format!("UPDATE {target} SET {}{filter}", sets.join(", "))
-        }
-        Statement::Delete(d) => {
-            if d.using.is_some() {
-                return Err("DELETE ... USING cannot be rewritten; use mirror = \"rows\"".into());
-            }
-            let (FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)) = &d.from;
-            if let Some(sqlparser::ast::TableFactor::Table { alias: Some(a), .. }) =
-                t.first().map(|t| &t.relation)
-            {
-                refs.push(a.name.value.to_lowercase());
-            }
-            format!(
-                "DELETE FROM {target}{}",
-                owned_rows(rule, cols, d.selection.as_ref(), &refs)?
-            )
-        }
-        Statement::Insert(i) => insert(i, rule, cols, &mut warnings)?,
-        _ => {
-            return Err(
-                "only INSERT, UPDATE and DELETE can be rewritten; use mirror = \"rows\"".into(),
-            )
-        }
-    };
+    let sql =
+        match stmt {
+            Statement::Update(u) => update(u, rule, cols)?,
+            Statement::Delete(d) => delete(d, rule, cols)?,
+            Statement::Insert(i) => insert(i, rule, cols, &mut warnings)?,
+            Statement::Truncate(_) => super::apply::truncate_sql(rule),
+            _ => return Err(
+                "only INSERT, UPDATE, DELETE and TRUNCATE can be rewritten; use mirror = \"rows\""
+                    .into(),
+            ),
+        };
     Ok(StatementRewrite { sql, warnings })
+}
+
+/// A column name as PostgreSQL folds it: the last part of a possibly qualified name.
+fn column_of(name: &ObjectName) -> String {
+    match name.0.last().and_then(|p| p.as_ident()) {
+        Some(i) if i.quote_style.is_some() => i.value.clone(),
+        Some(i) => i.value.to_lowercase(),
+        None => String::new(),
+    }
+}
+
+/// The names that refer to the source in the statement: its own name and its alias.
+fn references(rule: &Rule, factor: Option<&TableFactor>) -> Vec<String> {
+    let mut refs = vec![rule.source.name.clone()];
+    if let Some(TableFactor::Table { alias: Some(a), .. }) = factor {
+        refs.push(a.name.value.to_lowercase());
+    }
+    refs
+}
+
+fn update(u: &Update, rule: &Rule, cols: &[Column]) -> Result<String, String> {
+    if u.from.is_some() {
+        return Err("UPDATE ... FROM cannot be rewritten; use mirror = \"rows\"".into());
+    }
+    let refs = references(rule, Some(&u.table.relation));
+    let mut sets = Vec::new();
+    for a in &u.assignments {
+        let AssignmentTarget::ColumnName(name) = &a.target else {
+            return Err("a tuple assignment cannot be rewritten; use mirror = \"rows\"".into());
+        };
+        let col = column_of(name);
+        let mut value = a.value.clone();
+        map_columns(&mut value, rule, cols, &refs);
+        let value = target_value(rule, &col, &format!("({value})"));
+        sets.push(format!(
+            "{} = {value}",
+            quote_ident(rule.target_column(&col))
+        ));
+    }
+    let filter = owned_rows(rule, cols, u.selection.as_ref(), &refs)?;
+    Ok(format!(
+        "UPDATE {} AS pgbridge_t SET {}{filter}",
+        rule.target.quoted(),
+        sets.join(", ")
+    ))
+}
+
+fn delete(d: &Delete, rule: &Rule, cols: &[Column]) -> Result<String, String> {
+    if d.using.is_some() {
+        return Err("DELETE ... USING cannot be rewritten; use mirror = \"rows\"".into());
+    }
+    let (FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)) = &d.from;
+    let refs = references(rule, t.first().map(|t| &t.relation));
+    Ok(format!(
+        "DELETE FROM {} AS pgbridge_t{}",
+        rule.target.quoted(),
+        owned_rows(rule, cols, d.selection.as_ref(), &refs)?
+    ))
 }
 
 fn insert(
@@ -179,10 +199,7 @@ fn insert(
     let listed: Vec<String> = if i.columns.is_empty() {
         cols.iter().map(|c| c.name.clone()).collect()
     } else {
-        i.columns
-            .iter()
-            .map(|c| c.to_string().trim_matches('"').to_lowercase())
-            .collect()
+        i.columns.iter().map(column_of).collect()
     };
     let mut names = Vec::new();
     let mut values = Vec::new();

@@ -1,0 +1,223 @@
+//! The uncached path: parse a text, classify each statement and build its rewrites.
+//!
+//! Runs once per statement text and rules generation; the [`super::Analyzer`] caches the result.
+//! A single statement is parsed without a separate tokenization; the tokens with byte positions
+//! are computed only for texts with several statements or for a capture's splice.
+
+use std::ops::Range;
+
+use sqlparser::ast::Statement;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::analyzer::{has_more_statements, Snapshot};
+use super::classify::{self, WriteOp};
+use super::keywords::{self, Leading};
+use super::read;
+use super::splice::{self, Edit, Tok};
+use super::{capture, statements, Analysis, Kind, StatementInfo};
+use crate::rules::{MirrorMode, TableName};
+
+/// The text's tokens, computed only when needed: a single statement that is not captured needs
+/// none beyond the parser's own.
+struct Tokens<'a> {
+    sql: &'a str,
+    toks: std::cell::OnceCell<Vec<Tok>>,
+}
+
+impl Tokens<'_> {
+    fn get(&self) -> &[Tok] {
+        self.toks
+            .get_or_init(|| splice::tokens(self.sql).unwrap_or_default())
+    }
+}
+
+/// The full analysis of a text: parse, classify and rewrite each statement.
+pub(super) fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
+    let seen: Vec<TableName> = snap
+        .prefilter
+        .seen(sql)
+        .into_iter()
+        .map(|i| snap.names[i].clone())
+        .collect();
+    let tokens = Tokens {
+        sql,
+        toks: std::cell::OnceCell::new(),
+    };
+    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
+    let single = matches!(&parsed, Ok(s) if s.len() == 1) && !has_more_statements(sql);
+    let ranges: Vec<Option<Range<usize>>> = if single {
+        vec![None]
+    } else {
+        splice::statements(tokens.get())
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    let mut analysis = Analysis {
+        seen,
+        ..Analysis::default()
+    };
+    let stmts = match parsed {
+        Ok(stmts) if stmts.len() == ranges.len() => stmts,
+        Ok(_) => {
+            analysis.parse_error = Some("statement boundaries are ambiguous".into());
+            Vec::new()
+        }
+        Err(e) => {
+            analysis.parse_error = Some(e.to_string());
+            Vec::new()
+        }
+    };
+    let mut edits = Vec::new();
+    for (i, range) in ranges.into_iter().enumerate() {
+        let text = match &range {
+            Some(r) => splice::text_range(tokens.get(), r),
+            None => whole_statement(sql),
+        };
+        let info = match stmts.get(i) {
+            Some(stmt) => statement(sql, stmt, &tokens, range, text, snap, &mut edits),
+            None => unparsed(&sql[text.clone()], text, &analysis.seen),
+        };
+        analysis.statements.push(info);
+    }
+    if !edits.is_empty() {
+        analysis.capture_sql = Some(splice::apply(sql, &mut edits));
+    }
+    analysis
+}
+
+/// The bytes of a text holding one statement, without surrounding space and the final `;`.
+fn whole_statement(sql: &str) -> Range<usize> {
+    let start = sql.len() - sql.trim_start().len();
+    let trimmed = sql.trim_end();
+    let end = trimmed
+        .strip_suffix(';')
+        .map_or(trimmed, str::trim_end)
+        .len();
+    start..end.max(start)
+}
+
+fn unparsed(text: &str, range: Range<usize>, seen: &[TableName]) -> StatementInfo {
+    match keywords::leading(text) {
+        Some(Leading::Tx(t)) => StatementInfo::new(Kind::Transaction(t), range),
+        Some(Leading::Session(s)) if seen.is_empty() => StatementInfo::new(Kind::Session(s), range),
+        _ if seen.is_empty() => StatementInfo::new(Kind::Other, range),
+        _ => {
+            let mut info = StatementInfo::new(Kind::Unparsed, range);
+            info.reads = seen.to_vec();
+            info
+        }
+    }
+}
+
+fn statement(
+    sql: &str,
+    stmt: &Statement,
+    toks: &Tokens,
+    range: Option<Range<usize>>,
+    text: Range<usize>,
+    snap: &Snapshot,
+    edits: &mut Vec<Edit>,
+) -> StatementInfo {
+    let leading = keywords::leading(&sql[text.clone()]);
+    if let Some(Leading::Tx(t)) = leading {
+        return StatementInfo::new(Kind::Transaction(t), text);
+    }
+    let found = classify::walk(stmt, &snap.rules);
+    let kind = match (&leading, stmt) {
+        (Some(Leading::Session(s)), _) => Kind::Session(s.clone()),
+        (_, Statement::Explain { analyze: false, .. }) => Kind::Other,
+        _ if !found.writes.is_empty() => Kind::Write,
+        _ if classify::is_ddl(stmt) && !seen_tables(&sql[text.clone()], snap).is_empty() => {
+            Kind::Ddl
+        }
+        _ if !found.reads.is_empty() => Kind::Read,
+        _ => Kind::Other,
+    };
+    let mut info = StatementInfo::new(kind, text);
+    info.reads = found.reads;
+    info.others = found.others;
+    info.writes = found.writes;
+    info.may_write = found.may_write;
+    match info.kind {
+        Kind::Read => match read::rewrite(sql, stmt, &snap.views, &info.reads) {
+            Ok(r) => info.read_rewrite = Some(r),
+            Err(e) => info.note = Some(e),
+        },
+        Kind::Write => write_rewrites(sql, stmt, toks, range, snap, &mut info, edits),
+        Kind::Ddl if info.reads.is_empty() => {
+            info.reads = seen_tables(&sql[info.text.clone()], snap)
+        }
+        _ => {}
+    }
+    info
+}
+
+fn seen_tables(sql: &str, snap: &Snapshot) -> Vec<TableName> {
+    snap.prefilter
+        .seen(sql)
+        .into_iter()
+        .map(|i| snap.names[i].clone())
+        .collect()
+}
+
+/// The token range of the statement to capture (the text's only one when not yet known).
+fn capture_range(tokens: &Tokens, range: Option<Range<usize>>) -> Result<Range<usize>, String> {
+    match range {
+        Some(r) => Ok(r),
+        None => splice::statements(tokens.get())
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the statement could not be tokenized".to_string()),
+    }
+}
+
+fn write_rewrites(
+    sql: &str,
+    stmt: &Statement,
+    tokens: &Tokens,
+    range: Option<Range<usize>>,
+    snap: &Snapshot,
+    info: &mut StatementInfo,
+    edits: &mut Vec<Edit>,
+) {
+    let [write] = info.writes.as_slice() else {
+        info.note = Some("a statement writing several migrated tables cannot be mirrored".into());
+        return;
+    };
+    let Some(rule) = snap.rules.get(&write.table) else {
+        return;
+    };
+    if write.nested {
+        info.note = Some("a write inside a CTE or another statement cannot be mirrored".into());
+        return;
+    }
+    match rule.mirror {
+        MirrorMode::Off => {}
+        MirrorMode::Rows => match capture_range(tokens, range)
+            .and_then(|r| capture::capture(sql, stmt, write.op, rule, tokens.get(), r))
+        {
+            Ok((e, c)) => {
+                edits.extend(e);
+                info.capture = Some(c);
+            }
+            Err(e) if write.op != WriteOp::Truncate => info.note = Some(e),
+            Err(_) => {} // TRUNCATE: the applier runs the rule's truncate statement.
+        },
+        MirrorMode::Statements => match statements::rewrite(stmt, rule) {
+            Ok(mut r) => {
+                if let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &r.sql) {
+                    if let Some(text) = parsed
+                        .first_mut()
+                        .and_then(|s| read::render_with_views(s, &snap.views))
+                    {
+                        r.sql = text;
+                    }
+                }
+                info.statement_rewrite = Some(r);
+            }
+            Err(e) => info.note = Some(e),
+        },
+    }
+}
