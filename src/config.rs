@@ -48,6 +48,9 @@ pub struct Config {
     /// Threads that run sessions; defaults to the number of cores.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// Whether the file named `rules` itself (else the default `rules` may be absent: no rules).
+    #[serde(skip)]
+    pub rules_given: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,7 +404,7 @@ impl Config {
         };
         let de = toml::Deserializer::parse(text)
             .map_err(|e| invalid(e.span(), e.message().trim().to_string()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let message = inner.message().trim().to_string();
@@ -411,6 +414,7 @@ impl Config {
                 invalid(inner.span(), format!("{key}: {message}"))
             }
         })?;
+        config.rules_given = find_key(text, "rules").is_some();
         config.validate().map_err(|(key, message)| {
             let span = find_key(text, key);
             invalid(span, format!("{key}: {message}"))

@@ -26,6 +26,7 @@ pub mod cancel;
 pub mod config;
 pub mod demo;
 pub mod divergence;
+pub mod migration;
 pub mod mirror;
 pub mod pgcluster;
 pub mod primary;

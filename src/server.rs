@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::migration::Migration;
 use crate::CliError;
 
 /// What every session shares.
@@ -22,11 +23,13 @@ pub struct Proxy {
     pub config: Config,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub cancels: Arc<CancelRegistry>,
+    /// Rules, analyzer and mirror; `None` for a plain relay.
+    pub migration: Option<Migration>,
     drain: watch::Sender<bool>,
 }
 
 impl Proxy {
-    pub fn new(config: Config) -> Result<Arc<Proxy>, CliError> {
+    pub fn new(config: Config, migration: Option<Migration>) -> Result<Arc<Proxy>, CliError> {
         let tls = match &config.tls {
             Some(t) => Some(crate::tls::acceptor(t).map_err(CliError::user)?),
             None => None,
@@ -35,6 +38,7 @@ impl Proxy {
             config,
             tls,
             cancels: CancelRegistry::new(),
+            migration,
             drain: watch::channel(false).0,
         }))
     }
@@ -81,7 +85,8 @@ pub async fn serve(config: Config) -> Result<(), CliError> {
             config.admin_listen
         ))
     })?;
-    let proxy = Proxy::new(config)?;
+    let migration = Migration::start(&config).await?;
+    let proxy = Proxy::new(config, migration)?;
     let sessions = Arc::new(Semaphore::new(proxy.config.limits.max_client_connections));
     tokio::spawn(crate::admin::serve(admin, Arc::clone(&proxy), metrics));
     info!(listen = %proxy.config.listen, admin = %proxy.config.admin_listen,

@@ -86,12 +86,32 @@ pub struct DivergenceStatus {
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
-    Json(Status {
+    let proxy = &state.proxy;
+    let mut status = Status {
         tables: Vec::new(),
         mirror: MirrorStatus::default(),
         divergences: DivergenceStatus::default(),
-        sessions: state.proxy.cancels.len() as u64,
-    })
+        sessions: proxy.cancels.len() as u64,
+    };
+    if let Some(m) = &proxy.migration {
+        status.tables = m
+            .rules
+            .load()
+            .rules()
+            .iter()
+            .map(|r| TableStatus {
+                source: r.source.to_string(),
+                target: r.target.to_string(),
+                reads: r.reads.as_str().to_string(),
+                mirror: r.mirror.as_str().to_string(),
+            })
+            .collect();
+        status.divergences = m.recorder.status();
+        if let Some(mirror) = &m.mirror {
+            status.mirror = mirror.applier.report().to_admin();
+        }
+    }
+    Json(status)
 }
 
 #[derive(Debug, Deserialize)]

@@ -79,6 +79,28 @@ pub enum ReadSource {
     Secondary,
 }
 
+impl ReadSource {
+    /// The word of the rule files and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadSource::Primary => "primary",
+            ReadSource::Shadow => "shadow",
+            ReadSource::Secondary => "secondary",
+        }
+    }
+}
+
+impl MirrorMode {
+    /// The word of the rule files and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorMode::Rows => "rows",
+            MirrorMode::Statements => "statements",
+            MirrorMode::Off => "off",
+        }
+    }
+}
+
 /// How writes to a source table reach the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MirrorMode {

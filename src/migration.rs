@@ -1,0 +1,147 @@
+//! What `serve` adds to the relay when rules are configured: the live rules (hot reloaded), the
+//! SQL analyzer sessions consult, the divergence recorder, and, with a secondary, the journal and
+//! its applier.
+//!
+//! Startup order matters: the journal's in-doubt transactions are resolved against the primary
+//! before the applier starts, so that the applier never waits on an intent whose session died
+//! with the previous process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{Config, MirrorMode};
+use crate::divergence::Recorder;
+use crate::mirror::apply::ApplierConfig;
+use crate::mirror::resolve::{resolve_at_startup, spawn_resolver, ResolveConfig};
+use crate::mirror::{Applier, ApplierHandle, Journal, JournalOptions};
+use crate::rules::reload::Loader;
+use crate::rules::{RuleSet, RulesError};
+use crate::sql::Analyzer;
+use crate::CliError;
+
+/// Statement texts whose analyses are kept.
+const ANALYSIS_CACHE: usize = 10_000;
+
+/// The journal and applier of committed writes.
+pub struct Mirror {
+    pub journal: Arc<Journal>,
+    pub applier: ApplierHandle,
+    pub mode: MirrorMode,
+    pub sync_timeout: Duration,
+}
+
+/// The migration machinery of a running proxy.
+pub struct Migration {
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    pub analyzer: Arc<Analyzer>,
+    pub recorder: Arc<Recorder>,
+    pub mirror: Option<Mirror>,
+    _reload: JoinHandle<()>,
+    _resolver: Option<JoinHandle<()>>,
+}
+
+impl Migration {
+    /// Loads the rules and starts mirroring; `None` when the config has no rules (the default
+    /// `rules` directory absent): pgbridge is then a plain relay.
+    pub async fn start(config: &Config) -> Result<Option<Migration>, CliError> {
+        if !config.rules_given && !config.rules.exists() {
+            info!(path = %config.rules.display(), "no rules: relaying only");
+            return Ok(None);
+        }
+        let loader = Loader::from_config(config);
+        let (rules, reload) = crate::rules::reload::start(loader)
+            .await
+            .map_err(|e| match e {
+                RulesError::Unreachable { .. } => CliError::unreachable(e),
+                _ => CliError::user(e),
+            })?;
+        let recorder = Arc::new(Recorder::open(&config.divergence).map_err(|e| {
+            CliError::user(format!(
+                "cannot open the divergence log {}: {e}",
+                config.divergence.log.display()
+            ))
+        })?);
+        let analyzer = Arc::new(Analyzer::new(rules.clone(), ANALYSIS_CACHE));
+        let (mirror, resolver) = match &config.secondary {
+            Some(secondary) => {
+                let (m, r) = start_mirror(config, secondary, &rules, &recorder).await?;
+                (Some(m), Some(r))
+            }
+            None => {
+                if rules
+                    .load()
+                    .rules()
+                    .iter()
+                    .any(|r| r.mirror != crate::rules::MirrorMode::Off)
+                {
+                    warn!("no [secondary]: writes to migrated tables are not mirrored");
+                }
+                (None, None)
+            }
+        };
+        Ok(Some(Migration {
+            rules,
+            analyzer,
+            recorder,
+            mirror,
+            _reload: reload,
+            _resolver: resolver,
+        }))
+    }
+}
+
+async fn start_mirror(
+    config: &Config,
+    secondary: &crate::config::SecondaryConfig,
+    rules: &Arc<ArcSwap<RuleSet>>,
+    recorder: &Arc<Recorder>,
+) -> Result<(Mirror, JoinHandle<()>), CliError> {
+    let journal = Journal::open(JournalOptions::from_config(&config.mirror)).map_err(|e| {
+        CliError::user(format!(
+            "cannot open the journal in {}: {e}",
+            config.mirror.journal_dir.display()
+        ))
+    })?;
+    let resolve = ResolveConfig {
+        primary: config.primary.url.pg_config().clone(),
+        min_age: Duration::ZERO,
+        assume_committed_without_xid: config.mirror.assume_committed_without_xid,
+    };
+    let resolved = resolve_at_startup(&journal, &resolve, recorder)
+        .await
+        .map_err(|e| {
+            CliError::unreachable(format!(
+                "cannot ask the primary the outcome of in-doubt transactions: {e}"
+            ))
+        })?;
+    info!(?resolved, last = journal.last_id(), "journal opened");
+    let applier = Applier::spawn(
+        journal.clone(),
+        rules.clone(),
+        recorder.clone(),
+        ApplierConfig::new(secondary.url.pg_config().clone(), &config.mirror),
+    );
+    let resolver = spawn_resolver(
+        journal.clone(),
+        ResolveConfig {
+            min_age: config.mirror.resolve_after_secs,
+            ..resolve
+        },
+        recorder.clone(),
+        applier.stats().clone(),
+        Duration::from_secs(1),
+    );
+    Ok((
+        Mirror {
+            journal,
+            applier,
+            mode: config.mirror.mode,
+            sync_timeout: config.mirror.sync_timeout_secs,
+        },
+        resolver,
+    ))
+}
