@@ -11,6 +11,7 @@
 //! - [`protocol`] holds the wire protocol pieces without I/O: frame scanning, the startup packet,
 //!   and the few messages pgbridge writes itself (ErrorResponse, BackendKeyData).
 //! - [`primary`] is where the primary is (TCP or a Unix-domain socket) and how to connect.
+//! - [`capture`] captures the committed writes of a session to migrated tables, for the mirror.
 //! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
 //! - [`tls`] loads the certificate for TLS termination.
 //! - [`admin`] serves the admin HTTP API and `/metrics`, and holds the `pgbridge ctl` client.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod cancel;
+pub mod capture;
 pub mod config;
 pub mod demo;
 pub mod divergence;

@@ -22,6 +22,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::frame::{printable, Disposition, Event, FrameScanner};
 use crate::protocol::messages::{ready_status, sqlstate, CancelKey};
+use std::time::Duration;
+
+use crate::capture::{self, track::Action};
+use crate::divergence::{Divergence, Kind as DivergenceKind, Recorder};
+use crate::mirror::ApplierHandle;
 use crate::protocol::ProtocolError;
 
 /// Bytes read at once. Large enough that a typical result set arrives in one read.
@@ -145,6 +150,63 @@ where
     }
 }
 
+/// Relays client frames to the primary through the capture's [`capture::Driver`].
+pub async fn client_to_primary_capturing<R, W>(
+    client: &mut R,
+    primary: &mut W,
+    shared: &Shared,
+    limits: &ClientLimits,
+    bytes: &Counter,
+    driver: &mut capture::Driver<'_>,
+) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut scanner = FrameScanner::new();
+    let mut terminated = false;
+    loop {
+        loop {
+            let established = shared.established();
+            let event = scanner.next(&buf, |tag, len| {
+                let d = classify_client(tag, len, limits, shared, &mut terminated)?;
+                // Before the session is established, only authentication passes.
+                let inspect = established && !matches!(tag, b'd' | b'c' | b'f' | b'X');
+                Ok(if inspect { Disposition::Inspect } else { d })
+            });
+            match event {
+                Ok(Event::Forward { end }) => {
+                    driver.pass(&buf[..end]);
+                    buf.advance(end);
+                    scanner.consume(end);
+                }
+                Ok(Event::Frame { start, end }) => {
+                    if driver.handle(&buf[start..end], primary).await.is_err() {
+                        return End::PrimaryClosed { reported: false };
+                    }
+                    buf.advance(end);
+                    scanner.consume(end);
+                }
+                Ok(Event::NeedMore { .. }) => break,
+                Err(e) => return End::ClientProtocol(e),
+            }
+        }
+        match driver.flush(primary).await {
+            Ok(n) => bytes.increment(n as u64),
+            Err(_) => return End::PrimaryClosed { reported: false },
+        }
+        if terminated && scanner.at_boundary() {
+            return End::ClientTerminated;
+        }
+        buf.reserve(READ_CHUNK);
+        match client.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return End::ClientClosed,
+            Ok(_) => {}
+        }
+    }
+}
+
 fn classify_client(
     tag: u8,
     len: u32,
@@ -188,6 +250,15 @@ pub trait KeyExchange {
     fn exchange(&mut self, primary_key: CancelKey) -> bytes::Bytes;
 }
 
+/// The capture of a session with rules, as the reply direction needs it.
+pub struct CaptureCtx<'a> {
+    pub shared: &'a capture::Shared,
+    pub recorder: &'a Recorder,
+    pub applier: Option<&'a ApplierHandle>,
+    pub sync_timeout: Duration,
+    pub session: u64,
+}
+
 /// Relays primary frames to the client until either side stops.
 pub async fn primary_to_client<R, W, K>(
     primary: &mut R,
@@ -195,6 +266,7 @@ pub async fn primary_to_client<R, W, K>(
     shared: &Shared,
     keys: &mut K,
     bytes: &Counter,
+    capture: Option<&CaptureCtx<'_>>,
 ) -> End
 where
     R: AsyncRead + Unpin,
@@ -207,46 +279,86 @@ where
     let mut ready = 0;
     loop {
         loop {
-            match scanner.next(&buf, classify_primary) {
-                Ok(Event::Forward { end }) => ready = end,
-                Ok(Event::Frame { start, end }) => match buf[start] {
-                    b'Z' => {
-                        ready = end;
-                        // The first ReadyForQuery ends the startup and answers no request.
-                        if shared.txn.swap(ready_status(&buf[start..end]), Relaxed) != 0 {
-                            shared.in_flight.fetch_sub(1, Relaxed);
-                        }
-                        if shared.draining.load(Relaxed) && shared.is_idle() {
-                            let done = write_client(client, &buf[..ready], shared, true, bytes);
-                            if done.await.is_err() {
-                                return End::ClientClosed;
-                            }
-                            return End::Drained;
-                        }
+            let classify = |tag: u8, _len: u32| {
+                Ok(match tag {
+                    b'Z' | b'K' => Disposition::Inspect,
+                    _ if capture.is_some_and(|c| c.shared.lock().wants(tag)) => {
+                        Disposition::Inspect
                     }
-                    b'K' => {
-                        let Some(key) = CancelKey::from_backend_key_data(&buf[start..end]) else {
-                            return End::PrimaryProtocol(ProtocolError::violation(
-                                "invalid BackendKeyData from the primary",
-                            ));
-                        };
-                        let mine = keys.exchange(key);
-                        let before = write_client(client, &buf[..start], shared, true, bytes);
-                        if before.await.is_err()
-                            || write_client(client, &mine, shared, true, bytes)
-                                .await
-                                .is_err()
-                        {
-                            return End::ClientClosed;
-                        }
-                        buf.advance(end);
-                        scanner.consume(end);
-                        ready = 0;
-                    }
-                    _ => ready = end,
-                },
+                    _ => Disposition::Pass,
+                })
+            };
+            let (start, end) = match scanner.next(&buf, classify) {
+                Ok(Event::Forward { end }) => {
+                    ready = end;
+                    continue;
+                }
+                Ok(Event::Frame { start, end }) => (start, end),
                 Ok(Event::NeedMore { .. }) => break,
                 Err(e) => return End::PrimaryProtocol(e),
+            };
+            let action = match capture {
+                Some(c) => c.on_frame(&buf[start..end]),
+                None => Action::Forward,
+            };
+            let action = match buf[start] {
+                b'Z' if action != Action::Drop => {
+                    // The first ReadyForQuery ends the startup and answers no request.
+                    if shared.txn.swap(ready_status(&buf[start..end]), Relaxed) != 0 {
+                        shared.in_flight.fetch_sub(1, Relaxed);
+                    }
+                    action
+                }
+                b'K' => {
+                    let Some(key) = CancelKey::from_backend_key_data(&buf[start..end]) else {
+                        return End::PrimaryProtocol(ProtocolError::violation(
+                            "invalid BackendKeyData from the primary",
+                        ));
+                    };
+                    Action::Replace(keys.exchange(key))
+                }
+                _ => action,
+            };
+            let done = match action {
+                Action::Forward => {
+                    ready = end;
+                    Ok(false)
+                }
+                Action::ForwardWhenApplied(id) => {
+                    let prefix = write_client(client, &buf[..start], shared, true, bytes).await;
+                    if let Some(c) = capture {
+                        c.wait_applied(id).await;
+                    }
+                    skip(&mut buf, &mut scanner, start);
+                    ready = end - start;
+                    prefix.map(|_| false)
+                }
+                Action::Drop | Action::Replace(_) => {
+                    let mut r = write_client(client, &buf[..start], shared, true, bytes).await;
+                    if let (Ok(()), Action::Replace(b)) = (&r, &action) {
+                        r = write_client(client, b, shared, true, bytes).await;
+                    }
+                    skip(&mut buf, &mut scanner, end);
+                    ready = 0;
+                    r.map(|_| false)
+                }
+            };
+            if done.is_err() {
+                return End::ClientClosed;
+            }
+            // Draining: the session ends at this idle point, once the reply is written.
+            if shared.draining.load(Relaxed)
+                && shared.is_idle()
+                && ready > 0
+                && ready == scanner.scanned()
+            {
+                if write_client(client, &buf[..ready], shared, true, bytes)
+                    .await
+                    .is_err()
+                {
+                    return End::ClientClosed;
+                }
+                return End::Drained;
             }
         }
         if ready > 0 {
@@ -255,8 +367,7 @@ where
             if done.await.is_err() {
                 return End::ClientClosed;
             }
-            buf.advance(ready);
-            scanner.consume(ready);
+            skip(&mut buf, &mut scanner, ready);
             ready = 0;
         }
         buf.reserve(READ_CHUNK);
@@ -271,11 +382,42 @@ where
     }
 }
 
-fn classify_primary(tag: u8, _len: u32) -> Result<Disposition, ProtocolError> {
-    Ok(match tag {
-        b'Z' | b'K' => Disposition::Inspect,
-        _ => Disposition::Pass,
-    })
+fn skip(buf: &mut BytesMut, scanner: &mut FrameScanner, n: usize) {
+    buf.advance(n);
+    scanner.consume(n);
+}
+
+impl CaptureCtx<'_> {
+    fn on_frame(&self, frame: &[u8]) -> Action {
+        let (action, lost) = {
+            let mut t = self.shared.lock();
+            let action = t.on_frame(frame);
+            (action, std::mem::take(&mut t.lost))
+        };
+        self.shared.progress.notify_one();
+        if lost > 0 {
+            let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, "");
+            d.detail = serde_json::json!({
+                "reason": "the transaction ended without a COMMIT pgbridge could journal",
+                "changes": lost,
+            });
+            d.session = Some(self.session);
+            self.recorder.record(d);
+        }
+        action
+    }
+
+    /// Sync mode: the client's COMMIT reply waits until the secondary applied it, or the timeout.
+    async fn wait_applied(&self, id: u64) {
+        let Some(applier) = self.applier else { return };
+        if let Err(e) = applier.wait_applied(id, self.sync_timeout).await {
+            let mut d = Divergence::new(DivergenceKind::SyncTimeout, "");
+            d.secondary = e.to_string();
+            d.detail = serde_json::json!({ "journal_id": id });
+            d.session = Some(self.session);
+            self.recorder.record(d);
+        }
+    }
 }
 
 async fn write_client<W: AsyncWrite + Unpin>(

@@ -20,11 +20,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::cancel::{send_cancel, BackendTarget, Registration};
+use crate::capture;
+use crate::config::MirrorMode;
 use crate::primary::ServerStream;
 use crate::protocol::messages::{error_response, sqlstate, CancelKey, Severity};
 use crate::protocol::startup::StartupPacket;
 use crate::protocol::ProtocolError;
-use crate::relay::{self, ClientLimits, End, KeyExchange, Shared};
+use crate::relay::{self, CaptureCtx, ClientLimits, End, KeyExchange, Shared};
 use crate::server::Proxy;
 
 /// How long a cancel forwarded to the primary may take.
@@ -56,8 +58,8 @@ pub async fn serve(
         };
         match negotiated {
             Negotiated::Done => {}
-            Negotiated::Plain(tcp, startup) => session(&proxy, tcp, startup, permit).await,
-            Negotiated::Tls(tls, startup) => session(&proxy, *tls, startup, permit).await,
+            Negotiated::Plain(tcp, startup) => session(&proxy, tcp, startup, permit, id).await,
+            Negotiated::Tls(tls, startup) => session(&proxy, *tls, startup, permit, id).await,
         }
     }
     .instrument(span)
@@ -236,6 +238,7 @@ async fn session<C: SplitStream>(
     mut client: C,
     startup: StartupPacket,
     permit: Option<OwnedSemaphorePermit>,
+    session_id: u64,
 ) {
     let StartupPacket::Startup { raw, params, .. } = startup else {
         return;
@@ -278,8 +281,8 @@ async fn session<C: SplitStream>(
     let started = Instant::now();
     let _active = metrics.session_started();
     let (end, keys) = match primary {
-        ServerStream::Tcp(tcp) => relay_until_end(proxy, client, tcp, raw).await,
-        ServerStream::Unix(unix) => relay_until_end(proxy, client, unix, raw).await,
+        ServerStream::Tcp(tcp) => relay_until_end(proxy, client, tcp, raw, session_id).await,
+        ServerStream::Unix(unix) => relay_until_end(proxy, client, unix, raw, session_id).await,
     };
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
     drop(keys);
@@ -293,6 +296,7 @@ async fn relay_until_end<C: SplitStream, P: SplitStream>(
     client: C,
     primary: P,
     startup: Bytes,
+    session_id: u64,
 ) -> (End, Keys<'_>) {
     let metrics = crate::admin::metrics::get();
     let shared = Shared::new();
@@ -315,20 +319,61 @@ async fn relay_until_end<C: SplitStream, P: SplitStream>(
     let limits = ClientLimits {
         max_message_bytes: proxy.config.limits.max_message_bytes,
     };
+    let migration = proxy.migration.as_ref();
+    let mirror = migration.and_then(|m| m.mirror.as_ref());
+    let capture_shared = capture::Shared::new(
+        mirror.map(|m| m.journal.clone()),
+        mirror.is_some_and(|m| m.mode == MirrorMode::Sync),
+    );
+    let mut driver = migration.map(|m| {
+        capture::Driver::new(
+            &capture_shared,
+            &m.analyzer,
+            mirror.map(|m| &m.journal),
+            &m.recorder,
+            session_id,
+        )
+    });
+    let capture_ctx = migration.map(|m| CaptureCtx {
+        shared: &capture_shared,
+        recorder: &m.recorder,
+        applier: mirror.map(|m| &m.applier),
+        sync_timeout: mirror.map_or(Duration::ZERO, |m| m.sync_timeout),
+        session: session_id,
+    });
     let end = {
-        let up = relay::client_to_primary(
-            &mut client_r,
-            &mut primary_w,
-            &shared,
-            &limits,
-            &metrics.bytes_to_primary,
-        );
+        let up = async {
+            match driver.as_mut() {
+                Some(d) => {
+                    relay::client_to_primary_capturing(
+                        &mut client_r,
+                        &mut primary_w,
+                        &shared,
+                        &limits,
+                        &metrics.bytes_to_primary,
+                        d,
+                    )
+                    .await
+                }
+                None => {
+                    relay::client_to_primary(
+                        &mut client_r,
+                        &mut primary_w,
+                        &shared,
+                        &limits,
+                        &metrics.bytes_to_primary,
+                    )
+                    .await
+                }
+            }
+        };
         let down = relay::primary_to_client(
             &mut primary_r,
             &mut client_w,
             &shared,
             &mut keys,
             &metrics.bytes_to_client,
+            capture_ctx.as_ref(),
         );
         tokio::pin!(up, down);
         let mut drain = proxy.drain_signal();
@@ -350,6 +395,7 @@ async fn relay_until_end<C: SplitStream, P: SplitStream>(
             }
         }
     };
+    drop(driver);
     finish(&end, &shared, &keys, &mut client_w, &mut primary_w).await;
     (end, keys)
 }

@@ -1,0 +1,742 @@
+//! The client's requests, as the capture needs them sent.
+//!
+//! Every request frame of a session with rules passes through [`Driver::handle`], which pushes
+//! the [`Expect`] that tells the other direction what the reply is for and queues the bytes for
+//! the primary. Statements that write a migrated table go out with RETURNING spliced in. Where a
+//! transaction ends in a commit with captured changes, the driver first makes the changes durable
+//! (DESIGN.md, principle 7): it waits until every earlier reply arrived, asks the primary for the
+//! transaction id, appends the journal intent, and only then lets the COMMIT go. A statement that
+//! would commit on its own (autocommit) is run inside a transaction pgbridge begins and commits.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use super::track::{Expect, Step, Tracker};
+use super::wire;
+use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
+use crate::mirror::{Journal, TxnRecord};
+use crate::protocol::messages::{error_response, Severity};
+use crate::rules::{MirrorMode, RuleSet};
+use crate::sql::{Analysis, Analyzer, Kind, StatementInfo, TxControl, WriteOp};
+
+/// The capture state of one session, shared by its two directions.
+pub struct Shared {
+    pub tracker: Mutex<Tracker>,
+    /// Signalled by the reply side whenever a reply completed.
+    pub progress: Notify,
+}
+
+impl Shared {
+    pub fn new(journal: Option<Arc<Journal>>, sync: bool) -> Shared {
+        Shared {
+            tracker: Mutex::new(Tracker::new(journal, sync)),
+            progress: Notify::new(),
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Settings that text values depend on, carried with each journal transaction.
+const TEXT_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
+
+/// The session's request side of the capture.
+pub struct Driver<'a> {
+    shared: &'a Shared,
+    analyzer: &'a Analyzer,
+    journal: Option<&'a Arc<Journal>>,
+    recorder: &'a Recorder,
+    session: u64,
+    statements: HashMap<String, Arc<Analysis>>,
+    portals: HashMap<String, Arc<Analysis>>,
+    /// Extended protocol: pgbridge began a transaction in this batch, to commit at its Sync.
+    wrapped: bool,
+    /// Extended protocol: the client began a transaction in this batch.
+    began: bool,
+    out: BytesMut,
+}
+
+impl<'a> Driver<'a> {
+    pub fn new(
+        shared: &'a Shared,
+        analyzer: &'a Analyzer,
+        journal: Option<&'a Arc<Journal>>,
+        recorder: &'a Recorder,
+        session: u64,
+    ) -> Driver<'a> {
+        Driver {
+            shared,
+            analyzer,
+            journal,
+            recorder,
+            session,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            wrapped: false,
+            began: false,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Bytes that need no decision (COPY data, Terminate, passwords) go out in order.
+    pub fn pass(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Writes what is queued for the primary.
+    pub async fn flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<usize> {
+        if self.out.is_empty() {
+            return Ok(0);
+        }
+        let n = self.out.len();
+        primary.write_all(&self.out).await?;
+        primary.flush().await?;
+        self.out.clear();
+        Ok(n)
+    }
+
+    fn expect(&mut self, e: Expect) {
+        self.shared.lock().expect(e);
+    }
+
+    /// Handles one whole request frame from the client.
+    pub async fn handle<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        match frame[0] {
+            b'Q' => self.query(frame, primary).await,
+            b'P' => {
+                self.parse(frame);
+                Ok(())
+            }
+            b'B' => {
+                self.bind(frame);
+                Ok(())
+            }
+            b'D' => {
+                let step = wire::target(frame)
+                    .and_then(|(kind, name)| self.lookup(kind, name))
+                    .map_or(Step::Pass, |a| single_step(&a, &self.analyzer.rules()));
+                self.expect(Expect::Describe {
+                    step,
+                    forward: true,
+                });
+                self.pass(frame);
+                Ok(())
+            }
+            b'E' => self.execute(frame, primary).await,
+            b'C' => {
+                if let Some((kind, name)) = wire::target(frame) {
+                    match kind {
+                        b'S' => self.statements.remove(name),
+                        _ => self.portals.remove(name),
+                    };
+                }
+                self.expect(Expect::Close { forward: true });
+                self.pass(frame);
+                Ok(())
+            }
+            b'S' => self.sync(frame, primary).await,
+            b'F' => {
+                self.expect(Expect::Call);
+                self.pass(frame);
+                Ok(())
+            }
+            _ => {
+                self.pass(frame);
+                Ok(())
+            }
+        }
+    }
+
+    fn lookup(&self, kind: u8, name: &str) -> Option<Arc<Analysis>> {
+        match kind {
+            b'S' => self.statements.get(name).cloned(),
+            _ => self.portals.get(name).cloned(),
+        }
+    }
+
+    /// Waits until every reply owed has arrived.
+    async fn drain<W: AsyncWrite + Unpin>(&mut self, primary: &mut W) -> std::io::Result<()> {
+        self.flush(primary).await?;
+        loop {
+            let notified = self.shared.progress.notified();
+            if self.shared.lock().drained() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends a Query whose ReadyForQuery is held, and waits for it; returns its status.
+    async fn held_query<W: AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        steps: Vec<Step>,
+        primary: &mut W,
+    ) -> std::io::Result<u8> {
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: true,
+        });
+        self.out.extend_from_slice(&wire::query(sql));
+        self.drain(primary).await?;
+        Ok(self.shared.lock().held.take().unwrap_or(b'E'))
+    }
+
+    fn plan(&self, analysis: &Analysis, text: &str) -> Plan {
+        let rules = self.analyzer.rules();
+        let mut plan = Plan::default();
+        for (i, s) in analysis.statements.iter().enumerate() {
+            let step = step_for(s, &rules);
+            match &step {
+                Step::Capture(_) | Step::Truncate(_) => plan.changes = true,
+                Step::Tx(TxControl::Commit) if plan.commit_at.is_none() => plan.commit_at = Some(i),
+                Step::Tx(TxControl::Begin) if !plan.changes => plan.begins = true,
+                Step::Tx(_) => plan.other_tx = true,
+                _ => {}
+            }
+            if let Some(reason) = unmirrored(s, &rules, text) {
+                self.report_unmirrored(s, analysis, reason);
+            }
+            plan.steps.push(step);
+        }
+        plan
+    }
+
+    fn report_unmirrored(&self, s: &StatementInfo, analysis: &Analysis, reason: String) {
+        let table = s
+            .writes
+            .first()
+            .map(|w| w.table.to_string())
+            .or_else(|| analysis.seen.first().map(|t| t.to_string()))
+            .unwrap_or_default();
+        let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, table);
+        d.query = normalize_query(analysis.capture_sql.as_deref().unwrap_or_default());
+        d.detail = serde_json::json!({ "reason": reason });
+        d.session = Some(self.session);
+        tracing::warn!(session = self.session, reason = %d.detail, "a write to a migrated table is not mirrored");
+        self.recorder.record(d);
+    }
+
+    async fn query<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        // A simple Query ends the unnamed statement and portal.
+        self.statements.remove("");
+        self.portals.remove("");
+        let Some(text) = wire::query_text(frame) else {
+            self.expect(Expect::Query {
+                steps: VecDeque::new(),
+                hold: false,
+            });
+            self.pass(frame);
+            return Ok(());
+        };
+        let analysis = self.analyzer.analyze(text);
+        if analysis.is_unrelated() {
+            self.expect(Expect::Query {
+                steps: VecDeque::new(),
+                hold: false,
+            });
+            self.pass(frame);
+            return Ok(());
+        }
+        let plan = self.plan(&analysis, text);
+        let pending = !self.shared.lock().txn.is_empty();
+        if let Some(k) = plan
+            .commit_at
+            .filter(|&k| pending || plan.changes_before(k))
+        {
+            let start = analysis.statements[k].text.start;
+            let text = text.to_string();
+            return self.commit_split(&text, start, primary).await;
+        }
+        if plan.changes && !plan.begins && !plan.other_tx {
+            self.drain(primary).await?;
+            if self.shared.lock().status == b'I' {
+                let sql = analysis.capture_sql.as_deref().unwrap_or(text).to_string();
+                return self.autocommit(&sql, plan.steps, primary).await;
+            }
+        }
+        let bytes = match &analysis.capture_sql {
+            Some(sql) => wire::query(sql),
+            None => Bytes::copy_from_slice(frame),
+        };
+        self.expect(Expect::Query {
+            steps: plan.steps.into(),
+            hold: false,
+        });
+        self.out.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// The Query's statements before `start` run first (their reply held), then the changes are
+    /// journaled, then the rest, from the COMMIT on, is sent.
+    async fn commit_split<W: AsyncWrite + Unpin>(
+        &mut self,
+        text: &str,
+        start: usize,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.drain(primary).await?;
+        let (before, rest) = text.split_at(start);
+        if !before.trim().trim_matches(';').trim().is_empty() {
+            let a = self.analyzer.analyze(before);
+            let steps = self.plan(&a, before).steps;
+            let sql = a.capture_sql.as_deref().unwrap_or(before).to_string();
+            self.held_query(&sql, steps, primary).await?;
+        }
+        let a = self.analyzer.analyze(rest);
+        let mut steps = self.plan(&a, rest).steps;
+        let sql = a.capture_sql.as_deref().unwrap_or(rest).to_string();
+        match self.journal_open_transaction(primary).await? {
+            Journaled::Nothing => {}
+            Journaled::Intent(id) => {
+                if let Some(first) = steps.first_mut() {
+                    *first = Step::Commit { id, forward: true };
+                }
+            }
+            Journaled::Refused(message) => return self.refuse_commit(&message),
+        }
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: false,
+        });
+        self.out.extend_from_slice(&wire::query(&sql));
+        Ok(())
+    }
+
+    /// A Query that would commit on its own runs in a transaction pgbridge commits once the
+    /// changes are journaled.
+    async fn autocommit<W: AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        steps: Vec<Step>,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        let wrapped = format!("BEGIN;\n{sql}\n;SELECT pg_current_xact_id()");
+        let mut all = vec![Step::Swallow];
+        all.extend(steps);
+        all.push(Step::Xid);
+        let status = self.held_query(&wrapped, all, primary).await?;
+        let id = if status == b'T' {
+            match self.intent().await {
+                Ok(id) => Some(id),
+                Err(message) => return self.refuse_commit(&message),
+            }
+        } else {
+            None
+        };
+        let (sql, step) = match id {
+            Some(id) => ("COMMIT", Step::Commit { id, forward: false }),
+            None => ("ROLLBACK", Step::Swallow),
+        };
+        self.expect(Expect::Query {
+            steps: VecDeque::from([step]),
+            hold: false,
+        });
+        self.out.extend_from_slice(&wire::query(sql));
+        Ok(())
+    }
+
+    /// The journal could not take the transaction: roll it back and tell the client.
+    fn refuse_commit(&mut self, message: &str) -> std::io::Result<()> {
+        let mut t = self.shared.lock();
+        t.txn.clear();
+        t.before_ready.push(error_response(
+            Severity::Error,
+            "53100",
+            &format!("pgbridge rolled the transaction back: {message}"),
+        ));
+        t.expect(Expect::Query {
+            steps: VecDeque::from([Step::Swallow]),
+            hold: false,
+        });
+        drop(t);
+        self.out.extend_from_slice(&wire::query("ROLLBACK"));
+        Ok(())
+    }
+
+    /// For an open transaction with changes: its id from the primary, then the durable intent.
+    async fn journal_open_transaction<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<Journaled> {
+        let (status, empty) = {
+            let t = self.shared.lock();
+            (t.status, t.txn.is_empty())
+        };
+        if status != b'T' || empty {
+            return Ok(Journaled::Nothing);
+        }
+        self.held_query("SELECT pg_current_xact_id()", vec![Step::Xid], primary)
+            .await?;
+        Ok(match self.intent().await {
+            Ok(id) => Journaled::Intent(id),
+            Err(m) => Journaled::Refused(m),
+        })
+    }
+
+    /// Appends the open transaction's changes to the journal (durably); its intent id.
+    async fn intent(&mut self) -> Result<u64, String> {
+        let record = {
+            let mut t = self.shared.lock();
+            let mut record = TxnRecord::new(self.session, t.xid.take());
+            record.changes = t.txn.changes().to_vec();
+            record.settings = TEXT_SETTINGS
+                .iter()
+                .filter_map(|k| t.settings.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            record
+        };
+        let Some(journal) = self.journal else {
+            // No secondary configured: nothing to mirror to.
+            self.shared.lock().txn.clear();
+            return Err("no [secondary] is configured to mirror to".into());
+        };
+        journal
+            .append_intent(&record)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn parse(&mut self, frame: &[u8]) {
+        let Some((name, query, _)) = wire::parse_message(frame) else {
+            self.pass(frame);
+            return;
+        };
+        let name = name.to_string();
+        let analysis = self.analyzer.analyze(query);
+        let bytes = if analysis.is_unrelated() {
+            None
+        } else {
+            self.plan(&analysis, query);
+            analysis
+                .capture_sql
+                .as_deref()
+                .and_then(|sql| wire::replace_parse_query(frame, sql))
+        };
+        self.statements.insert(name, analysis);
+        self.expect(Expect::Parse { forward: true });
+        match bytes {
+            Some(b) => self.out.extend_from_slice(&b),
+            None => self.pass(frame),
+        }
+    }
+
+    fn bind(&mut self, frame: &[u8]) {
+        let Some((portal, stmt)) = wire::bind_names(frame) else {
+            self.pass(frame);
+            return;
+        };
+        let analysis = self.statements.get(stmt).cloned();
+        let portal = portal.to_string();
+        let extra = analysis
+            .as_ref()
+            .and_then(|a| match single_step(a, &self.analyzer.rules()) {
+                Step::Capture(c) => Some(c.extra),
+                _ => None,
+            });
+        let edited = extra.and_then(|n| wire::extend_bind_formats(frame, n).flatten());
+        match analysis {
+            Some(a) => self.portals.insert(portal, a),
+            None => self.portals.remove(&portal),
+        };
+        self.expect(Expect::Bind { forward: true });
+        match edited {
+            Some(b) => self.out.extend_from_slice(&b),
+            None => self.pass(frame),
+        }
+    }
+
+    async fn execute<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        let analysis = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
+        let step = analysis
+            .as_ref()
+            .map_or(Step::Pass, |a| single_step(a, &self.analyzer.rules()));
+        match &step {
+            Step::Tx(TxControl::Begin) => self.began = true,
+            Step::Tx(TxControl::Commit) if !self.shared.lock().txn.is_empty() => {
+                return self.execute_commit(frame, primary).await;
+            }
+            Step::Capture(_) | Step::Truncate(_) => {
+                if !self.began && !self.wrapped {
+                    self.drain_extended(primary).await?;
+                    if self.shared.lock().status == b'I' {
+                        self.inject("pgbridge_begin", "BEGIN", Step::Swallow, false);
+                        self.wrapped = true;
+                    }
+                }
+                if let (Step::Capture(_), Some(p)) = (&step, wire::execute_portal(frame)) {
+                    // The types of the captured columns, for the journal.
+                    self.expect(Expect::Describe {
+                        step: step.clone(),
+                        forward: false,
+                    });
+                    self.out.extend_from_slice(&wire::describe_portal(p));
+                }
+            }
+            _ => {}
+        }
+        self.expect(Expect::Execute {
+            step,
+            forward: true,
+        });
+        self.pass(frame);
+        Ok(())
+    }
+
+    /// Mid-batch, the server holds its replies until Sync or Flush: ask it to send them.
+    async fn drain_extended<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.out.extend_from_slice(&wire::flush());
+        self.drain(primary).await
+    }
+
+    /// Runs `sql` as pgbridge's own named statement and portal, leaving the client's unnamed
+    /// statement and portal alone.
+    fn inject(&mut self, name: &str, sql: &str, step: Step, forward: bool) {
+        for e in [
+            Expect::Close { forward },
+            Expect::Close { forward },
+            Expect::Parse { forward },
+            Expect::Bind { forward },
+            Expect::Execute { step, forward },
+        ] {
+            self.expect(e);
+        }
+        for bytes in [
+            wire::close(b'P', "pgbridge_p"),
+            wire::close(b'S', name),
+            wire::parse(name, sql),
+            wire::bind("pgbridge_p", name),
+            wire::execute("pgbridge_p"),
+        ] {
+            self.out.extend_from_slice(&bytes);
+        }
+    }
+
+    /// The id and intent of the open transaction, in the extended protocol.
+    async fn extended_intent<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<Result<u64, String>> {
+        self.inject(
+            "pgbridge_xid",
+            "SELECT pg_current_xact_id()",
+            Step::Xid,
+            false,
+        );
+        self.drain_extended(primary).await?;
+        Ok(self.intent().await)
+    }
+
+    async fn execute_commit<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.drain_extended(primary).await?;
+        let failed = self.shared.lock().batch_error;
+        let step = if failed {
+            Step::Tx(TxControl::Commit)
+        } else {
+            match self.extended_intent(primary).await? {
+                Ok(id) => Step::Commit { id, forward: true },
+                Err(message) => {
+                    // The COMMIT fails in its place, with pgbridge's reason, and rolls back.
+                    let raise = format!(
+                        "DO $pgbridge$ BEGIN RAISE EXCEPTION USING ERRCODE = '53100', MESSAGE = {}; END $pgbridge$",
+                        quote_literal(&format!("pgbridge rolled the transaction back: {message}"))
+                    );
+                    self.shared.lock().txn.clear();
+                    self.inject("pgbridge_refuse", &raise, Step::Pass, true);
+                    return Ok(());
+                }
+            }
+        };
+        self.expect(Expect::Execute {
+            step,
+            forward: true,
+        });
+        self.pass(frame);
+        Ok(())
+    }
+
+    async fn sync<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.began = false;
+        if !std::mem::take(&mut self.wrapped) {
+            self.expect(Expect::Sync { hold: false });
+            self.pass(frame);
+            return Ok(());
+        }
+        self.drain_extended(primary).await?;
+        let failed = self.shared.lock().batch_error;
+        if !failed {
+            match self.extended_intent(primary).await? {
+                Ok(id) => self.inject(
+                    "pgbridge_commit",
+                    "COMMIT",
+                    Step::Commit { id, forward: false },
+                    false,
+                ),
+                Err(message) => {
+                    self.shared.lock().before_ready.push(error_response(
+                        Severity::Error,
+                        "53100",
+                        &format!("pgbridge rolled the transaction back: {message}"),
+                    ));
+                    self.inject("pgbridge_rollback", "ROLLBACK", Step::Swallow, false);
+                }
+            }
+            self.expect(Expect::Sync { hold: false });
+            self.pass(frame);
+            return Ok(());
+        }
+        // The batch failed inside pgbridge's transaction: end it as the implicit one would.
+        self.expect(Expect::Sync { hold: true });
+        self.pass(frame);
+        self.drain(primary).await?;
+        self.shared.lock().held.take();
+        self.shared.lock().txn.clear();
+        self.expect(Expect::Query {
+            steps: VecDeque::from([Step::Swallow]),
+            hold: false,
+        });
+        self.out.extend_from_slice(&wire::query("ROLLBACK"));
+        Ok(())
+    }
+}
+
+enum Journaled {
+    Nothing,
+    Intent(u64),
+    Refused(String),
+}
+
+#[derive(Default)]
+struct Plan {
+    steps: Vec<Step>,
+    changes: bool,
+    begins: bool,
+    other_tx: bool,
+    commit_at: Option<usize>,
+}
+
+impl Plan {
+    fn changes_before(&self, k: usize) -> bool {
+        self.steps[..k]
+            .iter()
+            .any(|s| matches!(s, Step::Capture(_) | Step::Truncate(_)))
+    }
+}
+
+/// The step of a one-statement analysis (a prepared statement's).
+fn single_step(a: &Analysis, rules: &RuleSet) -> Step {
+    match a.statements.as_slice() {
+        [s] => step_for(s, rules),
+        _ => Step::Pass,
+    }
+}
+
+fn step_for(s: &StatementInfo, rules: &RuleSet) -> Step {
+    match &s.kind {
+        Kind::Write => {
+            if let Some(c) = &s.capture {
+                return Step::Capture(Arc::new(c.clone()));
+            }
+            match s.writes.as_slice() {
+                [w] if w.op == WriteOp::Truncate && mirrored(rules, &w.table) => {
+                    Step::Truncate(w.table.clone())
+                }
+                _ => Step::Pass,
+            }
+        }
+        Kind::Transaction(tc) => Step::Tx(tc.clone()),
+        _ => Step::Pass,
+    }
+}
+
+fn mirrored(rules: &RuleSet, table: &crate::rules::TableName) -> bool {
+    rules
+        .get(table)
+        .is_some_and(|r| r.mirror == MirrorMode::Rows)
+}
+
+/// Why a statement writes a migrated table without being mirrored, if it does.
+fn unmirrored(s: &StatementInfo, rules: &RuleSet, text: &str) -> Option<String> {
+    match &s.kind {
+        Kind::Write if s.capture.is_none() => {
+            let mirrored_writes: Vec<_> = s
+                .writes
+                .iter()
+                .filter(|w| {
+                    rules
+                        .get(&w.table)
+                        .is_some_and(|r| r.mirror != MirrorMode::Off)
+                })
+                .collect();
+            if mirrored_writes.is_empty() {
+                return None;
+            }
+            if matches!(mirrored_writes.as_slice(), [w] if w.op == WriteOp::Truncate && mirrored(rules, &w.table))
+            {
+                return None;
+            }
+            Some(s.note.clone().unwrap_or_else(|| {
+                format!(
+                    "{:?} of a migrated table is not mirrored",
+                    mirrored_writes[0].op
+                )
+            }))
+        }
+        Kind::Ddl => Some("DDL on a migrated table".into()),
+        Kind::Unparsed if may_write(text.get(s.text.clone()).unwrap_or(text)) => Some(format!(
+            "the statement could not be parsed: {}",
+            s.note.clone().unwrap_or_default()
+        )),
+        _ => None,
+    }
+}
+
+/// An unparsed statement may write unless it starts as a plain read does.
+fn may_write(text: &str) -> bool {
+    let word: String = text
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    !matches!(
+        word.as_str(),
+        "select" | "table" | "values" | "show" | "explain"
+    )
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,135 @@
+//! A captured result row turned into a row-level change.
+//!
+//! The capture rewrite appends, after the client's own columns: the row image (every source
+//! column; the key alone for DELETE), the rule's `where` evaluated on the row when the rule has
+//! one, and the old key when an UPDATE changes key columns ([`Capture`]).
+
+use bytes::Bytes;
+
+use super::wire::FieldInfo;
+use crate::mirror::{Change, ChangeOp, Row, Value};
+use crate::sql::{Capture, WriteOp};
+
+/// The change one DataRow of a captured statement stands for; `None` when the row is malformed.
+pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>]) -> Option<Change> {
+    if fields.len() != values.len() || values.len() < capture.extra {
+        return None;
+    }
+    let first = values.len() - capture.extra;
+    let value = |i: usize| Value {
+        type_oid: fields[i].type_oid,
+        format: fields[i].format as u8,
+        bytes: values[i].map(Bytes::copy_from_slice),
+    };
+    let mut at = first;
+    let mut row = Row::new();
+    for column in &capture.columns {
+        row = row.with(column, value(at));
+        at += 1;
+    }
+    let in_filter = if capture.in_filter {
+        let v = boolean(fields[at], values[at]);
+        at += 1;
+        Some(v)
+    } else {
+        None
+    };
+    let mut old_key = Row::new();
+    for column in &capture.old_key {
+        old_key = old_key.with(column, value(at));
+        at += 1;
+    }
+    let op = match capture.op {
+        WriteOp::Delete => ChangeOp::Delete {
+            key: row,
+            in_filter,
+        },
+        WriteOp::Update if !capture.old_key.is_empty() => ChangeOp::UpdateKey {
+            old_key,
+            row,
+            in_filter,
+        },
+        _ => ChangeOp::Upsert { row, in_filter },
+    };
+    Some(Change {
+        table: capture.table.clone(),
+        op,
+    })
+}
+
+/// A boolean in text (`t`/`f`) or binary (one byte) format; NULL is false, as in a WHERE.
+fn boolean(field: FieldInfo, value: Option<&[u8]>) -> bool {
+    match (field.format, value) {
+        (_, None) => false,
+        (1, Some(v)) => v.first() == Some(&1),
+        (_, Some(v)) => v == b"t",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::TableName;
+
+    fn capture(op: WriteOp, old_key: &[&str]) -> Capture {
+        Capture {
+            table: TableName::new("public", "bars"),
+            op,
+            client_returning: true,
+            columns: vec!["symbol".into(), "ts".into()],
+            in_filter: true,
+            old_key: old_key.iter().map(|s| s.to_string()).collect(),
+            extra: 3 + old_key.len(),
+        }
+    }
+
+    fn text(n: usize) -> Vec<FieldInfo> {
+        vec![
+            FieldInfo {
+                type_oid: 25,
+                format: 0
+            };
+            n
+        ]
+    }
+
+    #[test]
+    fn the_trailing_columns_make_the_change() {
+        let c = capture(WriteOp::Insert, &[]);
+        let values = [
+            Some(&b"client"[..]),
+            Some(b"DXY"),
+            Some(b"2026"),
+            Some(b"t"),
+        ];
+        let change = change(&c, &text(4), &values).unwrap();
+        let ChangeOp::Upsert { row, in_filter } = change.op else {
+            panic!("{change:?}")
+        };
+        assert_eq!(in_filter, Some(true));
+        assert_eq!(row.columns, vec!["symbol", "ts"]);
+        assert_eq!(
+            row.get("symbol").unwrap().bytes.as_deref(),
+            Some(&b"DXY"[..])
+        );
+    }
+
+    #[test]
+    fn a_key_change_carries_the_old_key() {
+        let c = capture(WriteOp::Update, &["symbol"]);
+        let values = [Some(&b"DXY"[..]), Some(b"2026"), Some(b"f"), Some(b"OLD")];
+        let change = change(&c, &text(4), &values).unwrap();
+        let ChangeOp::UpdateKey {
+            old_key, in_filter, ..
+        } = change.op
+        else {
+            panic!("{change:?}")
+        };
+        assert_eq!(in_filter, Some(false));
+        assert_eq!(
+            old_key.get("symbol").unwrap().bytes.as_deref(),
+            Some(&b"OLD"[..])
+        );
+        assert!(super::change(&c, &text(3), &values[..3]).is_none());
+    }
+}

@@ -1,0 +1,379 @@
+//! The primary's replies, matched to the requests that asked for them.
+//!
+//! The client-to-primary direction pushes an [`Expect`] for every request it sends; this side
+//! pops them as replies complete. Every reply of a client request reaches the client unchanged,
+//! except the rows of a captured write (their trailing capture columns stripped, or all of them
+//! dropped when the client wrote no RETURNING), and the replies to requests pgbridge injected
+//! (BEGIN, `pg_current_xact_id()`, COMMIT), which the client never sees.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::rows;
+use super::txn::TxnBuffer;
+use super::wire::{self, FieldInfo};
+use crate::mirror::{Change, ChangeOp, Journal};
+use crate::rules::TableName;
+use crate::sql::{Capture, TxControl};
+
+/// What the results of one statement get.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// The client's, untouched.
+    Pass,
+    /// pgbridge's own: the client sees none of it.
+    Swallow,
+    /// A captured write: its rows become changes of the open transaction.
+    Capture(Arc<Capture>),
+    /// TRUNCATE of a migrated table.
+    Truncate(TableName),
+    /// pgbridge's `SELECT pg_current_xact_id()`.
+    Xid,
+    /// The client's transaction control, followed in the buffer when it succeeds.
+    Tx(TxControl),
+    /// A COMMIT whose journal intent is `id`: its outcome goes to the journal.
+    Commit { id: u64, forward: bool },
+}
+
+/// A request sent to the primary, awaiting its reply.
+#[derive(Debug)]
+pub enum Expect {
+    /// A Query: one step per statement; `hold` keeps its ReadyForQuery from the client.
+    Query {
+        steps: VecDeque<Step>,
+        hold: bool,
+    },
+    Parse {
+        forward: bool,
+    },
+    Bind {
+        forward: bool,
+    },
+    Describe {
+        step: Step,
+        forward: bool,
+    },
+    Execute {
+        step: Step,
+        forward: bool,
+    },
+    Close {
+        forward: bool,
+    },
+    Sync {
+        hold: bool,
+    },
+    /// FunctionCall, and anything else answered by one ReadyForQuery.
+    Call,
+}
+
+/// What to do with one reply frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    Drop,
+    Replace(Bytes),
+    /// Forward, once the applier has applied journal transaction `id` (sync mode).
+    ForwardWhenApplied(u64),
+}
+
+/// The session's capture state, shared by its two directions.
+#[derive(Default)]
+pub struct Tracker {
+    queue: VecDeque<Expect>,
+    /// Types and formats of the current result's columns.
+    fields: Vec<FieldInfo>,
+    /// Changes of the statement in progress.
+    pending: Vec<Change>,
+    pub txn: TxnBuffer,
+    /// The value of the last `pg_current_xact_id()`.
+    pub xid: Option<i64>,
+    /// The status of a held ReadyForQuery, for the side that asked to hold it.
+    pub held: Option<u8>,
+    /// The transaction status of the last ReadyForQuery.
+    pub status: u8,
+    /// An ErrorResponse arrived since the last Sync.
+    pub batch_error: bool,
+    /// The server's reported settings (ParameterStatus).
+    pub settings: BTreeMap<String, String>,
+    /// Messages for the client, written before the next ReadyForQuery it gets.
+    pub before_ready: Vec<Bytes>,
+    /// The journal intent whose COMMIT completed last, for sync mode.
+    committed: Option<u64>,
+    /// Changes lost because the transaction ended without pgbridge's COMMIT (for a divergence).
+    pub lost: usize,
+    pub journal: Option<Arc<Journal>>,
+    pub sync: bool,
+}
+
+impl Tracker {
+    pub fn new(journal: Option<Arc<Journal>>, sync: bool) -> Tracker {
+        Tracker {
+            journal,
+            sync,
+            status: b'I',
+            ..Default::default()
+        }
+    }
+
+    pub fn expect(&mut self, e: Expect) {
+        self.queue.push_back(e);
+    }
+
+    /// No reply is owed.
+    pub fn drained(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The step the next result rows belong to.
+    fn step(&self) -> Option<&Step> {
+        match self.queue.front()? {
+            Expect::Query { steps, .. } => Some(steps.front().unwrap_or(&Step::Pass)),
+            Expect::Describe { step, .. } | Expect::Execute { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
+    /// Whether a reply frame of type `tag` must be looked at (decided before its body arrives).
+    pub fn wants(&self, tag: u8) -> bool {
+        match tag {
+            b'D' => !matches!(self.step(), None | Some(Step::Pass | Step::Tx(_))),
+            b'T' | b'C' | b'I' | b'E' | b'Z' | b'1' | b'2' | b'3' | b't' | b'n' | b's' | b'S' => {
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles one whole reply frame.
+    pub fn on_frame(&mut self, frame: &[u8]) -> Action {
+        match frame[0] {
+            b'S' => {
+                if let Some((name, at)) = wire::cstr(frame, 5) {
+                    if let Some((value, _)) = wire::cstr(frame, at) {
+                        self.settings.insert(name.to_string(), value.to_string());
+                    }
+                }
+                Action::Forward
+            }
+            b'T' => self.on_row_description(frame),
+            b'D' => self.on_data_row(frame),
+            b'C' => self.on_complete(frame),
+            b'I' | b's' => self.on_complete(frame),
+            b'E' => self.on_error(),
+            b'Z' => self.on_ready(frame),
+            b'1' | b'2' | b'3' | b't' | b'n' => self.on_simple_reply(frame[0]),
+            _ => Action::Forward,
+        }
+    }
+
+    fn forwarded(&self) -> bool {
+        match self.queue.front() {
+            Some(Expect::Query { steps, .. }) => !matches!(
+                steps.front(),
+                Some(Step::Swallow | Step::Xid | Step::Commit { forward: false, .. })
+            ),
+            Some(Expect::Parse { forward })
+            | Some(Expect::Bind { forward })
+            | Some(Expect::Close { forward })
+            | Some(Expect::Describe { forward, .. })
+            | Some(Expect::Execute { forward, .. }) => *forward,
+            _ => true,
+        }
+    }
+
+    fn on_row_description(&mut self, frame: &[u8]) -> Action {
+        self.fields = wire::row_fields(frame).unwrap_or_default();
+        let forward = self.forwarded();
+        let describe = matches!(self.queue.front(), Some(Expect::Describe { .. }));
+        let action = match self.step() {
+            _ if !forward => Action::Drop,
+            Some(Step::Capture(c)) if c.client_returning => {
+                let keep = self.fields.len().saturating_sub(c.extra);
+                wire::truncate_row_description(frame, keep).map_or(Action::Forward, Action::Replace)
+            }
+            // The client's statement returns nothing: a Describe says NoData, a Query says nothing.
+            Some(Step::Capture(_)) if describe => Action::Replace(wire::framed(b'n', &[])),
+            Some(Step::Capture(_)) => Action::Drop,
+            Some(Step::Swallow | Step::Xid) => Action::Drop,
+            _ => Action::Forward,
+        };
+        if describe {
+            self.queue.pop_front();
+        }
+        action
+    }
+
+    fn on_data_row(&mut self, frame: &[u8]) -> Action {
+        let Some(step) = self.step().cloned() else {
+            return Action::Forward;
+        };
+        match step {
+            Step::Capture(c) => {
+                let values = wire::row_values(frame).unwrap_or_default();
+                if let Some(change) = rows::change(&c, &self.fields, &values) {
+                    self.pending.push(change);
+                }
+                if !c.client_returning || !self.forwarded() {
+                    return Action::Drop;
+                }
+                let keep = values.len().saturating_sub(c.extra);
+                wire::truncate_data_row(frame, keep).map_or(Action::Forward, Action::Replace)
+            }
+            Step::Xid => {
+                let values = wire::row_values(frame).unwrap_or_default();
+                self.xid = values
+                    .first()
+                    .copied()
+                    .flatten()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|s| s.parse().ok());
+                Action::Drop
+            }
+            Step::Swallow => Action::Drop,
+            _ => Action::Forward,
+        }
+    }
+
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended: the current statement is done.
+    fn on_complete(&mut self, frame: &[u8]) -> Action {
+        let forward = self.forwarded();
+        let step = match self.queue.front_mut() {
+            Some(Expect::Query { steps, .. }) => steps.pop_front().unwrap_or(Step::Pass),
+            Some(Expect::Execute { .. }) => match self.queue.pop_front() {
+                Some(Expect::Execute { step, .. }) => step,
+                _ => Step::Pass,
+            },
+            _ => Step::Pass,
+        };
+        let tag = if frame[0] == b'C' {
+            wire::command_tag(frame)
+        } else {
+            ""
+        };
+        self.apply(step, tag);
+        if forward {
+            Action::Forward
+        } else {
+            Action::Drop
+        }
+    }
+
+    /// The effects of a statement that completed without error.
+    fn apply(&mut self, step: Step, tag: &str) {
+        match step {
+            Step::Capture(_) => self.txn.push(self.pending.drain(..)),
+            Step::Truncate(table) => self.txn.push([Change {
+                table,
+                op: ChangeOp::Truncate,
+            }]),
+            Step::Tx(TxControl::Savepoint(n)) => self.txn.savepoint(&n),
+            Step::Tx(TxControl::RollbackTo(n)) => self.txn.rollback_to(&n),
+            Step::Tx(TxControl::Release(n)) => self.txn.release(&n),
+            Step::Tx(TxControl::Rollback) => self.txn.clear(),
+            Step::Tx(TxControl::Commit | TxControl::PrepareTransaction(_)) => {
+                self.end_unjournaled()
+            }
+            Step::Commit { id, .. } => self.outcome(id, tag == "COMMIT"),
+            _ => {}
+        }
+    }
+
+    fn outcome(&mut self, id: u64, committed: bool) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.append_outcome(id, committed) {
+                tracing::error!(id, error = %e, "could not journal a transaction's outcome; it is resolved from the primary later");
+            }
+        }
+        self.txn.clear();
+        self.committed = committed.then_some(id);
+    }
+
+    /// The transaction ended in a way pgbridge did not journal: its changes are lost to the mirror.
+    fn end_unjournaled(&mut self) {
+        self.lost += self.txn.len();
+        self.txn.clear();
+    }
+
+    fn on_error(&mut self) -> Action {
+        self.pending.clear();
+        self.batch_error = true;
+        match self.queue.front_mut() {
+            Some(Expect::Query { steps, .. }) => {
+                let voided: Vec<Step> = steps.drain(..).collect();
+                for step in voided {
+                    if let Step::Commit { id, .. } = step {
+                        self.outcome(id, false);
+                    }
+                }
+            }
+            Some(Expect::Sync { .. }) | Some(Expect::Call) | None => {}
+            Some(_) => {
+                // Extended protocol: the failed request and everything up to Sync are skipped.
+                while let Some(e) = self.queue.front() {
+                    if matches!(e, Expect::Sync { .. }) {
+                        break;
+                    }
+                    if let Some(Expect::Execute {
+                        step: Step::Commit { id, .. },
+                        ..
+                    }) = self.queue.pop_front()
+                    {
+                        self.outcome(id, false);
+                    }
+                }
+            }
+        }
+        Action::Forward
+    }
+
+    fn on_ready(&mut self, frame: &[u8]) -> Action {
+        let status = frame.get(5).copied().unwrap_or(b'I');
+        self.status = status;
+        self.batch_error = false;
+        let hold = match self.queue.pop_front() {
+            Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold }) => hold,
+            _ => false,
+        };
+        if status == b'I' && !hold && !self.txn.is_empty() {
+            self.end_unjournaled();
+        }
+        if hold {
+            self.held = Some(status);
+            return Action::Drop;
+        }
+        let committed = self.committed.take().filter(|_| self.sync);
+        if !self.before_ready.is_empty() {
+            let mut out = self.before_ready.concat();
+            self.before_ready.clear();
+            out.extend_from_slice(frame);
+            return Action::Replace(Bytes::from(out));
+        }
+        match committed {
+            Some(id) => Action::ForwardWhenApplied(id),
+            None => Action::Forward,
+        }
+    }
+
+    fn on_simple_reply(&mut self, tag: u8) -> Action {
+        let forward = self.forwarded();
+        let completes = match (tag, self.queue.front()) {
+            (b'1', Some(Expect::Parse { .. })) => true,
+            (b'2', Some(Expect::Bind { .. })) => true,
+            (b'3', Some(Expect::Close { .. })) => true,
+            (b'n', Some(Expect::Describe { .. })) => true,
+            (b'n', Some(Expect::Execute { .. })) => false,
+            _ => false,
+        };
+        if completes {
+            self.queue.pop_front();
+        }
+        if forward {
+            Action::Forward
+        } else {
+            Action::Drop
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Mirrored writes through the proxy: applications write the legacy table through pgbridge with
+//! real clients; the test checks the rows of the new table on the secondary against the rule's
+//! mapping of the primary's rows, and the replies the clients got against direct ones.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::wire::{self, Wire};
+use common::*;
+
+const PRIMARY_DDL: &str = include_str!("../docker/primary-init.sql");
+const SECONDARY_DDL: &str = include_str!("../docker/secondary-init.sql");
+const DXY_RULE: &str = include_str!("../rules/dxy.toml");
+
+/// The rule's mapping of the primary's DXY rows, and the target's rows, in one text form.
+const EXPECTED: &str = "SELECT 'DXY.IDX', '1m', ts, open, high, low, close, volume, true \
+                        FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts";
+const ACTUAL: &str =
+    "SELECT symbol, timeframe, ts, open, high, low, close_px, volume, is_synthetic \
+                      FROM data_bars ORDER BY ts";
+
+/// A fresh pair of databases with the DXY schemas (the primary's sample rows removed, so that
+/// both sides start empty) and pgbridge in front with rules/dxy.toml.
+fn mirrored(hint: &str, extra: &str) -> (Bridge, String) {
+    let db = fresh_db(hint);
+    let c = cluster();
+    psql_on(c.primary_port, &db, PRIMARY_DDL);
+    psql_on(c.primary_port, &db, "TRUNCATE derived_data_bars");
+    psql_on(c.secondary_port, &db, SECONDARY_DDL);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/dxy.toml"), DXY_RULE).unwrap();
+    let port = pgbridge::pgcluster::free_port().unwrap();
+    let admin = pgbridge::pgcluster::free_port().unwrap();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nrules = \"{rules}\"\n\
+         [primary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\n\
+         [secondary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\nshared_tables = [\"instruments\"]\n\
+         [mirror]\njournal_dir = \"{journal}\"\n{extra}\n\
+         [divergence]\nlog = \"{log}\"\nredact = false\n",
+        c.primary_port,
+        c.secondary_port,
+        rules = dir.path().join("rules").display(),
+        journal = dir.path().join("journal").display(),
+        log = dir.path().join("divergences.jsonl").display(),
+    );
+    let bridge = Bridge::start_with_config(port, admin, &config);
+    // The rule files and journal live as long as the bridge's own directory.
+    std::mem::forget(dir);
+    (bridge, db)
+}
+
+fn status(bridge: &Bridge) -> serde_json::Value {
+    let (code, body) = bridge.admin_get("/api/status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the applier has applied everything journaled; returns the journal position.
+fn wait_applied(bridge: &Bridge) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(bridge);
+        let journal = s["mirror"]["journal_seq"].as_u64().unwrap();
+        let applied = s["mirror"]["applied_seq"].as_u64().unwrap();
+        if applied >= journal {
+            return journal;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mirror stuck: {s}\n{}",
+            bridge.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_mirrored(bridge: &Bridge, db: &str) {
+    wait_applied(bridge);
+    let c = cluster();
+    let expected = psql_on(c.primary_port, db, EXPECTED);
+    let actual = psql_on(c.secondary_port, db, ACTUAL);
+    assert_eq!(
+        actual, expected,
+        "the target differs from the rule's mapping of the source"
+    );
+}
+
+/// Zeroes the table OID of every field of a RowDescription body.
+fn blank_table_oids(body: &mut [u8]) {
+    let count = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    for _ in 0..count {
+        at += body[at..].iter().position(|&b| b == 0).unwrap() + 1;
+        body[at..at + 4].fill(0);
+        at += 18;
+    }
+}
+
+const INSERT: &str =
+    "INSERT INTO derived_data_bars (symbol, ts, open, high, low, close, volume) VALUES";
+
+#[test]
+fn psql_writes_in_autocommit_transactions_and_savepoints_reach_the_target() {
+    let (bridge, db) = mirrored("psql_mirror", "");
+    let script = format!(
+        r#"
+\set ON_ERROR_STOP 0
+{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100), ('EURUSD', '2026-01-05 10:00+00', 1, 1, 1, 1, 1);
+{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.6, 100) RETURNING symbol, close;
+UPDATE derived_data_bars SET close = close + 1, volume = volume * 2 WHERE symbol = 'DXY' AND ts = '2026-01-05 10:00+00';
+BEGIN;
+{INSERT} ('DXY', '2026-01-05 10:02+00', 3, 4, 2, 3.5, 7);
+SAVEPOINT a;
+{INSERT} ('DXY', '2026-01-05 10:03+00', 3, 4, 2, 3.5, 7);
+ROLLBACK TO SAVEPOINT a;
+UPDATE derived_data_bars SET ts = ts + interval '1 hour' WHERE symbol = 'DXY' AND ts = '2026-01-05 10:01+00';
+COMMIT;
+BEGIN;
+{INSERT} ('DXY', '2026-01-05 10:04+00', 3, 4, 2, 3.5, 7);
+ROLLBACK;
+BEGIN;
+{INSERT} ('DXY', '2026-01-05 10:05+00', 3, 4, 2, 3.5, 7);
+SELECT 1 / 0;
+COMMIT;
+{INSERT} ('DXY', '2026-01-05 10:00+00', 9, 9, 9, 9, 9);
+{INSERT} ('DXY', '2026-01-05 10:06+00', 5, 5, 5, 5, 5) ON CONFLICT (symbol, ts) DO UPDATE SET close = 42;
+{INSERT} ('DXY', '2026-01-05 10:06+00', 5, 5, 5, 5, 5) ON CONFLICT (symbol, ts) DO UPDATE SET close = 43;
+DELETE FROM derived_data_bars WHERE symbol = 'DXY' AND ts = '2026-01-05 10:02+00';
+BEGIN; {INSERT} ('DXY', '2026-01-05 10:07+00', 1, 1, 1, now()::date - '2026-01-01'::date, 1); COMMIT;
+"#
+    );
+    let (via, code) = psql_script(&bridge.conn_str("postgres", "", &db), &script);
+    assert_eq!(code, 0, "{via}");
+    // The client saw its own RETURNING columns only, and the errors it caused.
+    assert!(via.contains(" DXY    | 1.600000\n(1 row)"), "{via}");
+    assert!(via.contains("division by zero"), "{via}");
+    assert!(
+        via.contains("duplicate key value violates unique constraint"),
+        "{via}"
+    );
+    assert!(
+        !via.contains("in_filter") && !via.contains("pgbridge"),
+        "{via}"
+    );
+    assert_mirrored(&bridge, &db);
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT count(*) FROM data_bars",
+    );
+    assert_eq!(rows.trim(), "4", "10:00, 11:01, 10:06, 10:07");
+}
+
+#[test]
+fn the_client_gets_byte_identical_replies_to_mirrored_writes() {
+    let (bridge, db) = mirrored("bytes_mirror", "");
+    let other = fresh_db("bytes_direct");
+    psql_on(cluster().primary_port, &other, PRIMARY_DDL);
+    psql_on(cluster().primary_port, &other, "TRUNCATE derived_data_bars");
+    let mut req = Vec::new();
+    req.extend(wire::query(&format!(
+        "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100)"
+    )));
+    req.extend(wire::query(&format!(
+        "{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100) RETURNING ts, close * 2 AS double"
+    )));
+    req.extend(wire::query(
+        "BEGIN; UPDATE derived_data_bars SET close = 7 WHERE symbol = 'DXY' RETURNING *; COMMIT",
+    ));
+    // Extended protocol, binary results, a per-column result format list.
+    req.extend(wire::parse(
+        "ins",
+        &format!("{INSERT} ($1, $2, 1, 1, 1, $3, 1) RETURNING symbol, volume"),
+        &[25, 1184, 1700],
+    ));
+    req.extend(wire::describe(b'S', "ins"));
+    req.extend(wire::bind(
+        "",
+        "ins",
+        0,
+        &[Some(b"DXY"), Some(b"2026-01-05 10:02+00"), Some(b"3.25")],
+        1,
+    ));
+    req.extend(wire::describe(b'P', ""));
+    req.extend(wire::execute("", 0));
+    req.extend(wire::sync());
+    req.extend(wire::parse(
+        "del",
+        "DELETE FROM derived_data_bars WHERE ts = $1",
+        &[1184],
+    ));
+    req.extend(wire::describe(b'S', "del"));
+    req.extend(wire::bind("", "del", 0, &[Some(b"2026-01-05 10:00+00")], 0));
+    req.extend(wire::execute("", 0));
+    req.extend(wire::sync());
+    // The two databases' tables have different OIDs: RowDescription names them; blank them.
+    let exchange = |port: u16, db: &str| {
+        let mut w = Wire::connect(port);
+        w.startup("postgres", db);
+        w.send(&req);
+        let mut frames = w.frames_until_ready(5);
+        for (tag, body) in frames.iter_mut() {
+            if *tag == b'T' {
+                blank_table_oids(body);
+            }
+        }
+        wire::encode(&frames)
+    };
+    let via = exchange(bridge.port, &db);
+    let direct = exchange(cluster().primary_port, &other);
+    assert_eq!(
+        via, direct,
+        "the replies through pgbridge differ from the primary's"
+    );
+    assert_mirrored(&bridge, &db);
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT count(*) FROM data_bars",
+    );
+    assert_eq!(rows.trim(), "2");
+}
+
+#[tokio::test]
+async fn extended_protocol_writes_from_tokio_postgres_reach_the_target() {
+    let (bridge, db) = mirrored("tokio_mirror", "");
+    let mut client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    let insert = client
+        .prepare(&format!(
+            "{INSERT} ($1, $2::text::timestamptz, 1, 2, 0.5, $3::text::numeric, $4)"
+        ))
+        .await
+        .unwrap();
+    for i in 0..20i64 {
+        let ts = format!("2026-01-05 10:{i:02}:00+00");
+        let symbol = if i % 4 == 0 { "EURUSD" } else { "DXY" };
+        let close = format!("{}.25", 100 + i);
+        client
+            .execute(&insert, &[&symbol, &ts, &close, &(i * 10)])
+            .await
+            .unwrap();
+    }
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE derived_data_bars SET close = close * 2 WHERE symbol = 'DXY' AND volume > $1",
+        &[&100i64],
+    )
+    .await
+    .unwrap();
+    // A key change: the old row goes, the new one comes.
+    tx.execute(
+        "UPDATE derived_data_bars SET ts = ts + interval '1 day' WHERE symbol = 'DXY' AND volume = $1",
+        &[&10i64],
+    )
+    .await
+    .unwrap();
+    let deleted = tx
+        .execute("DELETE FROM derived_data_bars WHERE volume = $1", &[&20i64])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    tx.commit().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("DELETE FROM derived_data_bars", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let rows = client
+        .query(
+            "INSERT INTO derived_data_bars VALUES ('DXY', $1::text::timestamptz, 1, 1, 1, 1, 1) RETURNING volume, ts",
+            &[&"2026-02-01 00:00+00"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].len(), 2, "the client's own RETURNING columns only");
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert_mirrored(&bridge, &db);
+}
+
+#[tokio::test]
+async fn eight_concurrent_sessions_writing_overlapping_keys_end_equal() {
+    let (bridge, db) = mirrored("concurrent_mirror", "");
+    let conn = bridge.conn_str("postgres", "", &db);
+    let mut tasks = Vec::new();
+    for s in 0..8i64 {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&conn).await;
+            for i in 0..40i64 {
+                let ts = format!("2026-01-05 10:{:02}:00+00", i % 10);
+                let tx = client.transaction().await.unwrap();
+                tx.execute(
+                    &format!(
+                        "{INSERT} ('DXY', $1::text::timestamptz, 1, 1, 1, $2::text::numeric, $3) \
+                         ON CONFLICT (symbol, ts) DO UPDATE SET close = EXCLUDED.close, volume = derived_data_bars.volume + 1"
+                    ),
+                    &[&ts, &format!("{s}.{i}"), &s],
+                )
+                .await
+                .unwrap();
+                if i % 7 == 3 {
+                    tx.execute("DELETE FROM derived_data_bars WHERE ts = $1::text::timestamptz", &[&ts])
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_mirrored(&bridge, &db);
+    assert!(wait_applied(&bridge) >= 320);
+}
+
+#[test]
+fn truncate_and_unmirrorable_writes_are_handled_or_reported() {
+    let (bridge, db) = mirrored("truncate_mirror", "");
+    let conn = bridge.conn_str("postgres", "", &db);
+    let script = format!(
+        "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 1, 1, 1, 1);\n\
+         TRUNCATE derived_data_bars;\n\
+         {INSERT} ('DXY', '2026-01-05 10:01+00', 1, 1, 1, 1, 1);\n\
+         \\copy derived_data_bars FROM stdin\n\
+         DXY\t2026-01-05 10:02:00+00\t1\t1\t1\t1\t1\n\\.\n"
+    );
+    let (out, code) = psql_script(&conn, &script);
+    assert_eq!(code, 0, "{out}");
+    wait_applied(&bridge);
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT to_char(ts, 'HH24:MI') FROM data_bars ORDER BY ts",
+    );
+    assert_eq!(
+        rows.trim(),
+        "10:01",
+        "TRUNCATE emptied the target; the COPY is not mirrored"
+    );
+    let s = status(&bridge);
+    assert_eq!(s["divergences"]["by_kind"]["unmirrored_write"], 1, "{s}");
+}
