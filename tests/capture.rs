@@ -25,9 +25,15 @@ const ACTUAL: &str =
 fn mirrored(hint: &str, extra: &str) -> (Bridge, String) {
     let db = fresh_db(hint);
     let c = cluster();
-    psql_on(c.primary_port, &db, PRIMARY_DDL);
-    psql_on(c.primary_port, &db, "TRUNCATE derived_data_bars");
-    psql_on(c.secondary_port, &db, SECONDARY_DDL);
+    mirrored_on(c.primary_port, c.secondary_port, &db, extra)
+}
+
+/// As [`mirrored`], with database `db` on servers of the caller's.
+fn mirrored_on(primary_port: u16, secondary_port: u16, db: &str, extra: &str) -> (Bridge, String) {
+    let db = db.to_string();
+    psql_on(primary_port, &db, PRIMARY_DDL);
+    psql_on(primary_port, &db, "TRUNCATE derived_data_bars");
+    psql_on(secondary_port, &db, SECONDARY_DDL);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(dir.path().join("rules/dxy.toml"), DXY_RULE).unwrap();
@@ -39,8 +45,8 @@ fn mirrored(hint: &str, extra: &str) -> (Bridge, String) {
          [secondary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\nshared_tables = [\"instruments\"]\n\
          [mirror]\njournal_dir = \"{journal}\"\n{extra}\n\
          [divergence]\nlog = \"{log}\"\nredact = false\n",
-        c.primary_port,
-        c.secondary_port,
+        primary_port,
+        secondary_port,
         rules = dir.path().join("rules").display(),
         journal = dir.path().join("journal").display(),
         log = dir.path().join("divergences.jsonl").display(),
@@ -342,4 +348,197 @@ fn truncate_and_unmirrorable_writes_are_handled_or_reported() {
     );
     let s = status(&bridge);
     assert_eq!(s["divergences"]["by_kind"]["unmirrored_write"], 1, "{s}");
+}
+
+/// Transactions of `sessions` clients, each inserting then updating its own keys, until `stop`;
+/// returns the keys whose COMMIT the client saw succeed.
+async fn workload(
+    conn: String,
+    session: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    let Ok((mut client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await
+    else {
+        return acknowledged;
+    };
+    tokio::spawn(connection);
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let ts = format!(
+            "2026-01-{:02} {:02}:{:02}:00+00",
+            1 + session,
+            i / 60 % 24,
+            i % 60
+        );
+        let attempt = async {
+            let tx = client.transaction().await?;
+            tx.execute(
+                &format!("{INSERT} ('DXY', $1::text::timestamptz, 1, 1, 1, $2::text::numeric, 1)"),
+                &[&ts, &format!("{i}.5")],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE derived_data_bars SET volume = volume + 1 WHERE ts = $1::text::timestamptz",
+                &[&ts],
+            )
+            .await?;
+            tx.commit().await
+        };
+        match attempt.await {
+            Ok(()) => acknowledged.push(ts),
+            Err(_) => break,
+        }
+        i += 1;
+    }
+    acknowledged
+}
+
+async fn run_workload(
+    bridge: &Bridge,
+    db: &str,
+    first_session: i64,
+    run_for: Duration,
+) -> Vec<String> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (first_session..first_session + 4)
+        .map(|s| {
+            tokio::spawn(workload(
+                bridge.conn_str("postgres", "", db),
+                s,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(run_for).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn on_target(db: &str, port: u16) -> std::collections::HashSet<String> {
+    psql_on(
+        port,
+        db,
+        "SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00' FROM data_bars",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[tokio::test]
+async fn a_secondary_stopped_mid_workload_loses_nothing() {
+    let mut secondary = start_server();
+    let db = fresh_db("secondary_down");
+    psql_on(
+        secondary.port(),
+        "postgres",
+        &format!("CREATE DATABASE {db}"),
+    );
+    let (bridge, db) = mirrored_on(cluster().primary_port, secondary.port(), &db, "");
+    let before = run_workload(&bridge, &db, 0, Duration::from_millis(700)).await;
+    secondary.stop().unwrap();
+    // The primary path keeps running while the secondary is down.
+    let during = run_workload(&bridge, &db, 4, Duration::from_millis(1500)).await;
+    assert!(
+        during.len() > 10,
+        "writes go on without the secondary: {}",
+        during.len()
+    );
+    let s = status(&bridge);
+    assert!(
+        s["mirror"]["journal_seq"].as_u64() > s["mirror"]["applied_seq"].as_u64(),
+        "{s}"
+    );
+    secondary.start_again().unwrap();
+    let after = run_workload(&bridge, &db, 8, Duration::from_millis(500)).await;
+    wait_applied(&bridge);
+    let expected = psql_on(cluster().primary_port, &db, EXPECTED);
+    let actual = psql_on(secondary.port(), &db, ACTUAL);
+    assert_eq!(actual, expected);
+    let target = on_target(&db, secondary.port());
+    for ts in before.iter().chain(&during).chain(&after) {
+        assert!(
+            target.contains(ts),
+            "acknowledged {ts} missing on the target"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pgbridge_killed_mid_workload_loses_no_acknowledged_commit() {
+    let db = fresh_db("sigkill");
+    let (mut bridge, db) = mirrored_on(cluster().primary_port, cluster().secondary_port, &db, "");
+    let mut acknowledged = Vec::new();
+    for round in 0..3 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks: Vec<_> = (0..4)
+            .map(|s| {
+                tokio::spawn(workload(
+                    bridge.conn_str("postgres", "", &db),
+                    s + 4 * round,
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(400 + 150 * round as u64)).await;
+        bridge.signal(libc::SIGKILL);
+        for t in tasks {
+            acknowledged.extend(t.await.unwrap());
+        }
+        bridge.restart();
+    }
+    assert!(
+        acknowledged.len() > 30,
+        "a real workload: {}",
+        acknowledged.len()
+    );
+    wait_applied(&bridge);
+    // Every transaction the primary committed is on the target, once: the target equals the
+    // mapping of the source, in-doubt transactions included.
+    let expected = psql_on(cluster().primary_port, &db, EXPECTED);
+    let actual = psql_on(cluster().secondary_port, &db, ACTUAL);
+    assert_eq!(actual, expected);
+    let target = on_target(&db, cluster().secondary_port);
+    for ts in &acknowledged {
+        assert!(
+            target.contains(ts),
+            "acknowledged {ts} missing on the target"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sync_mode_returns_commit_only_once_the_secondary_has_the_rows() {
+    let (bridge, db) = mirrored("sync_mode", "mode = \"sync\"");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    let secondary = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        cluster().secondary_port
+    ))
+    .await;
+    for i in 0..20 {
+        let ts = format!("2026-01-05 11:{i:02}:00+00");
+        client
+            .execute(
+                &format!("{INSERT} ('DXY', $1::text::timestamptz, 1, 1, 1, 1, 1)"),
+                &[&ts],
+            )
+            .await
+            .unwrap();
+        let n: i64 = secondary
+            .query_one("SELECT count(*) FROM data_bars", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            n,
+            i + 1,
+            "the COMMIT returned before the secondary applied it"
+        );
+    }
 }
