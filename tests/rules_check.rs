@@ -183,7 +183,9 @@ fn an_unreachable_database_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("pgbridge: cannot reach the primary database: postgres://pgbridge@127.0.0.1:1/x"),
+        stderr.starts_with(
+            "pgbridge: cannot reach the primary database: postgres://pgbridge@127.0.0.1:1/x"
+        ),
         "{stderr}"
     );
 }

@@ -59,6 +59,8 @@ pub struct Driver<'a> {
     wrapped: bool,
     /// Extended protocol: the client began a transaction in this batch.
     began: bool,
+    /// Extended protocol: the open transaction's id was asked for.
+    xid_asked: bool,
     out: BytesMut,
 }
 
@@ -80,6 +82,7 @@ impl<'a> Driver<'a> {
             portals: HashMap::new(),
             wrapped: false,
             began: false,
+            xid_asked: false,
             out: BytesMut::new(),
         }
     }
@@ -272,12 +275,19 @@ impl<'a> Driver<'a> {
                 return self.autocommit(&sql, plan.steps, primary).await;
             }
         }
+        let mut steps = plan.steps;
         let bytes = match &analysis.capture_sql {
+            // The transaction's id comes back with its first captured statement, in the same
+            // message, so that the COMMIT needs no round trip of its own to learn it.
+            Some(sql) if plan.changes && self.shared.lock().xid.is_none() => {
+                steps.push(Step::Xid);
+                wire::query(&format!("{sql}\n;SELECT pg_current_xact_id()"))
+            }
             Some(sql) => wire::query(sql),
             None => Bytes::copy_from_slice(frame),
         };
         self.expect(Expect::Query {
-            steps: plan.steps.into(),
+            steps: steps.into(),
             hold: false,
         });
         self.out.extend_from_slice(&bytes);
@@ -383,8 +393,10 @@ impl<'a> Driver<'a> {
         if status != b'T' || empty {
             return Ok(Journaled::Nothing);
         }
-        self.held_query("SELECT pg_current_xact_id()", vec![Step::Xid], primary)
-            .await?;
+        if self.shared.lock().xid.is_none() {
+            self.held_query("SELECT pg_current_xact_id()", vec![Step::Xid], primary)
+                .await?;
+        }
         Ok(match self.intent().await {
             Ok(id) => Journaled::Intent(id),
             Err(m) => Journaled::Refused(m),
@@ -496,11 +508,22 @@ impl<'a> Driver<'a> {
             }
             _ => {}
         }
+        let changes = matches!(step, Step::Capture(_) | Step::Truncate(_));
         self.expect(Expect::Execute {
             step,
             forward: true,
         });
         self.pass(frame);
+        if changes && !self.xid_asked {
+            // Pipelined behind the write: no round trip of its own.
+            self.inject(
+                "pgbridge_xid",
+                "SELECT pg_current_xact_id()",
+                Step::Xid,
+                false,
+            );
+            self.xid_asked = true;
+        }
         Ok(())
     }
 
@@ -541,6 +564,11 @@ impl<'a> Driver<'a> {
         &mut self,
         primary: &mut W,
     ) -> std::io::Result<Result<u64, String>> {
+        self.xid_asked = false;
+        if self.shared.lock().xid.is_some() {
+            self.drain_extended(primary).await?;
+            return Ok(self.intent().await);
+        }
         self.inject(
             "pgbridge_xid",
             "SELECT pg_current_xact_id()",

@@ -337,8 +337,11 @@ impl Tracker {
             Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold }) => hold,
             _ => false,
         };
-        if status == b'I' && !hold && !self.txn.is_empty() {
-            self.end_unjournaled();
+        if status == b'I' && !hold {
+            if !self.txn.is_empty() {
+                self.end_unjournaled();
+            }
+            self.xid = None;
         }
         if hold {
             self.held = Some(status);
