@@ -45,7 +45,11 @@ fn dxy_bridge(rules: &str) -> Bridge {
         dir = dir.display(),
     );
     let bridge = Bridge::start_with_config(port, admin_port, &config);
-    std::fs::write(bridge.dir.path().join("state-dir"), dir.display().to_string()).unwrap();
+    std::fs::write(
+        bridge.dir.path().join("state-dir"),
+        dir.display().to_string(),
+    )
+    .unwrap();
     bridge
 }
 
@@ -130,12 +134,24 @@ fn read_flags_through_the_admin_api_and_ctl() {
 
     // The healthy mirror lets secondary through once the applier is connected.
     wait_for("the gate to open", || {
-        put(&b, "derived_data_bars", Some("t"), r#"{"source":"secondary"}"#).0 == 200
+        put(
+            &b,
+            "derived_data_bars",
+            Some("t"),
+            r#"{"source":"secondary"}"#,
+        )
+        .0 == 200
     });
     assert_eq!(table(&b)["reads"], "secondary");
-    let (code, out) = ctl(b.admin_port, &["derived_data_bars", "primary", "--reason", "rollback"]);
+    let (code, out) = ctl(
+        b.admin_port,
+        &["derived_data_bars", "primary", "--reason", "rollback"],
+    );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("reads now served by primary (was secondary)"), "{out}");
+    assert!(
+        out.contains("reads now served by primary (was secondary)"),
+        "{out}"
+    );
 
     // A reload that changes the mirror keeps the runtime flag (the rule's `reads` is the same).
     let (code, _) = put(&b, "derived_data_bars", Some("t"), body);
@@ -146,16 +162,33 @@ fn read_flags_through_the_admin_api_and_ctl() {
     assert_eq!(table(&b)["reads"], "shadow");
 
     // Unmirrored: the gate refuses secondary (409, saying why) unless forced.
-    let (code, answer) = put(&b, "derived_data_bars", Some("t"), r#"{"source":"secondary"}"#);
+    let (code, answer) = put(
+        &b,
+        "derived_data_bars",
+        Some("t"),
+        r#"{"source":"secondary"}"#,
+    );
     assert_eq!(code, 409, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("mirror"), "{answer}");
-    let (code, out) = ctl(b.admin_port, &["derived_data_bars", "secondary", "--reason", "x"]);
+    assert!(
+        answer["error"].as_str().unwrap().contains("mirror"),
+        "{answer}"
+    );
+    let (code, out) = ctl(
+        b.admin_port,
+        &["derived_data_bars", "secondary", "--reason", "x"],
+    );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("409"), "{out}");
     assert_eq!(table(&b)["reads"], "shadow");
     let (code, out) = ctl(
         b.admin_port,
-        &["derived_data_bars", "secondary", "--reason", "cutover", "--force"],
+        &[
+            "derived_data_bars",
+            "secondary",
+            "--reason",
+            "cutover",
+            "--force",
+        ],
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("forced past:"), "{out}");
@@ -175,7 +208,10 @@ fn read_flags_through_the_admin_api_and_ctl() {
     // ctl's exit codes: 1 for 400 and 404, 2 when the admin API is unreachable.
     assert_eq!(ctl(b.admin_port, &["derived_data_bars", "both"]).0, 1);
     assert_eq!(ctl(b.admin_port, &["nope", "primary"]).0, 1);
-    assert_eq!(ctl(free_port().unwrap(), &["derived_data_bars", "primary"]).0, 2);
+    assert_eq!(
+        ctl(free_port().unwrap(), &["derived_data_bars", "primary"]).0,
+        2
+    );
 
     // Every change in the audit log, in order, with its reason.
     let lines = audit(&dir);
@@ -209,7 +245,9 @@ fn read_flags_through_the_admin_api_and_ctl() {
     assert_eq!(lines[4]["forced"], true);
     assert_eq!(lines[4]["reason"], "cutover");
     assert_eq!(lines[6]["who"], "rules");
-    assert!(lines.iter().all(|l| l["ts"].as_str().unwrap().ends_with('Z')));
+    assert!(lines
+        .iter()
+        .all(|l| l["ts"].as_str().unwrap().ends_with('Z')));
     assert!(b.log().contains("reads switched"), "{}", b.log());
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);

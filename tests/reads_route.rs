@@ -92,7 +92,10 @@ async fn joins_need_the_other_table_shared() {
     let shared = SharedTables::new(&["instruments".into()]);
     assert_eq!(f.route(JOIN, &shared, false), "secondary");
     assert_eq!(f.route(JOIN, &SharedTables::None, false), "primary");
-    assert_eq!(f.route(JOIN, &SharedTables::new(&["*".into()]), false), "secondary");
+    assert_eq!(
+        f.route(JOIN, &SharedTables::new(&["*".into()]), false),
+        "secondary"
+    );
     f.set(ReadSource::Shadow);
     assert_eq!(f.route(JOIN, &shared, false), "shadow");
     assert_eq!(f.route(JOIN, &SharedTables::None, false), "primary");
