@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub shadow: ShadowConfig,
+    #[serde(default)]
     pub limits: LimitsConfig,
     /// Threads that run sessions; defaults to the number of cores.
     #[serde(default)]
@@ -194,12 +196,108 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Required on mutating admin calls, and whenever `admin_listen` is not a loopback address.
     #[serde(default)]
     pub token: Option<String>,
+    /// Every change of a table's read source, one JSON object per line.
+    #[serde(default = "default_audit_log")]
+    pub audit_log: PathBuf,
+    /// The safety gate refuses a switch of reads to `secondary` while the mirror's oldest
+    /// unapplied transaction is older than this many seconds. Default 5.
+    #[serde(default = "default_gate_lag_seconds")]
+    pub gate_max_lag_seconds: f64,
+    /// ... or while more transactions than this wait in the journal. Default 1000.
+    #[serde(default = "default_gate_lag_transactions")]
+    pub gate_max_lag_transactions: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token: None,
+            audit_log: default_audit_log(),
+            gate_max_lag_seconds: default_gate_lag_seconds(),
+            gate_max_lag_transactions: default_gate_lag_transactions(),
+        }
+    }
+}
+
+fn default_audit_log() -> PathBuf {
+    PathBuf::from("pgbridge-audit.jsonl")
+}
+fn default_gate_lag_seconds() -> f64 {
+    5.0
+}
+fn default_gate_lag_transactions() -> u64 {
+    1000
+}
+
+/// Shadow reads: the secondary's answer to a read compared with the primary's. Optional work:
+/// sampled, bounded, with a timeout, never delaying the client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The share of shadow-flagged reads compared, 0.0 to 1.0. Default 1.0.
+    #[serde(default = "default_sample", deserialize_with = "de_share")]
+    pub sample: f64,
+    /// Shadow reads running on the secondary at once (its connections). Default 4.
+    #[serde(default = "default_shadow_concurrency")]
+    pub max_concurrency: usize,
+    /// Shadow reads waiting for a connection; beyond that they are dropped (and counted).
+    /// Default 64.
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+    /// How long one shadow read may take on the secondary. Default 2000.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout_ms: u64,
+    /// Floats are equal when they differ by at most this much ... Default 1e-9.
+    #[serde(default = "default_float_tolerance")]
+    pub float_tolerance_abs: f64,
+    /// ... or by at most this share of the larger. Default 1e-9.
+    #[serde(default = "default_float_tolerance")]
+    pub float_tolerance_rel: f64,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            sample: default_sample(),
+            max_concurrency: default_shadow_concurrency(),
+            queue: default_shadow_queue(),
+            timeout_ms: default_shadow_timeout(),
+            float_tolerance_abs: default_float_tolerance(),
+            float_tolerance_rel: default_float_tolerance(),
+        }
+    }
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+fn default_shadow_concurrency() -> usize {
+    4
+}
+fn default_shadow_queue() -> usize {
+    64
+}
+fn default_shadow_timeout() -> u64 {
+    2000
+}
+fn default_float_tolerance() -> f64 {
+    1e-9
+}
+
+fn de_share<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(serde::de::Error::custom(
+            "expected a share between 0.0 and 1.0",
+        ));
+    }
+    Ok(v)
 }
 
 /// Protection of the proxy itself. Not in the first CONTRACT.md example; every key has a default.
@@ -436,6 +534,19 @@ impl Config {
         if self.limits.max_message_bytes < 1024 {
             return Err(("max_message_bytes", "must be at least 1024".to_string()));
         }
+        if self.shadow.max_concurrency == 0 {
+            return Err(("max_concurrency", "must be at least 1".to_string()));
+        }
+        let tolerances = [
+            ("float_tolerance_abs", self.shadow.float_tolerance_abs),
+            ("float_tolerance_rel", self.shadow.float_tolerance_rel),
+            ("gate_max_lag_seconds", self.admin.gate_max_lag_seconds),
+        ];
+        for (key, v) in tolerances {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err((key, "must be a number of at least 0".to_string()));
+            }
+        }
         Ok(())
     }
 
@@ -455,6 +566,7 @@ impl Config {
         resolve(&mut self.rules);
         resolve(&mut self.mirror.journal_dir);
         resolve(&mut self.divergence.log);
+        resolve(&mut self.admin.audit_log);
         if let Some(tls) = &mut self.tls {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);

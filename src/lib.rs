@@ -15,6 +15,10 @@
 //! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
 //! - [`tls`] loads the certificate for TLS termination.
 //! - [`admin`] serves the admin HTTP API and `/metrics`, and holds the `pgbridge ctl` client.
+//! - [`route`] holds each migrated table's read source (primary, shadow, secondary), its safety
+//!   gate and audit log, and decides where one statement goes.
+//! - [`shadow`] runs shadow reads on the secondary (sampled, bounded, with a timeout) and
+//!   compares them with the primary's answer.
 //! - [`mirror`] takes a committed transaction's row images from the session: the durable journal,
 //!   the applier to the secondary, in-doubt resolution, mirror status.
 //! - [`divergence`] records every difference found as typed JSON lines and metrics.
@@ -34,9 +38,11 @@ pub mod pgcluster;
 pub mod primary;
 pub mod protocol;
 pub mod relay;
+pub mod route;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod sql;
 pub mod tls;
 

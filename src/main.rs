@@ -75,6 +75,9 @@ enum CtlCommand {
         /// Why: recorded with the change.
         #[arg(long)]
         reason: Option<String>,
+        /// Switch even when the safety gate refuses (mirror lag, unresolved divergences).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -97,7 +100,15 @@ fn main() -> ExitCode {
                 table,
                 source,
                 reason,
-            } => ctl::set_reads(&admin, token.as_deref(), &table, &source, reason.as_deref()),
+                force,
+            } => ctl::set_reads(
+                &admin,
+                token.as_deref(),
+                &table,
+                &source,
+                reason.as_deref(),
+                force,
+            ),
         },
         Command::Demo { listen } => pgbridge::demo::run(&listen),
     };

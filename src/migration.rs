@@ -18,8 +18,10 @@ use crate::divergence::Recorder;
 use crate::mirror::apply::ApplierConfig;
 use crate::mirror::resolve::{resolve_at_startup, spawn_resolver, ResolveConfig};
 use crate::mirror::{Applier, ApplierHandle, Journal, JournalOptions};
+use crate::route::{FlagOptions, MirrorProbe, ReadFlags, SharedTables};
 use crate::rules::reload::Loader;
 use crate::rules::{RuleSet, RulesError};
+use crate::shadow::Shadow;
 use crate::sql::Analyzer;
 use crate::CliError;
 
@@ -40,6 +42,12 @@ pub struct Migration {
     pub analyzer: Arc<Analyzer>,
     pub recorder: Arc<Recorder>,
     pub mirror: Option<Mirror>,
+    /// Each migrated table's read source, changed by the admin API.
+    pub reads: Arc<ReadFlags>,
+    /// `[secondary] shared_tables`, for [`crate::route::route`].
+    pub shared: SharedTables,
+    /// Shadow reads; `None` without a secondary.
+    pub shadow: Option<Arc<Shadow>>,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -83,11 +91,33 @@ impl Migration {
                 (None, None)
             }
         };
+        let probe: Option<MirrorProbe> = mirror.as_ref().map(|m| {
+            let journal = m.journal.clone();
+            let stats = m.applier.stats().clone();
+            Arc::new(move || stats.report(&journal)) as MirrorProbe
+        });
+        let reads = Arc::new(ReadFlags::new(
+            rules.clone(),
+            FlagOptions::from_config(config),
+            recorder.clone(),
+            probe,
+        ));
+        let shadow = config.secondary.as_ref().map(|secondary| {
+            Arc::new(Shadow::new(
+                crate::shadow::ShadowOptions::new(&config.shadow, secondary.url.pg_config()),
+                recorder.clone(),
+                rules.clone(),
+                mirror.as_ref().map(|m| m.applier.subscribe()),
+            ))
+        });
         Ok(Some(Migration {
             rules,
             analyzer,
             recorder,
             mirror,
+            reads,
+            shared: SharedTables::from_config(config),
+            shadow,
             _reload: reload,
             _resolver: resolver,
         }))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::{Client, Method, StatusCode};
 
 use super::Status;
+use crate::route::TableState;
 use crate::CliError;
 
 /// `pgbridge ctl status`: prints the state of a running proxy.
@@ -20,22 +21,44 @@ pub fn status(admin: &str, token: Option<&str>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `pgbridge ctl reads TABLE SOURCE [--reason TEXT]`.
+/// `pgbridge ctl reads TABLE SOURCE [--reason TEXT] [--force]`: prints the new state.
 pub fn set_reads(
     admin: &str,
     token: Option<&str>,
     table: &str,
     source: &str,
     reason: Option<&str>,
+    force: bool,
 ) -> Result<(), CliError> {
     let path = format!("/api/tables/{}/reads", encode_segment(table));
-    let body = serde_json::json!({ "source": source, "reason": reason });
+    let who = format!(
+        "{}@ctl",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let body = serde_json::json!({
+        "source": source, "reason": reason, "force": force, "who": who,
+    });
     let answer = call(admin, token, Method::PUT, &path, Some(body))?;
-    println!("{table}: reads now served by {source}");
-    if !answer.trim().is_empty() {
-        println!("{answer}");
+    match serde_json::from_str::<TableState>(&answer) {
+        Ok(state) => print!("{}", render_state(&state)),
+        Err(_) => println!("{table}: reads now served by {source}\n{answer}"),
     }
     Ok(())
+}
+
+fn render_state(s: &TableState) -> String {
+    let mut out = if s.changed {
+        format!(
+            "{}: reads now served by {} (was {})\n",
+            s.source, s.reads, s.previous
+        )
+    } else {
+        format!("{}: reads already served by {}\n", s.source, s.reads)
+    };
+    if s.forced && !s.overridden.is_empty() {
+        out.push_str(&format!("forced past: {}\n", s.overridden.join("; ")));
+    }
+    out
 }
 
 fn render(s: &Status) -> String {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::error;
 
+use crate::route::RouteError;
 use crate::server::Proxy;
 
 #[derive(Clone)]
@@ -94,15 +95,15 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         sessions: proxy.cancels.len() as u64,
     };
     if let Some(m) = &proxy.migration {
-        status.tables = m
-            .rules
-            .load()
+        let flags = m.reads.load();
+        status.tables = flags
+            .rules()
             .rules()
             .iter()
             .map(|r| TableStatus {
                 source: r.source.to_string(),
                 target: r.target.to_string(),
-                reads: r.reads.as_str().to_string(),
+                reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
                 mirror: r.mirror.as_str().to_string(),
             })
             .collect();
@@ -114,11 +115,19 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
     Json(status)
 }
 
+/// The body of `PUT /api/tables/{source}/reads`.
 #[derive(Debug, Deserialize)]
 struct ReadsChange {
     source: String,
     #[serde(default)]
     reason: Option<String>,
+    /// Override the safety gate (a switch to `secondary` while the mirror lags or divergences
+    /// are unresolved).
+    #[serde(default)]
+    force: bool,
+    /// Who asks, for the audit log (`pgbridge ctl` sends `$USER@host`).
+    #[serde(default)]
+    who: Option<String>,
 }
 
 async fn set_reads(
@@ -134,7 +143,7 @@ async fn set_reads(
         Ok(c) => c,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
-    if !matches!(change.source.as_str(), "primary" | "shadow" | "secondary") {
+    let Some(to) = crate::route::parse_source(&change.source) else {
         return problem(
             StatusCode::BAD_REQUEST,
             format!(
@@ -142,12 +151,29 @@ async fn set_reads(
                 change.source
             ),
         );
+    };
+    let Some(m) = &state.proxy.migration else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("no rule migrates a table named {table:?}"),
+        );
+    };
+    let flags = m.reads.clone();
+    let reason = change.reason.unwrap_or_default();
+    let who = change.who.unwrap_or_else(|| "admin api".into());
+    let force = change.force;
+    // The audit line is written and synced before the switch: off the runtime's threads.
+    let set = tokio::task::spawn_blocking(move || flags.set(&table, to, &reason, &who, force));
+    match set.await {
+        Ok(Ok(state)) => (StatusCode::OK, Json(state)).into_response(),
+        Ok(Err(e @ RouteError::UnknownTable(_))) => problem(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ RouteError::Refused(_))) => problem(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ RouteError::Audit { .. })) => {
+            error!(error = %e, "read switch not made");
+            problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    let _ = change.reason;
-    problem(
-        StatusCode::NOT_FOUND,
-        format!("no rule migrates a table named {table:?}"),
-    )
 }
 
 /// Mutating calls need the configured token; without one configured they are refused.

@@ -3,8 +3,10 @@
 //! `pgbridge_divergences_total{kind,table}`.
 //!
 //! - [`record`]: the [`Recorder`] and its writer thread.
+//! - [`compare`]: two results (shadow reads) compared by value, the difference as `detail`.
 //! - [`normalize`]: queries with their literals replaced by placeholders, for the `query` field.
 
+pub mod compare;
 pub mod normalize;
 pub mod record;
 

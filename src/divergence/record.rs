@@ -28,6 +28,8 @@ pub struct Recorder {
     redact: bool,
     tx: Mutex<mpsc::Sender<Msg>>,
     counts: Mutex<BTreeMap<String, u64>>,
+    /// Records by table, for the read switch's safety gate.
+    by_table: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -89,6 +91,7 @@ impl Recorder {
             redact,
             tx: Mutex::new(tx),
             counts: Mutex::new(BTreeMap::new()),
+            by_table: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -111,6 +114,12 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(kind.to_string())
+            .or_default() += 1;
+        *self
+            .by_table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(d.table.clone())
             .or_default() += 1;
         warn!(kind, table = %d.table, session = ?d.session, secondary = %d.secondary, "divergence");
         let line = Line {
@@ -155,6 +164,16 @@ impl Recorder {
             total: by_kind.values().sum(),
             by_kind,
         }
+    }
+
+    /// How many records name this table (as rules name it: `derived_data_bars`), of any kind.
+    pub fn count_table(&self, table: &str) -> u64 {
+        self.by_table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many records of one kind.

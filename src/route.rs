@@ -1,0 +1,829 @@
+//! Where reads of each migrated table are served, and where one statement goes.
+//!
+//! [`ReadFlags`] holds each source table's read source (`primary`, `shadow`, `secondary`). It
+//! starts from the rules' `reads` and is changed at runtime by the admin API. Sessions read it
+//! on every statement without locking: the flags are one immutable [`Flags`] snapshot behind an
+//! `ArcSwap`, replaced whole on each change, so a change applies to the next statement of every
+//! session. Changes go through one mutex, the safety gate and the audit log.
+//!
+//! The safety gate (DESIGN.md, principle 10): a switch to `secondary` is refused while the mirror
+//! lags (`[admin] gate_max_lag_seconds`, `gate_max_lag_transactions`), has parked transactions,
+//! is halted or not connected, while the rule does not mirror the table, or while divergences
+//! were recorded for the table since its last switch; `force` overrides all but a missing
+//! secondary. A switch to `primary` is always allowed: the way back stays open. Any switch
+//! (to `shadow` too) re-arms the divergence count, so the evidence for `secondary` is the
+//! divergences recorded since then.
+//!
+//! Rules hot reload: a reload keeps the runtime flag of every table that still exists; a new
+//! table starts at its rule's `reads`; a removed table's flag goes. When a rule file's own
+//! `reads` value changed since the last load, the rule file wins (through the same gate, not
+//! forced; a refused change is logged and the flag stays): the DBA's edit is a switch too.
+//!
+//! [`route`] is the pure decision the session makes per statement (per Sync).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, Guard};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::divergence::record::rfc3339;
+use crate::divergence::Recorder;
+use crate::mirror::status::MirrorReport;
+use crate::rules::{MirrorMode, ReadSource, RuleSet, TableName};
+use crate::sql::{Analysis, Kind};
+
+/// The read source of one table, and the evidence its gate counts from.
+#[derive(Debug, Clone)]
+pub struct TableFlag {
+    pub source: ReadSource,
+    /// The rule file's `reads` at the last load: a reload that changes it wins.
+    rule_reads: ReadSource,
+    /// Divergences recorded for the table when it was last switched.
+    baseline: u64,
+}
+
+/// One immutable state of every table's read source.
+#[derive(Debug)]
+pub struct Flags {
+    rules: Arc<RuleSet>,
+    tables: HashMap<TableName, TableFlag>,
+    /// Goes up on every change: a session may compare it to skip work.
+    pub version: u64,
+}
+
+impl Flags {
+    /// The read source of a migrated table; `None` when no rule migrates it.
+    pub fn get(&self, table: &TableName) -> Option<ReadSource> {
+        self.tables.get(table).map(|f| f.source)
+    }
+
+    /// The rules these flags follow.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+}
+
+/// Why a change of a read source was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no rule migrates a table named {0:?}")]
+    UnknownTable(String),
+    /// Refused by the safety gate; the message says why (every reason).
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("cannot write the audit log {path}: {source}")]
+    Audit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A table's read source after a change, as the admin API answers it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct TableState {
+    /// The source table.
+    pub source: String,
+    pub target: String,
+    /// Where its reads are served now.
+    pub reads: String,
+    pub previous: String,
+    /// False when the table already had this read source (nothing done, nothing audited).
+    pub changed: bool,
+    pub forced: bool,
+    /// The gate's reasons that `force` overrode.
+    pub overridden: Vec<String>,
+    pub reason: String,
+    pub who: String,
+    pub ts: String,
+}
+
+/// The gate's bounds and the audit log.
+#[derive(Debug, Clone)]
+pub struct FlagOptions {
+    pub audit_log: PathBuf,
+    pub max_lag_seconds: f64,
+    pub max_lag_transactions: u64,
+    /// A secondary is configured (without one, reads can only be served by the primary).
+    pub has_secondary: bool,
+}
+
+impl FlagOptions {
+    pub fn from_config(config: &crate::config::Config) -> FlagOptions {
+        FlagOptions {
+            audit_log: config.admin.audit_log.clone(),
+            max_lag_seconds: config.admin.gate_max_lag_seconds,
+            max_lag_transactions: config.admin.gate_max_lag_transactions,
+            has_secondary: config.secondary.is_some(),
+        }
+    }
+}
+
+/// The mirror's figures, asked at each gated switch.
+pub type MirrorProbe = Arc<dyn Fn() -> MirrorReport + Send + Sync>;
+
+/// The live read flags of every migrated table.
+pub struct ReadFlags {
+    rules: Arc<ArcSwap<RuleSet>>,
+    flags: ArcSwap<Flags>,
+    /// Serializes changes and reloads; holds the audit log's path.
+    change: Mutex<()>,
+    opts: FlagOptions,
+    recorder: Arc<Recorder>,
+    mirror: Option<MirrorProbe>,
+}
+
+impl std::fmt::Debug for ReadFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadFlags")
+            .field("version", &self.flags.load().version)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct AuditLine<'a> {
+    ts: &'a str,
+    table: String,
+    from: &'static str,
+    to: &'static str,
+    reason: &'a str,
+    forced: bool,
+    overridden: &'a [String],
+    who: &'a str,
+}
+
+impl ReadFlags {
+    /// Flags at each rule's `reads`, following the live rules in `rules`.
+    pub fn new(
+        rules: Arc<ArcSwap<RuleSet>>,
+        opts: FlagOptions,
+        recorder: Arc<Recorder>,
+        mirror: Option<MirrorProbe>,
+    ) -> ReadFlags {
+        let current = rules.load_full();
+        let tables = current
+            .rules()
+            .iter()
+            .map(|r| {
+                let flag = TableFlag {
+                    source: r.reads,
+                    rule_reads: r.reads,
+                    baseline: 0,
+                };
+                (r.source.clone(), flag)
+            })
+            .collect();
+        let flags = Flags {
+            rules: current,
+            tables,
+            version: 1,
+        };
+        ReadFlags {
+            rules,
+            flags: ArcSwap::from_pointee(flags),
+            change: Mutex::new(()),
+            opts,
+            recorder,
+            mirror,
+        }
+    }
+
+    /// The flags now, for one statement. Lock-free unless the rules were just reloaded (then
+    /// the flags are reconciled with them once). The guard costs no reference count.
+    pub fn load(&self) -> Guard<Arc<Flags>> {
+        let flags = self.flags.load();
+        if Arc::ptr_eq(&flags.rules, &self.rules.load()) {
+            return flags;
+        }
+        drop(flags);
+        self.reconcile();
+        self.flags.load()
+    }
+
+    /// Every table's read source, in rule order.
+    pub fn list(&self) -> Vec<(TableName, ReadSource)> {
+        let flags = self.load();
+        flags
+            .rules
+            .rules()
+            .iter()
+            .filter_map(|r| flags.get(&r.source).map(|s| (r.source.clone(), s)))
+            .collect()
+    }
+
+    /// Changes where reads of `table` are served. Refused by the safety gate unless `force`
+    /// (a switch to `primary` is never refused). The change is logged and audited.
+    pub fn set(
+        &self,
+        table: &str,
+        to: ReadSource,
+        reason: &str,
+        who: &str,
+        force: bool,
+    ) -> Result<TableState, RouteError> {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.load_locked();
+        let unknown = || RouteError::UnknownTable(table.to_string());
+        let name = TableName::parse(table).ok_or_else(unknown)?;
+        let flag = current.tables.get(&name).ok_or_else(unknown)?;
+        let rule = current.rules.get(&name).ok_or_else(unknown)?;
+        let ts = rfc3339(SystemTime::now());
+        let mut state = TableState {
+            source: name.to_string(),
+            target: rule.target.to_string(),
+            reads: to.as_str().into(),
+            previous: flag.source.as_str().into(),
+            changed: false,
+            forced: false,
+            overridden: Vec::new(),
+            reason: reason.to_string(),
+            who: who.to_string(),
+            ts,
+        };
+        if flag.source == to {
+            return Ok(state);
+        }
+        if to != ReadSource::Primary && !self.opts.has_secondary {
+            return Err(RouteError::Refused(
+                "no [secondary] is configured: reads can only be served by the primary".into(),
+            ));
+        }
+        let refusals = self.gate(&name, flag, to, rule.mirror);
+        if !refusals.is_empty() && !force {
+            warn!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason,
+                  who, refused = %refusals.join("; "), "read switch refused");
+            return Err(RouteError::Refused(refusals.join("; ")));
+        }
+        state.changed = true;
+        state.forced = force;
+        state.overridden = refusals;
+        if let Err(e) = self.audit(&state) {
+            // Without its audit line a switch does not happen, except the way back.
+            if to != ReadSource::Primary {
+                return Err(e);
+            }
+            error!(error = %e, "read switch to primary made without its audit line");
+        }
+        info!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason, who,
+              forced = force, overridden = ?state.overridden, "reads switched");
+        let mut tables = current.tables.clone();
+        tables.insert(
+            name.clone(),
+            TableFlag {
+                source: to,
+                rule_reads: flag.rule_reads,
+                baseline: self.recorder.count_table(&name.to_string()),
+            },
+        );
+        self.flags.store(Arc::new(Flags {
+            rules: current.rules.clone(),
+            tables,
+            version: current.version + 1,
+        }));
+        Ok(state)
+    }
+
+    /// Why a switch to `to` must be refused; empty when it may go ahead.
+    fn gate(
+        &self,
+        table: &TableName,
+        flag: &TableFlag,
+        to: ReadSource,
+        mirror: MirrorMode,
+    ) -> Vec<String> {
+        let mut why = Vec::new();
+        if to != ReadSource::Secondary {
+            return why;
+        }
+        if mirror == MirrorMode::Off {
+            why.push("the rule does not mirror writes (mirror = \"off\")".into());
+        }
+        match &self.mirror {
+            None => why.push("the mirror is not running".into()),
+            Some(probe) => {
+                let m = probe();
+                if m.lag_seconds > self.opts.max_lag_seconds {
+                    why.push(format!(
+                        "the mirror lags {:.1}s (gate_max_lag_seconds = {})",
+                        m.lag_seconds, self.opts.max_lag_seconds
+                    ));
+                }
+                if m.lag_transactions > self.opts.max_lag_transactions {
+                    why.push(format!(
+                        "{} transactions wait to be applied (gate_max_lag_transactions = {})",
+                        m.lag_transactions, self.opts.max_lag_transactions
+                    ));
+                }
+                if m.parked > 0 {
+                    why.push(format!("{} parked transactions", m.parked));
+                }
+                if m.halted {
+                    why.push("the mirror applier is halted".into());
+                }
+                if !m.connected {
+                    why.push("the mirror applier is not connected to the secondary".into());
+                }
+            }
+        }
+        let seen = self.recorder.count_table(&table.to_string());
+        if seen > flag.baseline {
+            why.push(format!(
+                "{} divergences recorded for {table} since its last switch",
+                seen - flag.baseline
+            ));
+        }
+        why
+    }
+
+    fn audit(&self, s: &TableState) -> Result<(), RouteError> {
+        let line = AuditLine {
+            ts: &s.ts,
+            table: s.source.clone(),
+            from: source_word(&s.previous),
+            to: source_word(&s.reads),
+            reason: &s.reason,
+            forced: s.forced,
+            overridden: &s.overridden,
+            who: &s.who,
+        };
+        let path = &self.opts.audit_log;
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
+            text.push('\n');
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()
+        };
+        write().map_err(|source| RouteError::Audit {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// The flags, reconciled with the live rules; the caller holds `change`.
+    fn load_locked(&self) -> Arc<Flags> {
+        let flags = self.flags.load_full();
+        if Arc::ptr_eq(&flags.rules, &self.rules.load()) {
+            return flags;
+        }
+        self.reconcile_locked(flags)
+    }
+
+    fn reconcile(&self) {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let flags = self.flags.load_full();
+        if !Arc::ptr_eq(&flags.rules, &self.rules.load()) {
+            self.reconcile_locked(flags);
+        }
+    }
+
+    /// Follows a rules reload (see the module docs).
+    fn reconcile_locked(&self, old: Arc<Flags>) -> Arc<Flags> {
+        let rules = self.rules.load_full();
+        let mut tables = HashMap::new();
+        for rule in rules.rules() {
+            let name = &rule.source;
+            let flag = match old.tables.get(name) {
+                None => {
+                    info!(table = %name, reads = rule.reads.as_str(), "new migrated table");
+                    TableFlag {
+                        source: rule.reads,
+                        rule_reads: rule.reads,
+                        baseline: self.recorder.count_table(&name.to_string()),
+                    }
+                }
+                Some(f) if f.rule_reads == rule.reads || f.source == rule.reads => TableFlag {
+                    rule_reads: rule.reads,
+                    ..f.clone()
+                },
+                Some(f) => self.rule_switch(name, f, rule.reads, rule.mirror),
+            };
+            tables.insert(name.clone(), flag);
+        }
+        for name in old.tables.keys().filter(|n| !tables.contains_key(*n)) {
+            info!(table = %name, "table no longer migrated: its read flag is dropped");
+        }
+        let new = Arc::new(Flags {
+            rules,
+            tables,
+            version: old.version + 1,
+        });
+        self.flags.store(new.clone());
+        new
+    }
+
+    /// A rule file's `reads` that changed: the DBA's switch, gated and audited like any other.
+    fn rule_switch(
+        &self,
+        name: &TableName,
+        f: &TableFlag,
+        to: ReadSource,
+        mirror: MirrorMode,
+    ) -> TableFlag {
+        let keep = TableFlag {
+            rule_reads: to,
+            ..f.clone()
+        };
+        let mut refusals = self.gate(name, f, to, mirror);
+        if to != ReadSource::Primary && !self.opts.has_secondary {
+            refusals.push("no [secondary] is configured".into());
+        }
+        if !refusals.is_empty() {
+            error!(table = %name, from = f.source.as_str(), to = to.as_str(),
+                   refused = %refusals.join("; "),
+                   "the rule file's new `reads` is refused by the safety gate; the flag stays");
+            return keep;
+        }
+        let state = TableState {
+            source: name.to_string(),
+            target: String::new(),
+            reads: to.as_str().into(),
+            previous: f.source.as_str().into(),
+            changed: true,
+            forced: false,
+            overridden: Vec::new(),
+            reason: "the rule file's `reads` changed".into(),
+            who: "rules".into(),
+            ts: rfc3339(SystemTime::now()),
+        };
+        if let Err(e) = self.audit(&state) {
+            if to != ReadSource::Primary {
+                error!(table = %name, error = %e, "the rule file's new `reads` is not applied");
+                return keep;
+            }
+        }
+        info!(table = %name, from = f.source.as_str(), to = to.as_str(), who = "rules",
+              "reads switched by the rule file");
+        TableFlag {
+            source: to,
+            rule_reads: to,
+            baseline: self.recorder.count_table(&name.to_string()),
+        }
+    }
+}
+
+fn source_word(s: &str) -> &'static str {
+    parse_source(s).map_or("primary", ReadSource::as_str)
+}
+
+/// `primary`, `shadow` or `secondary`.
+pub fn parse_source(s: &str) -> Option<ReadSource> {
+    match s {
+        "primary" => Some(ReadSource::Primary),
+        "shadow" => Some(ReadSource::Shadow),
+        "secondary" => Some(ReadSource::Secondary),
+        _ => None,
+    }
+}
+
+/// Unmigrated tables present and identical on the secondary (`[secondary] shared_tables`).
+#[derive(Debug, Clone, Default)]
+pub enum SharedTables {
+    /// `["*"]`: the secondary is the primary's own database.
+    All,
+    Some(HashSet<TableName>),
+    #[default]
+    None,
+}
+
+impl SharedTables {
+    /// From the config's list; names as SQL writes them (`instruments`, `ref.currencies`).
+    pub fn new(list: &[String]) -> SharedTables {
+        if list.iter().any(|t| t == "*") {
+            return SharedTables::All;
+        }
+        let set: HashSet<TableName> = list.iter().filter_map(|t| TableName::parse(t)).collect();
+        if set.is_empty() {
+            SharedTables::None
+        } else {
+            SharedTables::Some(set)
+        }
+    }
+
+    pub fn from_config(config: &crate::config::Config) -> SharedTables {
+        config
+            .secondary
+            .as_ref()
+            .map_or(SharedTables::None, |s| SharedTables::new(&s.shared_tables))
+    }
+
+    pub fn contains(&self, table: &TableName) -> bool {
+        match self {
+            SharedTables::All => true,
+            SharedTables::Some(set) => set.contains(table),
+            SharedTables::None => false,
+        }
+    }
+}
+
+/// Where one statement goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// The client's statement to the primary, as always.
+    Primary,
+    /// To the primary for the client, and `sql` (the read rewrite) to the secondary to compare;
+    /// `table` is the table flagged `shadow` the comparison is recorded for.
+    Shadow { sql: &'a str, table: &'a TableName },
+    /// `sql`, the read rewrite, served by the secondary.
+    Secondary { sql: &'a str },
+}
+
+/// CONTRACT.md's rule for one statement text: served by the secondary only when it is one read
+/// that writes nothing (`may_write` false), outside a transaction that has written, and every
+/// table it reads is served there (migrated tables flagged `secondary`, unmigrated ones shared).
+/// Shadowed when some migrated table it reads is flagged `shadow` and every other is flagged
+/// `shadow` or `secondary` or is shared. Everything else, including what could not be parsed or
+/// rewritten, goes to the primary.
+pub fn route<'a>(
+    analysis: &'a Analysis,
+    flags: &Flags,
+    shared: &SharedTables,
+    in_write_txn: bool,
+) -> Route<'a> {
+    if in_write_txn {
+        return Route::Primary;
+    }
+    let Some(sql) = analysis.read_rewrite() else {
+        return Route::Primary;
+    };
+    let [stmt] = analysis.statements.as_slice() else {
+        return Route::Primary;
+    };
+    if stmt.kind != Kind::Read || !stmt.others.iter().all(|t| shared.contains(t)) {
+        return Route::Primary;
+    }
+    let mut shadowed = None;
+    for table in &stmt.reads {
+        match flags.get(table) {
+            Some(ReadSource::Secondary) => {}
+            Some(ReadSource::Shadow) => {
+                shadowed.get_or_insert(table);
+            }
+            Some(ReadSource::Primary) | None => return Route::Primary,
+        }
+    }
+    match shadowed {
+        Some(table) => Route::Shadow { sql, table },
+        None if stmt.reads.is_empty() => Route::Primary,
+        None => Route::Secondary { sql },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::StatementInfo;
+
+    fn flags(list: &[(&str, ReadSource)]) -> Flags {
+        Flags {
+            rules: Arc::new(RuleSet::default()),
+            tables: list
+                .iter()
+                .map(|(t, s)| {
+                    let flag = TableFlag {
+                        source: *s,
+                        rule_reads: *s,
+                        baseline: 0,
+                    };
+                    (TableName::parse(t).unwrap(), flag)
+                })
+                .collect(),
+            version: 1,
+        }
+    }
+
+    fn read(reads: &[&str], others: &[&str]) -> Analysis {
+        let t = |v: &[&str]| v.iter().map(|n| TableName::parse(n).unwrap()).collect();
+        let mut s = StatementInfo {
+            kind: Kind::Read,
+            text: 0..1,
+            reads: t(reads),
+            others: t(others),
+            writes: Vec::new(),
+            may_write: false,
+            read_rewrite: Some("SELECT rewritten".into()),
+            capture: None,
+            statement_rewrite: None,
+            note: None,
+        };
+        s.text = 0..1;
+        Analysis {
+            statements: vec![s],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_join_needs_every_table_served_by_the_secondary() {
+        use ReadSource::*;
+        let shared = SharedTables::new(&["instruments".into()]);
+        let a = read(&["a", "b"], &["instruments"]);
+        let sql = "SELECT rewritten";
+        let r = |fa, fb| route(&a, &flags(&[("a", fa), ("b", fb)]), &shared, false);
+        assert_eq!(r(Secondary, Secondary), Route::Secondary { sql });
+        assert_eq!(r(Secondary, Primary), Route::Primary);
+        let b = TableName::parse("b").unwrap();
+        assert_eq!(r(Secondary, Shadow), Route::Shadow { sql, table: &b });
+        assert_eq!(r(Primary, Shadow), Route::Primary);
+        let none = SharedTables::None;
+        let f = flags(&[("a", Secondary), ("b", Secondary)]);
+        assert_eq!(route(&a, &f, &none, false), Route::Primary);
+        assert_eq!(
+            route(&a, &f, &SharedTables::new(&["*".into()]), false),
+            Route::Secondary { sql }
+        );
+        assert_eq!(route(&a, &f, &shared, true), Route::Primary);
+    }
+
+    struct Setup {
+        rules: Arc<ArcSwap<RuleSet>>,
+        flags: ReadFlags,
+        recorder: Arc<Recorder>,
+        report: Arc<Mutex<MirrorReport>>,
+        dir: tempfile::TempDir,
+    }
+
+    fn healthy() -> MirrorReport {
+        MirrorReport {
+            journal_seq: 5,
+            applied_seq: 5,
+            lag_seconds: 0.0,
+            lag_transactions: 0,
+            parked: 0,
+            applied_per_second: 0.0,
+            retries: 0,
+            in_doubt: 0,
+            in_progress: 0,
+            journal_bytes: 0,
+            journal_segments: 1,
+            journal_full: false,
+            disk_full: false,
+            halted: false,
+            connected: true,
+            fsyncs: 0,
+            last_error: None,
+        }
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = crate::sql::view::tests::dxy_rule();
+        let rules = Arc::new(ArcSwap::from_pointee(RuleSet::new(vec![rule])));
+        let recorder = Arc::new(Recorder::open_path(&dir.path().join("d.jsonl"), true).unwrap());
+        let report = Arc::new(Mutex::new(healthy()));
+        let probe = report.clone();
+        let flags = ReadFlags::new(
+            rules.clone(),
+            FlagOptions {
+                audit_log: dir.path().join("audit/audit.jsonl"),
+                max_lag_seconds: 5.0,
+                max_lag_transactions: 10,
+                has_secondary: true,
+            },
+            recorder.clone(),
+            Some(Arc::new(move || probe.lock().unwrap().clone())),
+        );
+        Setup {
+            rules,
+            flags,
+            recorder,
+            report,
+            dir,
+        }
+    }
+
+    fn audit_lines(s: &Setup) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(s.dir.path().join("audit/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_gate_refuses_a_lagging_mirror_unless_forced_and_primary_is_always_allowed() {
+        use ReadSource::*;
+        let s = setup();
+        let t = TableName::parse("derived_data_bars").unwrap();
+        assert_eq!(s.flags.load().get(&t), Some(Primary));
+        s.report.lock().unwrap().lag_seconds = 9.0;
+        s.report.lock().unwrap().parked = 2;
+        let e = s
+            .flags
+            .set("derived_data_bars", Secondary, "go", "op", false)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("lags 9.0s") && msg.contains("2 parked"),
+            "{msg}"
+        );
+        assert_eq!(s.flags.load().get(&t), Some(Primary));
+        // Shadow is not gated; forced secondary is, but goes through and says what it overrode.
+        s.flags
+            .set("derived_data_bars", Shadow, "compare", "op", false)
+            .unwrap();
+        let st = s
+            .flags
+            .set("Derived_Data_Bars", Secondary, "go", "op", true)
+            .unwrap();
+        assert!(
+            st.changed && st.forced && st.overridden.len() == 2,
+            "{st:?}"
+        );
+        assert_eq!(s.flags.load().get(&t), Some(Secondary));
+        // Rollback is never refused.
+        s.flags
+            .set("derived_data_bars", Primary, "back", "op", false)
+            .unwrap();
+        let lines = audit_lines(&s);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1]["from"], "shadow");
+        assert_eq!(lines[1]["to"], "secondary");
+        assert_eq!(lines[1]["forced"], true);
+        assert_eq!(lines[1]["reason"], "go");
+        assert_eq!(lines[2]["to"], "primary");
+        assert!(matches!(
+            s.flags.set("nope", Primary, "", "", false),
+            Err(RouteError::UnknownTable(_))
+        ));
+        // Setting the same source again changes and audits nothing.
+        let st = s
+            .flags
+            .set("derived_data_bars", Primary, "again", "op", false)
+            .unwrap();
+        assert!(!st.changed);
+        assert_eq!(audit_lines(&s).len(), 3);
+    }
+
+    #[test]
+    fn divergences_since_the_last_switch_refuse_secondary() {
+        use ReadSource::*;
+        let s = setup();
+        s.flags
+            .set("derived_data_bars", Shadow, "", "op", false)
+            .unwrap();
+        s.recorder.record(crate::divergence::Divergence::new(
+            crate::divergence::Kind::ReadMismatch,
+            "derived_data_bars",
+        ));
+        let e = s
+            .flags
+            .set("derived_data_bars", Secondary, "", "op", false)
+            .unwrap_err();
+        assert!(e.to_string().contains("1 divergences"), "{e}");
+        // Re-arming: a switch (back to shadow after fixing) starts the count again.
+        s.flags
+            .set("derived_data_bars", Primary, "fixing", "op", false)
+            .unwrap();
+        s.flags
+            .set("derived_data_bars", Shadow, "fixed", "op", false)
+            .unwrap();
+        s.flags
+            .set("derived_data_bars", Secondary, "clean", "op", false)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_reload_keeps_runtime_flags_unless_the_rule_file_changed_them() {
+        use ReadSource::*;
+        let s = setup();
+        let t = TableName::parse("derived_data_bars").unwrap();
+        s.flags
+            .set("derived_data_bars", Shadow, "", "op", false)
+            .unwrap();
+        let v = s.flags.load().version;
+        // The same rules, reloaded: the runtime flag stays.
+        s.rules.store(Arc::new(RuleSet::new(vec![
+            crate::sql::view::tests::dxy_rule(),
+        ])));
+        assert_eq!(s.flags.load().get(&t), Some(Shadow));
+        assert!(s.flags.load().version > v);
+        // The rule file says secondary now: it wins (the gate passes).
+        let mut rule = crate::sql::view::tests::dxy_rule();
+        rule.reads = Secondary;
+        s.rules.store(Arc::new(RuleSet::new(vec![rule.clone()])));
+        assert_eq!(s.flags.load().get(&t), Some(Secondary));
+        assert_eq!(audit_lines(&s).last().unwrap()["who"], "rules");
+        // A runtime switch back, then the same rule file again: the runtime flag stays.
+        s.flags
+            .set("derived_data_bars", Primary, "", "op", false)
+            .unwrap();
+        s.rules.store(Arc::new(RuleSet::new(vec![rule])));
+        assert_eq!(s.flags.load().get(&t), Some(Primary));
+        // A table that goes away loses its flag.
+        s.rules.store(Arc::new(RuleSet::default()));
+        assert_eq!(s.flags.load().get(&t), None);
+        assert!(s.flags.list().is_empty());
+    }
+}
