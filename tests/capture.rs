@@ -30,13 +30,23 @@ fn mirrored(hint: &str, extra: &str) -> (Bridge, String) {
 
 /// As [`mirrored`], with database `db` on servers of the caller's.
 fn mirrored_on(primary_port: u16, secondary_port: u16, db: &str, extra: &str) -> (Bridge, String) {
+    mirrored_with(primary_port, secondary_port, db, DXY_RULE, extra)
+}
+
+fn mirrored_with(
+    primary_port: u16,
+    secondary_port: u16,
+    db: &str,
+    rule: &str,
+    extra: &str,
+) -> (Bridge, String) {
     let db = db.to_string();
     psql_on(primary_port, &db, PRIMARY_DDL);
     psql_on(primary_port, &db, "TRUNCATE derived_data_bars");
     psql_on(secondary_port, &db, SECONDARY_DDL);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/dxy.toml"), DXY_RULE).unwrap();
+    std::fs::write(dir.path().join("rules/dxy.toml"), rule).unwrap();
     let port = pgbridge::pgcluster::free_port().unwrap();
     let admin = pgbridge::pgcluster::free_port().unwrap();
     let config = format!(
@@ -541,4 +551,52 @@ async fn sync_mode_returns_commit_only_once_the_secondary_has_the_rows() {
             "the COMMIT returned before the secondary applied it"
         );
     }
+}
+
+#[tokio::test]
+async fn statements_mode_replays_writes_with_the_clients_parameters() {
+    let db = fresh_db("statements_mode");
+    let rule = DXY_RULE.replace("mirror = \"rows\"", "mirror = \"statements\"");
+    assert!(rule.contains("mirror = \"statements\""));
+    let c = cluster();
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, &rule, "");
+    let conn = bridge.conn_str("postgres", "", &db);
+    let (out, code) = psql_script(
+        &conn,
+        &format!(
+            "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100);\n\
+             BEGIN;\n{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100);\n\
+             UPDATE derived_data_bars SET close = close * 2 WHERE ts = '2026-01-05 10:00+00';\nCOMMIT;\n"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    let client = connect(&conn).await;
+    client
+        .execute(
+            "UPDATE derived_data_bars SET volume = $1 WHERE symbol = $2 AND ts = $3::text::timestamptz",
+            &[&7i64, &"DXY", &"2026-01-05 10:01+00"],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("{INSERT} ($1, $2::text::timestamptz, 3, 3, 3, $3::text::numeric, 3)"),
+            &[&"DXY", &"2026-01-05 10:02+00", &"3.75"],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "DELETE FROM derived_data_bars WHERE ts = $1::text::timestamptz",
+            &[&"2026-01-05 10:00+00"],
+        )
+        .await
+        .unwrap();
+    assert_mirrored(&bridge, &db);
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT count(*) FROM data_bars",
+    );
+    assert_eq!(rows.trim(), "2");
 }

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use super::track::{Expect, Step, Tracker};
 use super::wire;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
-use crate::mirror::{Journal, TxnRecord};
+use crate::mirror::{Journal, Row, TxnRecord, Value};
 use crate::protocol::messages::{error_response, Severity};
 use crate::rules::{MirrorMode, RuleSet};
 use crate::sql::{Analysis, Analyzer, Kind, StatementInfo, TxControl, WriteOp};
@@ -55,6 +55,9 @@ pub struct Driver<'a> {
     session: u64,
     statements: HashMap<String, Arc<Analysis>>,
     portals: HashMap<String, Arc<Analysis>>,
+    /// Declared parameter types of statements, and bound parameters of portals, for replays.
+    param_types: HashMap<String, Vec<u32>>,
+    portal_params: HashMap<String, Row>,
     /// Extended protocol: pgbridge began a transaction in this batch, to commit at its Sync.
     wrapped: bool,
     /// Extended protocol: the client began a transaction in this batch.
@@ -80,6 +83,8 @@ impl<'a> Driver<'a> {
             session,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            param_types: HashMap::new(),
+            portal_params: HashMap::new(),
             wrapped: false,
             began: false,
             xid_asked: false,
@@ -204,7 +209,9 @@ impl<'a> Driver<'a> {
         for (i, s) in analysis.statements.iter().enumerate() {
             let step = step_for(s, &rules);
             match &step {
-                Step::Capture(_) | Step::Truncate(_) => plan.changes = true,
+                Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. } => {
+                    plan.changes = true
+                }
                 Step::Tx(TxControl::Commit) if plan.commit_at.is_none() => plan.commit_at = Some(i),
                 Step::Tx(TxControl::Begin) if !plan.changes => plan.begins = true,
                 Step::Tx(_) => plan.other_tx = true,
@@ -442,6 +449,13 @@ impl<'a> Driver<'a> {
                 .as_deref()
                 .and_then(|sql| wire::replace_parse_query(frame, sql))
         };
+        if matches!(
+            single_step(&analysis, &self.analyzer.rules()),
+            Step::Statement { .. }
+        ) {
+            self.param_types
+                .insert(name.clone(), wire::parse_param_types(frame));
+        }
         self.statements.insert(name, analysis);
         self.expect(Expect::Parse { forward: true });
         match bytes {
@@ -464,6 +478,12 @@ impl<'a> Driver<'a> {
                 _ => None,
             });
         let edited = extra.and_then(|n| wire::extend_bind_formats(frame, n).flatten());
+        self.portal_params.remove(&portal);
+        if let Some(types) = self.param_types.get(stmt) {
+            if let Some(row) = wire::bind_params(frame).map(|ps| params_row(types, &ps)) {
+                self.portal_params.insert(portal.clone(), row);
+            }
+        }
         match analysis {
             Some(a) => self.portals.insert(portal, a),
             None => self.portals.remove(&portal),
@@ -481,15 +501,21 @@ impl<'a> Driver<'a> {
         primary: &mut W,
     ) -> std::io::Result<()> {
         let analysis = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
-        let step = analysis
+        let mut step = analysis
             .as_ref()
             .map_or(Step::Pass, |a| single_step(a, &self.analyzer.rules()));
+        if let Step::Statement { params, .. } = &mut step {
+            if let Some(bound) = wire::execute_portal(frame).and_then(|p| self.portal_params.get(p))
+            {
+                *params = bound.clone();
+            }
+        }
         match &step {
             Step::Tx(TxControl::Begin) => self.began = true,
             Step::Tx(TxControl::Commit) if !self.shared.lock().txn.is_empty() => {
                 return self.execute_commit(frame, primary).await;
             }
-            Step::Capture(_) | Step::Truncate(_) => {
+            Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. } => {
                 if !self.began && !self.wrapped {
                     self.drain_extended(primary).await?;
                     if self.shared.lock().status == b'I' {
@@ -508,7 +534,10 @@ impl<'a> Driver<'a> {
             }
             _ => {}
         }
-        let changes = matches!(step, Step::Capture(_) | Step::Truncate(_));
+        let changes = matches!(
+            step,
+            Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. }
+        );
         self.expect(Expect::Execute {
             step,
             forward: true,
@@ -660,6 +689,23 @@ impl<'a> Driver<'a> {
     }
 }
 
+/// Bound parameters as a replayable row: the declared type (0 when the client left it to the
+/// server) and the client's format.
+fn params_row(types: &[u32], params: &[(u16, Option<&[u8]>)]) -> Row {
+    let mut row = Row::new();
+    for (i, (format, value)) in params.iter().enumerate() {
+        row = row.with(
+            "",
+            Value {
+                type_oid: types.get(i).copied().unwrap_or(0),
+                format: *format as u8,
+                bytes: value.map(Bytes::copy_from_slice),
+            },
+        );
+    }
+    row
+}
+
 enum Journaled {
     Nothing,
     Intent(u64),
@@ -677,9 +723,12 @@ struct Plan {
 
 impl Plan {
     fn changes_before(&self, k: usize) -> bool {
-        self.steps[..k]
-            .iter()
-            .any(|s| matches!(s, Step::Capture(_) | Step::Truncate(_)))
+        self.steps[..k].iter().any(|s| {
+            matches!(
+                s,
+                Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. }
+            )
+        })
     }
 }
 
@@ -697,8 +746,18 @@ fn step_for(s: &StatementInfo, rules: &RuleSet) -> Step {
             if let Some(c) = &s.capture {
                 return Step::Capture(Arc::new(c.clone()));
             }
-            match s.writes.as_slice() {
-                [w] if w.op == WriteOp::Truncate && mirrored(rules, &w.table) => {
+            match (s.writes.as_slice(), &s.statement_rewrite) {
+                ([w], Some(r)) if statement_mode(rules, &w.table) => {
+                    for warning in &r.warnings {
+                        tracing::warn!(table = %w.table, warning = %warning, "a replayed statement may not reproduce the primary's rows");
+                    }
+                    Step::Statement {
+                        table: w.table.clone(),
+                        sql: Arc::from(r.sql.as_str()),
+                        params: Row::new(),
+                    }
+                }
+                ([w], _) if w.op == WriteOp::Truncate && mirrored(rules, &w.table) => {
                     Step::Truncate(w.table.clone())
                 }
                 _ => Step::Pass,
@@ -713,6 +772,12 @@ fn mirrored(rules: &RuleSet, table: &crate::rules::TableName) -> bool {
     rules
         .get(table)
         .is_some_and(|r| r.mirror == MirrorMode::Rows)
+}
+
+fn statement_mode(rules: &RuleSet, table: &crate::rules::TableName) -> bool {
+    rules
+        .get(table)
+        .is_some_and(|r| r.mirror == MirrorMode::Statements)
 }
 
 /// Why a statement writes a migrated table without being mirrored, if it does.
@@ -732,6 +797,11 @@ fn unmirrored(s: &StatementInfo, rules: &RuleSet, text: &str) -> Option<String> 
                 return None;
             }
             if matches!(mirrored_writes.as_slice(), [w] if w.op == WriteOp::Truncate && mirrored(rules, &w.table))
+            {
+                return None;
+            }
+            if matches!(mirrored_writes.as_slice(), [w] if statement_mode(rules, &w.table))
+                && s.statement_rewrite.is_some()
             {
                 return None;
             }

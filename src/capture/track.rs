@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::rows;
 use super::txn::TxnBuffer;
 use super::wire::{self, FieldInfo};
-use crate::mirror::{Change, ChangeOp, Journal};
+use crate::mirror::{Change, ChangeOp, Journal, Row};
 use crate::rules::TableName;
 use crate::sql::{Capture, TxControl};
 
@@ -29,6 +29,12 @@ pub enum Step {
     Capture(Arc<Capture>),
     /// TRUNCATE of a migrated table.
     Truncate(TableName),
+    /// A write of a `mirror = "statements"` table, rewritten to the target, with its parameters.
+    Statement {
+        table: TableName,
+        sql: Arc<str>,
+        params: Row,
+    },
     /// pgbridge's `SELECT pg_current_xact_id()`.
     Xid,
     /// The client's transaction control, followed in the buffer when it succeeds.
@@ -268,6 +274,13 @@ impl Tracker {
             Step::Truncate(table) => self.txn.push([Change {
                 table,
                 op: ChangeOp::Truncate,
+            }]),
+            Step::Statement { table, sql, params } => self.txn.push([Change {
+                table,
+                op: ChangeOp::Statement {
+                    sql: sql.to_string(),
+                    params,
+                },
             }]),
             Step::Tx(TxControl::Savepoint(n)) => self.txn.savepoint(&n),
             Step::Tx(TxControl::RollbackTo(n)) => self.txn.rollback_to(&n),

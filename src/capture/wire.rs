@@ -131,6 +131,48 @@ pub fn parse_message(frame: &[u8]) -> Option<(&str, &str, usize)> {
     Some((name, query, at))
 }
 
+/// The parameter type OIDs a Parse frame declares (0: unspecified).
+pub fn parse_param_types(frame: &[u8]) -> Vec<u32> {
+    let Some((_, _, at)) = parse_message(frame) else {
+        return Vec::new();
+    };
+    let n = be_u16(frame, at).unwrap_or(0) as usize;
+    (0..n)
+        .filter_map(|i| be_u32(frame, at + 2 + 4 * i))
+        .collect()
+}
+
+/// The parameters of a Bind frame: format code and value (`None` for NULL) of each.
+pub fn bind_params(frame: &[u8]) -> Option<Vec<(u16, Option<&[u8]>)>> {
+    let (_, at) = cstr(frame, 5)?;
+    let (_, mut at) = cstr(frame, at)?;
+    let nformats = be_u16(frame, at)? as usize;
+    let formats: Vec<u16> = (0..nformats)
+        .filter_map(|i| be_u16(frame, at + 2 + 2 * i))
+        .collect();
+    at += 2 + 2 * nformats;
+    let nparams = be_u16(frame, at)? as usize;
+    at += 2;
+    let mut params = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats.get(i)?,
+        };
+        let len = be_u32(frame, at)? as i32;
+        at += 4;
+        if len < 0 {
+            params.push((format, None));
+        } else {
+            let end = at + len as usize;
+            params.push((format, Some(frame.get(at..end)?)));
+            at = end;
+        }
+    }
+    Some(params)
+}
+
 /// The Parse frame with its query text replaced.
 pub fn replace_parse_query(frame: &[u8], query: &str) -> Option<Bytes> {
     let (name, _, types_at) = parse_message(frame)?;

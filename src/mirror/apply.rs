@@ -562,11 +562,35 @@ impl Applier {
             sqlstate: None,
             message,
         };
+        if let ChangeOp::Statement { sql, params } = op {
+            let live = self.rules.load();
+            if live.get(table).map(|r| r.mirror) != Some(crate::rules::MirrorMode::Statements) {
+                debug!(table = %table, "no statement-mode rule for the table any more: skipped");
+                return Ok(());
+            }
+            // An untyped parameter is left for the secondary to infer, as the primary did.
+            let values: Vec<Value> = params
+                .values
+                .iter()
+                .map(|v| Value {
+                    type_oid: if v.type_oid == 0 {
+                        Type::UNKNOWN.oid()
+                    } else {
+                        v.type_oid
+                    },
+                    ..v.clone()
+                })
+                .collect();
+            let refs: Vec<&Value> = values.iter().collect();
+            return self.exec(client, sql, &refs, table, None).await;
+        }
         let Some((rule, plan)) = self.plan(table).map_err(|m| permanent(m, None))? else {
             debug!(table = %table, "no mirrored rule for the table any more: change skipped");
             return Ok(());
         };
         match op {
+            // Handled above, before the row plan.
+            ChangeOp::Statement { .. } => Ok(()),
             ChangeOp::Truncate => {
                 self.exec(client, &plan.plan.truncate, &[], table, None)
                     .await

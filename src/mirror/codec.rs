@@ -57,6 +57,11 @@ pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
                 put_row(out, row);
             }
             ChangeOp::Truncate => out.put_u8(4),
+            ChangeOp::Statement { sql, params } => {
+                out.put_u8(5);
+                put_str(out, sql);
+                put_row(out, params);
+            }
         }
     }
 }
@@ -99,6 +104,10 @@ pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
                 row: get_row(b)?,
             },
             4 => ChangeOp::Truncate,
+            5 => ChangeOp::Statement {
+                sql: get_str(b)?,
+                params: get_row(b)?,
+            },
             _ => return Err(DecodeError("unknown change kind")),
         };
         changes.push(Change { table, op });

@@ -96,6 +96,9 @@ pub enum ChangeOp {
     },
     /// TRUNCATE of the source: every row the rule owns on the target is deleted.
     Truncate,
+    /// `mirror = "statements"`: the write rewritten to the target, replayed with the client's
+    /// parameters (column names empty; a type OID of 0 lets the secondary infer the type).
+    Statement { sql: String, params: Row },
 }
 
 /// Named values, as the primary returned them.
