@@ -97,9 +97,16 @@ server_dir() {
 
 declare -A port=() admin_port=() bridge_pid=() pg_started=()
 sampler_pid=
+# The sampler stops at its next turn once its stop file exists (a signal could land while it runs a
+# command substitution, and bash then reports a parse error); waits at most a few seconds.
 stop_sampler() {
     if [ -n "$sampler_pid" ]; then
-        kill -TERM "$sampler_pid" 2>/dev/null || true
+        : >"$work/sampler.stop"
+        for _ in $(seq 1 50); do
+            kill -0 "$sampler_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$sampler_pid" 2>/dev/null || true
         wait "$sampler_pid" 2>/dev/null || true
         sampler_pid=
     fi
@@ -304,11 +311,10 @@ status=$(status_json)
     die "GET /api/status of the mirrored pgbridge gave no mirror.journal_seq: '$status'"
 grep -q '"data_bars"' <<<"$status" || die "the mirrored pgbridge has no rule for data_bars: '$status'"
 
-# Appends "time lag_seconds journal_seq applied_seq" to $1 every 0.5 s until stopped.
+# Appends "time lag_seconds journal_seq applied_seq" to $1 every 0.5 s until stop_sampler.
 sample_status() {
     local file=$1 s
-    trap 'exit 0' TERM
-    while :; do
+    while [ ! -e "$work/sampler.stop" ]; do
         s=$(status_json)
         if [ -n "$s" ]; then
             echo "$(now) $(field lag_seconds "$s") $(field journal_seq "$s") $(field applied_seq "$s")" >>"$file"
@@ -379,6 +385,7 @@ for round in $(seq 1 "$ROUNDS"); do
             if [ "$target" = mirrored ]; then
                 samples=$work/results/$round.$mode.status
                 : >"$samples"
+                rm -f "$work/sampler.stop"
                 sample_status "$samples" &
                 sampler_pid=$!
                 start=$(now)

@@ -691,7 +691,7 @@ impl<'a> Driver<'a> {
 
 /// Bound parameters as a replayable row: the declared type (0 when the client left it to the
 /// server) and the client's format.
-fn params_row(types: &[u32], params: &[(u16, Option<&[u8]>)]) -> Row {
+fn params_row(types: &[u32], params: &[wire::Param<'_>]) -> Row {
     let mut row = Row::new();
     for (i, (format, value)) in params.iter().enumerate() {
         row = row.with(

@@ -142,8 +142,11 @@ pub fn parse_param_types(frame: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// The parameters of a Bind frame: format code and value (`None` for NULL) of each.
-pub fn bind_params(frame: &[u8]) -> Option<Vec<(u16, Option<&[u8]>)>> {
+/// A bound parameter: its format code and value (`None` for NULL).
+pub type Param<'a> = (u16, Option<&'a [u8]>);
+
+/// The parameters of a Bind frame.
+pub fn bind_params(frame: &[u8]) -> Option<Vec<Param<'_>>> {
     let (_, at) = cstr(frame, 5)?;
     let (_, mut at) = cstr(frame, at)?;
     let nformats = be_u16(frame, at)? as usize;
