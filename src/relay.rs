@@ -200,7 +200,27 @@ where
             return End::ClientTerminated;
         }
         buf.reserve(READ_CHUNK);
-        match client.read_buf(&mut buf).await {
+        // A COPY outside a transaction finishes (journal, COMMIT) when its reply arrives, while
+        // the client, done streaming, waits for it.
+        let read = if driver.continuation_pending() {
+            tokio::select! {
+                r = client.read_buf(&mut buf) => r,
+                _ = driver.continuation_ready() => {
+                    let continued = async {
+                        driver.continue_pending().await?;
+                        driver.flush(primary).await
+                    };
+                    match continued.await {
+                        Ok(n) => bytes.increment(n as u64),
+                        Err(_) => return End::PrimaryClosed { reported: false },
+                    }
+                    continue;
+                }
+            }
+        } else {
+            client.read_buf(&mut buf).await
+        };
+        match read {
             Ok(0) | Err(_) => return End::ClientClosed,
             Ok(_) => {}
         }

@@ -333,7 +333,7 @@ async fn eight_concurrent_sessions_writing_overlapping_keys_end_equal() {
 }
 
 #[test]
-fn truncate_and_unmirrorable_writes_are_handled_or_reported() {
+fn truncate_copy_and_unmirrorable_writes_are_handled_or_reported() {
     let (bridge, db) = mirrored("truncate_mirror", "");
     let conn = bridge.conn_str("postgres", "", &db);
     let script = format!(
@@ -341,23 +341,52 @@ fn truncate_and_unmirrorable_writes_are_handled_or_reported() {
          TRUNCATE derived_data_bars;\n\
          {INSERT} ('DXY', '2026-01-05 10:01+00', 1, 1, 1, 1, 1);\n\
          \\copy derived_data_bars FROM stdin\n\
-         DXY\t2026-01-05 10:02:00+00\t1\t1\t1\t1\t1\n\\.\n"
+         DXY\t2026-01-05 10:02:00+00\t1\t1\t1\t1\t1\n\
+         EURUSD\t2026-01-05 10:02:00+00\t1\t1\t1\t1\t1\n\\.\n\
+         BEGIN;\n\
+         \\copy derived_data_bars (symbol, ts, open, high, low, close) FROM stdin WITH (FORMAT csv)\n\
+         DXY,2026-01-05 10:03:00+00,2,2,2,2\n\\.\n\
+         COMMIT;\n\
+         BEGIN;\n\
+         \\copy derived_data_bars FROM stdin\n\
+         DXY\t2026-01-05 10:04:00+00\t1\t1\t1\t1\t1\n\\.\n\
+         ROLLBACK;\n\
+         MERGE INTO derived_data_bars d USING (SELECT 'DXY' AS s) x ON d.symbol = x.s AND false \
+         WHEN NOT MATCHED THEN INSERT VALUES ('DXY', '2026-01-05 10:05+00', 1, 1, 1, 1, 1);\n"
     );
     let (out, code) = psql_script(&conn, &script);
     assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("COPY 2") && out.contains("COPY 1"),
+        "the client sees its COPY tags: {out}"
+    );
+    assert!(
+        !out.contains("pgbridge_copy") && !out.contains("INSERT 0 2"),
+        "{out}"
+    );
     wait_applied(&bridge);
     let rows = psql_on(
         cluster().secondary_port,
         &db,
-        "SELECT to_char(ts, 'HH24:MI') FROM data_bars ORDER BY ts",
+        "SELECT string_agg(to_char(ts, 'HH24:MI'), ',' ORDER BY ts) FROM data_bars",
     );
     assert_eq!(
         rows.trim(),
-        "10:01",
-        "TRUNCATE emptied the target; the COPY is not mirrored"
+        "10:01,10:02,10:03",
+        "TRUNCATE emptied the target, the COPYs arrived (not the rolled back one), MERGE did not"
     );
     let s = status(&bridge);
-    assert_eq!(s["divergences"]["by_kind"]["unmirrored_write"], 1, "{s}");
+    assert_eq!(
+        s["divergences"]["by_kind"]["unmirrored_write"], 1,
+        "the MERGE is reported: {s}"
+    );
+    // The source has the MERGE's row, which the target lacks: exactly what the record says.
+    let source = psql_on(
+        cluster().primary_port,
+        &db,
+        "SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY'",
+    );
+    assert_eq!(source.trim(), "4");
 }
 
 /// Transactions of `sessions` clients, each inserting then updating its own keys, until `stop`;

@@ -64,6 +64,10 @@ pub struct Driver<'a> {
     began: bool,
     /// Extended protocol: the open transaction's id was asked for.
     xid_asked: bool,
+    /// A COPY outside a transaction was sent; its held reply finishes it.
+    pending_autocommit: bool,
+    /// COPY temp tables made in this session.
+    copies: u64,
     out: BytesMut,
 }
 
@@ -88,6 +92,8 @@ impl<'a> Driver<'a> {
             wrapped: false,
             began: false,
             xid_asked: false,
+            pending_autocommit: false,
+            copies: 0,
             out: BytesMut::new(),
         }
     }
@@ -265,6 +271,14 @@ impl<'a> Driver<'a> {
             self.pass(frame);
             return Ok(());
         }
+        if let [s] = analysis.statements.as_slice() {
+            if let Some(table) = copy_into_mirrored(s, &self.analyzer.rules()) {
+                if let Some(range) = copy_table_range(text) {
+                    let text = text.to_string();
+                    return self.copy(&text, range, &table, primary).await;
+                }
+            }
+        }
         let plan = self.plan(&analysis, text);
         let pending = !self.shared.lock().txn.is_empty();
         if let Some(k) = plan
@@ -350,6 +364,39 @@ impl<'a> Driver<'a> {
         all.extend(steps);
         all.push(Step::Xid);
         let status = self.held_query(&wrapped, all, primary).await?;
+        self.finish_autocommit(status).await
+    }
+
+    /// Whether an autocommit waits for its held reply while the client streams (COPY).
+    pub fn continuation_pending(&self) -> bool {
+        self.pending_autocommit
+    }
+
+    /// Resolves when the reply a pending autocommit waits for has arrived. Cancel safe.
+    pub async fn continuation_ready(&self) {
+        loop {
+            let notified = self.shared.progress.notified();
+            if self.shared.lock().held.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Finishes a pending autocommit whose reply arrived.
+    pub async fn continue_pending(&mut self) -> std::io::Result<()> {
+        let held = self.shared.lock().held.take();
+        match held {
+            Some(status) => {
+                self.pending_autocommit = false;
+                self.finish_autocommit(status).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The second half of an autocommit: journal and COMMIT, or ROLLBACK after an error.
+    async fn finish_autocommit(&mut self, status: u8) -> std::io::Result<()> {
         let id = if status == b'T' {
             match self.intent().await {
                 Ok(id) => Some(id),
@@ -367,6 +414,65 @@ impl<'a> Driver<'a> {
             hold: false,
         });
         self.out.extend_from_slice(&wire::query(sql));
+        Ok(())
+    }
+
+    /// COPY FROM into a migrated table: COPY has no RETURNING, so the rows go into a temporary
+    /// copy of the table first and from there into the table with INSERT ... SELECT, whose
+    /// RETURNING is captured. The client sees the replies of its COPY only; outside a
+    /// transaction the whole runs in one pgbridge commits once the rows are journaled.
+    async fn copy<W: AsyncWrite + Unpin>(
+        &mut self,
+        text: &str,
+        table_at: std::ops::Range<usize>,
+        table: &crate::rules::TableName,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.drain(primary).await?;
+        self.copies += 1;
+        let temp = format!("pgbridge_copy_{}", self.copies);
+        let insert = format!("INSERT INTO {} SELECT * FROM {temp}", table.quoted());
+        let analysis = self.analyzer.analyze(&insert);
+        let (Some(capture_sql), Some(capture)) = (
+            analysis.capture_sql.clone(),
+            analysis.statements.first().and_then(|s| s.capture.clone()),
+        ) else {
+            let reason = "COPY into a migrated table cannot be captured".to_string();
+            if let Some(s) = analysis.statements.first() {
+                self.report_unmirrored(s, &analysis, reason);
+            }
+            self.expect(Expect::Query {
+                steps: VecDeque::new(),
+                hold: false,
+            });
+            self.out.extend_from_slice(&wire::query(text));
+            return Ok(());
+        };
+        let copy = format!("{}{temp}{}", &text[..table_at.start], &text[table_at.end..]);
+        let mut sql = format!(
+            "CREATE TEMP TABLE {temp} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;\n{copy}\n;{capture_sql}",
+            table.quoted()
+        );
+        let mut steps = vec![
+            Step::Swallow,
+            Step::Pass,
+            Step::HiddenCapture(Arc::new(capture)),
+        ];
+        let autocommit = self.shared.lock().status == b'I';
+        if autocommit {
+            sql = format!("BEGIN;\n{sql}");
+            steps.insert(0, Step::Swallow);
+        }
+        if autocommit || self.shared.lock().xid.is_none() {
+            sql.push_str("\n;SELECT pg_current_xact_id()");
+            steps.push(Step::Xid);
+        }
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: autocommit,
+        });
+        self.pending_autocommit = autocommit;
+        self.out.extend_from_slice(&wire::query(&sql));
         Ok(())
     }
 
@@ -732,6 +838,69 @@ impl Plan {
     }
 }
 
+/// The table a COPY FROM writes, when it is mirrored row by row.
+fn copy_into_mirrored(s: &StatementInfo, rules: &RuleSet) -> Option<crate::rules::TableName> {
+    match (&s.kind, s.writes.as_slice()) {
+        (Kind::Write, [w]) if w.op == WriteOp::CopyFrom && mirrored(rules, &w.table) => {
+            Some(w.table.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The byte range of the table name in `COPY name ...` (comments and quoted names allowed).
+fn copy_table_range(text: &str) -> Option<std::ops::Range<usize>> {
+    let b = text.as_bytes();
+    let skip = |mut i: usize| -> usize {
+        loop {
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if b[i..].starts_with(b"--") {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            } else if b[i..].starts_with(b"/*") {
+                i = text[i..].find("*/").map_or(b.len(), |e| i + e + 2);
+            } else {
+                return i;
+            }
+        }
+    };
+    let mut i = skip(0);
+    if !text.get(i..i + 4)?.eq_ignore_ascii_case("copy") {
+        return None;
+    }
+    i = skip(i + 4);
+    let start = i;
+    loop {
+        if b.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match b.get(i)? {
+                    b'"' if b.get(i + 1) == Some(&b'"') => i += 2,
+                    b'"' => break,
+                    _ => i += 1,
+                }
+            }
+            i += 1;
+        } else {
+            let word = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
+                i += 1;
+            }
+            if i == word {
+                return None;
+            }
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+        } else {
+            return Some(start..i);
+        }
+    }
+}
+
 /// The step of a one-statement analysis (a prepared statement's).
 fn single_step(a: &Analysis, rules: &RuleSet) -> Step {
     match a.statements.as_slice() {
@@ -837,4 +1006,25 @@ fn may_write(text: &str) -> bool {
 
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_table_range;
+
+    #[test]
+    fn the_copy_target_is_found_in_the_clients_text() {
+        let find = |t: &str| copy_table_range(t).map(|r| t[r].to_string());
+        assert_eq!(find("COPY bars FROM STDIN").as_deref(), Some("bars"));
+        assert_eq!(
+            find("  copy public.bars (a, b) FROM STDIN").as_deref(),
+            Some("public.bars")
+        );
+        assert_eq!(
+            find("/* load */ COPY -- the table\n \"Odd\"\"Name\".\"x\" FROM STDIN").as_deref(),
+            Some("\"Odd\"\"Name\".\"x\"")
+        );
+        assert_eq!(find("SELECT 1"), None);
+        assert_eq!(find("COPY (SELECT 1) TO STDOUT"), None);
+    }
 }

@@ -27,6 +27,8 @@ pub enum Step {
     Swallow,
     /// A captured write: its rows become changes of the open transaction.
     Capture(Arc<Capture>),
+    /// pgbridge's own captured write (the INSERT ... SELECT behind a COPY): captured, never shown.
+    HiddenCapture(Arc<Capture>),
     /// TRUNCATE of a migrated table.
     Truncate(TableName),
     /// A write of a `mirror = "statements"` table, rewritten to the target, with its parameters.
@@ -179,7 +181,12 @@ impl Tracker {
         match self.queue.front() {
             Some(Expect::Query { steps, .. }) => !matches!(
                 steps.front(),
-                Some(Step::Swallow | Step::Xid | Step::Commit { forward: false, .. })
+                Some(
+                    Step::Swallow
+                        | Step::Xid
+                        | Step::HiddenCapture(_)
+                        | Step::Commit { forward: false, .. }
+                )
             ),
             Some(Expect::Parse { forward })
             | Some(Expect::Bind { forward })
@@ -217,7 +224,7 @@ impl Tracker {
             return Action::Forward;
         };
         match step {
-            Step::Capture(c) => {
+            Step::Capture(c) | Step::HiddenCapture(c) => {
                 let values = wire::row_values(frame).unwrap_or_default();
                 if let Some(change) = rows::change(&c, &self.fields, &values) {
                     self.pending.push(change);
@@ -270,7 +277,7 @@ impl Tracker {
     /// The effects of a statement that completed without error.
     fn apply(&mut self, step: Step, tag: &str) {
         match step {
-            Step::Capture(_) => self.txn.push(self.pending.drain(..)),
+            Step::Capture(_) | Step::HiddenCapture(_) => self.txn.push(self.pending.drain(..)),
             Step::Truncate(table) => self.txn.push([Change {
                 table,
                 op: ChangeOp::Truncate,
