@@ -11,6 +11,11 @@
 //! - [`protocol`] holds the wire protocol pieces without I/O: frame scanning, the startup packet,
 //!   and the few messages pgbridge writes itself (ErrorResponse, BackendKeyData).
 //! - [`primary`] is where the primary is (TCP or a Unix-domain socket) and how to connect.
+//! - [`rules`] reads, checks and hot-reloads the rule files DBAs write.
+//! - [`sql`] reads each statement: a cheap pre-filter, the parser and a cache, classification, and
+//!   the read, capture, apply and statement rewrites.
+//! - [`migration`] is what `serve` starts when there are rules: live rules, analyzer, recorder,
+//!   journal and applier.
 //! - [`capture`] captures the committed writes of a session to migrated tables, for the mirror.
 //! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
 //! - [`tls`] loads the certificate for TLS termination.
