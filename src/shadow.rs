@@ -235,6 +235,9 @@ impl<'a> FromSql<'a> for Raw {
 }
 
 /// Why a read on the secondary failed.
+/// SQLSTATE of a statement cancelled, here by `statement_timeout`.
+const QUERY_CANCELED: &str = "57014";
+
 enum RunError {
     Timeout,
     Failed(String, String),
@@ -259,6 +262,8 @@ impl Inner {
         let secondary = match self.query(job, deadline).await {
             Ok(r) => r,
             Err(RunError::Timeout) => return Outcome::Timeout,
+            // The server's statement_timeout can fire before the client-side deadline does.
+            Err(RunError::Failed(code, _)) if code == QUERY_CANCELED => return Outcome::Timeout,
             Err(RunError::Failed(code, message)) => {
                 debug!(code, message, "shadow read failed on the secondary");
                 return Outcome::Error(code);
