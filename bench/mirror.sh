@@ -50,50 +50,19 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGETS=(relay mirrored)
 declare -A symbol=([relay]=RLY [mirrored]=DXY)
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+. "$repo/bench/lib.sh"
 now() { date +%s.%N; }
 
 # --- binaries ------------------------------------------------------------------------------------
-if [ -z "${PG_BIN:-}" ]; then
-    PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null |
-        sort -V | tail -n 1 || true)
-    if [ -z "$PG_BIN" ] && command -v pg_config >/dev/null 2>&1; then
-        PG_BIN=$(pg_config --bindir)
-    fi
-fi
-for tool in initdb pg_ctl postgres; do
-    [ -x "${PG_BIN:-/nonexistent}/$tool" ] ||
-        die "$tool not found in '${PG_BIN:-}': install the PostgreSQL server (apt-get install postgresql-15) or set PG_BIN"
-done
-PGBENCH=$PG_BIN/pgbench
-PSQL=$PG_BIN/psql
-[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
-[ -x "$PSQL" ] || PSQL=$(command -v psql || true)
-[ -n "$PGBENCH" ] && [ -n "$PSQL" ] ||
-    die "pgbench and psql are needed: apt-get install postgresql-client-15"
+find_postgres
 command -v curl >/dev/null 2>&1 || die "curl is needed (apt-get install curl)"
 for f in docker/primary-init.sql docker/secondary-init.sql rules/dxy.toml bench/mirror-workload.sql; do
     [ -f "$repo/$f" ] || die "$repo/$f is missing"
 done
 
 # --- a private directory, and who runs the servers --------------------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/pgbridge-mirror-bench.XXXXXX")
-# PostgreSQL refuses to run as root: as root, it runs as `postgres`.
-as_server_user=()
-if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 ||
-        die "running as root needs a 'postgres' user to run the servers as (the postgresql package creates it)"
-    as_server_user=(setpriv --reuid=postgres --regid=postgres --init-groups)
-    chmod 0755 "$work"
-fi
-server_dir() {
-    mkdir -p "$work/$1"
-    [ "${#as_server_user[@]}" -eq 0 ] || chown postgres: "$work/$1"
-}
+make_workdir pgbridge-mirror-bench
 
 declare -A port=() admin_port=() bridge_pid=() pg_started=()
 sampler_pid=
@@ -143,22 +112,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Sets variable $1 to a loopback port nothing listens on (and not handed out already in this run;
-# not a command substitution, whose subshell would forget the ports handed out).
-used_ports=" "
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
-        case "$used_ports" in *" $p "*) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            used_ports+="$p "
-            printf -v "$1" '%s' "$p"
-            return 0
-        fi
-    done
-    die "no free loopback port found"
-}
 
 # psql against a port's bench database, with timeouts, stopping at the first error.
 psql_at() {
@@ -449,20 +402,9 @@ fi
 relay_rows=$(psql_at "${port[primary]}" -At -c "SELECT count(*) FROM derived_data_bars WHERE symbol = 'RLY'" || echo "?")
 
 # --- the table -------------------------------------------------------------------------------------
-median() {
-    [ -s "$1" ] || return 0
-    sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 maximum() {
     [ -s "$1" ] || return 0
     sort -g "$1" | tail -n 1
-}
-ratio() {
-    if [ -n "$1" ] && [ -n "$2" ]; then
-        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
-    else
-        echo "-"
-    fi
 }
 fmt_tps() {
     if [ -n "$1" ]; then printf '%12.0f' "$1"; else printf '%12s' FAIL; fi
