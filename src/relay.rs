@@ -297,6 +297,8 @@ where
     let mut scanner = FrameScanner::new();
     // Bytes at the front of `buf` that are ready to be written as they are.
     let mut ready = 0;
+    // The client's bytes of this read, when some frames were dropped or replaced.
+    let mut out = BytesMut::new();
     loop {
         loop {
             let classify = |tag: u8, _len: u32| {
@@ -339,32 +341,32 @@ where
                 }
                 _ => action,
             };
-            let done = match action {
-                Action::Forward => {
-                    ready = end;
-                    Ok(false)
-                }
+            match action {
+                Action::Forward => ready = end,
                 Action::ForwardWhenApplied(id) => {
-                    let prefix = write_client(client, &buf[..start], shared, true, bytes).await;
+                    out.extend_from_slice(&buf[..start]);
+                    if write_client(client, &out, shared, true, bytes)
+                        .await
+                        .is_err()
+                    {
+                        return End::ClientClosed;
+                    }
+                    out.clear();
                     if let Some(c) = capture {
                         c.wait_applied(id).await;
                     }
                     skip(&mut buf, &mut scanner, start);
                     ready = end - start;
-                    prefix.map(|_| false)
                 }
                 Action::Drop | Action::Replace(_) => {
-                    let mut r = write_client(client, &buf[..start], shared, true, bytes).await;
-                    if let (Ok(()), Action::Replace(b)) = (&r, &action) {
-                        r = write_client(client, b, shared, true, bytes).await;
+                    // What the client gets is assembled in `out` and written once per read.
+                    out.extend_from_slice(&buf[..start]);
+                    if let Action::Replace(b) = &action {
+                        out.extend_from_slice(b);
                     }
                     skip(&mut buf, &mut scanner, end);
                     ready = 0;
-                    r.map(|_| false)
                 }
-            };
-            if done.is_err() {
-                return End::ClientClosed;
             }
             // Draining: the session ends at this idle point, once the reply is written.
             if shared.draining.load(Relaxed)
@@ -372,7 +374,8 @@ where
                 && ready > 0
                 && ready == scanner.scanned()
             {
-                if write_client(client, &buf[..ready], shared, true, bytes)
+                out.extend_from_slice(&buf[..ready]);
+                if write_client(client, &out, shared, true, bytes)
                     .await
                     .is_err()
                 {
@@ -381,10 +384,17 @@ where
                 return End::Drained;
             }
         }
-        if ready > 0 {
+        if ready > 0 || !out.is_empty() {
             let at_boundary = scanner.at_boundary() && ready == scanner.scanned();
-            let done = write_client(client, &buf[..ready], shared, at_boundary, bytes);
-            if done.await.is_err() {
+            let done = if out.is_empty() {
+                write_client(client, &buf[..ready], shared, at_boundary, bytes).await
+            } else {
+                out.extend_from_slice(&buf[..ready]);
+                let done = write_client(client, &out, shared, at_boundary, bytes).await;
+                out.clear();
+                done
+            };
+            if done.is_err() {
                 return End::ClientClosed;
             }
             skip(&mut buf, &mut scanner, ready);
