@@ -324,7 +324,8 @@ async fn relay_until_end<C: SplitStream, P: SplitStream>(
     let capture_shared = capture::Shared::new(
         mirror.map(|m| m.journal.clone()),
         mirror.is_some_and(|m| m.mode == MirrorMode::Sync),
-    );
+    )
+    .with_shadow(migration.and_then(|m| m.shadow.clone()), session_id);
     let mut driver = migration.map(|m| {
         capture::Driver::new(
             &capture_shared,
@@ -333,6 +334,7 @@ async fn relay_until_end<C: SplitStream, P: SplitStream>(
             &m.recorder,
             session_id,
         )
+        .with_routing(&m.reads, &m.shared)
     });
     let capture_ctx = migration.map(|m| CaptureCtx {
         shared: &capture_shared,

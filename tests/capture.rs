@@ -629,3 +629,72 @@ async fn statements_mode_replays_writes_with_the_clients_parameters() {
     );
     assert_eq!(rows.trim(), "2");
 }
+
+#[tokio::test]
+async fn shadow_reads_compare_with_the_secondary_and_record_differences() {
+    let rule = DXY_RULE.replace("reads = \"primary\"", "reads = \"shadow\"");
+    assert!(rule.contains("reads = \"shadow\""));
+    let c = cluster();
+    let db = fresh_db("shadow_reads");
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, &rule, "");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    for i in 0..3 {
+        client
+            .batch_execute(&format!(
+                "{INSERT} ('DXY', '2026-01-05 10:0{i}+00', 1, 2, 0.5, 1.{i}, 100)"
+            ))
+            .await
+            .unwrap();
+    }
+    wait_applied(&bridge);
+    let read = "SELECT symbol, ts, close FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts";
+    let count_rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| {
+        msgs.iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count()
+    };
+    let rows = client.simple_query(read).await.unwrap();
+    assert_eq!(count_rows(rows), 3, "the primary's rows");
+    let shadowed = |bridge: &Bridge, result: &str| -> f64 {
+        let (_, body) = bridge.admin_get("/metrics");
+        body.lines()
+            .filter(|l| {
+                l.starts_with("pgbridge_shadow_reads_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shadowed(&bridge, "equal") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no shadow read ran: {}",
+            bridge.admin_get("/metrics").1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status(&bridge)["divergences"]["total"], 0);
+
+    // A row changed behind pgbridge's back on the secondary is found by the next shadow read.
+    psql_on(
+        c.secondary_port,
+        &db,
+        "UPDATE data_bars SET close_px = 99 WHERE ts = '2026-01-05 10:01+00'",
+    );
+    let rows = client.simple_query(read).await.unwrap();
+    assert_eq!(
+        count_rows(rows),
+        3,
+        "the client is still served by the primary"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&bridge);
+        if s["divergences"]["by_kind"]["read_mismatch"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no read_mismatch recorded: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

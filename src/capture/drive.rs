@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::track::{Expect, Step, Tracker};
+use super::track::{Expect, ShadowPlan, Step, Tracker};
 use super::wire;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
 use crate::mirror::{Journal, Row, TxnRecord, Value};
@@ -36,6 +36,16 @@ impl Shared {
             tracker: Mutex::new(Tracker::new(journal, sync)),
             progress: Notify::new(),
         }
+    }
+
+    /// Shadow reads go to `shadow`, recorded for session `session`.
+    pub fn with_shadow(self, shadow: Option<Arc<crate::shadow::Shadow>>, session: u64) -> Shared {
+        {
+            let mut t = self.lock();
+            t.shadow = shadow;
+            t.session = session;
+        }
+        self
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
@@ -68,6 +78,8 @@ pub struct Driver<'a> {
     pending_autocommit: bool,
     /// COPY temp tables made in this session.
     copies: u64,
+    /// Read flags and shared tables, for shadow reads.
+    routing: Option<(&'a crate::route::ReadFlags, &'a crate::route::SharedTables)>,
     out: BytesMut,
 }
 
@@ -94,7 +106,36 @@ impl<'a> Driver<'a> {
             xid_asked: false,
             pending_autocommit: false,
             copies: 0,
+            routing: None,
             out: BytesMut::new(),
+        }
+    }
+
+    /// Reads of tables flagged `shadow` are compared on the secondary.
+    pub fn with_routing(
+        mut self,
+        reads: &'a crate::route::ReadFlags,
+        shared: &'a crate::route::SharedTables,
+    ) -> Self {
+        self.routing = Some((reads, shared));
+        self
+    }
+
+    /// The step of a read that the flags say to shadow, if this one is.
+    fn shadow_step(&self, analysis: &Analysis, text: &str) -> Option<Step> {
+        let (reads, shared) = self.routing?;
+        let in_write_txn = !self.shared.lock().txn.is_empty();
+        let flags = reads.load();
+        match crate::route::route(analysis, &flags, shared, in_write_txn) {
+            crate::route::Route::Shadow { sql, table } => {
+                Some(Step::Shadow(Arc::new(ShadowPlan {
+                    sql: sql.to_string(),
+                    table: table.to_string(),
+                    query: normalize_query(text),
+                    after: self.journal.map(|j| j.last_id()),
+                })))
+            }
+            _ => None,
         }
     }
 
@@ -297,6 +338,11 @@ impl<'a> Driver<'a> {
             }
         }
         let mut steps = plan.steps;
+        if !plan.changes {
+            if let Some(step) = self.shadow_step(&analysis, text) {
+                steps = vec![step];
+            }
+        }
         let bytes = match &analysis.capture_sql {
             // The transaction's id comes back with its first captured statement, in the same
             // message, so that the COMMIT needs no round trip of its own to learn it.

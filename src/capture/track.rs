@@ -14,7 +14,12 @@ use bytes::Bytes;
 use super::rows;
 use super::txn::TxnBuffer;
 use super::wire::{self, FieldInfo};
+use crate::divergence::compare::{Field, ResultSet};
 use crate::mirror::{Change, ChangeOp, Journal, Row};
+use crate::shadow::{Shadow, ShadowJob};
+
+/// Reported settings a shadow read pins on the secondary, so both sides format values alike.
+const SHADOW_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
 use crate::rules::TableName;
 use crate::sql::{Capture, TxControl};
 
@@ -43,6 +48,19 @@ pub enum Step {
     Tx(TxControl),
     /// A COMMIT whose journal intent is `id`: its outcome goes to the journal.
     Commit { id: u64, forward: bool },
+    /// A read of a table flagged `shadow`: the client's answer is also kept, and compared with
+    /// the secondary's once complete.
+    Shadow(Arc<ShadowPlan>),
+}
+
+/// What a shadow read runs on the secondary, and what it is recorded as.
+#[derive(Debug)]
+pub struct ShadowPlan {
+    pub sql: String,
+    pub table: String,
+    pub query: String,
+    /// The journal position the secondary must have applied first.
+    pub after: Option<u64>,
 }
 
 /// A request sent to the primary, awaiting its reply.
@@ -114,6 +132,10 @@ pub struct Tracker {
     pub lost: usize,
     pub journal: Option<Arc<Journal>>,
     pub sync: bool,
+    /// The shadow executor, and the answer of the shadowed read in progress.
+    pub shadow: Option<Arc<Shadow>>,
+    shadow_result: Option<ResultSet>,
+    pub session: u64,
 }
 
 impl Tracker {
@@ -199,6 +221,17 @@ impl Tracker {
 
     fn on_row_description(&mut self, frame: &[u8]) -> Action {
         self.fields = wire::row_fields(frame).unwrap_or_default();
+        if let Some(Step::Shadow(_)) = self.step() {
+            let fields = wire::row_names(frame)
+                .iter()
+                .zip(&self.fields)
+                .map(|(name, f)| Field::new(name, f.type_oid, f.format as i16))
+                .collect();
+            self.shadow_result = Some(ResultSet {
+                fields,
+                rows: Vec::new(),
+            });
+        }
         let forward = self.forwarded();
         let describe = matches!(self.queue.front(), Some(Expect::Describe { .. }));
         let action = match self.step() {
@@ -246,6 +279,18 @@ impl Tracker {
                 Action::Drop
             }
             Step::Swallow => Action::Drop,
+            Step::Shadow(_) => {
+                if let Some(result) = &mut self.shadow_result {
+                    let values = wire::row_values(frame).unwrap_or_default();
+                    result.rows.push(
+                        values
+                            .iter()
+                            .map(|v| v.map(Bytes::copy_from_slice))
+                            .collect(),
+                    );
+                }
+                Action::Forward
+            }
             _ => Action::Forward,
         }
     }
@@ -297,8 +342,33 @@ impl Tracker {
                 self.end_unjournaled()
             }
             Step::Commit { id, .. } => self.outcome(id, tag == "COMMIT"),
+            Step::Shadow(plan) => self.submit_shadow(&plan),
             _ => {}
         }
+    }
+
+    /// Hands the primary's complete answer to the shadow executor (never waits for it).
+    fn submit_shadow(&mut self, plan: &ShadowPlan) {
+        let (Some(shadow), Some(primary)) = (&self.shadow, self.shadow_result.take()) else {
+            return;
+        };
+        let Some(ticket) = shadow.ticket(&plan.table) else {
+            return;
+        };
+        let settings = SHADOW_SETTINGS
+            .iter()
+            .filter_map(|k| self.settings.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        drop(ticket.submit(ShadowJob {
+            sql: plan.sql.clone(),
+            params: Vec::new(),
+            settings,
+            table: plan.table.clone(),
+            query: plan.query.clone(),
+            primary,
+            session: Some(self.session),
+            after: plan.after,
+        }));
     }
 
     fn outcome(&mut self, id: u64, committed: bool) {
@@ -319,6 +389,7 @@ impl Tracker {
 
     fn on_error(&mut self) -> Action {
         self.pending.clear();
+        self.shadow_result = None;
         self.batch_error = true;
         match self.queue.front_mut() {
             Some(Expect::Query { steps, .. }) => {

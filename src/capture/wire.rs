@@ -48,6 +48,15 @@ pub fn row_fields(frame: &[u8]) -> Option<Vec<FieldInfo>> {
         .collect()
 }
 
+/// The column names of a RowDescription frame.
+pub fn row_names(frame: &[u8]) -> Vec<String> {
+    field_spans(frame)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(start, end)| String::from_utf8_lossy(&frame[start..end - 19]).into_owned())
+        .collect()
+}
+
 /// A RowDescription with only its first `keep` columns.
 pub fn truncate_row_description(frame: &[u8], keep: usize) -> Option<Bytes> {
     let spans = field_spans(frame)?;
