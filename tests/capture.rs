@@ -698,3 +698,58 @@ async fn shadow_reads_compare_with_the_secondary_and_record_differences() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn shadow_reads_of_the_extended_protocol_carry_their_parameters() {
+    let rule = DXY_RULE.replace("reads = \"primary\"", "reads = \"shadow\"");
+    let c = cluster();
+    let db = fresh_db("shadow_extended");
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, &rule, "");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    client
+        .batch_execute(&format!(
+            "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100), \
+             ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.6, 100)"
+        ))
+        .await
+        .unwrap();
+    wait_applied(&bridge);
+    let read = "SELECT ts, close, volume FROM derived_data_bars WHERE symbol = $1 AND volume >= $2 ORDER BY ts";
+    let rows = client.query(read, &[&"DXY", &100i64]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let metric = |result: &str| -> f64 {
+        let (_, body) = bridge.admin_get("/metrics");
+        body.lines()
+            .filter(|l| {
+                l.starts_with("pgbridge_shadow_reads_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric("equal") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no equal shadow read: {}",
+            bridge.admin_get("/metrics").1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    psql_on(
+        c.secondary_port,
+        &db,
+        "DELETE FROM data_bars WHERE ts = '2026-01-05 10:01+00'",
+    );
+    let rows = client.query(read, &[&"DXY", &100i64]).await.unwrap();
+    assert_eq!(rows.len(), 2, "served by the primary");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&bridge)["divergences"]["by_kind"]["read_mismatch"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the missing row was not recorded: {}",
+            status(&bridge)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -68,6 +68,9 @@ pub struct Driver<'a> {
     /// Declared parameter types of statements, and bound parameters of portals, for replays.
     param_types: HashMap<String, Vec<u32>>,
     portal_params: HashMap<String, Row>,
+    /// The text of prepared reads and the statement each portal runs, for shadow reads.
+    texts: HashMap<String, Arc<str>>,
+    portal_statements: HashMap<String, String>,
     /// Extended protocol: pgbridge began a transaction in this batch, to commit at its Sync.
     wrapped: bool,
     /// Extended protocol: the client began a transaction in this batch.
@@ -101,6 +104,8 @@ impl<'a> Driver<'a> {
             portals: HashMap::new(),
             param_types: HashMap::new(),
             portal_params: HashMap::new(),
+            texts: HashMap::new(),
+            portal_statements: HashMap::new(),
             wrapped: false,
             began: false,
             xid_asked: false,
@@ -123,6 +128,10 @@ impl<'a> Driver<'a> {
 
     /// The step of a read that the flags say to shadow, if this one is.
     fn shadow_step(&self, analysis: &Analysis, text: &str) -> Option<Step> {
+        self.shadow_plan(analysis, text, Vec::new())
+    }
+
+    fn shadow_plan(&self, analysis: &Analysis, text: &str, params: Vec<Value>) -> Option<Step> {
         let (reads, shared) = self.routing?;
         let in_write_txn = !self.shared.lock().txn.is_empty();
         let flags = reads.load();
@@ -133,6 +142,7 @@ impl<'a> Driver<'a> {
                     table: table.to_string(),
                     query: normalize_query(text),
                     after: self.journal.map(|j| j.last_id()),
+                    params,
                 })))
             }
             _ => None,
@@ -601,12 +611,12 @@ impl<'a> Driver<'a> {
                 .as_deref()
                 .and_then(|sql| wire::replace_parse_query(frame, sql))
         };
-        if matches!(
-            single_step(&analysis, &self.analyzer.rules()),
-            Step::Statement { .. }
-        ) {
+        if !analysis.is_unrelated() {
             self.param_types
                 .insert(name.clone(), wire::parse_param_types(frame));
+            if analysis.read_rewrite().is_some() {
+                self.texts.insert(name.clone(), Arc::from(query));
+            }
         }
         self.statements.insert(name, analysis);
         self.expect(Expect::Parse { forward: true });
@@ -631,6 +641,8 @@ impl<'a> Driver<'a> {
             });
         let edited = extra.and_then(|n| wire::extend_bind_formats(frame, n).flatten());
         self.portal_params.remove(&portal);
+        self.portal_statements
+            .insert(portal.clone(), stmt.to_string());
         if let Some(types) = self.param_types.get(stmt) {
             if let Some(row) = wire::bind_params(frame).map(|ps| params_row(types, &ps)) {
                 self.portal_params.insert(portal.clone(), row);
@@ -660,6 +672,18 @@ impl<'a> Driver<'a> {
             if let Some(bound) = wire::execute_portal(frame).and_then(|p| self.portal_params.get(p))
             {
                 *params = bound.clone();
+            }
+        }
+        if let (Step::Pass, Some(a), Some(portal)) = (&step, &analysis, wire::execute_portal(frame))
+        {
+            if let Some(shadow) = self.portal_shadow(a, portal) {
+                // The answer's types and formats, for the comparison.
+                self.expect(Expect::Describe {
+                    step: shadow.clone(),
+                    forward: false,
+                });
+                self.out.extend_from_slice(&wire::describe_portal(portal));
+                step = shadow;
             }
         }
         match &step {
@@ -706,6 +730,19 @@ impl<'a> Driver<'a> {
             self.xid_asked = true;
         }
         Ok(())
+    }
+
+    /// The shadow step of a portal running a prepared read flagged `shadow`.
+    fn portal_shadow(&self, analysis: &Analysis, portal: &str) -> Option<Step> {
+        self.routing?;
+        let stmt = self.portal_statements.get(portal)?;
+        let text = self.texts.get(stmt)?;
+        let params = self
+            .portal_params
+            .get(portal)
+            .map(|r| r.values.clone())
+            .unwrap_or_default();
+        self.shadow_plan(analysis, text, params)
     }
 
     /// Mid-batch, the server holds its replies until Sync or Flush: ask it to send them.

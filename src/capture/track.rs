@@ -61,6 +61,8 @@ pub struct ShadowPlan {
     pub query: String,
     /// The journal position the secondary must have applied first.
     pub after: Option<u64>,
+    /// The client's bound parameters (extended protocol).
+    pub params: Vec<crate::mirror::Value>,
 }
 
 /// A request sent to the primary, awaiting its reply.
@@ -361,7 +363,7 @@ impl Tracker {
             .collect();
         drop(ticket.submit(ShadowJob {
             sql: plan.sql.clone(),
-            params: Vec::new(),
+            params: plan.params.clone(),
             settings,
             table: plan.table.clone(),
             query: plan.query.clone(),
