@@ -92,6 +92,16 @@ fn wait_applied(bridge: &Bridge) -> u64 {
     }
 }
 
+/// `pgbridge_shadow_reads_total` with `result`, summed over tables.
+fn shadow_reads(bridge: &Bridge, result: &str) -> f64 {
+    let (_, body) = bridge.admin_get("/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("pgbridge_shadow_reads_total"))
+        .filter(|l| l.contains(&format!("result=\"{result}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn assert_mirrored(bridge: &Bridge, db: &str) {
     wait_applied(bridge);
     let c = cluster();
@@ -655,18 +665,8 @@ async fn shadow_reads_compare_with_the_secondary_and_record_differences() {
     };
     let rows = client.simple_query(read).await.unwrap();
     assert_eq!(count_rows(rows), 3, "the primary's rows");
-    let shadowed = |bridge: &Bridge, result: &str| -> f64 {
-        let (_, body) = bridge.admin_get("/metrics");
-        body.lines()
-            .filter(|l| {
-                l.starts_with("pgbridge_shadow_reads_total")
-                    && l.contains(&format!("result=\"{result}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while shadowed(&bridge, "equal") < 1.0 {
+    while shadow_reads(&bridge, "equal") < 1.0 {
         assert!(
             Instant::now() < deadline,
             "no shadow read ran: {}",
@@ -717,18 +717,8 @@ async fn shadow_reads_of_the_extended_protocol_carry_their_parameters() {
     let read = "SELECT ts, close, volume FROM derived_data_bars WHERE symbol = $1 AND volume >= $2 ORDER BY ts";
     let rows = client.query(read, &[&"DXY", &100i64]).await.unwrap();
     assert_eq!(rows.len(), 2);
-    let metric = |result: &str| -> f64 {
-        let (_, body) = bridge.admin_get("/metrics");
-        body.lines()
-            .filter(|l| {
-                l.starts_with("pgbridge_shadow_reads_total")
-                    && l.contains(&format!("result=\"{result}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric("equal") < 1.0 {
+    while shadow_reads(&bridge, "equal") < 1.0 {
         assert!(
             Instant::now() < deadline,
             "no equal shadow read: {}",

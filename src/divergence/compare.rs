@@ -427,16 +427,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// The date of a day number (days since 2000-01-01), as `YYYY-MM-DD`.
 fn date_text(days: i64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let z = days + 10_957 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = super::civil_from_days(days + 10_957);
     format!("{year:04}-{month:02}-{day:02}")
 }
 

@@ -365,14 +365,7 @@ impl Journal {
 
     /// Reads an intent's transaction back from disk (checksum verified).
     pub fn read(&self, id: u64) -> Result<TxnRecord, JournalError> {
-        let meta = *self.lock().intents.get(&id).ok_or(JournalError::Corrupt {
-            id,
-            reason: "not in the journal".into(),
-        })?;
-        let file = self.reader(meta.segment)?;
-        let mut buf = vec![0u8; meta.len as usize];
-        file.read_exact_at(&mut buf, meta.offset)
-            .map_err(io_err(&segment_path(&self.opts.dir, meta.segment)))?;
+        let buf = self.raw(id)?;
         let corrupt = |reason: &str| JournalError::Corrupt {
             id,
             reason: reason.into(),
