@@ -46,6 +46,8 @@ pub struct Config {
     #[serde(default)]
     pub shadow: ShadowConfig,
     #[serde(default)]
+    pub reads: ReadsConfig,
+    #[serde(default)]
     pub limits: LimitsConfig,
     /// Threads that run sessions; defaults to the number of cores.
     #[serde(default)]
@@ -272,6 +274,42 @@ impl Default for ShadowConfig {
             float_tolerance_rel: default_float_tolerance(),
         }
     }
+}
+
+/// `[reads]`: reads served by the secondary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadsConfig {
+    /// A read the secondary has not answered within this is served by the primary. Default 5000.
+    #[serde(default = "default_secondary_timeout")]
+    pub secondary_timeout_ms: u64,
+    /// After the secondary failed a session, its reads stay on the primary this long. Default 1000.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_ms: u64,
+    /// How long a read after the session's own mirrored commit waits for the applier to apply
+    /// it before it is served by the primary instead. Default 500.
+    #[serde(default = "default_read_your_writes")]
+    pub read_your_writes_ms: u64,
+}
+
+impl Default for ReadsConfig {
+    fn default() -> Self {
+        ReadsConfig {
+            secondary_timeout_ms: default_secondary_timeout(),
+            retry_after_ms: default_retry_after(),
+            read_your_writes_ms: default_read_your_writes(),
+        }
+    }
+}
+
+fn default_secondary_timeout() -> u64 {
+    5000
+}
+fn default_retry_after() -> u64 {
+    1000
+}
+fn default_read_your_writes() -> u64 {
+    500
 }
 
 fn default_sample() -> f64 {
@@ -533,6 +571,9 @@ impl Config {
         }
         if self.limits.max_message_bytes < 1024 {
             return Err(("max_message_bytes", "must be at least 1024".to_string()));
+        }
+        if self.reads.secondary_timeout_ms == 0 {
+            return Err(("secondary_timeout_ms", "must be at least 1".to_string()));
         }
         if self.shadow.max_concurrency == 0 {
             return Err(("max_concurrency", "must be at least 1".to_string()));

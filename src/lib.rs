@@ -45,6 +45,7 @@ pub mod protocol;
 pub mod relay;
 pub mod route;
 pub mod rules;
+pub mod serve;
 pub mod server;
 pub mod session;
 pub mod shadow;

@@ -48,6 +48,8 @@ pub struct Migration {
     pub shared: SharedTables,
     /// Shadow reads; `None` without a secondary.
     pub shadow: Option<Arc<Shadow>>,
+    /// How sessions serve reads from the secondary; `None` without a secondary.
+    pub serve: Option<Arc<crate::serve::ServeOptions>>,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -110,7 +112,14 @@ impl Migration {
                 mirror.as_ref().map(|m| m.applier.subscribe()),
             ))
         });
+        let serve = config.secondary.as_ref().map(|secondary| {
+            Arc::new(crate::serve::ServeOptions::new(
+                &config.reads,
+                secondary.url.pg_config(),
+            ))
+        });
         Ok(Some(Migration {
+            serve,
             rules,
             analyzer,
             recorder,

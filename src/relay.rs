@@ -341,8 +341,15 @@ where
                 }
                 _ => action,
             };
+            // Replies the secondary gave, due right after this frame.
+            let served = capture.and_then(|c| c.take_served(shared));
             match action {
-                Action::Forward => ready = end,
+                Action::Forward if served.is_none() => ready = end,
+                Action::Forward => {
+                    out.extend_from_slice(&buf[..end]);
+                    skip(&mut buf, &mut scanner, end);
+                    ready = 0;
+                }
                 Action::ForwardWhenApplied(id) => {
                     out.extend_from_slice(&buf[..start]);
                     if write_client(client, &out, shared, true, bytes)
@@ -357,6 +364,11 @@ where
                     }
                     skip(&mut buf, &mut scanner, start);
                     ready = end - start;
+                    if served.is_some() {
+                        out.extend_from_slice(&buf[..ready]);
+                        skip(&mut buf, &mut scanner, ready);
+                        ready = 0;
+                    }
                 }
                 Action::Drop | Action::Replace(_) => {
                     // What the client gets is assembled in `out` and written once per read.
@@ -367,6 +379,9 @@ where
                     skip(&mut buf, &mut scanner, end);
                     ready = 0;
                 }
+            }
+            if let Some(served) = served {
+                out.extend_from_slice(&served);
             }
             // Draining: the session ends at this idle point, once the reply is written.
             if shared.draining.load(Relaxed)
@@ -401,7 +416,23 @@ where
             ready = 0;
         }
         buf.reserve(READ_CHUNK);
-        match primary.read_buf(&mut buf).await {
+        let read = match capture {
+            // Between replies, the secondary's answers are written as soon as they are due.
+            Some(c) => tokio::select! {
+                biased;
+                _ = c.shared.served.notified() => {
+                    if let Some(served) = c.take_served(shared) {
+                        if write_client(client, &served, shared, true, bytes).await.is_err() {
+                            return End::ClientClosed;
+                        }
+                    }
+                    continue;
+                }
+                r = primary.read_buf(&mut buf) => r,
+            },
+            None => primary.read_buf(&mut buf).await,
+        };
+        match read {
             Ok(0) | Err(_) => {
                 return End::PrimaryClosed {
                     reported: scanner.last_tag() == b'E',
@@ -419,11 +450,18 @@ fn skip(buf: &mut BytesMut, scanner: &mut FrameScanner, n: usize) {
 
 impl CaptureCtx<'_> {
     fn on_frame(&self, frame: &[u8]) -> Action {
-        let (action, lost) = {
+        let (action, lost, records) = {
             let mut t = self.shared.lock();
             let action = t.on_frame(frame);
-            (action, std::mem::take(&mut t.lost))
+            (
+                action,
+                std::mem::take(&mut t.lost),
+                std::mem::take(&mut t.records),
+            )
         };
+        for d in records {
+            self.recorder.record(d);
+        }
         self.shared.progress.notify_one();
         if lost > 0 {
             let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, "");
@@ -435,6 +473,14 @@ impl CaptureCtx<'_> {
             self.recorder.record(d);
         }
         action
+    }
+
+    /// The secondary's replies now due, counted as answered requests.
+    fn take_served(&self, shared: &Shared) -> Option<BytesMut> {
+        let (served, readies) = self.shared.lock().take_served()?;
+        shared.in_flight.fetch_sub(readies as i64, Relaxed);
+        self.shared.progress.notify_one();
+        Some(served)
     }
 
     /// Sync mode: the client's COMMIT reply waits until the secondary applied it, or the timeout.

@@ -281,8 +281,12 @@ async fn session<C: SplitStream>(
     let started = Instant::now();
     let _active = metrics.session_started();
     let (end, keys) = match primary {
-        ServerStream::Tcp(tcp) => relay_until_end(proxy, client, tcp, raw, session_id).await,
-        ServerStream::Unix(unix) => relay_until_end(proxy, client, unix, raw, session_id).await,
+        ServerStream::Tcp(tcp) => {
+            relay_until_end(proxy, client, tcp, raw, &params, session_id).await
+        }
+        ServerStream::Unix(unix) => {
+            relay_until_end(proxy, client, unix, raw, &params, session_id).await
+        }
     };
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
     drop(keys);
@@ -291,13 +295,14 @@ async fn session<C: SplitStream>(
 
 /// Relays until one side stops, then ends the session as that side requires. Returns why it
 /// ended, and the session's cancel key registration (dropped by the caller).
-async fn relay_until_end<C: SplitStream, P: SplitStream>(
-    proxy: &Proxy,
+async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
+    proxy: &'p Proxy,
     client: C,
     primary: P,
     startup: Bytes,
+    params: &std::collections::BTreeMap<String, String>,
     session_id: u64,
-) -> (End, Keys<'_>) {
+) -> (End, Keys<'p>) {
     let metrics = crate::admin::metrics::get();
     let shared = Shared::new();
     let mut keys = Keys {
@@ -327,14 +332,24 @@ async fn relay_until_end<C: SplitStream, P: SplitStream>(
     )
     .with_shadow(migration.and_then(|m| m.shadow.clone()), session_id);
     let mut driver = migration.map(|m| {
-        capture::Driver::new(
+        let driver = capture::Driver::new(
             &capture_shared,
             &m.analyzer,
             mirror.map(|m| &m.journal),
             &m.recorder,
             session_id,
         )
-        .with_routing(&m.reads, &m.shared)
+        .with_routing(&m.reads, &m.shared);
+        match &m.serve {
+            Some(opts) => driver.with_serving(
+                crate::serve::SessionServer::new(
+                    opts.clone(),
+                    crate::serve::startup_settings(params.iter()),
+                ),
+                mirror.map(|m| &m.applier),
+            ),
+            None => driver,
+        }
     });
     let capture_ctx = migration.map(|m| CaptureCtx {
         shared: &capture_shared,

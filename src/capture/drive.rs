@@ -28,6 +28,8 @@ pub struct Shared {
     pub tracker: Mutex<Tracker>,
     /// Signalled by the reply side whenever a reply completed.
     pub progress: Notify,
+    /// Signalled when replies the secondary gave were queued for the client.
+    pub served: Notify,
 }
 
 impl Shared {
@@ -35,6 +37,7 @@ impl Shared {
         Shared {
             tracker: Mutex::new(Tracker::new(journal, sync)),
             progress: Notify::new(),
+            served: Notify::new(),
         }
     }
 
@@ -58,18 +61,18 @@ const TEXT_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
 
 /// The session's request side of the capture.
 pub struct Driver<'a> {
-    shared: &'a Shared,
-    analyzer: &'a Analyzer,
+    pub(super) shared: &'a Shared,
+    pub(super) analyzer: &'a Analyzer,
     journal: Option<&'a Arc<Journal>>,
-    recorder: &'a Recorder,
-    session: u64,
-    statements: HashMap<String, Arc<Analysis>>,
+    pub(super) recorder: &'a Recorder,
+    pub(super) session: u64,
+    pub(super) statements: HashMap<String, Arc<Analysis>>,
     portals: HashMap<String, Arc<Analysis>>,
     /// Declared parameter types of statements, and bound parameters of portals, for replays.
     param_types: HashMap<String, Vec<u32>>,
     portal_params: HashMap<String, Row>,
     /// The text of prepared reads and the statement each portal runs, for shadow reads.
-    texts: HashMap<String, Arc<str>>,
+    pub(super) texts: HashMap<String, Arc<str>>,
     portal_statements: HashMap<String, String>,
     /// Extended protocol: pgbridge began a transaction in this batch, to commit at its Sync.
     wrapped: bool,
@@ -82,8 +85,10 @@ pub struct Driver<'a> {
     /// COPY temp tables made in this session.
     copies: u64,
     /// Read flags and shared tables, for shadow reads.
-    routing: Option<(&'a crate::route::ReadFlags, &'a crate::route::SharedTables)>,
-    out: BytesMut,
+    pub(super) routing: Option<(&'a crate::route::ReadFlags, &'a crate::route::SharedTables)>,
+    /// Reads served by the secondary ([`super::serve`]).
+    pub(super) serving: Option<super::serve::Serving<'a>>,
+    pub(super) out: BytesMut,
 }
 
 impl<'a> Driver<'a> {
@@ -112,6 +117,7 @@ impl<'a> Driver<'a> {
             pending_autocommit: false,
             copies: 0,
             routing: None,
+            serving: None,
             out: BytesMut::new(),
         }
     }
@@ -131,7 +137,12 @@ impl<'a> Driver<'a> {
         self.shadow_plan(analysis, text, Vec::new())
     }
 
-    fn shadow_plan(&self, analysis: &Analysis, text: &str, params: Vec<Value>) -> Option<Step> {
+    pub(super) fn shadow_plan(
+        &self,
+        analysis: &Analysis,
+        text: &str,
+        params: Vec<Value>,
+    ) -> Option<Step> {
         let (reads, shared) = self.routing?;
         let in_write_txn = !self.shared.lock().txn.is_empty();
         let flags = reads.load();
@@ -169,7 +180,7 @@ impl<'a> Driver<'a> {
         Ok(n)
     }
 
-    fn expect(&mut self, e: Expect) {
+    pub(super) fn expect(&mut self, e: Expect) {
         self.shared.lock().expect(e);
     }
 
@@ -179,6 +190,9 @@ impl<'a> Driver<'a> {
         frame: &[u8],
         primary: &mut W,
     ) -> std::io::Result<()> {
+        if self.serving.is_some() && self.serve_extended(frame).await {
+            return Ok(());
+        }
         match frame[0] {
             b'Q' => self.query(frame, primary).await,
             b'P' => {
@@ -190,14 +204,7 @@ impl<'a> Driver<'a> {
                 Ok(())
             }
             b'D' => {
-                let step = wire::target(frame)
-                    .and_then(|(kind, name)| self.lookup(kind, name))
-                    .map_or(Step::Pass, |a| single_step(&a, &self.analyzer.rules()));
-                self.expect(Expect::Describe {
-                    step,
-                    forward: true,
-                });
-                self.pass(frame);
+                self.describe(frame);
                 Ok(())
             }
             b'E' => self.execute(frame, primary).await,
@@ -223,6 +230,18 @@ impl<'a> Driver<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// The client's Describe, of a statement or a portal.
+    pub(super) fn describe(&mut self, frame: &[u8]) {
+        let step = wire::target(frame)
+            .and_then(|(kind, name)| self.lookup(kind, name))
+            .map_or(Step::Pass, |a| single_step(&a, &self.analyzer.rules()));
+        self.expect(Expect::Describe {
+            step,
+            forward: true,
+        });
+        self.pass(frame);
     }
 
     fn lookup(&self, kind: u8, name: &str) -> Option<Arc<Analysis>> {
@@ -348,6 +367,16 @@ impl<'a> Driver<'a> {
             }
         }
         let mut steps = plan.steps;
+        if self.serving.is_some() {
+            self.follow_settings(&analysis, text);
+            if !plan.changes {
+                match self.serve_query(&analysis, text).await {
+                    Ok(()) => return Ok(()),
+                    Err(Some(d)) => steps = vec![Step::Fallback(Arc::new(d))],
+                    Err(None) => {}
+                }
+            }
+        }
         if !plan.changes {
             if let Some(step) = self.shadow_step(&analysis, text) {
                 steps = vec![step];
@@ -618,15 +647,18 @@ impl<'a> Driver<'a> {
                 self.texts.insert(name.clone(), Arc::from(query));
             }
         }
-        self.statements.insert(name, analysis);
+        self.statements.insert(name.clone(), analysis.clone());
         self.expect(Expect::Parse { forward: true });
         match bytes {
             Some(b) => self.out.extend_from_slice(&b),
             None => self.pass(frame),
         }
+        if self.serving.is_some() {
+            self.describe_for_serving(&name, query, frame, &analysis);
+        }
     }
 
-    fn bind(&mut self, frame: &[u8]) {
+    pub(super) fn bind(&mut self, frame: &[u8]) {
         let Some((portal, stmt)) = wire::bind_names(frame) else {
             self.pass(frame);
             return;
@@ -685,6 +717,9 @@ impl<'a> Driver<'a> {
                 self.out.extend_from_slice(&wire::describe_portal(portal));
                 step = shadow;
             }
+        }
+        if let (Step::Pass, Some(d)) = (&step, self.take_fallback()) {
+            step = Step::Fallback(Arc::new(d));
         }
         match &step {
             Step::Tx(TxControl::Begin) => self.began = true,

@@ -14,6 +14,7 @@
 
 pub mod drive;
 pub mod rows;
+pub mod serve;
 pub mod track;
 pub mod txn;
 pub mod wire;

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::rows;
 use super::txn::TxnBuffer;
@@ -51,6 +51,9 @@ pub enum Step {
     /// A read of a table flagged `shadow`: the client's answer is also kept, and compared with
     /// the secondary's once complete.
     Shadow(Arc<ShadowPlan>),
+    /// A read the secondary failed with an error, served by the primary: the record is kept
+    /// only when the primary answers it without error.
+    Fallback(Arc<crate::divergence::Divergence>),
 }
 
 /// What a shadow read runs on the secondary, and what it is recorded as.
@@ -95,6 +98,37 @@ pub enum Expect {
     },
     /// FunctionCall, and anything else answered by one ReadyForQuery.
     Call,
+    /// pgbridge's Describe of the client's statement `name` (parsed just before), for reads
+    /// the secondary may serve: the primary's parameter types and row description are kept.
+    /// `key` is the statement's text and declared types, for statements parsed again alike.
+    DescribeStatement {
+        name: String,
+        key: String,
+        params: Vec<u32>,
+    },
+    /// A simple-protocol read served by the secondary whose row description the primary gives:
+    /// pgbridge's Parse, Describe and Sync of the text. `answer` (the secondary's rows and tag)
+    /// follows the primary's row description to the client, before the primary's ReadyForQuery.
+    ShapeDescribe {
+        shape: String,
+        answer: Bytes,
+        row: Option<Bytes>,
+        failed: bool,
+    },
+    /// Replies the secondary gave, written to the client in their turn; `ready` ends them with
+    /// a ReadyForQuery of the session's transaction status (pgbridge answered the Sync).
+    Served {
+        bytes: Bytes,
+        ready: bool,
+    },
+}
+
+/// What the primary said of a prepared statement: its parameters' types, and its row
+/// description (`None`: the statement returns no rows).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub params: Vec<u32>,
+    pub row: Option<Bytes>,
 }
 
 /// What to do with one reply frame.
@@ -134,11 +168,24 @@ pub struct Tracker {
     pub lost: usize,
     pub journal: Option<Arc<Journal>>,
     pub sync: bool,
+    /// Divergences for the reply side to record.
+    pub records: Vec<crate::divergence::Divergence>,
     /// The shadow executor, and the answer of the shadowed read in progress.
     pub shadow: Option<Arc<Shadow>>,
     shadow_result: Option<ResultSet>,
     pub session: u64,
+    /// The journal id of the session's last committed mirrored transaction (read-your-writes).
+    pub last_commit: Option<u64>,
+    /// The primary's descriptions of the client's prepared statements.
+    pub described: std::collections::HashMap<String, Described>,
+    /// The same, by statement text and declared parameter types.
+    pub described_texts: std::collections::HashMap<String, Described>,
+    /// The primary's row descriptions of simple-protocol reads, by query shape.
+    pub shapes: std::collections::HashMap<String, Option<Bytes>>,
 }
+
+/// Query shapes whose row descriptions a session keeps.
+const SHAPES_KEPT: usize = 1024;
 
 impl Tracker {
     pub fn new(journal: Option<Arc<Journal>>, sync: bool) -> Tracker {
@@ -171,7 +218,10 @@ impl Tracker {
     /// Whether a reply frame of type `tag` must be looked at (decided before its body arrives).
     pub fn wants(&self, tag: u8) -> bool {
         match tag {
-            b'D' => !matches!(self.step(), None | Some(Step::Pass | Step::Tx(_))),
+            b'D' => !matches!(
+                self.step(),
+                None | Some(Step::Pass | Step::Tx(_) | Step::Fallback(_))
+            ),
             b'T' | b'C' | b'I' | b'E' | b'Z' | b'1' | b'2' | b'3' | b't' | b'n' | b's' | b'S' => {
                 true
             }
@@ -181,6 +231,9 @@ impl Tracker {
 
     /// Handles one whole reply frame.
     pub fn on_frame(&mut self, frame: &[u8]) -> Action {
+        if let Some(action) = self.on_describe_frame(frame) {
+            return action;
+        }
         match frame[0] {
             b'S' => {
                 if let Some((name, at)) = wire::cstr(frame, 5) {
@@ -199,6 +252,83 @@ impl Tracker {
             b'1' | b'2' | b'3' | b't' | b'n' => self.on_simple_reply(frame[0]),
             _ => Action::Forward,
         }
+    }
+
+    /// Replies to pgbridge's Describes of reads the secondary may serve.
+    fn on_describe_frame(&mut self, frame: &[u8]) -> Option<Action> {
+        match self.queue.front_mut()? {
+            Expect::DescribeStatement { params, .. } => match frame[0] {
+                b't' => {
+                    *params = wire::parameter_types(frame);
+                    Some(Action::Drop)
+                }
+                b'T' | b'n' => {
+                    if let Some(Expect::DescribeStatement { name, key, params }) =
+                        self.queue.pop_front()
+                    {
+                        let row = (frame[0] == b'T').then(|| Bytes::copy_from_slice(frame));
+                        let d = Described { params, row };
+                        if self.described_texts.len() >= SHAPES_KEPT {
+                            self.described_texts.clear();
+                        }
+                        self.described_texts.insert(key, d.clone());
+                        self.described.insert(name, d);
+                    }
+                    Some(Action::Drop)
+                }
+                _ => None,
+            },
+            Expect::ShapeDescribe { row, failed, .. } => match frame[0] {
+                b'1' | b't' | b'n' => Some(Action::Drop),
+                b'T' => {
+                    *row = Some(Bytes::copy_from_slice(frame));
+                    Some(Action::Drop)
+                }
+                b'E' => {
+                    *failed = true;
+                    Some(Action::Forward)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The secondary's replies now due, with a ReadyForQuery where pgbridge answered a Sync;
+    /// and how many ReadyForQuery they hold.
+    pub fn take_served(&mut self) -> Option<(BytesMut, usize)> {
+        let mut out: Option<BytesMut> = None;
+        let mut readies = 0;
+        while let Some(Expect::Served { .. }) = self.queue.front() {
+            let Some(Expect::Served { bytes, ready }) = self.queue.pop_front() else {
+                unreachable!()
+            };
+            let buf = out.get_or_insert_with(BytesMut::new);
+            buf.extend_from_slice(&bytes);
+            if ready {
+                buf.extend_from_slice(&wire::ready(self.status));
+                readies += 1;
+            }
+        }
+        out.map(|b| (b, readies))
+    }
+
+    /// Whether a request for a read the secondary serves would be answered in its turn right
+    /// after the replies owed now: none of them is from an earlier request batch (whose
+    /// outcome, such as a failed transaction, the read must not skip ahead of).
+    pub fn may_serve(&self) -> bool {
+        self.status != b'E'
+            && !self.batch_error
+            && !self.queue.iter().any(|e| {
+                matches!(
+                    e,
+                    Expect::Query { .. }
+                        | Expect::Sync { .. }
+                        | Expect::Call
+                        | Expect::ShapeDescribe { .. }
+                        | Expect::Served { ready: true, .. }
+                )
+            })
     }
 
     fn forwarded(&self) -> bool {
@@ -345,6 +475,7 @@ impl Tracker {
             }
             Step::Commit { id, .. } => self.outcome(id, tag == "COMMIT"),
             Step::Shadow(plan) => self.submit_shadow(&plan),
+            Step::Fallback(d) => self.records.push((*d).clone()),
             _ => {}
         }
     }
@@ -381,6 +512,9 @@ impl Tracker {
         }
         self.txn.clear();
         self.committed = committed.then_some(id);
+        if committed {
+            self.last_commit = Some(id);
+        }
     }
 
     /// The transaction ended in a way pgbridge did not journal: its changes are lost to the mirror.
@@ -402,11 +536,14 @@ impl Tracker {
                     }
                 }
             }
-            Some(Expect::Sync { .. }) | Some(Expect::Call) | None => {}
+            Some(Expect::Sync { .. })
+            | Some(Expect::Call)
+            | Some(Expect::ShapeDescribe { .. })
+            | None => {}
             Some(_) => {
                 // Extended protocol: the failed request and everything up to Sync are skipped.
                 while let Some(e) = self.queue.front() {
-                    if matches!(e, Expect::Sync { .. }) {
+                    if matches!(e, Expect::Sync { .. } | Expect::Served { ready: true, .. }) {
                         break;
                     }
                     if let Some(Expect::Execute {
@@ -428,6 +565,24 @@ impl Tracker {
         self.batch_error = false;
         let hold = match self.queue.pop_front() {
             Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold }) => hold,
+            Some(Expect::ShapeDescribe {
+                shape,
+                answer,
+                row,
+                failed: false,
+            }) => {
+                let mut out = BytesMut::new();
+                if let Some(row) = &row {
+                    out.extend_from_slice(row);
+                }
+                out.extend_from_slice(&answer);
+                out.extend_from_slice(frame);
+                if self.shapes.len() >= SHAPES_KEPT {
+                    self.shapes.clear();
+                }
+                self.shapes.insert(shape, row);
+                return Action::Replace(out.freeze());
+            }
             _ => false,
         };
         if status == b'I' && !hold {

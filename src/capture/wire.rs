@@ -18,6 +18,50 @@ fn be_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// The parameter type OIDs of a ParameterDescription frame.
+pub fn parameter_types(frame: &[u8]) -> Vec<u32> {
+    let n = be_u16(frame, 5).unwrap_or(0) as usize;
+    (0..n).filter_map(|i| be_u32(frame, 7 + 4 * i)).collect()
+}
+
+/// The result-column format codes of a Bind frame (none: all text; one: all alike).
+pub fn bind_result_formats(frame: &[u8]) -> Option<Vec<u16>> {
+    let (_, at) = cstr(frame, 5)?;
+    let (_, mut at) = cstr(frame, at)?;
+    let nformats = be_u16(frame, at)? as usize;
+    at += 2 + 2 * nformats;
+    let nparams = be_u16(frame, at)? as usize;
+    at += 2;
+    for _ in 0..nparams {
+        let len = be_u32(frame, at)? as i32;
+        at += 4 + len.max(0) as usize;
+    }
+    let n = be_u16(frame, at)? as usize;
+    (0..n).map(|i| be_u16(frame, at + 2 + 2 * i)).collect()
+}
+
+/// A statement's RowDescription (every format 0) as a portal with result formats `formats`
+/// describes it.
+pub fn with_formats(frame: &[u8], formats: &[u16]) -> Option<Bytes> {
+    if formats.iter().all(|&f| f == 0) {
+        return Some(Bytes::copy_from_slice(frame));
+    }
+    let spans = field_spans(frame)?;
+    if formats.len() > 1 && formats.len() != spans.len() {
+        return None;
+    }
+    let mut out = BytesMut::from(frame);
+    for (i, (_, end)) in spans.iter().enumerate() {
+        let f = if formats.len() == 1 {
+            formats[0]
+        } else {
+            formats[i]
+        };
+        out[end - 2..*end].copy_from_slice(&f.to_be_bytes());
+    }
+    Some(out.freeze())
+}
+
 /// Offsets of the fields of a RowDescription: (start, end) of each field's bytes.
 fn field_spans(frame: &[u8]) -> Option<Vec<(usize, usize)>> {
     let count = be_u16(frame, 5)? as usize;
@@ -291,6 +335,14 @@ pub fn execute(portal: &str) -> Bytes {
     put_cstr(&mut body, portal);
     body.put_u32(0);
     framed(b'E', &body)
+}
+
+/// Describe of a prepared statement.
+pub fn describe_statement(name: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u8(b'S');
+    put_cstr(&mut body, name);
+    framed(b'D', &body)
 }
 
 pub fn describe_portal(portal: &str) -> Bytes {

@@ -12,7 +12,7 @@ pub mod record;
 
 use serde::Serialize;
 
-pub use normalize::normalize_query;
+pub use normalize::{normalize_query, query_shape};
 pub use record::Recorder;
 
 /// What kind of difference a record is.

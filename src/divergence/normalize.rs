@@ -3,14 +3,44 @@
 
 /// `SELECT * FROM t WHERE a = 'x' AND b > 1.5` becomes `SELECT * FROM t WHERE a = $1 AND b > $2`.
 pub fn normalize_query(sql: &str) -> String {
-    let b = sql.as_bytes();
     let mut next = max_param(sql) + 1;
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
-    let mut placeholder = |out: &mut String| {
+    replace_literals(sql, |out, _| {
         out.push_str(&format!("${next}"));
         next += 1;
-    };
+    })
+}
+
+/// The shape of a query: what its answer's columns depend on. Literals become markers of their
+/// class (a string, with its prefix; an integer that fits `int4`, one that fits `int8`; any
+/// other number), so `... WHERE a = 'x'` and `... WHERE a = 'y'` share a shape while `SELECT 1`
+/// and `SELECT 1.5` do not.
+pub fn query_shape(sql: &str) -> String {
+    replace_literals(sql, |out, lit| match lit {
+        Literal::Text(prefix) => {
+            out.push_str(prefix);
+            out.push_str("'?'");
+        }
+        Literal::Number(n) => out.push_str(if n.parse::<i32>().is_ok() {
+            "?i4"
+        } else if n.parse::<i64>().is_ok() {
+            "?i8"
+        } else {
+            "?n"
+        }),
+    })
+}
+
+/// A literal replaced by [`replace_literals`].
+enum Literal<'a> {
+    /// A quoted string, and its prefix (`E`, `B`, `X`, `N`, `U&`, or none).
+    Text(&'a str),
+    Number(&'a str),
+}
+
+fn replace_literals(sql: &str, mut placeholder: impl FnMut(&mut String, Literal<'_>)) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
     while i < b.len() {
         let c = b[i];
         let prev_ident =
@@ -33,9 +63,9 @@ pub fn normalize_query(sql: &str) -> String {
             }
             b'\'' => {
                 // A prefix E, B, X or U& belongs to the literal.
-                strip_prefix(&mut out, sql, i);
+                let prefix = strip_prefix(&mut out, sql, i);
                 i = quoted_end(b, i, b'\'');
-                placeholder(&mut out);
+                placeholder(&mut out, Literal::Text(prefix));
             }
             b'$' if !prev_ident => {
                 if let Some(tag_len) = dollar_tag(&b[i..]) {
@@ -44,7 +74,7 @@ pub fn normalize_query(sql: &str) -> String {
                     let end = sql[body..]
                         .find(tag)
                         .map_or(b.len(), |n| body + n + tag_len);
-                    placeholder(&mut out);
+                    placeholder(&mut out, Literal::Text("$"));
                     i = end;
                 } else {
                     // A parameter $n: keep it.
@@ -67,7 +97,7 @@ pub fn normalize_query(sql: &str) -> String {
                         }
                     }
                 }
-                placeholder(&mut out);
+                placeholder(&mut out, Literal::Number(&sql[i..j]));
                 i = j;
             }
             _ => {
@@ -84,8 +114,8 @@ fn starts_number(b: &[u8]) -> bool {
     b[0].is_ascii_digit() || (b[0] == b'.' && b.get(1).is_some_and(u8::is_ascii_digit))
 }
 
-/// Removes a literal prefix (`E`, `B`, `X`, `N`, `U&`) just pushed to `out`.
-fn strip_prefix(out: &mut String, sql: &str, quote: usize) {
+/// Removes a literal prefix (`E`, `B`, `X`, `N`, `U&`) just pushed to `out`; returns it.
+fn strip_prefix<'a>(out: &mut String, sql: &'a str, quote: usize) -> &'a str {
     let before = &sql[..quote];
     for p in ["U&", "u&", "E", "e", "B", "b", "X", "x", "N", "n"] {
         if let Some(rest) = before.strip_suffix(p) {
@@ -95,10 +125,12 @@ fn strip_prefix(out: &mut String, sql: &str, quote: usize) {
                 .is_some_and(|c| c.is_alphanumeric() || c == '_');
             if standalone && out.ends_with(p) {
                 out.truncate(out.len() - p.len());
+                return &before[rest.len()..];
             }
-            return;
+            return "";
         }
     }
+    ""
 }
 
 /// The end (exclusive) of a quoted token starting at `start`, doubled quotes included.

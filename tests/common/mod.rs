@@ -346,6 +346,7 @@ pub fn lock(server: &Mutex<PgServer>) -> MutexGuard<'_, PgServer> {
     server.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+pub mod dxy;
 pub mod wire;
 
 /// tokio-postgres connected through `conn`, with its notices and notifications sent to the

@@ -1,0 +1,501 @@
+//! The driver's half of reads served by the secondary ([`crate::serve`]).
+//!
+//! Simple protocol: a Query the router sends to the secondary runs there at once; its rows go to
+//! the client behind the primary's row description for the query's shape, which the primary
+//! gives once per shape and session (Parse, Describe and Sync of the text) and the tracker keeps.
+//!
+//! Extended protocol: when the client parses a read of a migrated table, pgbridge asks the
+//! primary to describe the statement too (the reply never reaches the client), so that it has
+//! the primary's parameter types and row description when the statement is run. A Bind of the
+//! unnamed portal to such a statement, when the router sends its read to the secondary, is held
+//! back with the Describe of that portal; its Execute runs the Bind on the secondary. Every
+//! other message releases what was held to the primary, as if nothing had been held. A batch
+//! whose every message the secondary answered is answered to its Sync by pgbridge, with the
+//! session's transaction status, and costs the primary nothing.
+//!
+//! The secondary's answer joins the replies to the client in its turn ([`Expect::Served`]).
+
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+use super::drive::Driver;
+use super::track::Expect;
+use super::wire;
+use crate::divergence::{normalize_query, query_shape, Divergence, Kind as DivergenceKind};
+use crate::mirror::ApplierHandle;
+use crate::route::Route;
+use crate::serve::{settings_script, Failure, SessionServer};
+use crate::sql::{Analysis, Kind, SessionOp};
+
+/// Reported settings the secondary's session follows.
+const REPORTED: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
+
+/// The session's reads served by the secondary.
+pub struct Serving<'a> {
+    server: SessionServer,
+    applier: Option<&'a ApplierHandle>,
+    /// A Bind of the unnamed portal held back for the secondary.
+    held: Option<Held>,
+    /// Messages of this batch went to the primary.
+    batch_sent: bool,
+    /// Messages of this batch were answered by the secondary.
+    batch_served: bool,
+    /// The session's `SET`s, by setting name, in order.
+    sets: Vec<(String, String)>,
+    /// The record of a read the secondary failed, for the primary's Execute of it.
+    fallback: Option<Divergence>,
+}
+
+struct Held {
+    bind: Bytes,
+    stmt: String,
+    sql: Arc<str>,
+    table: String,
+    text: Arc<str>,
+    describe: bool,
+}
+
+impl<'a> Serving<'a> {
+    pub fn new(server: SessionServer, applier: Option<&'a ApplierHandle>) -> Serving<'a> {
+        Serving {
+            server,
+            applier,
+            held: None,
+            batch_sent: false,
+            batch_served: false,
+            sets: Vec::new(),
+            fallback: None,
+        }
+    }
+}
+
+impl<'a> Driver<'a> {
+    /// Reads the router sends to the secondary are served there.
+    pub fn with_serving(
+        mut self,
+        server: SessionServer,
+        applier: Option<&'a ApplierHandle>,
+    ) -> Self {
+        self.serving = Some(Serving::new(server, applier));
+        self
+    }
+
+    fn serving(&mut self) -> &mut Serving<'a> {
+        self.serving.as_mut().expect("serving is set")
+    }
+
+    /// The read rewrite of `analysis` when the router sends it to the secondary now.
+    fn secondary_route<'x>(&self, analysis: &'x Analysis) -> Option<&'x str> {
+        let (reads, shared) = self.routing?;
+        let in_write_txn = !self.shared.lock().txn.is_empty();
+        match crate::route::route(analysis, &reads.load(), shared, in_write_txn) {
+            Route::Secondary { sql } => Some(sql),
+            _ => None,
+        }
+    }
+
+    /// Extended protocol: holds, serves or releases; true when `frame` was taken care of.
+    pub(super) async fn serve_extended(&mut self, frame: &[u8]) -> bool {
+        let tag = frame[0];
+        if let Some(held) = &mut self.serving().held {
+            if tag == b'D' && !held.describe && wire::target(frame) == Some((b'P', "")) {
+                held.describe = true;
+                return true;
+            }
+            let runs = tag == b'E'
+                && wire::execute_portal(frame) == Some("")
+                && max_rows(frame) == Some(0);
+            if runs && self.serve_portal().await {
+                return true;
+            }
+            self.release_held();
+        }
+        match tag {
+            b'B' if self.hold_bind(frame) => return true,
+            b'S' => {
+                let s = self.serving();
+                let sent = std::mem::take(&mut s.batch_sent);
+                if std::mem::take(&mut s.batch_served) && !sent {
+                    self.expect(Expect::Served {
+                        bytes: Bytes::new(),
+                        ready: true,
+                    });
+                    self.shared.served.notify_one();
+                    return true;
+                }
+                return false;
+            }
+            b'Q' => return false,
+            _ => {}
+        }
+        self.serving().batch_sent = true;
+        false
+    }
+
+    /// Holds a Bind of the unnamed portal to a read the secondary serves.
+    fn hold_bind(&mut self, frame: &[u8]) -> bool {
+        let Some((portal, stmt)) = wire::bind_names(frame) else {
+            return false;
+        };
+        if !portal.is_empty() {
+            return false;
+        }
+        let (Some(analysis), Some(text)) = (self.statements.get(stmt), self.texts.get(stmt)) else {
+            return false;
+        };
+        let (analysis, text) = (analysis.clone(), text.clone());
+        let Some(sql) = self.secondary_route(&analysis) else {
+            return false;
+        };
+        {
+            let t = self.shared.lock();
+            if !t.may_serve() || t.described.get(stmt).is_none_or(|d| d.row.is_none()) {
+                return false;
+            }
+        }
+        let table = first_read(&analysis);
+        self.serving().held = Some(Held {
+            bind: Bytes::copy_from_slice(frame),
+            stmt: stmt.to_string(),
+            sql: Arc::from(sql),
+            table,
+            text,
+            describe: false,
+        });
+        true
+    }
+
+    /// Sends what was held to the primary after all.
+    fn release_held(&mut self) {
+        let s = self.serving();
+        let Some(held) = s.held.take() else { return };
+        s.batch_sent = true;
+        self.bind(&held.bind);
+        if held.describe {
+            self.describe(&wire::describe_portal(""));
+        }
+    }
+
+    /// Runs the held Bind on the secondary; false when the primary must serve it instead.
+    async fn serve_portal(&mut self) -> bool {
+        let Some(held) = self.serving().held.take() else {
+            return false;
+        };
+        let described = self.shared.lock().described.get(&held.stmt).cloned();
+        let Some((described, row)) = described.and_then(|d| d.row.clone().map(|r| (d, r))) else {
+            self.serving().held = Some(held);
+            return false;
+        };
+        let row = if held.describe {
+            match wire::bind_result_formats(&held.bind).and_then(|f| wire::with_formats(&row, &f)) {
+                Some(row) => Some(row),
+                None => {
+                    self.serving().held = Some(held);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        if !self.read_your_writes().await {
+            self.serving().held = Some(held);
+            return false;
+        }
+        let script = self.settings_script();
+        let answer = self
+            .serving()
+            .server
+            .portal(
+                &held.stmt,
+                &held.sql,
+                &described.params,
+                &held.bind,
+                &script,
+            )
+            .await;
+        match answer {
+            Ok(rows) => {
+                let mut bytes =
+                    BytesMut::with_capacity(rows.len() + 5 + row.as_ref().map_or(0, |r| r.len()));
+                bytes.extend_from_slice(&wire::framed(b'2', &[]));
+                if let Some(row) = &row {
+                    bytes.extend_from_slice(row);
+                }
+                bytes.extend_from_slice(&rows);
+                self.expect(Expect::Served {
+                    bytes: bytes.freeze(),
+                    ready: false,
+                });
+                self.shared.served.notify_one();
+                self.serving().batch_served = true;
+                served("served");
+                true
+            }
+            Err(f) => {
+                let d = self.fell_back(f, &held.table, &held.text);
+                let s = self.serving();
+                s.fallback = d;
+                s.held = Some(held);
+                false
+            }
+        }
+    }
+
+    /// The record of the read the secondary just failed, if any, for its Execute.
+    pub(super) fn take_fallback(&mut self) -> Option<Divergence> {
+        self.serving.as_mut()?.fallback.take()
+    }
+
+    /// Serves a simple-protocol read on the secondary. `Err` when the primary must serve it,
+    /// with the record to keep if the primary answers without error.
+    pub(super) async fn serve_query(
+        &mut self,
+        analysis: &Analysis,
+        text: &str,
+    ) -> Result<(), Option<Divergence>> {
+        let Some(sql) = self.secondary_route(analysis) else {
+            return Err(None);
+        };
+        if !self.shared.lock().may_serve() || !self.read_your_writes().await {
+            return Err(None);
+        }
+        let script = self.settings_script();
+        let answer = self.serving().server.simple(sql, &script).await;
+        let rows = match answer {
+            Ok(rows) => rows,
+            Err(f) => return Err(self.fell_back(f, &first_read(analysis), text)),
+        };
+        served("served");
+        let shape = query_shape(text);
+        let known = self.shared.lock().shapes.get(&shape).cloned();
+        match known {
+            Some(row) => {
+                let mut bytes = BytesMut::new();
+                if let Some(row) = row {
+                    bytes.extend_from_slice(&row);
+                }
+                bytes.extend_from_slice(&rows);
+                self.expect(Expect::Served {
+                    bytes: bytes.freeze(),
+                    ready: true,
+                });
+                self.shared.served.notify_one();
+            }
+            None => {
+                // The primary describes the text (as its Query would have, without running it).
+                self.expect(Expect::ShapeDescribe {
+                    shape,
+                    answer: rows.freeze(),
+                    row: None,
+                    failed: false,
+                });
+                self.out.extend_from_slice(&wire::parse("", text));
+                self.out.extend_from_slice(&wire::describe_statement(""));
+                self.out.extend_from_slice(&wire::sync());
+            }
+        }
+        Ok(())
+    }
+
+    /// After the client's Parse of `name`: asks the primary to describe a read the secondary
+    /// may serve, unless a statement of the same text and declared types was described.
+    pub(super) fn describe_for_serving(
+        &mut self,
+        name: &str,
+        query: &str,
+        parse: &[u8],
+        analysis: &Analysis,
+    ) {
+        let mut t = self.shared.lock();
+        t.described.remove(name);
+        let read = matches!(analysis.statements.as_slice(), [s] if s.kind == Kind::Read)
+            && analysis.read_rewrite().is_some();
+        if !read {
+            return;
+        }
+        let key = format!("{query}\0{:?}", wire::parse_param_types(parse));
+        if let Some(d) = t.described_texts.get(&key).cloned() {
+            t.described.insert(name.to_string(), d);
+            return;
+        }
+        drop(t);
+        self.expect(Expect::DescribeStatement {
+            name: name.to_string(),
+            key,
+            params: Vec::new(),
+        });
+        self.out.extend_from_slice(&wire::describe_statement(name));
+    }
+
+    /// Follows the session's `SET`, `RESET` and `DISCARD`, for the secondary's session.
+    pub(super) fn follow_settings(&mut self, analysis: &Analysis, text: &str) {
+        for s in &analysis.statements {
+            let Kind::Session(op) = &s.kind else { continue };
+            let stmt = text.get(s.text.clone()).unwrap_or_default().trim();
+            let sets = &mut self.serving().sets;
+            match op {
+                SessionOp::Set => {
+                    if let Some(name) = set_name(stmt) {
+                        sets.retain(|(n, _)| *n != name);
+                        sets.push((name, stmt.to_string()));
+                    }
+                }
+                SessionOp::Reset => match reset_name(stmt) {
+                    Some(name) if name == "all" => sets.clear(),
+                    Some(name) => sets.retain(|(n, _)| *n != name),
+                    None => {}
+                },
+                SessionOp::Discard if stmt.to_ascii_lowercase().ends_with("all") => sets.clear(),
+                _ => {}
+            }
+        }
+    }
+
+    fn settings_script(&mut self) -> String {
+        let reported: Vec<(&'static str, String)> = {
+            let t = self.shared.lock();
+            REPORTED
+                .iter()
+                .filter_map(|k| t.settings.get(*k).map(|v| (*k, v.clone())))
+                .collect()
+        };
+        let sets = &self.serving().sets;
+        settings_script(
+            sets.iter().map(|(_, s)| s.as_str()),
+            reported.iter().map(|(k, v)| (*k, v.as_str())),
+        )
+    }
+
+    /// Read-your-writes: false when the session's last mirrored commit is not applied on the
+    /// secondary within `[reads] read_your_writes_ms`.
+    async fn read_your_writes(&mut self) -> bool {
+        let Some(id) = self.shared.lock().last_commit else {
+            return true;
+        };
+        let s = self.serving();
+        let Some(applier) = s.applier else {
+            return true;
+        };
+        if applier.applied() >= id {
+            return true;
+        }
+        let wait = s.server.options().read_your_writes;
+        let applied = applier.wait_applied(id, wait).await.is_ok();
+        if !applied {
+            served("read_your_writes");
+        }
+        applied
+    }
+
+    /// The secondary failed a read: it goes to the primary. A connection failure is recorded
+    /// at once; an error is returned, to be recorded only if the primary answers the read
+    /// without one (a division by zero fails on both sides alike, and is no divergence).
+    fn fell_back(&self, failure: Failure, table: &str, text: &str) -> Option<Divergence> {
+        let (secondary, reason, error) = match failure {
+            Failure::Resting => {
+                served("resting");
+                return None;
+            }
+            Failure::Unavailable(reason) => ("connection".to_string(), reason, false),
+            Failure::Error { sqlstate, message } => (sqlstate, message, true),
+        };
+        served("fallback");
+        tracing::warn!(session = self.session, table, %reason, "a read for the secondary is served by the primary");
+        let mut d = Divergence::new(DivergenceKind::SecondaryError, table);
+        d.query = normalize_query(text);
+        d.secondary = secondary;
+        d.detail = serde_json::json!({ "reason": reason, "served_by": "primary" });
+        d.session = Some(self.session);
+        if error {
+            return Some(d);
+        }
+        self.recorder.record(d);
+        None
+    }
+}
+
+/// Counts a read the router sent to the secondary, by what became of it.
+fn served(result: &'static str) {
+    metrics::counter!("pgbridge_secondary_reads_total", "result" => result).increment(1);
+}
+
+fn first_read(analysis: &Analysis) -> String {
+    analysis
+        .statements
+        .first()
+        .and_then(|s| s.reads.first())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The row limit of an Execute frame.
+fn max_rows(frame: &[u8]) -> Option<u32> {
+    let (_, at) = wire::cstr(frame, 5)?;
+    Some(u32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The setting a `SET` statement changes for the session (`None` for `SET LOCAL`, `SET ROLE`,
+/// transaction characteristics and the like, which a read's session does not follow).
+fn set_name(stmt: &str) -> Option<String> {
+    let lower = stmt.to_ascii_lowercase();
+    let mut words = lower.split_whitespace().skip(1).peekable();
+    if words.peek() == Some(&"session") {
+        words.next();
+    }
+    let name = words.next()?;
+    let name = name.split(['=', ';']).next()?.trim_matches('"').to_string();
+    match name.as_str() {
+        "" | "local" | "transaction" | "characteristics" | "constraints" | "role"
+        | "authorization" => None,
+        _ => Some(name),
+    }
+}
+
+/// The setting a `RESET` statement resets (`all` for all).
+fn reset_name(stmt: &str) -> Option<String> {
+    let lower = stmt.to_ascii_lowercase();
+    let name = lower.split_whitespace().nth(1)?;
+    Some(name.trim_end_matches(';').trim_matches('"').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_statements_name_their_setting() {
+        assert_eq!(
+            set_name("SET extra_float_digits = 3").as_deref(),
+            Some("extra_float_digits")
+        );
+        assert_eq!(
+            set_name("set session TimeZone to 'UTC'").as_deref(),
+            Some("timezone")
+        );
+        assert_eq!(
+            set_name("SET search_path=app,public").as_deref(),
+            Some("search_path")
+        );
+        assert_eq!(set_name("SET LOCAL work_mem = '1MB'"), None);
+        assert_eq!(
+            set_name("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            None
+        );
+        assert_eq!(set_name("SET ROLE app"), None);
+        assert_eq!(set_name("SET SESSION AUTHORIZATION app"), None);
+        assert_eq!(reset_name("RESET ALL").as_deref(), Some("all"));
+        assert_eq!(
+            reset_name("reset search_path;").as_deref(),
+            Some("search_path")
+        );
+    }
+
+    #[test]
+    fn an_execute_names_its_row_limit() {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(b"\0");
+        body.extend_from_slice(&10u32.to_be_bytes());
+        assert_eq!(max_rows(&wire::framed(b'E', &body)), Some(10));
+        assert_eq!(max_rows(&wire::execute("")), Some(0));
+    }
+}

@@ -1,0 +1,346 @@
+//! Reads served by the secondary (CONTRACT.md, "Reads": `secondary`).
+//!
+//! A session whose read the router sends to the secondary ([`crate::route::Route::Secondary`])
+//! runs the read rewrite on a connection of its own to the secondary ([`conn::Conn`], pgbridge's
+//! credentials), opened on the first such read and kept for the session. What reaches the client
+//! is what the primary would have sent:
+//!
+//! - the row description is the primary's own: for the extended protocol the one the primary
+//!   gave when the statement was parsed (pgbridge asks for it with a Describe the client never
+//!   sees), with the formats of the client's Bind; for a simple Query the primary describes the
+//!   text (Parse and Describe of the unnamed statement, which a simple Query destroys anyway),
+//!   once per query shape (literals aside) and session;
+//! - the rows and the command tag are the secondary's, in the formats the client asked for (its
+//!   Bind goes to the secondary as it is, with its parameters, their formats and the result
+//!   formats), with the types the primary inferred for the parameters;
+//! - the ReadyForQuery carries the primary session's transaction status.
+//!
+//! The session's settings that shape values (DateStyle, TimeZone, IntervalStyle,
+//! client_encoding, and what the client `SET`, such as extra_float_digits or search_path) go
+//! along: the client's startup parameters open the connection, and whenever they changed the
+//! settings are applied again before the read (`RESET ALL` and the session's `SET`s).
+//!
+//! A read the secondary cannot answer (unreachable, broken, slower than
+//! `[reads] secondary_timeout_ms`, or an error) is served by the primary instead, and the
+//! session records a `secondary_error` divergence; after a connection failure the session's
+//! reads stay on the primary for `[reads] retry_after_ms` before the secondary is tried again.
+
+pub mod conn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::capture::wire;
+use conn::{Conn, ConnError};
+
+/// `[reads]` and where the secondary is.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub secondary: tokio_postgres::Config,
+    pub connect_timeout: Duration,
+    /// How long one read may take on the secondary before it is served by the primary.
+    pub timeout: Duration,
+    /// After a connection failure, how long reads stay on the primary.
+    pub retry_after: Duration,
+    /// How long a read waits for the applier to apply the session's own last mirrored commit.
+    pub read_your_writes: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(c: &crate::config::ReadsConfig, secondary: &tokio_postgres::Config) -> Self {
+        ServeOptions {
+            secondary: secondary.clone(),
+            connect_timeout: Duration::from_millis(c.secondary_timeout_ms),
+            timeout: Duration::from_millis(c.secondary_timeout_ms),
+            retry_after: Duration::from_millis(c.retry_after_ms),
+            read_your_writes: Duration::from_millis(c.read_your_writes_ms),
+        }
+    }
+}
+
+/// Why a read was not served by the secondary; it is served by the primary instead.
+#[derive(Debug)]
+pub enum Failure {
+    /// The secondary could not be reached, broke the connection, or took too long.
+    Unavailable(String),
+    /// The secondary answered with an error.
+    Error { sqlstate: String, message: String },
+    /// The secondary failed a moment ago: not tried.
+    Resting,
+}
+
+/// The client startup parameters that are session settings (not who or where).
+pub fn startup_settings<'a>(
+    params: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<(String, String)> {
+    params
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        // What the router sends is a read; the secondary is told so too.
+        .chain([("default_transaction_read_only".into(), "on".into())])
+        .collect()
+}
+
+/// A prepared statement of the client's, as prepared on the secondary.
+struct Prepared {
+    name: String,
+    sql: Arc<str>,
+}
+
+/// One session's reads served by the secondary.
+pub struct SessionServer {
+    opts: Arc<ServeOptions>,
+    startup: Vec<(String, String)>,
+    conn: Option<Conn>,
+    resting_until: Option<Instant>,
+    /// Client statement name to its statement on the secondary.
+    prepared: HashMap<String, Prepared>,
+    next_name: u64,
+    /// The settings script the connection has applied.
+    applied: String,
+}
+
+impl SessionServer {
+    pub fn new(opts: Arc<ServeOptions>, startup: Vec<(String, String)>) -> SessionServer {
+        SessionServer {
+            opts,
+            startup,
+            conn: None,
+            resting_until: None,
+            prepared: HashMap::new(),
+            next_name: 0,
+            applied: String::new(),
+        }
+    }
+
+    pub fn options(&self) -> &ServeOptions {
+        &self.opts
+    }
+
+    /// Runs a simple-protocol read; returns its DataRows and CommandComplete.
+    pub async fn simple(&mut self, sql: &str, settings: &str) -> Result<BytesMut, Failure> {
+        let request = wire::query(sql);
+        self.exchange(settings, &request).await
+    }
+
+    /// Runs the client's Bind `bind` of statement `stmt` (whose read rewrite is `sql`, with
+    /// parameter types `types` as the primary inferred them) on the unnamed portal, executed to
+    /// the end; returns its DataRows and CommandComplete.
+    pub async fn portal(
+        &mut self,
+        stmt: &str,
+        sql: &Arc<str>,
+        types: &[u32],
+        bind: &[u8],
+        settings: &str,
+    ) -> Result<BytesMut, Failure> {
+        let mut request = BytesMut::new();
+        let known = self
+            .prepared
+            .get(stmt)
+            .filter(|p| !stmt.is_empty() && p.sql == *sql);
+        let name = match known {
+            Some(p) => p.name.clone(),
+            None => {
+                let name = if stmt.is_empty() {
+                    String::new()
+                } else {
+                    self.next_name += 1;
+                    format!("pgbridge_s{}", self.next_name)
+                };
+                if let Some(old) = self.prepared.remove(stmt).filter(|p| !p.name.is_empty()) {
+                    request.extend_from_slice(&wire::close(b'S', &old.name));
+                }
+                request.extend_from_slice(&parse(&name, sql, types));
+                self.prepared.insert(
+                    stmt.to_string(),
+                    Prepared {
+                        name: name.clone(),
+                        sql: sql.clone(),
+                    },
+                );
+                name
+            }
+        };
+        let Some(bind) = rebind(bind, &name) else {
+            return Err(Failure::Error {
+                sqlstate: "08P01".into(),
+                message: "malformed Bind".into(),
+            });
+        };
+        request.extend_from_slice(&bind);
+        request.extend_from_slice(&wire::execute(""));
+        request.extend_from_slice(&wire::sync());
+        let answer = self.exchange(settings, &request).await;
+        if matches!(answer, Err(Failure::Error { .. })) {
+            // Whether the Parse took is unknown: parse again next time.
+            self.prepared.remove(stmt);
+        }
+        answer
+    }
+
+    /// Sends `request` (after the settings script when it changed) and collects its answer.
+    async fn exchange(&mut self, settings: &str, request: &[u8]) -> Result<BytesMut, Failure> {
+        if self.resting_until.is_some_and(|t| Instant::now() < t) {
+            return Err(Failure::Resting);
+        }
+        let timeout = self.opts.timeout;
+        let result = tokio::time::timeout(timeout, self.exchange_inner(settings, request)).await;
+        let failure = match result {
+            Ok(Ok(Ok(answer))) => return Ok(answer),
+            Ok(Ok(Err((sqlstate, message)))) => return Err(Failure::Error { sqlstate, message }),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within {} ms ([reads] secondary_timeout_ms)",
+                timeout.as_millis()
+            ),
+        };
+        self.conn = None;
+        self.prepared.clear();
+        self.applied.clear();
+        self.resting_until = Some(Instant::now() + self.opts.retry_after);
+        Err(Failure::Unavailable(failure))
+    }
+
+    async fn exchange_inner(
+        &mut self,
+        settings: &str,
+        request: &[u8],
+    ) -> Result<Result<BytesMut, (String, String)>, ConnError> {
+        if self.conn.is_none() {
+            let c = Conn::connect(
+                &self.opts.secondary,
+                &self.startup,
+                self.opts.connect_timeout,
+            )
+            .await?;
+            self.conn = Some(c);
+            self.prepared.clear();
+            self.applied.clear();
+        }
+        let apply = self.applied != settings;
+        let conn = self.conn.as_mut().expect("connected above");
+        let mut batch = BytesMut::new();
+        if apply {
+            batch.extend_from_slice(&wire::query(settings));
+        }
+        batch.extend_from_slice(request);
+        conn.send(&batch).await?;
+        let mut readies = if apply { 2 } else { 1 };
+        let mut out = BytesMut::new();
+        let mut error: Option<(String, String)> = None;
+        let mut settings_failed = None;
+        while readies > 0 {
+            let frame = conn.frame().await?;
+            match frame[0] {
+                b'D' | b'C' | b'I' if !(apply && readies == 2) => out.extend_from_slice(&frame),
+                b'E' if apply && readies == 2 => settings_failed = Some(conn::error_text(&frame)),
+                b'E' => {
+                    error.get_or_insert_with(|| {
+                        (conn::error_code(&frame), conn::error_text(&frame))
+                    });
+                }
+                b'Z' => readies -= 1,
+                _ => {}
+            }
+        }
+        if let Some(e) = settings_failed {
+            return Ok(Err((
+                "22023".into(),
+                format!("the session's settings could not be applied on the secondary: {e}"),
+            )));
+        }
+        if apply {
+            self.applied = settings.to_string();
+        }
+        Ok(match error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        })
+    }
+}
+
+/// A Parse of `sql` as `name`, with parameter types `types`.
+fn parse(name: &str, sql: &str, types: &[u32]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.extend_from_slice(name.as_bytes());
+    body.put_u8(0);
+    body.extend_from_slice(sql.as_bytes());
+    body.put_u8(0);
+    body.put_u16(types.len() as u16);
+    for t in types {
+        body.put_u32(*t);
+    }
+    wire::framed(b'P', &body)
+}
+
+/// The client's Bind, to the unnamed portal of statement `stmt`; the rest (parameters, their
+/// formats, result formats) as the client sent it.
+fn rebind(bind: &[u8], stmt: &str) -> Option<Bytes> {
+    let (_, at) = wire::cstr(bind, 5)?;
+    let (_, rest) = wire::cstr(bind, at)?;
+    let mut body = BytesMut::with_capacity(bind.len());
+    body.put_u8(0);
+    body.extend_from_slice(stmt.as_bytes());
+    body.put_u8(0);
+    body.extend_from_slice(&bind[rest..]);
+    Some(wire::framed(b'B', &body))
+}
+
+/// A SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The settings script that makes a secondary session format values as the client's does:
+/// back to the startup settings, then the session's own `SET`s, then the reported settings.
+pub fn settings_script<'a>(
+    sets: impl IntoIterator<Item = &'a str>,
+    reported: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut script = String::from("RESET ALL");
+    for s in sets {
+        script.push_str(";\n");
+        script.push_str(s);
+    }
+    for (k, v) in reported {
+        script.push_str(&format!(";\nSET {k} = {}", quote_literal(v)));
+    }
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bind_is_pointed_at_the_secondarys_statement() {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(b"\0client_stmt\0");
+        body.extend_from_slice(&[0, 1, 0, 1, 0, 1, 0, 0, 0, 2, 0, 7, 0, 1, 0, 1]);
+        let bind = wire::framed(b'B', &body);
+        let out = rebind(&bind, "pgbridge_s1").unwrap();
+        assert_eq!(wire::bind_names(&out), Some(("", "pgbridge_s1")));
+        assert_eq!(
+            wire::bind_params(&out).unwrap(),
+            wire::bind_params(&bind).unwrap()
+        );
+        assert!(out.ends_with(&[0, 1, 0, 1]));
+    }
+
+    #[test]
+    fn the_settings_script_resets_then_sets() {
+        let s = settings_script(
+            ["SET extra_float_digits = 3"],
+            [("DateStyle", "ISO, MDY"), ("TimeZone", "it's")],
+        );
+        assert_eq!(
+            s,
+            "RESET ALL;\nSET extra_float_digits = 3;\nSET DateStyle = 'ISO, MDY';\nSET TimeZone = 'it''s'"
+        );
+    }
+}
