@@ -193,6 +193,19 @@ async fn tokio_postgres_and_psql_read_from_the_secondary() {
     };
     assert_eq!(psql(bridge.port), psql(cluster().primary_port));
     assert!(metric(&bridge, SERVED, "result=\"served\"") >= 5.0);
+
+    // After a write to any table, the transaction's reads are the primary's: they see it.
+    let both = "SELECT (SELECT count(*) FROM instruments), count(*) FROM derived_data_bars d JOIN instruments i USING (symbol)";
+    let counts = |r: tokio_postgres::Row| (r.get::<_, i64>(0), r.get::<_, i64>(1));
+    via.batch_execute("BEGIN; INSERT INTO instruments VALUES ('XAU', 'Gold')")
+        .await
+        .unwrap();
+    let served = metric(&bridge, SERVED, "result=\"served\"");
+    assert_eq!(counts(via.query_one(both, &[]).await.unwrap()), (3, 10));
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), served);
+    via.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(counts(via.query_one(both, &[]).await.unwrap()), (2, 10));
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), served + 1.0);
 }
 
 /// A value as the server sent it (binary), with its type.

@@ -67,7 +67,7 @@ pub struct Driver<'a> {
     pub(super) recorder: &'a Recorder,
     pub(super) session: u64,
     pub(super) statements: HashMap<String, Arc<Analysis>>,
-    portals: HashMap<String, Arc<Analysis>>,
+    pub(super) portals: HashMap<String, Arc<Analysis>>,
     /// Declared parameter types of statements, and bound parameters of portals, for replays.
     param_types: HashMap<String, Vec<u32>>,
     portal_params: HashMap<String, Row>,

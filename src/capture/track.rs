@@ -174,6 +174,8 @@ pub struct Tracker {
     pub shadow: Option<Arc<Shadow>>,
     shadow_result: Option<ResultSet>,
     pub session: u64,
+    /// The open transaction may have written something (reads in it stay on the primary).
+    pub touched: bool,
     /// The journal id of the session's last committed mirrored transaction (read-your-writes).
     pub last_commit: Option<u64>,
     /// The primary's descriptions of the client's prepared statements.
@@ -317,18 +319,21 @@ impl Tracker {
     /// after the replies owed now: none of them is from an earlier request batch (whose
     /// outcome, such as a failed transaction, the read must not skip ahead of).
     pub fn may_serve(&self) -> bool {
-        self.status != b'E'
-            && !self.batch_error
-            && !self.queue.iter().any(|e| {
-                matches!(
-                    e,
-                    Expect::Query { .. }
-                        | Expect::Sync { .. }
-                        | Expect::Call
-                        | Expect::ShapeDescribe { .. }
-                        | Expect::Served { ready: true, .. }
-                )
-            })
+        self.status != b'E' && !self.batch_error && !self.touched && !self.requests_owed()
+    }
+
+    /// Replies owed to requests that end in a ReadyForQuery.
+    fn requests_owed(&self) -> bool {
+        self.queue.iter().any(|e| {
+            matches!(
+                e,
+                Expect::Query { .. }
+                    | Expect::Sync { .. }
+                    | Expect::Call
+                    | Expect::ShapeDescribe { .. }
+                    | Expect::Served { ready: true, .. }
+            )
+        })
     }
 
     fn forwarded(&self) -> bool {
@@ -563,7 +568,11 @@ impl Tracker {
         let status = frame.get(5).copied().unwrap_or(b'I');
         self.status = status;
         self.batch_error = false;
-        let hold = match self.queue.pop_front() {
+        let popped = self.queue.pop_front();
+        if status == b'I' && !self.requests_owed() {
+            self.touched = false;
+        }
+        let hold = match popped {
             Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold }) => hold,
             Some(Expect::ShapeDescribe {
                 shape,
