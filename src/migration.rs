@@ -116,6 +116,7 @@ impl Migration {
             Arc::new(crate::serve::ServeOptions::new(
                 &config.reads,
                 secondary.url.pg_config(),
+                config.primary.url.pg_config(),
             ))
         });
         Ok(Some(Migration {

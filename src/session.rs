@@ -347,6 +347,7 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
                     crate::serve::startup_settings(params.iter()),
                 ),
                 mirror.map(|m| &m.applier),
+                params.get("user").cloned().unwrap_or_default(),
             ),
             None => driver,
         }

@@ -283,6 +283,35 @@ async fn a_read_the_secondary_fails_is_served_by_the_primary_and_recorded() {
     );
 }
 
+#[test]
+fn a_user_without_the_privilege_gets_the_primarys_refusal() {
+    let c = cluster();
+    let db = fresh_db("serve_privilege");
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, DXY_RULE, "");
+    psql_on(
+        c.primary_port,
+        &db,
+        "DO $$ BEGIN CREATE ROLE serve_nopriv LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+         GRANT SELECT ON instruments TO serve_nopriv",
+    );
+    set_reads(&bridge, "secondary");
+    let read = "SELECT count(*) FROM derived_data_bars\n";
+    let run = |port: u16| {
+        psql_script(
+            &format!("host=127.0.0.1 port={port} user=serve_nopriv dbname={db}"),
+            read,
+        )
+    };
+    let (via, direct) = (run(bridge.port), run(c.primary_port));
+    assert!(via.0.contains("permission denied"), "{via:?}");
+    assert_eq!(via, direct);
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 0.0);
+    assert!(metric(&bridge, SERVED, "result=\"no_privilege\"") >= 1.0);
+    // The superuser's same read is served by the secondary.
+    psql_on(bridge.port, &db, read);
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 1.0);
+}
+
 #[tokio::test]
 async fn flipping_reads_under_load_loses_no_query() {
     let (bridge, db) = with_bars("serve_flip", cluster().secondary_port, 20, "").await;

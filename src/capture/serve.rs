@@ -44,9 +44,15 @@ pub struct Serving<'a> {
     sets: Vec<(String, String)>,
     /// The record of a read the secondary failed, for the primary's Execute of it.
     fallback: Option<Divergence>,
+    /// The session's user, whose privileges on the primary a read needs.
+    user: String,
+    /// The session changed its role or authorization: its privileges are the primary's to
+    /// check, and its reads stay there.
+    role_changed: bool,
 }
 
 struct Held {
+    analysis: Arc<Analysis>,
     bind: Bytes,
     stmt: String,
     sql: Arc<str>,
@@ -56,8 +62,14 @@ struct Held {
 }
 
 impl<'a> Serving<'a> {
-    pub fn new(server: SessionServer, applier: Option<&'a ApplierHandle>) -> Serving<'a> {
+    pub fn new(
+        server: SessionServer,
+        applier: Option<&'a ApplierHandle>,
+        user: String,
+    ) -> Serving<'a> {
         Serving {
+            user,
+            role_changed: false,
             server,
             applier,
             held: None,
@@ -75,9 +87,30 @@ impl<'a> Driver<'a> {
         mut self,
         server: SessionServer,
         applier: Option<&'a ApplierHandle>,
+        user: String,
     ) -> Self {
-        self.serving = Some(Serving::new(server, applier));
+        self.serving = Some(Serving::new(server, applier, user));
         self
+    }
+
+    /// Whether the session's user may read every table `analysis` reads, as the primary says.
+    async fn may_read(&mut self, analysis: &Analysis) -> bool {
+        let s = self.serving();
+        if s.role_changed {
+            return false;
+        }
+        let tables: Vec<_> = analysis
+            .statements
+            .iter()
+            .flat_map(|st| st.reads.iter().chain(&st.others))
+            .collect();
+        let access = s.server.options().access.clone();
+        let user = s.user.clone();
+        let ok = access.may_read(&user, &tables).await;
+        if !ok {
+            served("no_privilege");
+        }
+        ok
     }
 
     fn serving(&mut self) -> &mut Serving<'a> {
@@ -175,6 +208,7 @@ impl<'a> Driver<'a> {
         }
         let table = first_read(&analysis);
         self.serving().held = Some(Held {
+            analysis: analysis.clone(),
             bind: Bytes::copy_from_slice(frame),
             stmt: stmt.to_string(),
             sql: Arc::from(sql),
@@ -217,7 +251,7 @@ impl<'a> Driver<'a> {
         } else {
             None
         };
-        if !self.read_your_writes().await {
+        if !self.may_read(&held.analysis).await || !self.read_your_writes().await {
             self.serving().held = Some(held);
             return false;
         }
@@ -276,7 +310,10 @@ impl<'a> Driver<'a> {
         let Some(sql) = self.secondary_route(analysis) else {
             return Err(None);
         };
-        if !self.shared.lock().may_serve() || !self.read_your_writes().await {
+        if !self.shared.lock().may_serve()
+            || !self.may_read(analysis).await
+            || !self.read_your_writes().await
+        {
             return Err(None);
         }
         let script = self.settings_script();
@@ -354,6 +391,7 @@ impl<'a> Driver<'a> {
             let stmt = text.get(s.text.clone()).unwrap_or_default().trim();
             let sets = &mut self.serving().sets;
             match op {
+                SessionOp::Set if changes_role(stmt) => self.serving().role_changed = true,
                 SessionOp::Set => {
                     if let Some(name) = set_name(stmt) {
                         sets.retain(|(n, _)| *n != name);
@@ -469,6 +507,19 @@ fn set_name(stmt: &str) -> Option<String> {
         | "authorization" => None,
         _ => Some(name),
     }
+}
+
+/// `SET ROLE` and `SET SESSION AUTHORIZATION` (not `RESET`: back to the login user is fine).
+fn changes_role(stmt: &str) -> bool {
+    let lower = stmt.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().take(3).collect();
+    matches!(
+        words.as_slice(),
+        ["set", "role", ..]
+            | ["set", "session", "role", ..]
+            | ["set", "session", "authorization", ..]
+            | ["set", "local", "role", ..]
+    )
 }
 
 /// The setting a `RESET` statement resets (`all` for all).

@@ -25,6 +25,7 @@
 //! session records a `secondary_error` divergence; after a connection failure the session's
 //! reads stay on the primary for `[reads] retry_after_ms` before the secondary is tried again.
 
+pub mod access;
 pub mod conn;
 
 use std::collections::HashMap;
@@ -47,11 +48,18 @@ pub struct ServeOptions {
     pub retry_after: Duration,
     /// How long a read waits for the applier to apply the session's own last mirrored commit.
     pub read_your_writes: Duration,
+    /// The primary's privileges, asked for before a user's read is served by the secondary.
+    pub access: Arc<access::Access>,
 }
 
 impl ServeOptions {
-    pub fn new(c: &crate::config::ReadsConfig, secondary: &tokio_postgres::Config) -> Self {
+    pub fn new(
+        c: &crate::config::ReadsConfig,
+        secondary: &tokio_postgres::Config,
+        primary: &tokio_postgres::Config,
+    ) -> Self {
         ServeOptions {
+            access: Arc::new(access::Access::new(primary.clone())),
             secondary: secondary.clone(),
             connect_timeout: Duration::from_millis(c.secondary_timeout_ms),
             timeout: Duration::from_millis(c.secondary_timeout_ms),
