@@ -9,6 +9,7 @@
 //! - [`parse`] reads one file into rules, keeping every value's position for error messages;
 //!   `sections` reads the key array and the columns, values and translate tables.
 //! - `name` folds and quotes table and column names as PostgreSQL does.
+//! - `compare` reads `[table.compare]`, the table's own shadow-comparison settings.
 //! - [`check`] holds the checks that need no database (SQL expressions, literals, one-to-one).
 //! - [`online`] checks rules against the live schemas ([`schema`] reads them) and records the
 //!   columns the rewrites need.
@@ -16,6 +17,7 @@
 //! - [`reload`] watches the rules path and SIGHUP, and swaps in each valid new set.
 
 pub mod check;
+mod compare;
 pub mod load;
 mod name;
 pub mod online;
@@ -29,6 +31,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use compare::CompareRule;
 pub use load::{load_offline, load_online};
 pub(crate) use name::split_identifier;
 pub use name::{quote_ident, TableName};
@@ -128,6 +131,8 @@ pub struct Rule {
     pub values: Vec<(String, String)>,
     /// Value translations of source columns: column and (source value, target value) pairs.
     pub translate: Vec<(String, Vec<(String, String)>)>,
+    /// `[table.compare]`: this table's shadow comparison settings, over `[shadow]`'s.
+    pub compare: CompareRule,
     /// The source's columns in table order, known once the rule was checked online.
     pub source_columns: Option<Vec<Column>>,
     /// The target's columns in table order, known once the rule was checked online.
@@ -164,6 +169,9 @@ impl Rule {
             if n > 0 {
                 s.push_str(&format!(", {n} {what}"));
             }
+        }
+        if !rule.compare.is_empty() {
+            s.push_str(&format!(", {}", rule.compare.summary()));
         }
         s
     }
