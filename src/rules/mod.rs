@@ -192,6 +192,30 @@ impl Rule {
             .map(|(_, pairs)| pairs.as_slice())
     }
 
+    /// Whether a row's membership in the rule is decided by its key alone: no `where`, or one
+    /// over key columns only. Then an UPDATE that keeps a row's key keeps it in (or out of) the
+    /// migration, and the target must already have every row such an UPDATE changes.
+    pub fn membership_follows_key(&self) -> bool {
+        let Some(filter) = &self.filter else {
+            return true;
+        };
+        let Ok(expr) = check::where_expression(filter) else {
+            return false;
+        };
+        let mut on_key = true;
+        let _ = sqlparser::ast::visit_expressions(&expr, |e| {
+            if let sqlparser::ast::Expr::Identifier(i) = e {
+                let name = match i.quote_style {
+                    Some(_) => i.value.clone(),
+                    None => i.value.to_lowercase(),
+                };
+                on_key &= self.key.contains(&name);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        on_key
+    }
+
     /// The target's key: the mapped key columns followed by the `values` columns.
     pub fn target_key(&self) -> Vec<String> {
         let mut key: Vec<String> = self
@@ -257,5 +281,20 @@ mod tests {
         assert_eq!(quote_ident("Odd"), "\"Odd\"");
         assert_eq!(quote_ident("close_px"), "close_px");
         assert_eq!(quote_ident("order"), "\"order\"");
+    }
+
+    #[test]
+    fn membership_follows_the_key_when_the_where_names_only_key_columns() {
+        let mut rule = crate::sql::view::tests::dxy_rule();
+        assert!(
+            rule.membership_follows_key(),
+            "symbol = 'DXY' over key (symbol, ts)"
+        );
+        rule.filter = Some("Symbol IN ('DXY', 'EUR') AND ts > '2020-01-01'".into());
+        assert!(rule.membership_follows_key());
+        rule.filter = Some("symbol = 'DXY' AND volume > 0".into());
+        assert!(!rule.membership_follows_key());
+        rule.filter = None;
+        assert!(rule.membership_follows_key());
     }
 }
