@@ -269,16 +269,22 @@ impl Inner {
                 return Outcome::Error(code);
             }
         };
+        // The table's `[table.compare]` over `[shadow]`'s.
+        let rules = self.rules.load();
+        let rule = rules.lookup(&job.table);
+        let compare_rule = rule.map(|r| &r.compare);
         let opts = CompareOptions {
             ordered: has_order_by(&job.sql),
-            key: self
-                .rules
-                .load()
-                .lookup(&job.table)
-                .map(|r| r.key.clone())
+            key: rule.map(|r| r.key.clone()).unwrap_or_default(),
+            float_abs: compare_rule
+                .and_then(|c| c.float_tolerance_abs)
+                .unwrap_or(self.opts.float_abs),
+            float_rel: compare_rule
+                .and_then(|c| c.float_tolerance_rel)
+                .unwrap_or(self.opts.float_rel),
+            ignore: compare_rule
+                .map(|c| c.ignore_columns.clone())
                 .unwrap_or_default(),
-            float_abs: self.opts.float_abs,
-            float_rel: self.opts.float_rel,
             redact: self.recorder.redact(),
             ..CompareOptions::default()
         };

@@ -340,6 +340,11 @@ async fn eight_concurrent_sessions_writing_overlapping_keys_end_equal() {
     }
     assert_mirrored(&bridge, &db);
     assert!(wait_applied(&bridge) >= 320);
+    assert_eq!(
+        write_mismatches(&bridge),
+        0.0,
+        "applied in commit order, every write did on the target what it did on the primary"
+    );
 }
 
 #[test]
@@ -516,6 +521,11 @@ async fn a_secondary_stopped_mid_workload_loses_nothing() {
             "acknowledged {ts} missing on the target"
         );
     }
+    assert_eq!(
+        write_mismatches(&bridge),
+        0.0,
+        "batches retried after the outage are compared once"
+    );
 }
 
 #[tokio::test]
@@ -742,4 +752,189 @@ async fn shadow_reads_of_the_extended_protocol_carry_their_parameters() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The divergence records the bridge wrote, once there are `n` of them.
+fn divergence_records(bridge: &Bridge, n: usize) -> Vec<serde_json::Value> {
+    let config = std::fs::read_to_string(bridge.dir.path().join("pgbridge.toml")).unwrap();
+    let config: toml::Table = config.parse().unwrap();
+    let log = config["divergence"]["log"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} record(s), not {n}: {records:#?}",
+            records.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pgbridge_divergences_total{kind="write_mismatch",table="derived_data_bars"}`.
+fn write_mismatches(bridge: &Bridge) -> f64 {
+    let (_, body) = bridge.admin_get("/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("pgbridge_divergences_total"))
+        .filter(|l| l.contains("kind=\"write_mismatch\"") && l.contains("derived_data_bars"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn rows_the_target_lacks_when_a_write_reaches_it_are_write_mismatches() {
+    let (bridge, db) = mirrored("write_mismatch_rows", "");
+    let conn = bridge.conn_str("postgres", "", &db);
+    let (out, code) = psql_script(
+        &conn,
+        &format!(
+            "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100), \
+             ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100), \
+             ('DXY', '2026-01-05 10:02+00', 1, 2, 0.5, 1.5, 100);\n\
+             UPDATE derived_data_bars SET close = 1.75 WHERE ts = '2026-01-05 10:00+00';\n\
+             DELETE FROM derived_data_bars WHERE ts = '2026-01-05 10:02+00';\n"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_mirrored(&bridge, &db);
+    assert_eq!(
+        status(&bridge)["divergences"]["total"],
+        0,
+        "the target did what the primary did"
+    );
+
+    // Behind pgbridge's back, the secondary loses a row; then the application updates it.
+    let c = cluster();
+    psql_on(
+        c.secondary_port,
+        &db,
+        "DELETE FROM data_bars WHERE ts = '2026-01-05 10:01+00'",
+    );
+    let (out, code) = psql_script(
+        &conn,
+        "UPDATE derived_data_bars SET volume = 7 WHERE ts = '2026-01-05 10:01+00';\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let records = divergence_records(&bridge, 1);
+    let r = &records[0];
+    assert_eq!(r["kind"], "write_mismatch", "{r}");
+    assert_eq!(r["table"], "derived_data_bars");
+    assert_eq!(r["primary"], "UPDATE 1");
+    assert_eq!(r["secondary"], "UPDATE 0");
+    assert_eq!(r["detail"]["missing_rows"], 1);
+    assert_eq!(r["detail"]["missing"][0]["ts"], "2026-01-05 10:01:00+00");
+    assert!(r["session"].as_u64().is_some());
+    // The mirror went on, and the upsert put the row back.
+    assert_mirrored(&bridge, &db);
+
+    // A delete that finds nothing on the target.
+    psql_on(
+        c.secondary_port,
+        &db,
+        "DELETE FROM data_bars WHERE ts = '2026-01-05 10:00+00'",
+    );
+    let (out, code) = psql_script(
+        &conn,
+        "DELETE FROM derived_data_bars WHERE ts = '2026-01-05 10:00+00';\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let records = divergence_records(&bridge, 2);
+    assert_eq!(records[1]["primary"], "DELETE 1");
+    assert_eq!(records[1]["secondary"], "DELETE 0");
+    assert_mirrored(&bridge, &db);
+    assert_eq!(write_mismatches(&bridge), 2.0);
+    let s = status(&bridge);
+    assert_eq!(s["divergences"]["by_kind"]["write_mismatch"], 2, "{s}");
+    assert_eq!(
+        s["mirror"]["parked"], 0,
+        "a write_mismatch does not park: {s}"
+    );
+}
+
+#[test]
+fn statements_mode_compares_the_replays_command_tag() {
+    // Without a `where`, every source row is the target's: the counts must be equal.
+    let rule = DXY_RULE
+        .replace("mirror = \"rows\"", "mirror = \"statements\"")
+        .replace("where = \"symbol = 'DXY'\"", "");
+    assert!(rule.contains("mirror = \"statements\"") && !rule.contains("where ="));
+    let c = cluster();
+    let db = fresh_db("write_mismatch_statements");
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, &rule, "");
+    let conn = bridge.conn_str("postgres", "", &db);
+    let (out, code) = psql_script(
+        &conn,
+        &format!(
+            "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100), \
+             ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100);\n\
+             UPDATE derived_data_bars SET close = 1.75 WHERE ts = '2026-01-05 10:00+00';\n"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_mirrored(&bridge, &db);
+    assert_eq!(status(&bridge)["divergences"]["total"], 0);
+
+    psql_on(
+        c.secondary_port,
+        &db,
+        "DELETE FROM data_bars WHERE ts = '2026-01-05 10:01+00'",
+    );
+    let (out, code) = psql_script(
+        &conn,
+        "UPDATE derived_data_bars SET volume = 7 WHERE volume = 100;\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    let records = divergence_records(&bridge, 1);
+    let r = &records[0];
+    assert_eq!(r["kind"], "write_mismatch", "{r}");
+    assert_eq!(r["table"], "derived_data_bars");
+    assert_eq!(r["primary"], "UPDATE 2");
+    assert_eq!(r["secondary"], "UPDATE 1");
+    assert_eq!(
+        r["query"],
+        "UPDATE public.data_bars AS pgbridge_t SET volume = ($1) WHERE pgbridge_t.timeframe = $2 \
+         AND pgbridge_t.is_synthetic = true AND ((pgbridge_t.volume) = $3)",
+        "the statement replayed on the secondary, normalized"
+    );
+    wait_applied(&bridge);
+    assert_eq!(write_mismatches(&bridge), 1.0);
+}
+
+#[test]
+fn statements_mode_with_a_where_records_a_replay_that_touches_more() {
+    let rule = DXY_RULE.replace("mirror = \"rows\"", "mirror = \"statements\"");
+    let c = cluster();
+    let db = fresh_db("write_mismatch_statements_where");
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, &rule, "");
+    let conn = bridge.conn_str("postgres", "", &db);
+    let row = "('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100)";
+    let (out, code) = psql_script(
+        &conn,
+        &format!(
+            "{INSERT} {row}, ('EUR', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100);\n\
+             UPDATE derived_data_bars SET volume = 5;\n"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_mirrored(&bridge, &db);
+    assert_eq!(
+        status(&bridge)["divergences"]["total"],
+        0,
+        "the replay rightly touched only the DXY row"
+    );
+
+    psql_on(c.secondary_port, &db, "DELETE FROM data_bars");
+    let (out, code) = psql_script(&conn, &format!("{INSERT} {row} ON CONFLICT DO NOTHING;\n"));
+    assert_eq!(code, 0, "{out}");
+    let records = divergence_records(&bridge, 1);
+    assert_eq!(records[0]["kind"], "write_mismatch");
+    assert_eq!(records[0]["primary"], "INSERT 0 0");
+    assert_eq!(records[0]["secondary"], "INSERT 0 1");
 }

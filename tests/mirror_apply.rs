@@ -31,7 +31,11 @@ fn upserts(rows: Vec<pgbridge::mirror::Row>, in_filter: Option<bool>) -> Vec<Cha
     rows.into_iter()
         .map(|row| Change {
             table: table(),
-            op: ChangeOp::Upsert { row, in_filter },
+            op: ChangeOp::Upsert {
+                row,
+                in_filter,
+                effect: None,
+            },
         })
         .collect()
 }
@@ -464,6 +468,7 @@ async fn nulls_binary_values_and_custom_types_apply() {
             op: ChangeOp::Upsert {
                 row,
                 in_filter: None,
+                effect: None,
             },
         })
         .collect();

@@ -22,6 +22,7 @@ fn txn(n: i64) -> TxnRecord {
                 .with("symbol", Value::text(25, "DXY"))
                 .with("volume", Value::text(20, &n.to_string())),
             in_filter: Some(true),
+            effect: None,
         },
     });
     t

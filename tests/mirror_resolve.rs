@@ -31,6 +31,7 @@ async fn intent(primary: &Client, m: &Mirror, ts: &str, with_xid: bool) -> u64 {
             op: ChangeOp::Upsert {
                 row,
                 in_filter: Some(true),
+                effect: None,
             },
         });
     }

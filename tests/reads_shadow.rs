@@ -42,6 +42,7 @@ impl<'a> FromSql<'a> for Raw {
 
 struct Fixture {
     primary: Client,
+    primary_db: String,
     secondary: Client,
     secondary_db: String,
     analyzer: pgbridge::sql::Analyzer,
@@ -59,6 +60,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     Fixture {
         primary: sql_support::connect(&p).await,
+        primary_db: p,
         secondary,
         secondary_db: s,
         analyzer: pgbridge::sql::Analyzer::new(rules.clone(), 100),
@@ -363,4 +365,70 @@ async fn a_lagging_mirror_is_waited_for_then_skipped() {
     tx.send(5).unwrap();
     assert_eq!(handle.await.unwrap(), Outcome::Equal);
     assert!(f.records().is_empty());
+}
+
+#[tokio::test]
+async fn a_tables_compare_section_loosens_its_floats_and_ignores_its_columns() {
+    let f = fixture().await;
+    let shadow = f.default_shadow();
+    // Behind pgbridge's back: a price off by a millionth, and a volume the target keeps itself.
+    f.secondary
+        .batch_execute(
+            "UPDATE data_bars SET close_px = close_px + 0.000001 WHERE ts = '2026-01-05 14:35:00+00'; \
+             UPDATE data_bars SET volume = volume + 1 WHERE ts = '2026-01-05 14:36:00+00'",
+        )
+        .await
+        .unwrap();
+    let floats =
+        "SELECT symbol, ts, close::float8 AS close FROM derived_data_bars WHERE symbol = 'DXY'";
+    let volumes = "SELECT symbol, ts, volume FROM derived_data_bars WHERE symbol = 'DXY'";
+    let outcome = |sql: &'static str| {
+        let (f, shadow) = (&f, &shadow);
+        async move {
+            let primary = f.primary_text(sql).await;
+            run(shadow, f.job(sql, vec![], primary)).await
+        }
+    };
+
+    // Without a [table.compare], [shadow]'s defaults: both differences are recorded.
+    let Outcome::Mismatch(d) = outcome(floats).await else {
+        panic!("the float difference is beyond [shadow]'s tolerance");
+    };
+    assert_eq!(d.detail["changed_rows"], 1, "{}", d.detail);
+    let Outcome::Mismatch(d) = outcome(volumes).await else {
+        panic!("the volume differs");
+    };
+    assert_eq!(d.detail["columns"], serde_json::json!(["volume"]));
+    let records = f.records();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert!(records.iter().all(|r| r["kind"] == "read_mismatch"));
+
+    // The same reads under the table's own tolerance and ignored column record nothing.
+    let section = "\n[table.compare]\nfloat_tolerance_abs = 1e-5\nignore_columns = [\"volume\"]\n";
+    let rules = sql_support::ruleset(
+        &f.primary_db,
+        &f.secondary_db,
+        &format!("{}{section}", sql_support::DXY_RULES),
+    )
+    .await;
+    f.rules.store(Arc::new(rules));
+    assert_eq!(outcome(floats).await, Outcome::Equal);
+    assert_eq!(outcome(volumes).await, Outcome::Equal);
+    assert_eq!(f.records().len(), 2, "nothing more recorded");
+
+    // A difference beyond the table's tolerance is still one.
+    f.secondary
+        .batch_execute(
+            "UPDATE data_bars SET close_px = close_px + 0.01 WHERE ts = '2026-01-05 14:40:00+00'",
+        )
+        .await
+        .unwrap();
+    let Outcome::Mismatch(d) = outcome(floats).await else {
+        panic!("a hundredth is beyond the table's tolerance");
+    };
+    assert_eq!(d.detail["changed_rows"], 1, "{}", d.detail);
+    let records = f.records();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[2]["kind"], "read_mismatch");
+    assert_eq!(records[2]["table"], "derived_data_bars");
 }

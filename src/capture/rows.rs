@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use super::wire::FieldInfo;
-use crate::mirror::{Change, ChangeOp, Row, Value};
+use crate::mirror::{Change, ChangeOp, Effect, Row, Value};
 use crate::sql::{Capture, WriteOp};
 
 /// The change one DataRow of a captured statement stands for; `None` when the row is malformed.
@@ -49,7 +49,16 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
             row,
             in_filter,
         },
-        _ => ChangeOp::Upsert { row, in_filter },
+        op => ChangeOp::Upsert {
+            row,
+            in_filter,
+            effect: match op {
+                WriteOp::Insert | WriteOp::InsertSelect => Some(Effect::Inserted),
+                WriteOp::Update => Some(Effect::Updated),
+                // ON CONFLICT: inserted or updated, the primary does not say which.
+                _ => None,
+            },
+        },
     };
     Some(Change {
         table: capture.table.clone(),
@@ -103,10 +112,16 @@ mod tests {
             Some(b"t"),
         ];
         let change = change(&c, &text(4), &values).unwrap();
-        let ChangeOp::Upsert { row, in_filter } = change.op else {
+        let ChangeOp::Upsert {
+            row,
+            in_filter,
+            effect,
+        } = change.op
+        else {
             panic!("{change:?}")
         };
         assert_eq!(in_filter, Some(true));
+        assert_eq!(effect, Some(Effect::Inserted));
         assert_eq!(row.columns, vec!["symbol", "ts"]);
         assert_eq!(
             row.get("symbol").unwrap().bytes.as_deref(),

@@ -469,6 +469,7 @@ impl Tracker {
                 op: ChangeOp::Statement {
                     sql: sql.to_string(),
                     params,
+                    tag: Some(tag.to_string()),
                 },
             }]),
             Step::Tx(TxControl::Savepoint(n)) => self.txn.savepoint(&n),

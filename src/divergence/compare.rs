@@ -62,6 +62,8 @@ pub struct CompareOptions {
     pub redact: bool,
     /// At most this many rows are listed in each of `changed`, `missing`, `extra`.
     pub max_listed: usize,
+    /// Columns (by the primary's name) left out of the comparison: their types and values.
+    pub ignore: Vec<String>,
 }
 
 impl Default for CompareOptions {
@@ -73,6 +75,7 @@ impl Default for CompareOptions {
             float_rel: 1e-9,
             redact: true,
             max_listed: 10,
+            ignore: Vec::new(),
         }
     }
 }
@@ -115,6 +118,13 @@ pub fn compare(p: &ResultSet, s: &ResultSet, opts: &CompareOptions) -> Option<Di
                    "secondary_columns": names(&s.fields)}),
         );
     }
+    let kept;
+    let (p, s) = if opts.ignore.is_empty() {
+        (p, s)
+    } else {
+        kept = without_ignored(p, s, &opts.ignore);
+        (&kept.0, &kept.1)
+    };
     let mismatched: Vec<Json> = p
         .fields
         .iter()
@@ -136,6 +146,27 @@ pub fn compare(p: &ResultSet, s: &ResultSet, opts: &CompareOptions) -> Option<Di
     };
     let (what, detail) = found?;
     diff(what, detail)
+}
+
+/// Both results without the columns the primary names in `ignore` (same positions on both
+/// sides: the column counts are equal).
+fn without_ignored(p: &ResultSet, s: &ResultSet, ignore: &[String]) -> (ResultSet, ResultSet) {
+    let keep: Vec<usize> = (0..p.fields.len())
+        .filter(|&i| !ignore.contains(&p.fields[i].name))
+        .collect();
+    let project = |r: &ResultSet| ResultSet {
+        fields: keep.iter().map(|&i| r.fields[i].clone()).collect(),
+        rows: r
+            .rows
+            .iter()
+            .map(|row| {
+                keep.iter()
+                    .map(|&i| row.get(i).cloned().flatten())
+                    .collect()
+            })
+            .collect(),
+    };
+    (project(p), project(s))
 }
 
 fn names(fields: &[Field]) -> Vec<&str> {
@@ -962,6 +993,36 @@ mod tests {
         assert_eq!(d.detail["missing"][0]["key"]["ts"], T1);
         let d = compare(&b, &a, &keyed(true)).unwrap();
         assert_eq!(d.detail["extra_rows"], 1);
+    }
+
+    #[test]
+    fn ignored_columns_are_left_out_of_types_and_values() {
+        let a = rs(
+            &[
+                ("symbol", TEXT),
+                ("updated_at", TIMESTAMPTZ),
+                ("close", NUMERIC),
+            ],
+            &[&[Some("DXY"), Some(T1), Some("1.5")]],
+        );
+        let b = rs(
+            &[("symbol", TEXT), ("updated_at", TEXT), ("close", NUMERIC)],
+            &[&[Some("DXY"), Some("later"), Some("1.50")]],
+        );
+        let o = CompareOptions {
+            key: vec!["symbol".into()],
+            ignore: vec!["updated_at".into()],
+            ..Default::default()
+        };
+        assert_eq!(compare(&a, &b, &o), None);
+        assert!(compare(&a, &b, &CompareOptions::default()).is_some());
+        let c = rs(
+            &[("symbol", TEXT), ("updated_at", TEXT), ("close", NUMERIC)],
+            &[&[Some("DXY"), Some("later"), Some("2")]],
+        );
+        let d = compare(&a, &c, &o).unwrap();
+        assert_eq!(d.detail["columns"], json!(["close"]));
+        assert_eq!(d.detail["changed"][0]["key"], json!(["symbol"]));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! same session settings share one secondary transaction (each stays whole; the position is the
 //! last one's). Values are bound as the primary sent them: with their type OID and wire format.
 //!
+//! Each applied write is compared with what it did on the primary ([`super::compare`]); a
+//! difference is a `write_mismatch` record, written once the batch committed, and the apply
+//! goes on.
+//!
 //! Connection and transient errors retry with exponential backoff forever. A permanent error
 //! parks the transaction ([`super::parked`]), records a `secondary_error` divergence, and then,
 //! by `[mirror] on_error`, halts (retrying slowly) or skips it.
@@ -26,9 +30,10 @@ use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, error, info, warn};
 
+use super::compare::{key_detail, Verb, WriteCheck};
 use super::parked::{self, ParkedInfo};
 use super::status::{MirrorReport, MirrorStats};
-use super::{ChangeOp, Journal, Row, TxnRecord, Value};
+use super::{ChangeOp, Effect, Journal, Row, TxnRecord, Value};
 use crate::config::{MirrorConfig, OnError};
 use crate::divergence::{record::rfc3339, Divergence, Kind, Recorder};
 use crate::rules::{quote_ident, Rule, RuleSet, TableName};
@@ -161,16 +166,30 @@ pub struct Applier {
     statements: HashMap<(String, Vec<u32>), Statement>,
     /// The id of a transaction already parked (halt mode retries it without parking again).
     parked_here: Option<u64>,
+    /// Write comparisons' records of the batch being applied, written once it committed.
+    pending: Vec<Divergence>,
 }
 
 /// A live rule and its plan.
 type LivePlan = (Arc<Rule>, Arc<RulePlan>);
+
+/// One row to upsert (or, outside the rule's `where`, to delete).
+#[derive(Clone, Copy)]
+struct Upsert<'a> {
+    rule: &'a Rule,
+    plan: &'a RulePlan,
+    table: &'a TableName,
+    row: &'a Row,
+    in_filter: Option<bool>,
+}
 
 /// A rule's apply statements, plus the filter check when the rule has a `where`.
 #[derive(Debug)]
 struct RulePlan {
     plan: ApplyPlan,
     filter: Option<String>,
+    /// [`Rule::membership_follows_key`]: an UPDATE's row must already be on the target.
+    follows_key: bool,
 }
 
 /// Why applying a batch failed.
@@ -212,6 +231,7 @@ impl Applier {
             plans: HashMap::new(),
             statements: HashMap::new(),
             parked_here: None,
+            pending: Vec::new(),
         };
         let task = tokio::spawn(applier.run());
         let ticker = {
@@ -487,16 +507,23 @@ impl Applier {
         client: &Client,
         txns: &[(u64, Option<TxnRecord>)],
     ) -> Result<(), ApplyError> {
+        self.pending.clear();
         client
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(&e, 0, None, None))?;
         let result = self.apply_in_txn(client, txns).await;
         match result {
-            Ok(()) => client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| classify(&e, 0, None, None)),
+            Ok(()) => {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| classify(&e, 0, None, None))?;
+                for d in self.pending.drain(..) {
+                    self.recorder.record(d);
+                }
+                Ok(())
+            }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 Err(e)
@@ -531,8 +558,9 @@ impl Applier {
         for (i, (id, txn)) in txns.iter().enumerate() {
             last = *id;
             let Some(txn) = txn else { continue };
+            let mut check = WriteCheck::new(*id, txn.session, self.recorder.redact());
             for change in &txn.changes {
-                self.apply_change(client, &change.table, &change.op)
+                self.apply_change(client, &change.table, &change.op, &mut check)
                     .await
                     .map_err(|mut e| {
                         if let ApplyError::Permanent { txn, .. } = &mut e {
@@ -541,6 +569,7 @@ impl Applier {
                         e
                     })?;
             }
+            self.pending.extend(check.divergences());
         }
         client
             .execute(POSITION_SQL, &[&self.journal.uuid(), &(last as i64)])
@@ -554,6 +583,7 @@ impl Applier {
         client: &Client,
         table: &TableName,
         op: &ChangeOp,
+        check: &mut WriteCheck,
     ) -> Result<(), ApplyError> {
         let permanent = |message: String, key: Option<&Row>| ApplyError::Permanent {
             txn: 0,
@@ -562,12 +592,16 @@ impl Applier {
             sqlstate: None,
             message,
         };
-        if let ChangeOp::Statement { sql, params } = op {
+        if let ChangeOp::Statement { sql, params, tag } = op {
             let live = self.rules.load();
-            if live.get(table).map(|r| r.mirror) != Some(crate::rules::MirrorMode::Statements) {
+            let Some(rule) = live
+                .get(table)
+                .filter(|r| r.mirror == crate::rules::MirrorMode::Statements)
+            else {
                 debug!(table = %table, "no statement-mode rule for the table any more: skipped");
                 return Ok(());
-            }
+            };
+            let filtered = rule.filter.is_some();
             // An untyped parameter is left for the secondary to infer, as the primary did.
             let values: Vec<Value> = params
                 .values
@@ -582,7 +616,11 @@ impl Applier {
                 })
                 .collect();
             let refs: Vec<&Value> = values.iter().collect();
-            return self.exec(client, sql, &refs, table, None).await;
+            let rows = self.exec(client, sql, &refs, table, None).await?;
+            if let Some(tag) = tag {
+                check.statement(table, sql, tag, rows, filtered);
+            }
+            return Ok(());
         }
         let Some((rule, plan)) = self.plan(table).map_err(|m| permanent(m, None))? else {
             debug!(table = %table, "no mirrored rule for the table any more: change skipped");
@@ -593,19 +631,47 @@ impl Applier {
             ChangeOp::Statement { .. } => Ok(()),
             ChangeOp::Truncate => {
                 self.exec(client, &plan.plan.truncate, &[], table, None)
-                    .await
+                    .await?;
+                Ok(())
             }
             ChangeOp::Delete { key, in_filter } => {
                 if *in_filter == Some(false) {
                     return Ok(());
                 }
                 let values = key_values(&rule, key).map_err(|m| permanent(m, Some(key)))?;
-                self.exec(client, &plan.plan.delete, &values, table, Some(key))
-                    .await
+                let deleted = self
+                    .exec(client, &plan.plan.delete, &values, table, Some(key))
+                    .await?;
+                // A row the primary deleted inside the migration was the target's.
+                if *in_filter == Some(true) || rule.filter.is_none() {
+                    check.row(table, Verb::Delete, deleted > 0, key);
+                }
+                Ok(())
             }
-            ChangeOp::Upsert { row, in_filter } => {
-                self.upsert(client, &rule, &plan, table, row, *in_filter)
-                    .await
+            ChangeOp::Upsert {
+                row,
+                in_filter,
+                effect,
+            } => {
+                let expect = match effect {
+                    Some(Effect::Inserted) => Some(Verb::Insert),
+                    // Unless the `where` follows the key, an UPDATE may bring a row in.
+                    Some(Effect::Updated) if plan.follows_key => Some(Verb::Update),
+                    _ => None,
+                };
+                let upsert = Upsert {
+                    rule: &rule,
+                    plan: &plan,
+                    table,
+                    row,
+                    in_filter: *in_filter,
+                };
+                let inserted = self.upsert(client, &upsert).await?;
+                if let (Some(verb), Some(inserted)) = (expect, inserted) {
+                    let key = key_row(&rule, row);
+                    check.row(table, verb, inserted == (verb == Verb::Insert), &key);
+                }
+                Ok(())
             }
             ChangeOp::UpdateKey {
                 old_key,
@@ -613,24 +679,40 @@ impl Applier {
                 in_filter,
             } => {
                 let values = key_values(&rule, old_key).map_err(|m| permanent(m, Some(old_key)))?;
-                self.exec(client, &plan.plan.delete, &values, table, Some(old_key))
+                let deleted = self
+                    .exec(client, &plan.plan.delete, &values, table, Some(old_key))
                     .await?;
-                self.upsert(client, &rule, &plan, table, row, *in_filter)
-                    .await
+                // Without a `where` every source row is the target's: the old one was there.
+                if rule.filter.is_none() {
+                    check.row(table, Verb::Update, deleted > 0, old_key);
+                }
+                let upsert = Upsert {
+                    rule: &rule,
+                    plan: &plan,
+                    table,
+                    row,
+                    in_filter: *in_filter,
+                };
+                self.upsert(client, &upsert).await?;
+                Ok(())
             }
         }
     }
 
     /// Upserts a row that matches the rule's `where`; deletes the key of one that does not.
+    /// `Some(inserted)` when it upserted: whether the target lacked the row.
     async fn upsert(
         &mut self,
         client: &Client,
-        rule: &Rule,
-        plan: &RulePlan,
-        table: &TableName,
-        row: &Row,
-        in_filter: Option<bool>,
-    ) -> Result<(), ApplyError> {
+        u: &Upsert<'_>,
+    ) -> Result<Option<bool>, ApplyError> {
+        let Upsert {
+            rule,
+            plan,
+            table,
+            row,
+            in_filter,
+        } = *u;
         let permanent = |message: String| ApplyError::Permanent {
             txn: 0,
             table: Some(table.clone()),
@@ -655,15 +737,28 @@ impl Applier {
             }
         };
         if matches {
-            self.exec(client, &plan.plan.upsert, &values, table, Some(row))
+            let stmt = self
+                .prepare(client, &plan.plan.upsert, &values)
                 .await
+                .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
+            let returned = client
+                .query(&stmt, &params(&values))
+                .await
+                .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
+            // `DO NOTHING` returns no row when the target had it.
+            let inserted = returned
+                .iter()
+                .any(|r| r.get::<_, Option<bool>>(0) == Some(true));
+            Ok(Some(inserted))
         } else {
             let key = key_values(rule, row).map_err(permanent)?;
             self.exec(client, &plan.plan.delete, &key, table, Some(row))
-                .await
+                .await?;
+            Ok(None)
         }
     }
 
+    /// Runs one statement; returns the rows it affected.
     async fn exec(
         &mut self,
         client: &Client,
@@ -671,7 +766,7 @@ impl Applier {
         values: &[&Value],
         table: &TableName,
         key: Option<&Row>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<u64, ApplyError> {
         let stmt = self
             .prepare(client, sql, values)
             .await
@@ -679,8 +774,7 @@ impl Applier {
         client
             .execute(&stmt, &params(values))
             .await
-            .map_err(|e| classify(&e, 0, Some(table), key))?;
-        Ok(())
+            .map_err(|e| classify(&e, 0, Some(table), key))
     }
 
     /// A prepared statement with the values' parameter types, cached per connection.
@@ -725,7 +819,15 @@ impl Applier {
         }
         let plan = ApplyPlan::for_rule(rule)?;
         let filter = filter_sql(rule)?;
-        let entry = (rule.clone(), Arc::new(RulePlan { plan, filter }));
+        let follows_key = rule.membership_follows_key();
+        let entry = (
+            rule.clone(),
+            Arc::new(RulePlan {
+                plan,
+                filter,
+                follows_key,
+            }),
+        );
         self.plans.insert(table.clone(), entry.clone());
         Ok(Some(entry))
     }
@@ -783,19 +885,12 @@ fn key_values<'a>(rule: &Rule, row: &'a Row) -> Result<Vec<&'a Value>, String> {
         .collect()
 }
 
-/// The key of a row for a divergence record: column names, and values unless redacted.
-fn key_detail(row: &Row, redact: bool) -> serde_json::Value {
-    if redact {
-        serde_json::json!(row.columns)
-    } else {
-        let map: serde_json::Map<String, serde_json::Value> = row
-            .columns
-            .iter()
-            .zip(&row.values)
-            .map(|(c, v)| (c.clone(), serde_json::Value::String(v.display())))
-            .collect();
-        serde_json::Value::Object(map)
-    }
+/// The key columns of a row image (rule key order), for records.
+fn key_row(rule: &Rule, row: &Row) -> Row {
+    rule.key
+        .iter()
+        .filter_map(|k| row.get(k).map(|v| (k, v)))
+        .fold(Row::new(), |r, (k, v)| r.with(k, v.clone()))
 }
 
 /// The parameter type a value is declared with: its own OID when built in (the same on every

@@ -2,10 +2,15 @@
 //!
 //! Little-endian, length-prefixed, versioned; values keep their bytes as the primary sent them.
 //! The journal's framing (length, checksum, kind) is around this, in [`super::journal`].
+//!
+//! Each change starts with a kind byte. Kinds are only ever added: a change that carries
+//! what the write comparison needs uses a kind of its own (6: an upsert with the primary's
+//! effect, 7: a statement with the primary's command tag), and one that does not is written in
+//! its original kind (1, 5), so records written before those existed decode as they always did.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{Change, ChangeOp, Row, TxnRecord, Value};
+use super::{Change, ChangeOp, Effect, Row, TxnRecord, Value};
 use crate::rules::TableName;
 
 const VERSION: u8 = 1;
@@ -36,8 +41,21 @@ pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
         put_str(out, &c.table.schema);
         put_str(out, &c.table.name);
         match &c.op {
-            ChangeOp::Upsert { row, in_filter } => {
-                out.put_u8(1);
+            ChangeOp::Upsert {
+                row,
+                in_filter,
+                effect,
+            } => {
+                match effect {
+                    None => out.put_u8(1),
+                    Some(e) => {
+                        out.put_u8(6);
+                        out.put_u8(match e {
+                            Effect::Inserted => 1,
+                            Effect::Updated => 2,
+                        });
+                    }
+                }
                 put_filter(out, *in_filter);
                 put_row(out, row);
             }
@@ -57,10 +75,13 @@ pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
                 put_row(out, row);
             }
             ChangeOp::Truncate => out.put_u8(4),
-            ChangeOp::Statement { sql, params } => {
-                out.put_u8(5);
+            ChangeOp::Statement { sql, params, tag } => {
+                out.put_u8(if tag.is_some() { 7 } else { 5 });
                 put_str(out, sql);
                 put_row(out, params);
+                if let Some(tag) = tag {
+                    put_str(out, tag);
+                }
             }
         }
     }
@@ -93,7 +114,20 @@ pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
             1 => ChangeOp::Upsert {
                 in_filter: get_filter(b)?,
                 row: get_row(b)?,
+                effect: None,
             },
+            6 => {
+                let effect = match get_u8(b)? {
+                    1 => Effect::Inserted,
+                    2 => Effect::Updated,
+                    _ => return Err(DecodeError("unknown upsert effect")),
+                };
+                ChangeOp::Upsert {
+                    in_filter: get_filter(b)?,
+                    row: get_row(b)?,
+                    effect: Some(effect),
+                }
+            }
             2 => ChangeOp::Delete {
                 in_filter: get_filter(b)?,
                 key: get_row(b)?,
@@ -107,6 +141,12 @@ pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
             5 => ChangeOp::Statement {
                 sql: get_str(b)?,
                 params: get_row(b)?,
+                tag: None,
+            },
+            7 => ChangeOp::Statement {
+                sql: get_str(b)?,
+                params: get_row(b)?,
+                tag: Some(get_str(b)?),
             },
             _ => return Err(DecodeError("unknown change kind")),
         };
@@ -233,6 +273,23 @@ mod tests {
                     op: ChangeOp::Upsert {
                         row: row.clone(),
                         in_filter: Some(true),
+                        effect: None,
+                    },
+                },
+                Change {
+                    table: TableName::new("public", "derived_data_bars"),
+                    op: ChangeOp::Upsert {
+                        row: row.clone(),
+                        in_filter: None,
+                        effect: Some(Effect::Updated),
+                    },
+                },
+                Change {
+                    table: TableName::new("s", "t"),
+                    op: ChangeOp::Statement {
+                        sql: "UPDATE t SET v = $1".into(),
+                        params: Row::new().with("", Value::text(0, "x")),
+                        tag: Some("UPDATE 2".into()),
                     },
                 },
                 Change {
@@ -265,6 +322,43 @@ mod tests {
         encode(&txn, &mut buf);
         let back = decode(buf.freeze()).unwrap();
         assert_eq!(back, txn);
+    }
+
+    /// A record as pgbridge wrote it before upserts kept their effect and statements their
+    /// tag: an upsert (kind 1) and a statement (kind 5).
+    const BEFORE_WRITE_COMPARISON: &str = "01030000000000000001090000000000000001000000000000\
+        000000000002000000060000007075626c69630100000074010201000000010000006b1700000000010000\
+        0031060000007075626c6963010000007405130000005550444154452074205345542076203d2024310100\
+        00000000000000000000000100000078";
+
+    #[test]
+    fn records_written_before_the_write_comparison_still_decode() {
+        let hex = BEFORE_WRITE_COMPARISON;
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let txn = decode(Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(
+            txn.changes[0].op,
+            ChangeOp::Upsert {
+                row: Row::new().with("k", Value::text(23, "1")),
+                in_filter: Some(true),
+                effect: None,
+            }
+        );
+        assert_eq!(
+            txn.changes[1].op,
+            ChangeOp::Statement {
+                sql: "UPDATE t SET v = $1".into(),
+                params: Row::new().with("", Value::text(0, "x")),
+                tag: None,
+            }
+        );
+        // Without the new information a change is still written in its original kind.
+        let mut again = BytesMut::new();
+        encode(&txn, &mut again);
+        assert_eq!(&again[..], &bytes[..]);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`apply`]: the one applier task, which applies committed intents to the secondary in intent
 //!   id order, each together with its journal position, retrying transient errors forever and
 //!   parking the transactions the secondary refuses for good.
+//! - [`compare`]: what each applied write did on the target against what it did on the primary
+//!   (`write_mismatch` records).
 //! - [`resolve`]: intents whose outcome never reached the journal (pgbridge died between COMMIT
 //!   and outcome) are resolved by asking the primary `pg_xact_status`.
 //! - [`parked`]: transactions the secondary refused, kept for an operator.
@@ -24,6 +26,7 @@
 
 pub mod apply;
 pub mod codec;
+pub mod compare;
 pub mod journal;
 pub mod parked;
 pub mod resolve;
@@ -85,7 +88,14 @@ pub struct Change {
 pub enum ChangeOp {
     /// An inserted or updated row, every source column. A row outside the rule's `where` is not
     /// the target's: its key is deleted there (an UPDATE may have moved it out).
-    Upsert { row: Row, in_filter: Option<bool> },
+    Upsert {
+        row: Row,
+        in_filter: Option<bool>,
+        /// What the primary's statement did to the row, which the target's upsert should do
+        /// too; `None` when either is right (INSERT ... ON CONFLICT) or it was not recorded.
+        #[serde(default)]
+        effect: Option<Effect>,
+    },
     /// A deleted row: its key columns (rule key order). Skipped when `in_filter == Some(false)`.
     Delete { key: Row, in_filter: Option<bool> },
     /// An UPDATE that changed key columns: delete the old key, then as [`ChangeOp::Upsert`].
@@ -98,7 +108,23 @@ pub enum ChangeOp {
     Truncate,
     /// `mirror = "statements"`: the write rewritten to the target, replayed with the client's
     /// parameters (column names empty; a type OID of 0 lets the secondary infer the type).
-    Statement { sql: String, params: Row },
+    Statement {
+        sql: String,
+        params: Row,
+        /// The primary's CommandComplete tag (`UPDATE 3`), to compare the replay's with;
+        /// `None` in records journaled before it was kept.
+        #[serde(default)]
+        tag: Option<String>,
+    },
+}
+
+/// What a captured write did to its row on the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// A plain INSERT: the row was new.
+    Inserted,
+    /// An UPDATE: the row was there.
+    Updated,
 }
 
 /// Named values, as the primary returned them.

@@ -9,6 +9,7 @@
 //! - [`parse`] reads one file into rules, keeping every value's position for error messages;
 //!   `sections` reads the key array and the columns, values and translate tables.
 //! - `name` folds and quotes table and column names as PostgreSQL does.
+//! - `compare` reads `[table.compare]`, the table's own shadow-comparison settings.
 //! - [`check`] holds the checks that need no database (SQL expressions, literals, one-to-one).
 //! - [`online`] checks rules against the live schemas ([`schema`] reads them) and records the
 //!   columns the rewrites need.
@@ -16,6 +17,7 @@
 //! - [`reload`] watches the rules path and SIGHUP, and swaps in each valid new set.
 
 pub mod check;
+mod compare;
 pub mod load;
 mod name;
 pub mod online;
@@ -29,6 +31,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use compare::CompareRule;
 pub use load::{load_offline, load_online};
 pub(crate) use name::split_identifier;
 pub use name::{quote_ident, TableName};
@@ -128,6 +131,8 @@ pub struct Rule {
     pub values: Vec<(String, String)>,
     /// Value translations of source columns: column and (source value, target value) pairs.
     pub translate: Vec<(String, Vec<(String, String)>)>,
+    /// `[table.compare]`: this table's shadow comparison settings, over `[shadow]`'s.
+    pub compare: CompareRule,
     /// The source's columns in table order, known once the rule was checked online.
     pub source_columns: Option<Vec<Column>>,
     /// The target's columns in table order, known once the rule was checked online.
@@ -165,6 +170,9 @@ impl Rule {
                 s.push_str(&format!(", {n} {what}"));
             }
         }
+        if !rule.compare.is_empty() {
+            s.push_str(&format!(", {}", rule.compare.summary()));
+        }
         s
     }
 
@@ -182,6 +190,30 @@ impl Rule {
             .iter()
             .find(|(c, _)| c == source_column)
             .map(|(_, pairs)| pairs.as_slice())
+    }
+
+    /// Whether a row's membership in the rule is decided by its key alone: no `where`, or one
+    /// over key columns only. Then an UPDATE that keeps a row's key keeps it in (or out of) the
+    /// migration, and the target must already have every row such an UPDATE changes.
+    pub fn membership_follows_key(&self) -> bool {
+        let Some(filter) = &self.filter else {
+            return true;
+        };
+        let Ok(expr) = check::where_expression(filter) else {
+            return false;
+        };
+        let mut on_key = true;
+        let _ = sqlparser::ast::visit_expressions(&expr, |e| {
+            if let sqlparser::ast::Expr::Identifier(i) = e {
+                let name = match i.quote_style {
+                    Some(_) => i.value.clone(),
+                    None => i.value.to_lowercase(),
+                };
+                on_key &= self.key.contains(&name);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        on_key
     }
 
     /// The target's key: the mapped key columns followed by the `values` columns.
@@ -249,5 +281,20 @@ mod tests {
         assert_eq!(quote_ident("Odd"), "\"Odd\"");
         assert_eq!(quote_ident("close_px"), "close_px");
         assert_eq!(quote_ident("order"), "\"order\"");
+    }
+
+    #[test]
+    fn membership_follows_the_key_when_the_where_names_only_key_columns() {
+        let mut rule = crate::sql::view::tests::dxy_rule();
+        assert!(
+            rule.membership_follows_key(),
+            "symbol = 'DXY' over key (symbol, ts)"
+        );
+        rule.filter = Some("Symbol IN ('DXY', 'EUR') AND ts > '2020-01-01'".into());
+        assert!(rule.membership_follows_key());
+        rule.filter = Some("symbol = 'DXY' AND volume > 0".into());
+        assert!(!rule.membership_follows_key());
+        rule.filter = None;
+        assert!(rule.membership_follows_key());
     }
 }

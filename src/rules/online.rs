@@ -101,7 +101,14 @@ fn check_source(parsed: &ParsedRule, source: &TableSchema) -> Vec<Problem> {
         .iter()
         .map(|k| ("key", k))
         .chain(rule.columns.iter().map(|(s, _)| ("columns", s)));
-    let named = named.chain(rule.translate.iter().map(|(c, _)| ("translate", c)));
+    let named = named
+        .chain(rule.translate.iter().map(|(c, _)| ("translate", c)))
+        .chain(
+            rule.compare
+                .ignore_columns
+                .iter()
+                .map(|c| ("compare.ignore_columns", c)),
+        );
     for (section, col) in named {
         if source.column(col).is_none() {
             problems.push(parsed.problem(

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::compare::parse_compare;
 use super::sections::{parse_key, parse_translate, string_map};
 use super::{check, split_identifier, MirrorMode, Problem, ReadSource, Rule, TableName};
 use crate::config::line_col;
@@ -24,6 +25,7 @@ const TABLE_KEYS: &[&str] = &[
     "columns",
     "values",
     "translate",
+    "compare",
 ];
 
 /// A rule as read from its file, with the spans later checks point at.
@@ -34,7 +36,8 @@ pub struct ParsedRule {
     /// The file's text, to turn spans into lines and columns.
     pub text: std::sync::Arc<str>,
     pub source_span: Range<usize>,
-    /// Spans by dotted key (`target`, `where`, `key.symbol`, `columns.close`, `values.timeframe`).
+    /// Spans by dotted key (`target`, `where`, `key.symbol`, `columns.close`, `values.timeframe`,
+    /// `compare.ignore_columns.updated_at`).
     pub spans: Vec<(String, Range<usize>)>,
 }
 
@@ -64,7 +67,14 @@ fn collect_spans(t: &DeTable) -> Vec<(String, Range<usize>)> {
         match v.get_ref() {
             DeValue::Table(inner) => {
                 for (ik, iv) in inner.iter() {
-                    out.push((format!("{}.{}", k.get_ref(), ik.get_ref()), iv.span()));
+                    let at = format!("{}.{}", k.get_ref(), ik.get_ref());
+                    // `compare.ignore_columns.updated_at`
+                    for item in iv.get_ref().as_array().into_iter().flatten() {
+                        if let Some(s) = item.get_ref().as_str() {
+                            out.push((format!("{at}.{s}"), item.span()));
+                        }
+                    }
+                    out.push((at, iv.span()));
                 }
             }
             DeValue::Array(items) => {
@@ -178,6 +188,7 @@ fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<Pars
     let columns = string_map(ctx, t, "columns");
     let values = string_map(ctx, t, "values");
     let translate = parse_translate(ctx, t);
+    let compare = parse_compare(ctx, t, key.as_deref());
     check::rule_offline(ctx, t, &columns, &values, &translate, filter.as_ref());
     let (source, source_span) = source?;
     let (target, _) = target?;
@@ -195,6 +206,7 @@ fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<Pars
             .into_iter()
             .map(|(c, pairs, _)| (c, pairs))
             .collect(),
+        compare,
         source_columns: None,
         target_columns: None,
         conflict_key: None,

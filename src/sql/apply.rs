@@ -11,8 +11,11 @@ use crate::rules::{quote_ident, Rule};
 /// The statements that mirror one rule's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyPlan {
-    /// `INSERT ... ON CONFLICT (key) DO UPDATE`; `$1..$n` are the source columns in table order
-    /// (as [`super::Capture::columns`] returns them for INSERT and UPDATE).
+    /// `INSERT ... ON CONFLICT (key) DO UPDATE ... RETURNING (xmax = 0)`; `$1..$n` are the
+    /// source columns in table order (as [`super::Capture::columns`] returns them for INSERT and
+    /// UPDATE). It returns `true` when it inserted the row, `false` when it updated one (a new
+    /// row version carries no xmax; an updated one the upserting transaction's), and nothing
+    /// when `DO NOTHING` found the row: the write comparison's "did the target have it".
     pub upsert: String,
     /// `DELETE` of one row; `$1..$k` are the key columns in rule key order.
     pub delete: String,
@@ -58,7 +61,7 @@ impl ApplyPlan {
         };
         let conflict: Vec<String> = conflict.iter().map(|k| quote_ident(k)).collect();
         let upsert = format!(
-            "INSERT INTO {target} ({}) VALUES ({}) ON CONFLICT ({}) DO {action}",
+            "INSERT INTO {target} ({}) VALUES ({}) ON CONFLICT ({}) DO {action} RETURNING (xmax = 0)",
             names.join(", "),
             values.join(", "),
             conflict.join(", ")
@@ -128,7 +131,7 @@ mod tests {
              $3::text::numeric(18,6), $4::text::numeric(18,6), $5::text::numeric(18,6), $6::text::numeric(18,6), $7::text::bigint, '1m', true) \
              ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET open = EXCLUDED.open, high = EXCLUDED.high, \
              low = EXCLUDED.low, close_px = EXCLUDED.close_px, volume = EXCLUDED.volume, \
-             is_synthetic = EXCLUDED.is_synthetic"
+             is_synthetic = EXCLUDED.is_synthetic RETURNING (xmax = 0)"
         );
         assert_eq!(
             plan.delete,

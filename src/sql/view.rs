@@ -151,6 +151,7 @@ pub(crate) mod tests {
                 ("is_synthetic".into(), "true".into()),
             ],
             translate: vec![("symbol".into(), vec![("DXY".into(), "DXY.IDX".into())])],
+            compare: Default::default(),
             source_columns: Some(source),
             target_columns: Some(target),
             conflict_key: Some(vec!["symbol".into(), "timeframe".into(), "ts".into()]),
