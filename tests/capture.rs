@@ -6,12 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::dxy::*;
 use common::wire::{self, Wire};
 use common::*;
-
-const PRIMARY_DDL: &str = include_str!("../docker/primary-init.sql");
-const SECONDARY_DDL: &str = include_str!("../docker/secondary-init.sql");
-const DXY_RULE: &str = include_str!("../rules/dxy.toml");
 
 /// The rule's mapping of the primary's DXY rows, and the target's rows, in one text form.
 const EXPECTED: &str = "SELECT 'DXY.IDX', '1m', ts, open, high, low, close, volume, true \
@@ -33,73 +30,13 @@ fn mirrored_on(primary_port: u16, secondary_port: u16, db: &str, extra: &str) ->
     mirrored_with(primary_port, secondary_port, db, DXY_RULE, extra)
 }
 
-fn mirrored_with(
-    primary_port: u16,
-    secondary_port: u16,
-    db: &str,
-    rule: &str,
-    extra: &str,
-) -> (Bridge, String) {
-    let db = db.to_string();
-    psql_on(primary_port, &db, PRIMARY_DDL);
-    psql_on(primary_port, &db, "TRUNCATE derived_data_bars");
-    psql_on(secondary_port, &db, SECONDARY_DDL);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/dxy.toml"), rule).unwrap();
-    let port = pgbridge::pgcluster::free_port().unwrap();
-    let admin = pgbridge::pgcluster::free_port().unwrap();
-    let config = format!(
-        "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nrules = \"{rules}\"\n\
-         [primary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\n\
-         [secondary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\nshared_tables = [\"instruments\"]\n\
-         [mirror]\njournal_dir = \"{journal}\"\n{extra}\n\
-         [divergence]\nlog = \"{log}\"\nredact = false\n",
-        primary_port,
-        secondary_port,
-        rules = dir.path().join("rules").display(),
-        journal = dir.path().join("journal").display(),
-        log = dir.path().join("divergences.jsonl").display(),
-    );
-    let bridge = Bridge::start_with_config(port, admin, &config);
-    // The rule files and journal live as long as the bridge's own directory.
-    std::mem::forget(dir);
-    (bridge, db)
-}
-
-fn status(bridge: &Bridge) -> serde_json::Value {
-    let (code, body) = bridge.admin_get("/api/status");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Waits until the applier has applied everything journaled; returns the journal position.
-fn wait_applied(bridge: &Bridge) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = status(bridge);
-        let journal = s["mirror"]["journal_seq"].as_u64().unwrap();
-        let applied = s["mirror"]["applied_seq"].as_u64().unwrap();
-        if applied >= journal {
-            return journal;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mirror stuck: {s}\n{}",
-            bridge.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `pgbridge_shadow_reads_total` with `result`, summed over tables.
 fn shadow_reads(bridge: &Bridge, result: &str) -> f64 {
-    let (_, body) = bridge.admin_get("/metrics");
-    body.lines()
-        .filter(|l| l.starts_with("pgbridge_shadow_reads_total"))
-        .filter(|l| l.contains(&format!("result=\"{result}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric(
+        bridge,
+        "pgbridge_shadow_reads_total",
+        &format!("result=\"{result}\""),
+    )
 }
 
 fn assert_mirrored(bridge: &Bridge, db: &str) {
@@ -123,9 +60,6 @@ fn blank_table_oids(body: &mut [u8]) {
         at += 18;
     }
 }
-
-const INSERT: &str =
-    "INSERT INTO derived_data_bars (symbol, ts, open, high, low, close, volume) VALUES";
 
 #[test]
 fn psql_writes_in_autocommit_transactions_and_savepoints_reach_the_target() {
