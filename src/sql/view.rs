@@ -5,7 +5,7 @@
 //! Every rewrite is built from these few functions, so a read, a mirrored row and a rewritten
 //! statement all agree on what the rule means.
 
-use sqlparser::ast::{Ident, ObjectName};
+use sqlparser::ast::{BinaryOperator, Expr, Ident, ObjectName, Value};
 
 use crate::rules::{quote_ident, Column, Rule, TableName};
 
@@ -95,13 +95,137 @@ pub fn read_view(rule: &Rule) -> Option<String> {
         .map(|c| format!("{} AS {}", source_value(rule, c, ""), quote_ident(&c.name)))
         .collect();
     let mut sql = format!("SELECT {} FROM {}", select.join(", "), rule.target.quoted());
-    if let Some(cond) = values_condition(rule, "") {
-        sql.push_str(&format!(" WHERE {cond}"));
+    let conds: Vec<String> = [values_condition(rule, ""), target_filter(rule)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !conds.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
     }
     if let Some(filter) = &rule.filter {
         sql = format!("SELECT * FROM ({sql}) AS pgbridge_v WHERE ({filter})");
     }
     Some(sql)
+}
+
+/// The rule's `where` in the target's terms, as far as it goes there: a condition that every
+/// target row passing `where` through the view passes too (what cannot be put in target terms is
+/// left out of an AND), so that the secondary can use the target's indexes; `where` itself
+/// still decides, outside. `symbol = 'DXY'` with `DXY` translated to `DXY.IDX` becomes
+/// `"symbol" IN ('DXY.IDX')`: the rows of the rule's on the target, which a target row holding
+/// the untranslated `DXY` is not. `None` when nothing of it goes.
+pub fn target_filter(rule: &Rule) -> Option<String> {
+    let expr = crate::rules::check::parse_expression(rule.filter.as_deref()?).ok()?;
+    to_target(rule, &expr)
+}
+
+fn to_target(rule: &Rule, e: &Expr) -> Option<String> {
+    match e {
+        // An OR comes out in parentheses, an AND needs none.
+        Expr::Nested(inner) => to_target(rule, inner),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => match (to_target(rule, left), to_target(rule, right)) {
+            (Some(a), Some(b)) => Some(format!("{a} AND {b}")),
+            (a, b) => a.or(b),
+        },
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Or,
+            right,
+        } => Some(format!(
+            "({} OR {})",
+            to_target(rule, left)?,
+            to_target(rule, right)?
+        )),
+        Expr::BinaryOp { left, op, right } => {
+            let (Expr::Identifier(col), Expr::Value(v)) = (left.as_ref(), right.as_ref()) else {
+                return None;
+            };
+            match op {
+                BinaryOperator::Eq => equal_to(rule, col, &[&v.value]),
+                BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq => {
+                    let target = plain_target(rule, col)?;
+                    rule.translation(&fold(col))
+                        .is_none()
+                        .then(|| format!("{} {op} {}", quote_ident(target), v.value))
+                }
+                _ => None,
+            }
+        }
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } => {
+            let Expr::Identifier(col) = expr.as_ref() else {
+                return None;
+            };
+            let values: Option<Vec<&Value>> = list
+                .iter()
+                .map(|e| match e {
+                    Expr::Value(v) => Some(&v.value),
+                    _ => None,
+                })
+                .collect();
+            equal_to(rule, col, &values?)
+        }
+        _ => None,
+    }
+}
+
+/// The target column of source column `col` when the view passes it on without a cast.
+fn plain_target<'a>(rule: &'a Rule, col: &Ident) -> Option<&'a str> {
+    let name = fold(col);
+    let source = rule
+        .source_columns
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == name)?;
+    let target = rule.target_column(&source.name);
+    (target_type(rule, target)? == source.type_name).then_some(target)
+}
+
+/// The target rows whose view value of `col` is one of `values`.
+fn equal_to(rule: &Rule, col: &Ident, values: &[&Value]) -> Option<String> {
+    let target = plain_target(rule, col)?;
+    let set: Vec<String> = match rule.translation(&fold(col)) {
+        None => values.iter().map(|v| v.to_string()).collect(),
+        Some(pairs) => {
+            let mut set = Vec::new();
+            for v in values {
+                let Value::SingleQuotedString(s) = v else {
+                    return None;
+                };
+                // A source value with a translation is its translation on the target (a target
+                // row holding the untranslated value is no row of the rule's); any other is
+                // itself, unless it is a translation of another (then no target row shows it).
+                if let Some((_, tv)) = pairs.iter().find(|(src, _)| src == s) {
+                    set.push(literal(tv));
+                } else if !pairs.iter().any(|(_, tv)| tv == s) {
+                    set.push(literal(s));
+                }
+            }
+            set
+        }
+    };
+    Some(match set.as_slice() {
+        [] => "false".to_string(),
+        _ => format!("{} IN ({})", quote_ident(target), set.join(", ")),
+    })
+}
+
+fn fold(i: &Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    }
 }
 
 #[cfg(test)]
@@ -165,8 +289,32 @@ pub(crate) mod tests {
             read_view(&dxy_rule()).unwrap(),
             "SELECT * FROM (SELECT CASE symbol WHEN 'DXY.IDX' THEN 'DXY' ELSE symbol END AS symbol, \
              ts AS ts, open AS open, high AS high, low AS low, close_px AS close, volume AS volume \
-             FROM public.data_bars WHERE timeframe = '1m' AND is_synthetic = true) AS pgbridge_v \
-             WHERE (symbol = 'DXY')"
+             FROM public.data_bars WHERE timeframe = '1m' AND is_synthetic = true \
+             AND symbol IN ('DXY.IDX')) AS pgbridge_v WHERE (symbol = 'DXY')"
         );
+    }
+
+    #[test]
+    fn the_where_goes_to_the_target_as_far_as_it_can() {
+        let with = |filter: &str| {
+            let mut rule = dxy_rule();
+            rule.filter = Some(filter.into());
+            target_filter(&rule)
+        };
+        assert_eq!(
+            with("symbol IN ('DXY', 'DXY.IDX', 'EUR') AND volume > 0").as_deref(),
+            // A target DXY.IDX is a source DXY: no source DXY.IDX comes from the target.
+            Some("symbol IN ('DXY.IDX', 'EUR') AND volume > 0")
+        );
+        assert_eq!(
+            with("(Symbol = 'DXY' OR volume <= 10) AND lower(symbol) = 'dxy'").as_deref(),
+            Some("(symbol IN ('DXY.IDX') OR volume <= 10)")
+        );
+        // Order is not kept by a translation; a renamed column goes by its target name; what
+        // does not go leaves no condition.
+        assert_eq!(with("symbol > 'A'"), None);
+        assert_eq!(with("close >= 1.5").as_deref(), Some("close_px >= 1.5"));
+        assert_eq!(with("symbol = 'DXY' OR lower(symbol) = 'x'"), None);
+        assert_eq!(with("symbol = 'DXY.IDX'").as_deref(), Some("false"));
     }
 }
