@@ -66,6 +66,7 @@ make_workdir pgbridge-mirror-bench
 
 declare -A port=() admin_port=() bridge_pid=() pg_started=()
 sampler_pid=
+cleanup_hook() { stop_sampler; }
 # The sampler stops at its next turn once its stop file exists (a signal could land while it runs a
 # command substitution, and bash then reports a parse error); waits at most a few seconds.
 stop_sampler() {
@@ -80,97 +81,12 @@ stop_sampler() {
         sampler_pid=
     fi
 }
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_sampler
-    local name pid
-    for name in "${!bridge_pid[@]}"; do
-        pid=${bridge_pid[$name]}
-        kill -0 "$pid" 2>/dev/null || continue
-        kill -TERM "$pid" 2>/dev/null || true
-        # pgbridge drains its sessions on SIGTERM; the benchmark's are gone already.
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    for name in "${!pg_started[@]}"; do
-        "${as_server_user[@]}" "$PG_BIN/pg_ctl" -D "$work/$name/data" -m immediate -w stop \
-            >/dev/null 2>&1 || true
-    done
-    wait 2>/dev/null || true
-    if [ -n "${KEEP:-}" ]; then
-        log "kept the logs in $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 
-# psql against a port's bench database, with timeouts, stopping at the first error.
-psql_at() {
-    local p=$1
-    shift
-    PGCONNECT_TIMEOUT=5 timeout --kill-after=5 120 "$PSQL" -X -q -v ON_ERROR_STOP=1 \
-        -h 127.0.0.1 -p "$p" -U postgres -d bench "$@"
-}
-
-# Waits until psql gets an answer through host:port, or gives up after $2 seconds.
-wait_ready() {
-    local p=$1 seconds=$2 pid=${3:-}
-    local deadline=$((SECONDS + seconds))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-            return 1
-        fi
-        if PGCONNECT_TIMEOUT=3 timeout 10 "$PSQL" -X -q -h 127.0.0.1 -p "$p" -U postgres \
-            -d bench -Atc 'SELECT 1' >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    return 1
-}
-
 # --- PostgreSQL: primary and secondary ---------------------------------------------------------------
-start_pg() {
-    local name=$1
-    free_port "port[$name]"
-    server_dir "$name"
-    log "PostgreSQL $name from $PG_BIN on port ${port[$name]}"
-    "${as_server_user[@]}" "$PG_BIN/initdb" -D "$work/$name/data" -U postgres -A trust -E UTF8 \
-        --locale=C --no-sync >"$work/$name/initdb.log" 2>&1 || {
-        cat "$work/$name/initdb.log" >&2
-        die "initdb ($name) failed"
-    }
-    # The conventions of src/pgcluster.rs (durability off, loopback only).
-    cat >>"$work/$name/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = ${port[$name]}
-unix_socket_directories = '$work/$name'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_connections = 300
-shared_buffers = 128MB
-logging_collector = off
-log_min_messages = warning
-EOF
-    "${as_server_user[@]}" "$PG_BIN/pg_ctl" -D "$work/$name/data" -l "$work/$name/postgres.log" \
-        -w -t 60 start >/dev/null || {
-        cat "$work/$name/postgres.log" >&2
-        die "PostgreSQL ($name) did not start"
-    }
-    pg_started[$name]=1
-    PGCONNECT_TIMEOUT=5 timeout 60 "$PSQL" -X -q -h 127.0.0.1 -p "${port[$name]}" -U postgres \
-        -d postgres -c 'CREATE DATABASE bench' >/dev/null || die "CREATE DATABASE bench ($name) failed"
-}
 start_pg primary
 start_pg secondary
 psql_at "${port[primary]}" -f "$repo/docker/primary-init.sql" >/dev/null ||
@@ -180,19 +96,7 @@ psql_at "${port[secondary]}" -f "$repo/docker/secondary-init.sql" >/dev/null ||
 psql_at "${port[primary]}" -c 'TRUNCATE derived_data_bars' >/dev/null
 
 # --- pgbridge: relay and mirrored ----------------------------------------------------------------
-bin=${PGBRIDGE_BIN:-}
-if [ -z "$bin" ]; then
-    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, or set PGBRIDGE_BIN)"
-    log "cargo build --release (pgbridge)"
-    if ! (cd "$repo" && timeout 3600 cargo build --release --bin pgbridge) >"$work/cargo.log" 2>&1; then
-        tail -n 30 "$work/cargo.log" >&2
-        die "cargo build --release failed"
-    fi
-    bin=${CARGO_TARGET_DIR:-$repo/target}/release/pgbridge
-    case "$bin" in /*) ;; *) bin=$repo/$bin ;; esac
-fi
-[ -x "$bin" ] || die "no pgbridge binary at $bin"
-
+bin=$(build_pgbridge) || exit 1
 start_bridge() {
     local name=$1
     local dir=$work/bridge-$name
