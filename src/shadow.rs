@@ -415,29 +415,43 @@ async fn run_on(conn: &mut Conn, job: &ShadowJob) -> Result<ResultSet, tokio_pos
         conn.client.execute(sql.as_str(), &params).await?;
         conn.settings = job.settings.clone();
     }
-    let statement = match conn.prepared.get(&job.sql) {
-        Some(s) => s.clone(),
-        None => {
-            let types: Vec<Type> = job.params.iter().map(param_type).collect();
-            let s = conn.client.prepare_typed(&job.sql, &types).await?;
-            if conn.prepared.len() >= PREPARED_PER_CONN {
-                conn.prepared.clear();
-            }
-            conn.prepared.insert(job.sql.clone(), s.clone());
-            s
-        }
+    let to_fields = |columns: &[tokio_postgres::Column]| -> Vec<Field> {
+        columns
+            .iter()
+            .map(|c| Field::new(c.name(), c.type_().oid(), 1))
+            .collect()
     };
-    let params: Vec<&(dyn ToSql + Sync)> = job
-        .params
-        .iter()
-        .map(|v| v as &(dyn ToSql + Sync))
-        .collect();
-    let rows = conn.client.query(&statement, &params).await?;
-    let fields = statement
-        .columns()
-        .iter()
-        .map(|c| Field::new(c.name(), c.type_().oid(), 1))
-        .collect();
+    let (fields, rows) = if job.params.is_empty() && !conn.prepared.contains_key(&job.sql) {
+        // A read without parameters, as simple-protocol texts are (each with its own literals,
+        // so seldom run twice): one round trip, without preparing it.
+        let rows = conn.client.query_typed(&job.sql, &[]).await?;
+        let fields = match rows.first() {
+            Some(r) => to_fields(r.columns()),
+            // No row to name the columns: ask for them.
+            None => to_fields(conn.client.prepare(&job.sql).await?.columns()),
+        };
+        (fields, rows)
+    } else {
+        let statement = match conn.prepared.get(&job.sql) {
+            Some(s) => s.clone(),
+            None => {
+                let types: Vec<Type> = job.params.iter().map(param_type).collect();
+                let s = conn.client.prepare_typed(&job.sql, &types).await?;
+                if conn.prepared.len() >= PREPARED_PER_CONN {
+                    conn.prepared.clear();
+                }
+                conn.prepared.insert(job.sql.clone(), s.clone());
+                s
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = job
+            .params
+            .iter()
+            .map(|v| v as &(dyn ToSql + Sync))
+            .collect();
+        let rows = conn.client.query(&statement, &params).await?;
+        (to_fields(statement.columns()), rows)
+    };
     let rows = rows
         .iter()
         .map(|r| {
