@@ -23,10 +23,14 @@ pub struct BackendTarget {
     pub key: CancelKey,
 }
 
+/// A second backend a session may be waiting on (its connection to the secondary, for reads
+/// served there), set while it exists: a cancel goes to it too.
+pub type Alongside = Arc<Mutex<Option<BackendTarget>>>;
+
 /// The keys of the live sessions, by the process id pgbridge handed out.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, (Bytes, BackendTarget)>>,
+    sessions: Mutex<HashMap<i32, (Bytes, BackendTarget, Option<Alongside>)>>,
 }
 
 /// Keeps a key registered for as long as its session lives.
@@ -51,7 +55,11 @@ impl CancelRegistry {
 
     /// Registers the primary's key of a new session and returns the key to hand to the client:
     /// a fresh random process id and a random secret as long as the primary's.
-    pub fn register(self: &Arc<Self>, target: BackendTarget) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        target: BackendTarget,
+        alongside: Option<Alongside>,
+    ) -> Registration {
         let mut rng = rand::rng();
         let mut secret = vec![0u8; target.key.secret.len()];
         rng.fill(&mut secret[..]);
@@ -63,18 +71,29 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        map.insert(pid, (secret.clone(), target));
+        map.insert(pid, (secret.clone(), target, alongside));
         Registration {
             registry: Arc::clone(self),
             client_key: CancelKey { pid, secret },
         }
     }
 
-    /// The backend a client's key cancels, if the key is one pgbridge handed out and still live.
-    pub fn lookup(&self, client_key: &CancelKey) -> Option<BackendTarget> {
+    /// The backends a client's key cancels (the primary's, and the secondary's when the session
+    /// has a connection there), if the key is one pgbridge handed out and still live.
+    pub fn lookup(&self, client_key: &CancelKey) -> Option<Vec<BackendTarget>> {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let (secret, target) = map.get(&client_key.pid)?;
-        (*secret == client_key.secret).then(|| target.clone())
+        let (secret, target, alongside) = map.get(&client_key.pid)?;
+        if *secret != client_key.secret {
+            return None;
+        }
+        let mut targets = vec![target.clone()];
+        if let Some(other) = alongside
+            .as_ref()
+            .and_then(|a| a.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        {
+            targets.push(other);
+        }
+        Some(targets)
     }
 
     pub fn len(&self) -> usize {
@@ -122,14 +141,21 @@ mod tests {
     #[test]
     fn a_handed_out_key_finds_its_backend_until_the_session_ends() {
         let registry = CancelRegistry::new();
-        let reg = registry.register(target(&[1, 2, 3, 4]));
+        let alongside: Alongside = Arc::new(Mutex::new(None));
+        let reg = registry.register(target(&[1, 2, 3, 4]), Some(alongside.clone()));
         assert_eq!(reg.client_key.secret.len(), 4);
         assert_ne!(
             reg.client_key.pid, 77,
             "pgbridge hands out its own process id"
         );
         let found = registry.lookup(&reg.client_key).expect("registered");
-        assert_eq!(found.key.pid, 77);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key.pid, 77);
+        // A connection to the secondary is cancelled along.
+        *alongside.lock().unwrap() = Some(target(&[9, 9, 9, 9]));
+        let found = registry.lookup(&reg.client_key).expect("registered");
+        assert_eq!(found.len(), 2);
+        assert_eq!(&found[1].key.secret[..], &[9, 9, 9, 9]);
         let mut wrong = reg.client_key.clone();
         wrong.secret = Bytes::from_static(&[0, 0, 0, 0]);
         assert!(registry.lookup(&wrong).is_none());
@@ -142,7 +168,7 @@ mod tests {
     #[test]
     fn long_secrets_of_protocol_3_2_keep_their_length() {
         let registry = CancelRegistry::new();
-        let reg = registry.register(target(&[5; 32]));
+        let reg = registry.register(target(&[5; 32]), None);
         assert_eq!(reg.client_key.secret.len(), 32);
     }
 }

@@ -280,7 +280,7 @@ impl Default for ShadowConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadsConfig {
-    /// A read the secondary has not answered within this is served by the primary. Default 5000.
+    /// A read the secondary has not answered within this is served by the primary. Default 30000.
     #[serde(default = "default_secondary_timeout")]
     pub secondary_timeout_ms: u64,
     /// After the secondary failed a session, its reads stay on the primary this long. Default 1000.
@@ -303,7 +303,7 @@ impl Default for ReadsConfig {
 }
 
 fn default_secondary_timeout() -> u64 {
-    5000
+    30_000
 }
 fn default_retry_after() -> u64 {
     1000

@@ -115,7 +115,7 @@ impl Migration {
         let serve = config.secondary.as_ref().map(|secondary| {
             Arc::new(crate::serve::ServeOptions::new(
                 &config.reads,
-                secondary.url.pg_config(),
+                &secondary.url,
                 config.primary.url.pg_config(),
             ))
         });

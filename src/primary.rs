@@ -37,6 +37,11 @@ pub enum ServerStream {
 impl ServerAddr {
     /// Connects within `timeout`; the error text names the address.
     pub async fn connect(&self, timeout: Duration) -> Result<ServerStream, String> {
+        self.connect_to("primary", timeout).await
+    }
+
+    /// As [`ServerAddr::connect`], the error naming the server as `what`.
+    pub async fn connect_to(&self, what: &str, timeout: Duration) -> Result<ServerStream, String> {
         let attempt = async {
             match self {
                 ServerAddr::Tcp { host, port } => {
@@ -49,12 +54,12 @@ impl ServerAddr {
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(self.failure(&e)),
-            Err(_) => Err(self.failure(&"timed out")),
+            Ok(Err(e)) => Err(self.failure(what, &e)),
+            Err(_) => Err(self.failure(what, &"timed out")),
         }
     }
 
-    fn failure(&self, e: &dyn fmt::Display) -> String {
-        format!("pgbridge could not connect to the primary at {self}: {e}")
+    fn failure(&self, what: &str, e: &dyn fmt::Display) -> String {
+        format!("pgbridge could not connect to the {what} at {self}: {e}")
     }
 }

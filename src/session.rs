@@ -168,10 +168,12 @@ async fn write_fatal<S: AsyncWrite + Unpin>(
 async fn forward_cancel(proxy: &Proxy, key: &CancelKey) {
     let metrics = crate::admin::metrics::get();
     match proxy.cancels.lookup(key) {
-        Some(target) => {
+        Some(targets) => {
             metrics.cancels_forwarded.increment(1);
-            if let Err(e) = send_cancel(&target, CANCEL_TIMEOUT).await {
-                warn!(error = %e, "could not forward a cancel request to the primary");
+            for target in targets {
+                if let Err(e) = send_cancel(&target, CANCEL_TIMEOUT).await {
+                    warn!(error = %e, server = %target.addr, "could not forward a cancel request");
+                }
             }
         }
         None => {
@@ -217,6 +219,8 @@ struct Keys<'a> {
     proxy: &'a Proxy,
     registration: Option<Registration>,
     primary: Option<BackendTarget>,
+    /// The session's connection to the secondary, when it has one.
+    alongside: crate::cancel::Alongside,
 }
 
 impl KeyExchange for Keys<'_> {
@@ -225,7 +229,10 @@ impl KeyExchange for Keys<'_> {
             addr: self.proxy.config.primary.url.server_addr().clone(),
             key: primary_key,
         };
-        let registration = self.proxy.cancels.register(target.clone());
+        let registration = self
+            .proxy
+            .cancels
+            .register(target.clone(), Some(self.alongside.clone()));
         let frame = registration.client_key.to_backend_key_data();
         self.registration = Some(registration);
         self.primary = Some(target);
@@ -309,6 +316,7 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
         proxy,
         registration: None,
         primary: None,
+        alongside: Default::default(),
     };
     let (mut client_r, mut client_w) = client.split_halves();
     let (mut primary_r, mut primary_w) = primary.split_halves();
@@ -345,6 +353,7 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
                 crate::serve::SessionServer::new(
                     opts.clone(),
                     crate::serve::startup_settings(params.iter()),
+                    keys.alongside.clone(),
                 ),
                 mirror.map(|m| &m.applier),
                 params.get("user").cloned().unwrap_or_default(),

@@ -313,6 +313,49 @@ fn a_user_without_the_privilege_gets_the_primarys_refusal() {
 }
 
 #[tokio::test]
+async fn a_cancelled_read_on_the_secondary_is_cancelled_there() {
+    let (bridge, db) = with_bars("serve_cancel", cluster().secondary_port, 30, "").await;
+    set_reads(&bridge, "secondary");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    // 30^5 rows to count: seconds of work on the secondary.
+    let slow =
+        "SELECT count(*) FROM derived_data_bars a, derived_data_bars b, derived_data_bars c, \
+                derived_data_bars d, derived_data_bars e";
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let err = client.simple_query(slow).await.unwrap_err();
+    cancel.await.unwrap();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cancelled after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(&bridge, SERVED, "result=\"cancelled\""), 1.0);
+    assert_eq!(metric(&bridge, SERVED, "result=\"fallback\""), 0.0);
+    // The session goes on, served by the secondary.
+    let rows = client
+        .simple_query("SELECT count(*) FROM derived_data_bars")
+        .await
+        .unwrap();
+    let counted = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(counted.as_deref(), Some("30"));
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 1.0);
+    assert_eq!(status(&bridge)["divergences"]["total"], 0);
+}
+
+#[tokio::test]
 async fn flipping_reads_under_load_loses_no_query() {
     let (bridge, db) = with_bars("serve_flip", cluster().secondary_port, 20, "").await;
     let conn = bridge.conn_str("postgres", "", &db);

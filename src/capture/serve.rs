@@ -27,6 +27,8 @@ use crate::route::Route;
 use crate::serve::{settings_script, Failure, SessionServer};
 use crate::sql::{Analysis, Kind, SessionOp};
 
+const QUERY_CANCELED: &str = "57014";
+
 /// Reported settings the secondary's session follows.
 const REPORTED: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
 
@@ -320,6 +322,18 @@ impl<'a> Driver<'a> {
         let answer = self.serving().server.simple(sql, &script).await;
         let rows = match answer {
             Ok(rows) => rows,
+            // The client cancelled it (the cancel went to the secondary too): it ends here.
+            Err(Failure::Error {
+                sqlstate, frame, ..
+            }) if sqlstate == QUERY_CANCELED => {
+                self.expect(Expect::Served {
+                    bytes: frame,
+                    ready: true,
+                });
+                self.shared.served.notify_one();
+                served("cancelled");
+                return Ok(());
+            }
             Err(f) => return Err(self.fell_back(f, &first_read(analysis), text)),
         };
         served("served");
@@ -455,7 +469,9 @@ impl<'a> Driver<'a> {
                 return None;
             }
             Failure::Unavailable(reason) => ("connection".to_string(), reason, false),
-            Failure::Error { sqlstate, message } => (sqlstate, message, true),
+            Failure::Error {
+                sqlstate, message, ..
+            } => (sqlstate, message, true),
         };
         served("fallback");
         tracing::warn!(session = self.session, table, %reason, "a read for the secondary is served by the primary");

@@ -7,15 +7,13 @@
 //! cleartext, md5 or SCRAM-SHA-256, the SCRAM exchange from `postgres-protocol`), then whole
 //! request batches answered up to their ReadyForQuery.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::primary::{ServerAddr, ServerStream};
+use crate::protocol::messages::{error_fields, CancelKey};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
-
-use crate::protocol::messages::error_fields;
 
 /// Largest frame accepted from the secondary (a result row of 1 GB is PostgreSQL's own limit).
 const MAX_FRAME: usize = 1 << 30;
@@ -26,11 +24,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Stream for T {}
 /// Why the secondary could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
-    #[error("cannot reach the secondary at {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Connect(String),
     #[error("the secondary refused pgbridge's login: {0}")]
     Login(String),
     #[error("the secondary connection failed: {0}")]
@@ -43,57 +38,28 @@ pub enum ConnError {
 pub struct Conn {
     stream: Box<dyn Stream>,
     buf: BytesMut,
-}
-
-/// Where and as whom to connect, from a `tokio_postgres::Config`.
-enum Addr {
-    Tcp(String, u16),
-    Unix(PathBuf),
+    /// The backend's cancel key (BackendKeyData).
+    pub key: Option<CancelKey>,
 }
 
 impl Conn {
     /// Connects and logs in as the config's user, with `params` (name, value) as the session's
     /// startup settings (DateStyle, TimeZone, extra_float_digits, ...).
     pub async fn connect(
+        addr: &ServerAddr,
         config: &tokio_postgres::Config,
         params: &[(String, String)],
         timeout: Duration,
     ) -> Result<Conn, ConnError> {
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let addr = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => Addr::Tcp(h.clone(), port),
-            Some(tokio_postgres::config::Host::Unix(dir)) => {
-                Addr::Unix(dir.join(format!(".s.PGSQL.{port}")))
-            }
-            None => Addr::Tcp("localhost".into(), port),
-        };
-        let name = match &addr {
-            Addr::Tcp(h, p) => format!("{h}:{p}"),
-            Addr::Unix(p) => p.display().to_string(),
-        };
-        let open = async {
-            Ok::<Box<dyn Stream>, std::io::Error>(match &addr {
-                Addr::Tcp(h, p) => {
-                    let tcp = TcpStream::connect((h.as_str(), *p)).await?;
-                    tcp.set_nodelay(true)?;
-                    Box::new(tcp)
-                }
-                Addr::Unix(path) => Box::new(UnixStream::connect(path).await?),
-            })
-        };
-        let stream = match tokio::time::timeout(timeout, open).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ConnError::Connect { addr: name, source }),
-            Err(_) => {
-                return Err(ConnError::Connect {
-                    addr: name,
-                    source: std::io::ErrorKind::TimedOut.into(),
-                })
-            }
+        let stream: Box<dyn Stream> = match addr.connect_to("secondary", timeout).await {
+            Ok(ServerStream::Tcp(s)) => Box::new(s),
+            Ok(ServerStream::Unix(s)) => Box::new(s),
+            Err(message) => return Err(ConnError::Connect(message)),
         };
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
+            key: None,
         };
         match tokio::time::timeout(timeout, conn.login(config, params)).await {
             Ok(r) => r?,
@@ -191,6 +157,7 @@ impl Conn {
                     }
                 }
                 b'E' => return Err(ConnError::Login(error_text(&frame))),
+                b'K' => self.key = CancelKey::from_backend_key_data(&frame),
                 b'Z' => return Ok(()),
                 _ => {}
             }

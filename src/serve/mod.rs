@@ -37,10 +37,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::capture::wire;
 use conn::{Conn, ConnError};
 
+/// How long connecting and logging in to the secondary may take at most.
+const CONNECT_TIMEOUT_MS: u64 = 3000;
+
 /// `[reads]` and where the secondary is.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub secondary: tokio_postgres::Config,
+    /// Where the secondary is (for connections and cancel requests).
+    pub addr: crate::primary::ServerAddr,
     pub connect_timeout: Duration,
     /// How long one read may take on the secondary before it is served by the primary.
     pub timeout: Duration,
@@ -55,13 +60,14 @@ pub struct ServeOptions {
 impl ServeOptions {
     pub fn new(
         c: &crate::config::ReadsConfig,
-        secondary: &tokio_postgres::Config,
+        secondary: &crate::config::PgUrl,
         primary: &tokio_postgres::Config,
     ) -> Self {
         ServeOptions {
+            addr: secondary.server_addr().clone(),
             access: Arc::new(access::Access::new(primary.clone())),
-            secondary: secondary.clone(),
-            connect_timeout: Duration::from_millis(c.secondary_timeout_ms),
+            secondary: secondary.pg_config().clone(),
+            connect_timeout: Duration::from_millis(c.secondary_timeout_ms.min(CONNECT_TIMEOUT_MS)),
             timeout: Duration::from_millis(c.secondary_timeout_ms),
             retry_after: Duration::from_millis(c.retry_after_ms),
             read_your_writes: Duration::from_millis(c.read_your_writes_ms),
@@ -74,8 +80,12 @@ impl ServeOptions {
 pub enum Failure {
     /// The secondary could not be reached, broke the connection, or took too long.
     Unavailable(String),
-    /// The secondary answered with an error.
-    Error { sqlstate: String, message: String },
+    /// The secondary answered with an error (`frame`, its ErrorResponse).
+    Error {
+        sqlstate: String,
+        message: String,
+        frame: Bytes,
+    },
     /// The secondary failed a moment ago: not tried.
     Resting,
 }
@@ -110,11 +120,18 @@ pub struct SessionServer {
     next_name: u64,
     /// The settings script the connection has applied.
     applied: String,
+    /// The connection's cancel key, for the session's cancel requests.
+    alongside: crate::cancel::Alongside,
 }
 
 impl SessionServer {
-    pub fn new(opts: Arc<ServeOptions>, startup: Vec<(String, String)>) -> SessionServer {
+    pub fn new(
+        opts: Arc<ServeOptions>,
+        startup: Vec<(String, String)>,
+        alongside: crate::cancel::Alongside,
+    ) -> SessionServer {
         SessionServer {
+            alongside,
             opts,
             startup,
             conn: None,
@@ -178,6 +195,7 @@ impl SessionServer {
             return Err(Failure::Error {
                 sqlstate: "08P01".into(),
                 message: "malformed Bind".into(),
+                frame: Bytes::new(),
             });
         };
         request.extend_from_slice(&bind);
@@ -191,6 +209,10 @@ impl SessionServer {
         answer
     }
 
+    fn set_alongside(&self, target: Option<crate::cancel::BackendTarget>) {
+        *self.alongside.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
     /// Sends `request` (after the settings script when it changed) and collects its answer.
     async fn exchange(&mut self, settings: &str, request: &[u8]) -> Result<BytesMut, Failure> {
         if self.resting_until.is_some_and(|t| Instant::now() < t) {
@@ -200,7 +222,13 @@ impl SessionServer {
         let result = tokio::time::timeout(timeout, self.exchange_inner(settings, request)).await;
         let failure = match result {
             Ok(Ok(Ok(answer))) => return Ok(answer),
-            Ok(Ok(Err((sqlstate, message)))) => return Err(Failure::Error { sqlstate, message }),
+            Ok(Ok(Err((sqlstate, message, frame)))) => {
+                return Err(Failure::Error {
+                    sqlstate,
+                    message,
+                    frame,
+                })
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
                 "no answer within {} ms ([reads] secondary_timeout_ms)",
@@ -208,6 +236,7 @@ impl SessionServer {
             ),
         };
         self.conn = None;
+        self.set_alongside(None);
         self.prepared.clear();
         self.applied.clear();
         self.resting_until = Some(Instant::now() + self.opts.retry_after);
@@ -218,14 +247,19 @@ impl SessionServer {
         &mut self,
         settings: &str,
         request: &[u8],
-    ) -> Result<Result<BytesMut, (String, String)>, ConnError> {
+    ) -> Result<Result<BytesMut, (String, String, Bytes)>, ConnError> {
         if self.conn.is_none() {
             let c = Conn::connect(
+                &self.opts.addr,
                 &self.opts.secondary,
                 &self.startup,
                 self.opts.connect_timeout,
             )
             .await?;
+            self.set_alongside(c.key.clone().map(|key| crate::cancel::BackendTarget {
+                addr: self.opts.addr.clone(),
+                key,
+            }));
             self.conn = Some(c);
             self.prepared.clear();
             self.applied.clear();
@@ -240,7 +274,7 @@ impl SessionServer {
         conn.send(&batch).await?;
         let mut readies = if apply { 2 } else { 1 };
         let mut out = BytesMut::new();
-        let mut error: Option<(String, String)> = None;
+        let mut error: Option<(String, String, Bytes)> = None;
         let mut settings_failed = None;
         while readies > 0 {
             let frame = conn.frame().await?;
@@ -249,7 +283,11 @@ impl SessionServer {
                 b'E' if apply && readies == 2 => settings_failed = Some(conn::error_text(&frame)),
                 b'E' => {
                     error.get_or_insert_with(|| {
-                        (conn::error_code(&frame), conn::error_text(&frame))
+                        (
+                            conn::error_code(&frame),
+                            conn::error_text(&frame),
+                            frame.clone(),
+                        )
                     });
                 }
                 b'Z' => readies -= 1,
@@ -260,6 +298,7 @@ impl SessionServer {
             return Ok(Err((
                 "22023".into(),
                 format!("the session's settings could not be applied on the secondary: {e}"),
+                Bytes::new(),
             )));
         }
         if apply {
