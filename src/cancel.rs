@@ -27,10 +27,13 @@ pub struct BackendTarget {
 /// served there), set while it exists: a cancel goes to it too.
 pub type Alongside = Arc<Mutex<Option<BackendTarget>>>;
 
+/// A live session's secret, its primary backend and the backend alongside.
+type Entry = (Bytes, BackendTarget, Option<Alongside>);
+
 /// The keys of the live sessions, by the process id pgbridge handed out.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, (Bytes, BackendTarget, Option<Alongside>)>>,
+    sessions: Mutex<HashMap<i32, Entry>>,
 }
 
 /// Keeps a key registered for as long as its session lives.
