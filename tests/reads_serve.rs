@@ -356,6 +356,36 @@ async fn a_cancelled_read_on_the_secondary_is_cancelled_there() {
 }
 
 #[tokio::test]
+async fn a_large_read_is_served_by_the_primary_as_it_streams() {
+    let (bridge, db) = with_bars("serve_large", cluster().secondary_port, 400, "").await;
+    set_reads(&bridge, "secondary");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    // 160,000 rows of some 100 bytes: more than pgbridge keeps of an answer.
+    let rows = client
+        .simple_query("SELECT a.*, b.ts FROM derived_data_bars a, derived_data_bars b")
+        .await
+        .unwrap();
+    let count = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(count, 160_000);
+    assert_eq!(metric(&bridge, SERVED, "result=\"too_large\""), 1.0);
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 0.0);
+    assert!(
+        bridge.peak_rss() < 80 << 20,
+        "pgbridge's peak RSS {} MB",
+        bridge.peak_rss() >> 20
+    );
+    // The next read goes to the secondary again.
+    client
+        .simple_query("SELECT count(*) FROM derived_data_bars")
+        .await
+        .unwrap();
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 1.0);
+}
+
+#[tokio::test]
 async fn flipping_reads_under_load_loses_no_query() {
     let (bridge, db) = with_bars("serve_flip", cluster().secondary_port, 20, "").await;
     let conn = bridge.conn_str("postgres", "", &db);

@@ -468,6 +468,10 @@ impl<'a> Driver<'a> {
                 served("resting");
                 return None;
             }
+            Failure::TooLarge => {
+                served("too_large");
+                return None;
+            }
             Failure::Unavailable(reason) => ("connection".to_string(), reason, false),
             Failure::Error {
                 sqlstate, message, ..

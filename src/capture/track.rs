@@ -173,6 +173,8 @@ pub struct Tracker {
     /// The shadow executor, and the answer of the shadowed read in progress.
     pub shadow: Option<Arc<Shadow>>,
     shadow_result: Option<ResultSet>,
+    /// The size of the rows kept in `shadow_result`.
+    shadow_bytes: usize,
     pub session: u64,
     /// The open transaction may have written something (reads in it stay on the primary).
     pub touched: bool,
@@ -185,6 +187,10 @@ pub struct Tracker {
     /// The primary's row descriptions of simple-protocol reads, by query shape.
     pub shapes: std::collections::HashMap<String, Option<Bytes>>,
 }
+
+/// The largest answer kept to compare, or served from the secondary (rows, in bytes): larger
+/// reads are served by the primary as they stream, and not compared.
+pub const MAX_COMPARED_BYTES: usize = 8 << 20;
 
 /// Query shapes whose row descriptions a session keeps.
 const SHAPES_KEPT: usize = 1024;
@@ -364,6 +370,7 @@ impl Tracker {
                 .zip(&self.fields)
                 .map(|(name, f)| Field::new(name, f.type_oid, f.format as i16))
                 .collect();
+            self.shadow_bytes = 0;
             self.shadow_result = Some(ResultSet {
                 fields,
                 rows: Vec::new(),
@@ -416,7 +423,16 @@ impl Tracker {
                 Action::Drop
             }
             Step::Swallow => Action::Drop,
-            Step::Shadow(_) => {
+            Step::Shadow(plan) => {
+                self.shadow_bytes += frame.len();
+                if self.shadow_bytes > MAX_COMPARED_BYTES {
+                    // Too large to keep for a comparison: served as always, not compared.
+                    if self.shadow_result.take().is_some() {
+                        metrics::counter!("pgbridge_shadow_reads_total",
+                            "table" => plan.table.clone(), "result" => "too_large")
+                        .increment(1);
+                    }
+                }
                 if let Some(result) = &mut self.shadow_result {
                     let values = wire::row_values(frame).unwrap_or_default();
                     result.rows.push(

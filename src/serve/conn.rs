@@ -32,6 +32,8 @@ pub enum ConnError {
     Io(#[from] std::io::Error),
     #[error("the secondary broke the protocol: {0}")]
     Protocol(String),
+    #[error("the answer is larger than pgbridge keeps")]
+    TooLarge,
 }
 
 /// One open connection to the secondary.

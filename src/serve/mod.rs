@@ -88,6 +88,9 @@ pub enum Failure {
     },
     /// The secondary failed a moment ago: not tried.
     Resting,
+    /// The answer is larger than pgbridge keeps ([`crate::capture::track::MAX_COMPARED_BYTES`]):
+    /// the primary, which streams, serves it.
+    TooLarge,
 }
 
 /// The client startup parameters that are session settings (not who or where).
@@ -222,6 +225,14 @@ impl SessionServer {
         let result = tokio::time::timeout(timeout, self.exchange_inner(settings, request)).await;
         let failure = match result {
             Ok(Ok(Ok(answer))) => return Ok(answer),
+            Ok(Err(ConnError::TooLarge)) => {
+                // The rest of the answer is on its way: this connection is done for.
+                self.conn = None;
+                self.set_alongside(None);
+                self.prepared.clear();
+                self.applied.clear();
+                return Err(Failure::TooLarge);
+            }
             Ok(Ok(Err((sqlstate, message, frame)))) => {
                 return Err(Failure::Error {
                     sqlstate,
@@ -279,7 +290,12 @@ impl SessionServer {
         while readies > 0 {
             let frame = conn.frame().await?;
             match frame[0] {
-                b'D' | b'C' | b'I' if !(apply && readies == 2) => out.extend_from_slice(&frame),
+                b'D' | b'C' | b'I' if !(apply && readies == 2) => {
+                    if out.len() + frame.len() > crate::capture::track::MAX_COMPARED_BYTES {
+                        return Err(ConnError::TooLarge);
+                    }
+                    out.extend_from_slice(&frame)
+                }
                 b'E' if apply && readies == 2 => settings_failed = Some(conn::error_text(&frame)),
                 b'E' => {
                     error.get_or_insert_with(|| {
