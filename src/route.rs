@@ -613,6 +613,7 @@ mod tests {
             writes: Vec::new(),
             may_write: false,
             read_rewrite: Some("SELECT rewritten".into()),
+            read_params: Vec::new(),
             capture: None,
             statement_rewrite: None,
             note: None,

@@ -78,10 +78,27 @@ async fn reads_follow_the_flag() {
     for sql in [
         "SELECT count(*), max(close) FROM derived_data_bars WHERE symbol = 'DXY'",
         "WITH b AS (SELECT * FROM derived_data_bars WHERE symbol = 'DXY') SELECT count(*) FROM b",
-        "SELECT * FROM derived_data_bars WHERE ts = (SELECT max(ts) FROM derived_data_bars)",
+        "SELECT * FROM derived_data_bars WHERE symbol = 'DXY' AND ts = \
+         (SELECT max(ts) FROM derived_data_bars d WHERE d.symbol = 'DXY')",
+        // Bound to 'DXY' or not: the session checks the value at Bind.
         "SELECT * FROM derived_data_bars WHERE symbol = $1 AND ts > $2",
     ] {
         assert_eq!(f.route(sql, &shared, false), "secondary", "{sql}");
+    }
+    let analysis = f
+        .analyzer
+        .analyze("SELECT * FROM derived_data_bars WHERE symbol = $1 AND ts > $2");
+    assert_eq!(analysis.read_params(), &[(1, "DXY".to_string())]);
+    // The secondary has the rule's rows only: a read beyond the rule's `where` is the primary's.
+    for sql in [
+        "SELECT * FROM derived_data_bars ORDER BY ts",
+        "SELECT count(*) FROM derived_data_bars WHERE volume > 0",
+        "SELECT * FROM derived_data_bars WHERE symbol = 'DXY' OR volume > 0",
+        "SELECT * FROM derived_data_bars WHERE symbol = 'DXY' AND ts = \
+         (SELECT max(ts) FROM derived_data_bars)",
+        "SELECT * FROM derived_data_bars a JOIN derived_data_bars b USING (ts) WHERE a.symbol = 'DXY'",
+    ] {
+        assert_eq!(f.route(sql, &shared, false), "primary", "{sql}");
     }
 }
 

@@ -75,17 +75,19 @@ async fn reads_served_by_the_secondary_are_byte_identical_to_the_primarys() {
         "SET DateStyle = 'German'; SET TimeZone = 'Asia/Tokyo'",
     );
     for sql in [
-        "SELECT * FROM derived_data_bars ORDER BY ts",
+        "SELECT * FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts",
         "SELECT symbol, close FROM derived_data_bars WHERE symbol = 'DXY' AND ts >= '2026-01-05 10:05:00+00' ORDER BY ts LIMIT 5",
         // The same shape: the primary's description is known.
         "SELECT symbol, close FROM derived_data_bars WHERE symbol = 'DXY' AND ts >= '2026-01-05 10:15:00+00' ORDER BY ts LIMIT 3",
-        "SELECT count(*), max(close), min(open), sum(volume), avg(close), avg(volume)::float8 FROM derived_data_bars",
-        "SELECT i.description, d.close FROM derived_data_bars d JOIN instruments i ON i.symbol = d.symbol ORDER BY d.ts LIMIT 3",
-        "WITH last AS (SELECT max(ts) AS ts FROM derived_data_bars) SELECT d.* FROM derived_data_bars d, last WHERE d.ts = last.ts",
-        "SELECT x.ts FROM (SELECT ts, close FROM derived_data_bars WHERE close > 110) AS x ORDER BY x.ts DESC LIMIT 4",
-        "SELECT * FROM derived_data_bars WHERE close < 0",
+        "SELECT count(*), max(close), min(open), sum(volume), avg(close), avg(volume)::float8 FROM derived_data_bars WHERE symbol = 'DXY'",
+        "SELECT i.description, d.close FROM derived_data_bars d JOIN instruments i ON i.symbol = d.symbol WHERE d.symbol = 'DXY' ORDER BY d.ts LIMIT 3",
+        "WITH last AS (SELECT max(ts) AS ts FROM derived_data_bars WHERE symbol = 'DXY') SELECT d.* FROM derived_data_bars d, last WHERE d.symbol = 'DXY' AND d.ts = last.ts",
+        "SELECT x.ts FROM (SELECT ts, close FROM derived_data_bars WHERE symbol = 'DXY' AND close > 110) AS x ORDER BY x.ts DESC LIMIT 4",
+        "SELECT * FROM derived_data_bars WHERE symbol = 'DXY' AND close < 0",
+        // Beyond the rule's `where`: the primary's to answer.
+        "SELECT count(*) FROM derived_data_bars",
         // Fails on both sides alike: the primary's error, and no divergence.
-        "SELECT close / 0 FROM derived_data_bars",
+        "SELECT close / 0 FROM derived_data_bars WHERE symbol = 'DXY'",
     ] {
         q(&mut req, sql);
     }
@@ -105,11 +107,15 @@ async fn reads_served_by_the_secondary_are_byte_identical_to_the_primarys() {
     req.extend(wire::describe(b'P', ""));
     req.extend(wire::execute("", 0));
     req.extend(wire::sync());
+    // Bound beyond the rule's `where`: the primary's.
+    req.extend(wire::bind("", "bars", 0, &[Some(b"EURUSD"), Some(b"0")], 1));
+    req.extend(wire::execute("", 0));
+    req.extend(wire::sync());
     // The unnamed statement, as libpq's PQexecParams sends it, twice.
     for min in ["100.5", "120.5"] {
         req.extend(wire::parse(
             "",
-            "SELECT max(ts), count(*) FROM derived_data_bars WHERE close > $1",
+            "SELECT max(ts), count(*) FROM derived_data_bars WHERE symbol = 'DXY' AND close > $1",
             &[1700],
         ));
         req.extend(wire::bind("", "", 0, &[Some(min.as_bytes())], 1));
@@ -121,7 +127,7 @@ async fn reads_served_by_the_secondary_are_byte_identical_to_the_primarys() {
     q(&mut req, "BEGIN");
     q(
         &mut req,
-        "SELECT ts, open FROM derived_data_bars ORDER BY ts DESC LIMIT 2",
+        "SELECT ts, open FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts DESC LIMIT 2",
     );
     q(&mut req, "COMMIT");
 
@@ -152,7 +158,8 @@ async fn reads_served_by_the_secondary_are_byte_identical_to_the_primarys() {
         &db,
         "UPDATE data_bars SET volume = 424242 WHERE ts = '2026-01-05 10:03+00'",
     );
-    let read = "SELECT volume FROM derived_data_bars WHERE ts = '2026-01-05 10:03+00'";
+    let read =
+        "SELECT volume FROM derived_data_bars WHERE symbol = 'DXY' AND ts = '2026-01-05 10:03+00'";
     let via = psql_on(bridge.port, &db, read);
     assert_eq!(via.trim(), "424242");
     assert_eq!(psql_on(cluster().primary_port, &db, read).trim(), "1030");
@@ -171,7 +178,7 @@ async fn tokio_postgres_and_psql_read_from_the_secondary() {
     ))
     .await;
     let sql =
-        "SELECT ts, close, volume, symbol FROM derived_data_bars WHERE close > $1 ORDER BY ts";
+        "SELECT ts, close, volume, symbol FROM derived_data_bars WHERE symbol = 'DXY' AND close > $1 ORDER BY ts";
     let sql = sql.replace("$1", "$1::text::numeric");
     for min in ["103.0", "105.5", "0"] {
         let a = via.query(&sql, &[&min]).await.unwrap();
@@ -187,15 +194,16 @@ async fn tokio_postgres_and_psql_read_from_the_secondary() {
     let psql = |port: u16| {
         psql_script(
             &format!("host=127.0.0.1 port={port} user=postgres dbname={db}"),
-            "\\pset format aligned\nSELECT symbol, ts, close FROM derived_data_bars ORDER BY ts DESC LIMIT 4;\n\
-             SELECT count(*) FROM derived_data_bars JOIN instruments USING (symbol);\n",
+            "\\pset format aligned\nSELECT symbol, ts, close FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts DESC LIMIT 4;\n\
+             SELECT count(*) FROM derived_data_bars d JOIN instruments i ON i.symbol = d.symbol WHERE d.symbol = 'DXY';\n",
         )
     };
     assert_eq!(psql(bridge.port), psql(cluster().primary_port));
     assert!(metric(&bridge, SERVED, "result=\"served\"") >= 5.0);
 
     // After a write to any table, the transaction's reads are the primary's: they see it.
-    let both = "SELECT (SELECT count(*) FROM instruments), count(*) FROM derived_data_bars d JOIN instruments i USING (symbol)";
+    let both = "SELECT (SELECT count(*) FROM instruments), count(*) FROM derived_data_bars d \
+                JOIN instruments i ON i.symbol = d.symbol WHERE d.symbol = 'DXY'";
     let counts = |r: tokio_postgres::Row| (r.get::<_, i64>(0), r.get::<_, i64>(1));
     via.batch_execute("BEGIN; INSERT INTO instruments VALUES ('XAU', 'Gold')")
         .await
@@ -243,7 +251,7 @@ async fn a_read_the_secondary_fails_is_served_by_the_primary_and_recorded() {
     .await;
     set_reads(&bridge, "secondary");
     let client = connect(&bridge.conn_str("postgres", "", &db)).await;
-    let read = "SELECT count(*) FROM derived_data_bars WHERE volume > 0";
+    let read = "SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY' AND volume > 0";
     let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
     assert_eq!(count(client.query(read, &[]).await.unwrap()), 5);
     assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 1.0);
@@ -295,7 +303,7 @@ fn a_user_without_the_privilege_gets_the_primarys_refusal() {
          GRANT SELECT ON instruments TO serve_nopriv",
     );
     set_reads(&bridge, "secondary");
-    let read = "SELECT count(*) FROM derived_data_bars\n";
+    let read = "SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY'\n";
     let run = |port: u16| {
         psql_script(
             &format!("host=127.0.0.1 port={port} user=serve_nopriv dbname={db}"),
@@ -320,7 +328,8 @@ async fn a_cancelled_read_on_the_secondary_is_cancelled_there() {
     // 30^5 rows to count: seconds of work on the secondary.
     let slow =
         "SELECT count(*) FROM derived_data_bars a, derived_data_bars b, derived_data_bars c, \
-                derived_data_bars d, derived_data_bars e";
+                derived_data_bars d, derived_data_bars e WHERE a.symbol = 'DXY' AND b.symbol = 'DXY' \
+                AND c.symbol = 'DXY' AND d.symbol = 'DXY' AND e.symbol = 'DXY'";
     let token = client.cancel_token();
     let started = Instant::now();
     let cancel = tokio::spawn(async move {
@@ -343,7 +352,7 @@ async fn a_cancelled_read_on_the_secondary_is_cancelled_there() {
     assert_eq!(metric(&bridge, SERVED, "result=\"fallback\""), 0.0);
     // The session goes on, served by the secondary.
     let rows = client
-        .simple_query("SELECT count(*) FROM derived_data_bars")
+        .simple_query("SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY'")
         .await
         .unwrap();
     let counted = rows.iter().find_map(|m| match m {
@@ -362,7 +371,10 @@ async fn a_large_read_is_served_by_the_primary_as_it_streams() {
     let client = connect(&bridge.conn_str("postgres", "", &db)).await;
     // 160,000 rows of some 100 bytes: more than pgbridge keeps of an answer.
     let rows = client
-        .simple_query("SELECT a.*, b.ts FROM derived_data_bars a, derived_data_bars b")
+        .simple_query(
+            "SELECT a.*, b.ts FROM derived_data_bars a, derived_data_bars b \
+             WHERE a.symbol = 'DXY' AND b.symbol = 'DXY'",
+        )
         .await
         .unwrap();
     let count = rows
@@ -379,7 +391,7 @@ async fn a_large_read_is_served_by_the_primary_as_it_streams() {
     );
     // The next read goes to the secondary again.
     client
-        .simple_query("SELECT count(*) FROM derived_data_bars")
+        .simple_query("SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY'")
         .await
         .unwrap();
     assert_eq!(metric(&bridge, SERVED, "result=\"served\""), 1.0);
@@ -397,7 +409,8 @@ async fn flipping_reads_under_load_loses_no_query() {
             let client = connect(&conn).await;
             let stmt = client
                 .prepare(
-                    "SELECT count(*), sum(volume)::bigint FROM derived_data_bars WHERE volume >= $1",
+                    "SELECT count(*), sum(volume)::bigint FROM derived_data_bars \
+                     WHERE symbol = 'DXY' AND volume >= $1",
                 )
                 .await
                 .unwrap();
@@ -408,7 +421,10 @@ async fn flipping_reads_under_load_loses_no_query() {
                     (row.get(0), row.get(1))
                 } else {
                     let rows = client
-                        .simple_query("SELECT count(*), sum(volume)::bigint FROM derived_data_bars")
+                        .simple_query(
+                            "SELECT count(*), sum(volume)::bigint FROM derived_data_bars \
+                             WHERE symbol = 'DXY'",
+                        )
                         .await
                         .unwrap();
                     let row = rows
@@ -463,7 +479,8 @@ async fn a_session_reads_its_own_writes() {
     set_reads(&bridge, "secondary");
     let writer = connect(&bridge.conn_str("postgres", "", &db)).await;
     let other = connect(&bridge.conn_str("postgres", "", &db)).await;
-    let read = "SELECT close::text FROM derived_data_bars WHERE ts = '2026-01-05 10:01+00'";
+    let read = "SELECT close::text FROM derived_data_bars WHERE symbol = 'DXY' \
+                AND ts = '2026-01-05 10:01+00'";
     let close = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, String>(0);
     assert_eq!(close(writer.query(read, &[]).await.unwrap()), "101.010000");
     // The applier stalls behind a lock on the target; reads still pass it.

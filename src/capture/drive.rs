@@ -777,6 +777,11 @@ impl<'a> Driver<'a> {
             .get(portal)
             .map(|r| r.values.clone())
             .unwrap_or_default();
+        // Bound beyond the rules' `where`: the secondary cannot give the same answer.
+        let hold = analysis.read_params_hold(|n| params.get(n.checked_sub(1)?)?.bytes.as_deref());
+        if !hold {
+            return None;
+        }
         self.shadow_plan(analysis, text, params)
     }
 

@@ -202,6 +202,10 @@ impl<'a> Driver<'a> {
         let Some(sql) = self.secondary_route(&analysis) else {
             return false;
         };
+        let params = wire::bind_params(frame).unwrap_or_default();
+        if !analysis.read_params_hold(|n| params.get(n.checked_sub(1)?)?.1) {
+            return false;
+        }
         {
             let t = self.shared.lock();
             if !t.may_serve() || t.described.get(stmt).is_none_or(|d| d.row.is_none()) {

@@ -72,6 +72,9 @@ pub struct StatementInfo {
     pub may_write: bool,
     /// For `Read`: the statement rewritten to read the targets on the secondary.
     pub read_rewrite: Option<String>,
+    /// For `Read`: parameters whose bound values must be these texts for the read to stay within
+    /// its rules' `where` (`col = $1` for a `where` of `col = 'DXY'`), as (number, text).
+    pub read_params: Vec<(usize, String)>,
     /// For `Write` in `rows` mode: how the capture columns come back.
     pub capture: Option<Capture>,
     /// For `Write` in `statements` mode: the write rewritten to the target.
@@ -90,6 +93,7 @@ impl StatementInfo {
             writes: Vec::new(),
             may_write: false,
             read_rewrite: None,
+            read_params: Vec::new(),
             capture: None,
             statement_rewrite: None,
             note: None,
@@ -129,5 +133,21 @@ impl Analysis {
             [s] if s.kind == Kind::Read && !s.may_write => s.read_rewrite.as_deref(),
             _ => None,
         }
+    }
+
+    /// The parameter values the read rewrite holds for (see [`StatementInfo::read_params`]).
+    pub fn read_params(&self) -> &[(usize, String)] {
+        match self.statements.as_slice() {
+            [s] => &s.read_params,
+            _ => &[],
+        }
+    }
+
+    /// Whether bound parameters `value(n)` (1-based; `None` when not bound as text or NULL)
+    /// keep the read within its rules' `where`.
+    pub fn read_params_hold<'a>(&self, value: impl Fn(usize) -> Option<&'a [u8]>) -> bool {
+        self.read_params()
+            .iter()
+            .all(|(n, text)| value(*n) == Some(text.as_bytes()))
     }
 }

@@ -141,8 +141,11 @@ fn statement(
     info.writes = found.writes;
     info.may_write = found.may_write;
     match info.kind {
-        Kind::Read => match read::rewrite(sql, stmt, &snap.views, &info.reads) {
-            Ok(r) => info.read_rewrite = Some(r),
+        Kind::Read => match read::rewrite(sql, stmt, &snap.views, &info.reads, &snap.rules) {
+            Ok((r, params)) => {
+                info.read_rewrite = Some(r);
+                info.read_params = params;
+            }
             Err(e) => info.note = Some(e),
         },
         Kind::Write => write_rewrites(sql, stmt, toks, range, snap, &mut info, edits),
