@@ -23,6 +23,7 @@ use crate::CliError;
 
 const PRIMARY_SQL: &str = include_str!("../docker/primary-init.sql");
 const SECONDARY_SQL: &str = include_str!("../docker/secondary-init.sql");
+const SECONDARY_BACKFILL: &str = include_str!("../docker/secondary-backfill.sql");
 const DXY_RULES: &str = include_str!("../rules/dxy.toml");
 
 /// The database the demo creates on both servers, as in docker/compose.yaml.
@@ -177,7 +178,9 @@ fn load_schemas(primary: &PgServer, secondary: &PgServer) -> Result<(), DemoErro
         .map_err(DemoError::Runtime)?;
     rt.block_on(async {
         load_one("primary", primary, PRIMARY_SQL).await?;
-        load_one("secondary", secondary, SECONDARY_SQL).await
+        load_one("secondary", secondary, SECONDARY_SQL).await?;
+        let url = secondary.url("postgres", DBNAME);
+        execute("secondary", &url, SECONDARY_BACKFILL).await
     })
 }
 
@@ -306,7 +309,12 @@ fn print_banner(demo: &Demo, config: &Config) {
     let _ = writeln!(b, "    pgbridge ctl{ctl_admin} status");
     let _ = writeln!(
         b,
-        "    pgbridge ctl{ctl_admin} --token {} reads derived_data_bars shadow --reason \"try it\"",
+        "    pgbridge ctl{ctl_admin} --token {} reads derived_data_bars shadow --reason \"compare\"",
+        demo.token
+    );
+    let _ = writeln!(
+        b,
+        "    pgbridge ctl{ctl_admin} --token {} reads derived_data_bars secondary --reason \"cut over\"",
         demo.token
     );
     let _ = writeln!(b);
