@@ -418,7 +418,8 @@ mod tests {
                     .await
                     .unwrap()
                     .get(0);
-                let expected = if table == "data_bars" { 0 } else { 120 };
+                // DXY and EURUSD bars on the primary; the DXY ones backfilled on the secondary.
+                let expected = if table == "data_bars" { 60 } else { 120 };
                 assert_eq!(n, expected, "{table}");
             }
         });
