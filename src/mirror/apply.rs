@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use super::parked::{self, ParkedInfo};
 use super::status::{MirrorReport, MirrorStats};
-use super::{ChangeOp, Journal, Row, TxnRecord, Value};
+use super::{Change, ChangeOp, Journal, Row, TxnRecord, Value};
 use crate::config::{MirrorConfig, OnError};
 use crate::divergence::{record::rfc3339, Divergence, Kind, Recorder};
 use crate::rules::{quote_ident, Rule, RuleSet, TableName};
@@ -161,7 +161,25 @@ pub struct Applier {
     statements: HashMap<(String, Vec<u32>), Statement>,
     /// The id of a transaction already parked (halt mode retries it without parking again).
     parked_here: Option<u64>,
+    /// Statements of the batch not yet sent: they go out together, pipelined, instead of one
+    /// round trip each.
+    pipeline: Vec<Pending>,
+    /// The index in the batch of the transaction being applied.
+    txn: usize,
 }
+
+/// One statement of a batch waiting in the pipeline, with what an error report needs.
+struct Pending {
+    stmt: Statement,
+    values: Vec<Value>,
+    txn: usize,
+    table: TableName,
+    key: Option<Row>,
+}
+
+/// At most this many statements are in flight at once (their futures are polled, and so sent,
+/// in order).
+const PIPELINE_DEPTH: usize = 30;
 
 /// A live rule and its plan.
 type LivePlan = (Arc<Rule>, Arc<RulePlan>);
@@ -211,6 +229,8 @@ impl Applier {
             applied,
             plans: HashMap::new(),
             statements: HashMap::new(),
+            pipeline: Vec::new(),
+            txn: 0,
             parked_here: None,
         };
         let task = tokio::spawn(applier.run());
@@ -491,6 +511,7 @@ impl Applier {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(&e, 0, None, None))?;
+        self.pipeline.clear();
         let result = self.apply_in_txn(client, txns).await;
         match result {
             Ok(()) => client
@@ -530,23 +551,46 @@ impl Applier {
         let mut last = 0;
         for (i, (id, txn)) in txns.iter().enumerate() {
             last = *id;
+            self.txn = i;
             let Some(txn) = txn else { continue };
-            for change in &txn.changes {
-                self.apply_change(client, &change.table, &change.op)
-                    .await
-                    .map_err(|mut e| {
-                        if let ApplyError::Permanent { txn, .. } = &mut e {
-                            *txn = i;
-                        }
-                        e
-                    })?;
+            for (k, change) in txn.changes.iter().enumerate() {
+                if self.superseded(change, txn.changes.get(k + 1)) {
+                    continue;
+                }
+                // Errors name their transaction (a queued statement's may be an earlier one's).
+                self.apply_change(client, &change.table, &change.op).await?;
             }
         }
+        self.flush(client).await?;
         client
             .execute(POSITION_SQL, &[&self.journal.uuid(), &(last as i64)])
             .await
             .map_err(|e| classify(&e, 0, None, None))?;
         Ok(())
+    }
+
+    /// An upsert whose row the transaction's next change upserts again (same table, same key):
+    /// the next one alone decides the target row (its image is whole, and the batch is one
+    /// secondary transaction), so the first need not run. An upsert then update of one row is
+    /// the commonest transaction of all.
+    fn superseded(&self, change: &Change, next: Option<&Change>) -> bool {
+        let (ChangeOp::Upsert { row, .. }, Some(next)) = (&change.op, next) else {
+            return false;
+        };
+        let ChangeOp::Upsert { row: next_row, .. } = &next.op else {
+            return false;
+        };
+        if next.table != change.table {
+            return false;
+        }
+        let rules = self.rules.load();
+        let Some(rule) = rules.get(&change.table) else {
+            return false;
+        };
+        matches!(
+            (key_values(rule, row), key_values(rule, next_row)),
+            (Ok(a), Ok(b)) if a == b
+        )
     }
 
     async fn apply_change(
@@ -555,8 +599,9 @@ impl Applier {
         table: &TableName,
         op: &ChangeOp,
     ) -> Result<(), ApplyError> {
+        let txn = self.txn;
         let permanent = |message: String, key: Option<&Row>| ApplyError::Permanent {
-            txn: 0,
+            txn,
             table: Some(table.clone()),
             key: key.cloned(),
             sqlstate: None,
@@ -631,8 +676,9 @@ impl Applier {
         row: &Row,
         in_filter: Option<bool>,
     ) -> Result<(), ApplyError> {
+        let txn = self.txn;
         let permanent = |message: String| ApplyError::Permanent {
-            txn: 0,
+            txn,
             table: Some(table.clone()),
             key: Some(row.clone()),
             sqlstate: None,
@@ -643,14 +689,16 @@ impl Applier {
             (Some(m), _) => m,
             (None, None) => true,
             (None, Some(sql)) => {
+                // The answer decides what comes next: what is queued goes first.
+                self.flush(client).await?;
                 let stmt = self
                     .prepare(client, sql, &values)
                     .await
-                    .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
+                    .map_err(|e| classify(&e, self.txn, Some(table), Some(row)))?;
                 let r = client
                     .query_one(&stmt, &params(&values))
                     .await
-                    .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
+                    .map_err(|e| classify(&e, self.txn, Some(table), Some(row)))?;
                 r.get::<_, Option<bool>>(0).unwrap_or(false)
             }
         };
@@ -675,11 +723,31 @@ impl Applier {
         let stmt = self
             .prepare(client, sql, values)
             .await
-            .map_err(|e| classify(&e, 0, Some(table), key))?;
-        client
-            .execute(&stmt, &params(values))
-            .await
-            .map_err(|e| classify(&e, 0, Some(table), key))?;
+            .map_err(|e| classify(&e, self.txn, Some(table), key))?;
+        self.pipeline.push(Pending {
+            stmt,
+            values: values.iter().map(|v| (*v).clone()).collect(),
+            txn: self.txn,
+            table: table.clone(),
+            key: key.cloned(),
+        });
+        Ok(())
+    }
+
+    /// Sends the queued statements, pipelined, and waits for their answers. The first error
+    /// in order is the cause (the ones after it fail because the transaction is aborted).
+    async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let pending = std::mem::take(&mut self.pipeline);
+        for chunk in pending.chunks(PIPELINE_DEPTH) {
+            let results = futures_util::future::join_all(chunk.iter().map(|p| async move {
+                let values: Vec<&Value> = p.values.iter().collect();
+                client.execute(&p.stmt, &params(&values)).await
+            }))
+            .await;
+            for (p, r) in chunk.iter().zip(results) {
+                r.map_err(|e| classify(&e, p.txn, Some(&p.table), p.key.as_ref()))?;
+            }
+        }
         Ok(())
     }
 
