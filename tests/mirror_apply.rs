@@ -322,6 +322,24 @@ async fn a_secondary_down_for_a_while_loses_nothing() {
     assert_eq!(applier.report().lag_transactions, 0);
 }
 
+/// Waits until `bad` is parked and `last` applied; the target's volumes, in ts order.
+async fn parked_then_applied(
+    applier: &pgbridge::mirror::apply::ApplierHandle,
+    secondary: &Client,
+    bad: u64,
+    last: u64,
+) -> Vec<Vec<Option<String>>> {
+    assert_eq!(
+        applier.wait_applied(bad, Duration::from_secs(20)).await,
+        Err(WaitError::Parked)
+    );
+    applier
+        .wait_applied(last, Duration::from_secs(20))
+        .await
+        .unwrap();
+    rows(secondary, "SELECT volume FROM data_bars ORDER BY ts").await
+}
+
 async fn refused_setup() -> (Client, Client, Mirror) {
     let (p, s) = dxy_pair().await;
     let primary = connect(&p).await;
@@ -347,15 +365,7 @@ async fn a_refused_transaction_is_parked_and_later_ones_go_on() {
     insert_txn(&primary, &m, "2026-01-05 10:00+00", 1).await;
     let bad = insert_txn(&primary, &m, "2026-01-05 10:01+00", 5_000_000).await;
     let last = insert_txn(&primary, &m, "2026-01-05 10:02+00", 3).await;
-    assert_eq!(
-        applier.wait_applied(bad, Duration::from_secs(20)).await,
-        Err(WaitError::Parked)
-    );
-    applier
-        .wait_applied(last, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let got = rows(&secondary, "SELECT volume FROM data_bars ORDER BY ts").await;
+    let got = parked_then_applied(&applier, &secondary, bad, last).await;
     assert_eq!(got, vec![vec![Some("1".into())], vec![Some("3".into())]]);
     assert_eq!(applier.report().parked, 1);
     assert_eq!(
@@ -389,15 +399,7 @@ async fn in_a_pipelined_batch_the_refused_transaction_is_the_one_parked() {
     let last = insert_txn(&primary, &m, "2026-01-05 10:03+00", 4).await;
     // Started after the four: they come as one batch, their statements pipelined.
     let applier = m.applier(&s_url, OnError::Skip);
-    assert_eq!(
-        applier.wait_applied(bad, Duration::from_secs(20)).await,
-        Err(WaitError::Parked)
-    );
-    applier
-        .wait_applied(last, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let got = rows(&secondary, "SELECT volume FROM data_bars ORDER BY ts").await;
+    let got = parked_then_applied(&applier, &secondary, bad, last).await;
     let volumes: Vec<Vec<Option<String>>> = ["1", "2", "4"]
         .iter()
         .map(|v| vec![Some(v.to_string())])

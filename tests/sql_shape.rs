@@ -1,42 +1,18 @@
 //! The shape cache is exact: for texts that differ only in their literals, the analysis filled
 //! from a cached shape equals the uncached parse of each text, in `rows` and `statements` mode.
 
+mod sql_support;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pgbridge::rules::{Column, MirrorMode, RuleSet};
+use pgbridge::rules::{MirrorMode, RuleSet};
 use pgbridge::sql::Analyzer;
 use proptest::prelude::*;
 
 /// The DXY rule with the columns the online check would find, mirrored in `mode`.
 fn dxy_rules(mode: MirrorMode) -> RuleSet {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dxy.toml");
-    std::fs::write(&path, include_str!("../rules/dxy.toml")).unwrap();
-    let offline = pgbridge::rules::load_offline(&path).unwrap();
-    let mut rule = (*offline.rules()[0]).clone();
-    let col = |name: &str, ty: &str| Column {
-        name: name.into(),
-        type_name: ty.into(),
-        category: 'X',
-        not_null: true,
-        has_default: name == "volume",
-    };
-    let num = "numeric(18,6)";
-    let source = vec![
-        col("symbol", "text"),
-        col("ts", "timestamp with time zone"),
-        col("open", num),
-        col("high", num),
-        col("low", num),
-        col("close", num),
-        col("volume", "bigint"),
-    ];
-    let mut target = source.clone();
-    target[5].name = "close_px".into();
-    rule.source_columns = Some(source);
-    rule.target_columns = Some(target);
-    rule.conflict_key = Some(vec!["symbol".into(), "timeframe".into(), "ts".into()]);
+    let mut rule = (*sql_support::dxy_checked_rules().rules()[0]).clone();
     rule.mirror = mode;
     RuleSet::new(vec![rule])
 }

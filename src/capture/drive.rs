@@ -801,47 +801,33 @@ impl<'a> Driver<'a> {
     /// statement and portal alone. A statement prepared before is only bound and executed;
     /// otherwise it is closed (a failed DISCARD may have left it) and parsed first.
     fn inject(&mut self, name: &'static str, sql: &str, step: Step, forward: bool) {
-        if self.injected.prepared.contains(&name) {
-            for e in [
-                Expect::Close { forward },
-                Expect::Bind { forward },
-                Expect::Execute { step, forward },
-            ] {
-                self.expect(e);
-            }
-            for bytes in [
-                wire::close(b'P', "pgbridge_p"),
-                wire::bind("pgbridge_p", name),
-                wire::execute("pgbridge_p"),
-            ] {
-                self.out.extend_from_slice(&bytes);
-            }
-            return;
-        }
-        if !self.injected.parsed.contains(&name) {
+        let parse = !self.injected.prepared.contains(&name);
+        if parse && !self.injected.parsed.contains(&name) {
             self.injected.parsed.push(name);
         }
-        self.inject_once(name, sql, step, forward);
+        self.send_injected(name, parse.then_some(sql), step, forward);
     }
 
-    /// Runs `sql` as pgbridge's named statement `name`, parsed anew (closed first).
+    /// Runs `sql` as pgbridge's named statement `name`, parsed anew.
     fn inject_once(&mut self, name: &str, sql: &str, step: Step, forward: bool) {
-        for e in [
-            Expect::Close { forward },
-            Expect::Close { forward },
-            Expect::Parse { forward },
-            Expect::Bind { forward },
-            Expect::Execute { step, forward },
-        ] {
+        self.send_injected(name, Some(sql), step, forward);
+    }
+
+    /// Closes pgbridge's portal, parses `sql` as `name` when given (closing `name` first),
+    /// binds the portal to `name` and executes it.
+    fn send_injected(&mut self, name: &str, sql: Option<&str>, step: Step, forward: bool) {
+        let mut expects = vec![Expect::Close { forward }];
+        let mut frames = vec![wire::close(b'P', "pgbridge_p")];
+        if let Some(sql) = sql {
+            expects.extend([Expect::Close { forward }, Expect::Parse { forward }]);
+            frames.extend([wire::close(b'S', name), wire::parse(name, sql)]);
+        }
+        expects.extend([Expect::Bind { forward }, Expect::Execute { step, forward }]);
+        frames.extend([wire::bind("pgbridge_p", name), wire::execute("pgbridge_p")]);
+        for e in expects {
             self.expect(e);
         }
-        for bytes in [
-            wire::close(b'P', "pgbridge_p"),
-            wire::close(b'S', name),
-            wire::parse(name, sql),
-            wire::bind("pgbridge_p", name),
-            wire::execute("pgbridge_p"),
-        ] {
+        for bytes in frames {
             self.out.extend_from_slice(&bytes);
         }
     }
