@@ -177,8 +177,10 @@ struct Pending {
     key: Option<Row>,
 }
 
-/// At most this many statements are in flight at once (their futures are polled, and so sent,
-/// in order).
+/// At most this many statements are in flight at once. Order matters (a key written twice in a
+/// batch): tokio-postgres sends a request when its future is first polled, and futures-util's
+/// `join_all` polls up to 30 futures in order (above that it switches to `FuturesOrdered`,
+/// whose first polls are not promised in order), so keep this at 30 or below.
 const PIPELINE_DEPTH: usize = 30;
 
 /// A live rule and its plan.
