@@ -1,5 +1,6 @@
 //! The SQL pipeline's costs per statement: the pre-filter on unrelated traffic, a cached
-//! classification, and an uncached parse, classify and rewrite.
+//! classification, an uncached parse, classify and rewrite, and a write whose literals change
+//! every time (simple protocol) served from its shape.
 
 use std::sync::Arc;
 
@@ -49,6 +50,28 @@ fn benches(c: &mut Criterion) {
     let write = "UPDATE derived_data_bars SET close = $1 WHERE symbol = $2 AND ts = $3";
     c.bench_function("analyze_uncached_capture", |b| {
         b.iter(|| analyzer.analyze_uncached(std::hint::black_box(write)))
+    });
+    // bench/mirror-workload.sql's upsert as pgbench -M simple sends it: new literals each time.
+    let upsert = |m: u64| {
+        format!(
+            "INSERT INTO derived_data_bars (symbol, ts, open, high, low, close, volume) VALUES ('DXY', timestamptz '2026-01-01 00:00:00+00' + {m} * interval '1 minute', 100 + {m} * 0.0001, 100.05 + {m} * 0.0001, 99.95 + {m} * 0.0001, 100.02 + {m} * 0.0001, 1000) ON CONFLICT (symbol, ts) DO UPDATE SET close = derived_data_bars.close + 1, volume = derived_data_bars.volume + 1"
+        )
+    };
+    let texts: Vec<String> = (0..4096).map(upsert).collect();
+    c.bench_function("analyze_upsert_uncached", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            analyzer.analyze_uncached(std::hint::black_box(&texts[i]))
+        })
+    });
+    analyzer.analyze(&upsert(1_000_000));
+    c.bench_function("analyze_upsert_new_literals_by_shape", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            analyzer.analyze(std::hint::black_box(&texts[i]))
+        })
     });
 }
 

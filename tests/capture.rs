@@ -872,3 +872,54 @@ fn statements_mode_with_a_where_records_a_replay_that_touches_more() {
     assert_eq!(records[0]["primary"], "INSERT 0 0");
     assert_eq!(records[0]["secondary"], "INSERT 0 1");
 }
+
+/// pgbridge keeps its injected statements (BEGIN, the xid query) prepared per session; a
+/// client's DISCARD ALL or DEALLOCATE ALL drops them, and a batch that fails may skip their
+/// Parse: every write after either must still be wrapped, journaled and mirrored.
+#[tokio::test]
+async fn injected_statements_are_prepared_again_after_discard_and_failed_batches() {
+    let (bridge, db) = mirrored("inject_prepared", "");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    async fn write(client: &tokio_postgres::Client, i: i64) -> Result<u64, tokio_postgres::Error> {
+        let sql = format!("{INSERT} ($1, $2::text::timestamptz, 1, 2, 0.5, 3, $3)");
+        let ts = format!("2026-03-01 10:{i:02}:00+00");
+        let stmt = client.prepare(&sql).await?;
+        client.execute(&stmt, &[&"DXY", &ts, &i]).await
+    }
+    // The session's first write fails: the Parse of pgbridge's BEGIN ran but was never
+    // confirmed (another session wrote the row first).
+    let other = connect(&bridge.conn_str("postgres", "", &db)).await;
+    write(&other, 0).await.unwrap();
+    let err = write(&client, 0).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    for i in 1..4 {
+        write(&client, i).await.unwrap();
+    }
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    write(&client, 4).await.unwrap();
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    write(&client, 5).await.unwrap();
+    // Inside a transaction: DEALLOCATE ALL between two writes of it.
+    client.batch_execute("BEGIN").await.unwrap();
+    write(&client, 6).await.unwrap();
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    write(&client, 7).await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    write(&client, 8).await.unwrap();
+    // A failed write mid-way, then more.
+    assert!(write(&client, 8).await.is_err());
+    write(&client, 9).await.unwrap();
+    assert_mirrored(&bridge, &db);
+    assert_eq!(
+        psql_on(
+            cluster().secondary_port,
+            &db,
+            "SELECT count(*) FROM data_bars"
+        )
+        .trim(),
+        "10"
+    );
+}

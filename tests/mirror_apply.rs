@@ -326,6 +326,24 @@ async fn a_secondary_down_for_a_while_loses_nothing() {
     assert_eq!(applier.report().lag_transactions, 0);
 }
 
+/// Waits until `bad` is parked and `last` applied; the target's volumes, in ts order.
+async fn parked_then_applied(
+    applier: &pgbridge::mirror::apply::ApplierHandle,
+    secondary: &Client,
+    bad: u64,
+    last: u64,
+) -> Vec<Vec<Option<String>>> {
+    assert_eq!(
+        applier.wait_applied(bad, Duration::from_secs(20)).await,
+        Err(WaitError::Parked)
+    );
+    applier
+        .wait_applied(last, Duration::from_secs(20))
+        .await
+        .unwrap();
+    rows(secondary, "SELECT volume FROM data_bars ORDER BY ts").await
+}
+
 async fn refused_setup() -> (Client, Client, Mirror) {
     let (p, s) = dxy_pair().await;
     let primary = connect(&p).await;
@@ -351,15 +369,7 @@ async fn a_refused_transaction_is_parked_and_later_ones_go_on() {
     insert_txn(&primary, &m, "2026-01-05 10:00+00", 1).await;
     let bad = insert_txn(&primary, &m, "2026-01-05 10:01+00", 5_000_000).await;
     let last = insert_txn(&primary, &m, "2026-01-05 10:02+00", 3).await;
-    assert_eq!(
-        applier.wait_applied(bad, Duration::from_secs(20)).await,
-        Err(WaitError::Parked)
-    );
-    applier
-        .wait_applied(last, Duration::from_secs(20))
-        .await
-        .unwrap();
-    let got = rows(&secondary, "SELECT volume FROM data_bars ORDER BY ts").await;
+    let got = parked_then_applied(&applier, &secondary, bad, last).await;
     assert_eq!(got, vec![vec![Some("1".into())], vec![Some("3".into())]]);
     assert_eq!(applier.report().parked, 1);
     assert_eq!(
@@ -381,6 +391,62 @@ async fn a_refused_transaction_is_parked_and_later_ones_go_on() {
         "redacted: column names only"
     );
     assert_eq!(m.recorder.status().by_kind["secondary_error"], 1);
+}
+
+#[tokio::test]
+async fn in_a_pipelined_batch_the_refused_transaction_is_the_one_parked() {
+    let (primary, secondary, m) = refused_setup().await;
+    let s_url = secondary_url(&secondary).await;
+    insert_txn(&primary, &m, "2026-01-05 10:00+00", 1).await;
+    insert_txn(&primary, &m, "2026-01-05 10:01+00", 2).await;
+    let bad = insert_txn(&primary, &m, "2026-01-05 10:02+00", 5_000_000).await;
+    let last = insert_txn(&primary, &m, "2026-01-05 10:03+00", 4).await;
+    // Started after the four: they come as one batch, their statements pipelined.
+    let applier = m.applier(&s_url, OnError::Skip);
+    let got = parked_then_applied(&applier, &secondary, bad, last).await;
+    let volumes: Vec<Vec<Option<String>>> = ["1", "2", "4"]
+        .iter()
+        .map(|v| vec![Some(v.to_string())])
+        .collect();
+    assert_eq!(got, volumes);
+    assert_eq!(pgbridge::mirror::parked::list(m.journal.dir()), vec![bad]);
+}
+
+#[tokio::test]
+async fn a_row_written_twice_in_a_transaction_is_applied_once_with_its_last_image() {
+    let (primary, secondary, m) = refused_setup().await;
+    let s_url = secondary_url(&secondary).await;
+    let applier = m.applier(&s_url, OnError::Skip);
+    let mut t = begin(&primary, 9).await;
+    // The first image would be refused by the target's constraint; the second replaces it
+    // within the transaction, and only the transaction's result reaches the target.
+    t.changes = upserts(
+        capture_binary(
+            &primary,
+            &insert("2026-01-05 11:00+00", "100.75", 5_000_000),
+        )
+        .await,
+        Some(true),
+    );
+    t.changes.extend(upserts(
+        capture_binary(
+            &primary,
+            &format!(
+                "UPDATE derived_data_bars SET volume = 6 WHERE ts = '2026-01-05 11:00+00' {RET}"
+            ),
+        )
+        .await,
+        Some(true),
+    ));
+    assert_eq!(t.changes.len(), 2);
+    let id = finish(&primary, &m.journal, &t, true).await;
+    applier
+        .wait_applied(id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let got = rows(&secondary, "SELECT volume FROM data_bars").await;
+    assert_eq!(got, vec![vec![Some("6".to_string())]]);
+    assert_eq!(applier.report().parked, 0);
 }
 
 #[tokio::test]

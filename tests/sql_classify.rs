@@ -5,43 +5,14 @@ mod sql_support;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pgbridge::rules::{Column, RuleSet, TableName};
+use pgbridge::rules::{RuleSet, TableName};
 use pgbridge::sql::{Analyzer, Kind, SessionOp, TxControl, WriteOp};
 
-/// The DXY rule with the columns the online check would find.
-fn dxy_rules() -> RuleSet {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dxy.toml");
-    std::fs::write(&path, sql_support::DXY_RULES).unwrap();
-    let offline = pgbridge::rules::load_offline(&path).unwrap();
-    let mut rule = (*offline.rules()[0]).clone();
-    let col = |name: &str, ty: &str| Column {
-        name: name.into(),
-        type_name: ty.into(),
-        category: 'X',
-        not_null: true,
-        has_default: name == "volume",
-    };
-    let num = "numeric(18,6)";
-    let source = vec![
-        col("symbol", "text"),
-        col("ts", "timestamp with time zone"),
-        col("open", num),
-        col("high", num),
-        col("low", num),
-        col("close", num),
-        col("volume", "bigint"),
-    ];
-    let mut target = source.clone();
-    target[5].name = "close_px".into();
-    rule.source_columns = Some(source);
-    rule.target_columns = Some(target);
-    rule.conflict_key = Some(vec!["symbol".into(), "timeframe".into(), "ts".into()]);
-    RuleSet::new(vec![rule])
-}
-
 fn analyzer() -> Analyzer {
-    Analyzer::new(Arc::new(ArcSwap::from_pointee(dxy_rules())), 100)
+    Analyzer::new(
+        Arc::new(ArcSwap::from_pointee(sql_support::dxy_checked_rules())),
+        100,
+    )
 }
 
 fn dxy() -> TableName {
@@ -270,7 +241,7 @@ fn an_update_from_that_changes_the_key_is_reported() {
 
 #[test]
 fn the_cache_follows_rule_reloads() {
-    let live = Arc::new(ArcSwap::from_pointee(dxy_rules()));
+    let live = Arc::new(ArcSwap::from_pointee(sql_support::dxy_checked_rules()));
     let a = Analyzer::new(live.clone(), 100);
     let sql = "SELECT * FROM derived_data_bars";
     let first = a.analyze(sql);

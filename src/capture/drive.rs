@@ -21,7 +21,7 @@ use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Rec
 use crate::mirror::{Journal, Row, TxnRecord, Value};
 use crate::protocol::messages::{error_response, Severity};
 use crate::rules::{MirrorMode, RuleSet};
-use crate::sql::{Analysis, Analyzer, Kind, StatementInfo, TxControl, WriteOp};
+use crate::sql::{Analysis, Analyzer, Kind, SessionOp, StatementInfo, TxControl, WriteOp};
 
 /// The capture state of one session, shared by its two directions.
 pub struct Shared {
@@ -88,7 +88,17 @@ pub struct Driver<'a> {
     pub(super) routing: Option<(&'a crate::route::ReadFlags, &'a crate::route::SharedTables)>,
     /// Reads served by the secondary ([`super::serve`]).
     pub(super) serving: Option<super::serve::Serving<'a>>,
+    /// pgbridge's injected statements known to be prepared on the primary (their Parse
+    /// succeeded), run with Bind and Execute alone; and those parsed in the current batch, not
+    /// yet known to have succeeded (an error skips everything up to Sync).
+    injected: Injected,
     pub(super) out: BytesMut,
+}
+
+#[derive(Default)]
+struct Injected {
+    prepared: Vec<&'static str>,
+    parsed: Vec<&'static str>,
 }
 
 impl<'a> Driver<'a> {
@@ -118,6 +128,7 @@ impl<'a> Driver<'a> {
             copies: 0,
             routing: None,
             serving: None,
+            injected: Injected::default(),
             out: BytesMut::new(),
         }
     }
@@ -219,7 +230,12 @@ impl<'a> Driver<'a> {
                 self.pass(frame);
                 Ok(())
             }
-            b'S' => self.sync(frame, primary).await,
+            b'S' => {
+                let done = self.sync(frame, primary).await;
+                // What this batch parsed and did not confirm is parsed again next time.
+                self.injected.parsed.clear();
+                done
+            }
             b'F' => {
                 self.expect(Expect::Call);
                 self.pass(frame);
@@ -333,6 +349,7 @@ impl<'a> Driver<'a> {
             return Ok(());
         };
         let analysis = self.analyzer.analyze(text);
+        self.forget_injected(&analysis);
         if analysis.is_unrelated() {
             self.expect(Expect::Query {
                 steps: VecDeque::new(),
@@ -631,6 +648,7 @@ impl<'a> Driver<'a> {
         };
         let name = name.to_string();
         let analysis = self.analyzer.analyze(query);
+        self.forget_injected(&analysis);
         let bytes = if analysis.is_unrelated() {
             None
         } else {
@@ -697,6 +715,9 @@ impl<'a> Driver<'a> {
         primary: &mut W,
     ) -> std::io::Result<()> {
         let analysis = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
+        if let Some(a) = &analysis {
+            self.forget_injected(a);
+        }
         let mut step = analysis
             .as_ref()
             .map_or(Step::Pass, |a| single_step(a, &self.analyzer.rules()));
@@ -794,25 +815,59 @@ impl<'a> Driver<'a> {
         self.drain(primary).await
     }
 
+    /// DISCARD and DEALLOCATE drop prepared statements, pgbridge's too (any of them, to be safe):
+    /// parse them again before their next use.
+    fn forget_injected(&mut self, analysis: &Analysis) {
+        let drops = analysis.statements.iter().any(|s| {
+            matches!(
+                s.kind,
+                Kind::Session(SessionOp::Discard | SessionOp::Deallocate(_))
+            )
+        });
+        if drops {
+            self.injected = Injected::default();
+        }
+    }
+
+    /// The batch so far succeeded (drained, no error): what it parsed is prepared.
+    fn confirm_injected(&mut self) {
+        if !self.shared.lock().batch_error {
+            let parsed = std::mem::take(&mut self.injected.parsed);
+            self.injected.prepared.extend(parsed);
+        }
+    }
+
     /// Runs `sql` as pgbridge's own named statement and portal, leaving the client's unnamed
-    /// statement and portal alone.
-    fn inject(&mut self, name: &str, sql: &str, step: Step, forward: bool) {
-        for e in [
-            Expect::Close { forward },
-            Expect::Close { forward },
-            Expect::Parse { forward },
-            Expect::Bind { forward },
-            Expect::Execute { step, forward },
-        ] {
+    /// statement and portal alone. A statement prepared before is only bound and executed;
+    /// otherwise it is closed (a failed DISCARD may have left it) and parsed first.
+    fn inject(&mut self, name: &'static str, sql: &str, step: Step, forward: bool) {
+        let parse = !self.injected.prepared.contains(&name);
+        if parse && !self.injected.parsed.contains(&name) {
+            self.injected.parsed.push(name);
+        }
+        self.send_injected(name, parse.then_some(sql), step, forward);
+    }
+
+    /// Runs `sql` as pgbridge's named statement `name`, parsed anew.
+    fn inject_once(&mut self, name: &str, sql: &str, step: Step, forward: bool) {
+        self.send_injected(name, Some(sql), step, forward);
+    }
+
+    /// Closes pgbridge's portal, parses `sql` as `name` when given (closing `name` first),
+    /// binds the portal to `name` and executes it.
+    fn send_injected(&mut self, name: &str, sql: Option<&str>, step: Step, forward: bool) {
+        let mut expects = vec![Expect::Close { forward }];
+        let mut frames = vec![wire::close(b'P', "pgbridge_p")];
+        if let Some(sql) = sql {
+            expects.extend([Expect::Close { forward }, Expect::Parse { forward }]);
+            frames.extend([wire::close(b'S', name), wire::parse(name, sql)]);
+        }
+        expects.extend([Expect::Bind { forward }, Expect::Execute { step, forward }]);
+        frames.extend([wire::bind("pgbridge_p", name), wire::execute("pgbridge_p")]);
+        for e in expects {
             self.expect(e);
         }
-        for bytes in [
-            wire::close(b'P', "pgbridge_p"),
-            wire::close(b'S', name),
-            wire::parse(name, sql),
-            wire::bind("pgbridge_p", name),
-            wire::execute("pgbridge_p"),
-        ] {
+        for bytes in frames {
             self.out.extend_from_slice(&bytes);
         }
     }
@@ -823,17 +878,16 @@ impl<'a> Driver<'a> {
         primary: &mut W,
     ) -> std::io::Result<Result<u64, String>> {
         self.xid_asked = false;
-        if self.shared.lock().xid.is_some() {
-            self.drain_extended(primary).await?;
-            return Ok(self.intent().await);
+        if self.shared.lock().xid.is_none() {
+            self.inject(
+                "pgbridge_xid",
+                "SELECT pg_current_xact_id()",
+                Step::Xid,
+                false,
+            );
         }
-        self.inject(
-            "pgbridge_xid",
-            "SELECT pg_current_xact_id()",
-            Step::Xid,
-            false,
-        );
         self.drain_extended(primary).await?;
+        self.confirm_injected();
         Ok(self.intent().await)
     }
 
@@ -856,7 +910,7 @@ impl<'a> Driver<'a> {
                         quote_literal(&format!("pgbridge rolled the transaction back: {message}"))
                     );
                     self.shared.lock().txn.clear();
-                    self.inject("pgbridge_refuse", &raise, Step::Pass, true);
+                    self.inject_once("pgbridge_refuse", &raise, Step::Pass, true);
                     return Ok(());
                 }
             }

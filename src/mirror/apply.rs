@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 use super::compare::{key_detail, Verb, WriteCheck};
 use super::parked::{self, ParkedInfo};
 use super::status::{MirrorReport, MirrorStats};
-use super::{ChangeOp, Effect, Journal, Row, TxnRecord, Value};
+use super::{Change, ChangeOp, Effect, Journal, Row, TxnRecord, Value};
 use crate::config::{MirrorConfig, OnError};
 use crate::divergence::{record::rfc3339, Divergence, Kind, Recorder};
 use crate::rules::{quote_ident, Rule, RuleSet, TableName};
@@ -168,7 +168,70 @@ pub struct Applier {
     parked_here: Option<u64>,
     /// Write comparisons' records of the batch being applied, written once it committed.
     pending: Vec<Divergence>,
+    /// Statements of the batch not yet sent: they go out together, pipelined, instead of one
+    /// round trip each.
+    pipeline: Vec<Pending>,
+    /// The index in the batch of the transaction being applied.
+    txn: usize,
+    /// The write comparison of each transaction of the batch, by index; the pipeline's answers
+    /// are checked into it.
+    checks: Vec<WriteCheck>,
+    /// The primary's effect of the first of upserts of one row left out for the last one.
+    carried: Option<Option<Effect>>,
 }
+
+/// One statement of a batch waiting in the pipeline, with what an error report needs.
+struct Pending {
+    stmt: Statement,
+    values: Vec<Value>,
+    txn: usize,
+    table: TableName,
+    key: Option<Row>,
+    answer: Answer,
+}
+
+/// What a queued statement's answer is checked for (the write comparison).
+enum Answer {
+    Unchecked,
+    /// The statement should find its row (a delete of a row the primary had).
+    Found {
+        verb: Verb,
+        key: Row,
+    },
+    /// An upsert (`RETURNING (xmax = 0)`): did it insert, as the primary's `verb` says?
+    Upsert {
+        verb: Verb,
+        key: Row,
+    },
+    /// A replayed statement: its row count against the primary's tag.
+    Statement {
+        sql: String,
+        tag: String,
+        filtered: bool,
+    },
+}
+
+impl Answer {
+    /// Checks answer `n` (rows affected; for an upsert, 1 when it inserted).
+    fn check(&self, check: &mut WriteCheck, table: &TableName, n: u64) {
+        match self {
+            Answer::Unchecked => {}
+            Answer::Found { verb, key } => check.row(table, *verb, n > 0, key),
+            Answer::Upsert { verb, key } => {
+                check.row(table, *verb, (n == 1) == (*verb == Verb::Insert), key)
+            }
+            Answer::Statement { sql, tag, filtered } => {
+                check.statement(table, sql, tag, n, *filtered)
+            }
+        }
+    }
+}
+
+/// At most this many statements are in flight at once. Order matters (a key written twice in a
+/// batch): tokio-postgres sends a request when its future is first polled, and futures-util's
+/// `join_all` polls up to 30 futures in order (above that it switches to `FuturesOrdered`,
+/// whose first polls are not promised in order), so keep this at 30 or below.
+const PIPELINE_DEPTH: usize = 30;
 
 /// A live rule and its plan.
 type LivePlan = (Arc<Rule>, Arc<RulePlan>);
@@ -181,6 +244,8 @@ struct Upsert<'a> {
     table: &'a TableName,
     row: &'a Row,
     in_filter: Option<bool>,
+    /// What the primary did to the row, when the comparison can tell.
+    expect: Option<Verb>,
 }
 
 /// A rule's apply statements, plus the filter check when the rule has a `where`.
@@ -230,6 +295,10 @@ impl Applier {
             applied,
             plans: HashMap::new(),
             statements: HashMap::new(),
+            pipeline: Vec::new(),
+            txn: 0,
+            checks: Vec::new(),
+            carried: None,
             parked_here: None,
             pending: Vec::new(),
         };
@@ -512,6 +581,9 @@ impl Applier {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| classify(&e, 0, None, None))?;
+        self.pipeline.clear();
+        self.checks.clear();
+        self.carried = None;
         let result = self.apply_in_txn(client, txns).await;
         match result {
             Ok(()) => {
@@ -557,18 +629,27 @@ impl Applier {
         let mut last = 0;
         for (i, (id, txn)) in txns.iter().enumerate() {
             last = *id;
+            self.txn = i;
+            self.checks.push(WriteCheck::new(
+                *id,
+                txn.as_ref().map_or(0, |t| t.session),
+                self.recorder.redact(),
+            ));
             let Some(txn) = txn else { continue };
-            let mut check = WriteCheck::new(*id, txn.session, self.recorder.redact());
-            for change in &txn.changes {
-                self.apply_change(client, &change.table, &change.op, &mut check)
-                    .await
-                    .map_err(|mut e| {
-                        if let ApplyError::Permanent { txn, .. } = &mut e {
-                            *txn = i;
-                        }
-                        e
-                    })?;
+            for (k, change) in txn.changes.iter().enumerate() {
+                if self.superseded(change, txn.changes.get(k + 1)) {
+                    // What the primary did first is what the row's one upsert must match.
+                    if let ChangeOp::Upsert { effect, .. } = &change.op {
+                        self.carried.get_or_insert(*effect);
+                    }
+                    continue;
+                }
+                // Errors name their transaction (a queued statement's may be an earlier one's).
+                self.apply_change(client, &change.table, &change.op).await?;
             }
+        }
+        self.flush(client).await?;
+        for check in self.checks.drain(..) {
             self.pending.extend(check.divergences());
         }
         client
@@ -578,15 +659,39 @@ impl Applier {
         Ok(())
     }
 
+    /// An upsert whose row the transaction's next change upserts again (same table, same key):
+    /// the next one alone decides the target row (its image is whole, and the batch is one
+    /// secondary transaction), so the first need not run. An upsert then update of one row is
+    /// the commonest transaction of all.
+    fn superseded(&self, change: &Change, next: Option<&Change>) -> bool {
+        let (ChangeOp::Upsert { row, .. }, Some(next)) = (&change.op, next) else {
+            return false;
+        };
+        let ChangeOp::Upsert { row: next_row, .. } = &next.op else {
+            return false;
+        };
+        if next.table != change.table {
+            return false;
+        }
+        let rules = self.rules.load();
+        let Some(rule) = rules.get(&change.table) else {
+            return false;
+        };
+        matches!(
+            (key_values(rule, row), key_values(rule, next_row)),
+            (Ok(a), Ok(b)) if a == b
+        )
+    }
+
     async fn apply_change(
         &mut self,
         client: &Client,
         table: &TableName,
         op: &ChangeOp,
-        check: &mut WriteCheck,
     ) -> Result<(), ApplyError> {
+        let txn = self.txn;
         let permanent = |message: String, key: Option<&Row>| ApplyError::Permanent {
-            txn: 0,
+            txn,
             table: Some(table.clone()),
             key: key.cloned(),
             sqlstate: None,
@@ -616,11 +721,15 @@ impl Applier {
                 })
                 .collect();
             let refs: Vec<&Value> = values.iter().collect();
-            let rows = self.exec(client, sql, &refs, table, None).await?;
-            if let Some(tag) = tag {
-                check.statement(table, sql, tag, rows, filtered);
-            }
-            return Ok(());
+            let answer = match tag {
+                Some(tag) => Answer::Statement {
+                    sql: sql.clone(),
+                    tag: tag.clone(),
+                    filtered,
+                },
+                None => Answer::Unchecked,
+            };
+            return self.exec(client, sql, &refs, table, None, answer).await;
         }
         let Some((rule, plan)) = self.plan(table).map_err(|m| permanent(m, None))? else {
             debug!(table = %table, "no mirrored rule for the table any more: change skipped");
@@ -630,29 +739,39 @@ impl Applier {
             // Handled above, before the row plan.
             ChangeOp::Statement { .. } => Ok(()),
             ChangeOp::Truncate => {
-                self.exec(client, &plan.plan.truncate, &[], table, None)
-                    .await?;
-                Ok(())
+                self.exec(
+                    client,
+                    &plan.plan.truncate,
+                    &[],
+                    table,
+                    None,
+                    Answer::Unchecked,
+                )
+                .await
             }
             ChangeOp::Delete { key, in_filter } => {
                 if *in_filter == Some(false) {
                     return Ok(());
                 }
                 let values = key_values(&rule, key).map_err(|m| permanent(m, Some(key)))?;
-                let deleted = self
-                    .exec(client, &plan.plan.delete, &values, table, Some(key))
-                    .await?;
                 // A row the primary deleted inside the migration was the target's.
-                if *in_filter == Some(true) || rule.filter.is_none() {
-                    check.row(table, Verb::Delete, deleted > 0, key);
-                }
-                Ok(())
+                let answer = if *in_filter == Some(true) || rule.filter.is_none() {
+                    Answer::Found {
+                        verb: Verb::Delete,
+                        key: key.clone(),
+                    }
+                } else {
+                    Answer::Unchecked
+                };
+                self.exec(client, &plan.plan.delete, &values, table, Some(key), answer)
+                    .await
             }
             ChangeOp::Upsert {
                 row,
                 in_filter,
                 effect,
             } => {
+                let effect = self.carried.take().unwrap_or(*effect);
                 let expect = match effect {
                     Some(Effect::Inserted) => Some(Verb::Insert),
                     // Unless the `where` follows the key, an UPDATE may bring a row in.
@@ -665,13 +784,9 @@ impl Applier {
                     table,
                     row,
                     in_filter: *in_filter,
+                    expect,
                 };
-                let inserted = self.upsert(client, &upsert).await?;
-                if let (Some(verb), Some(inserted)) = (expect, inserted) {
-                    let key = key_row(&rule, row);
-                    check.row(table, verb, inserted == (verb == Verb::Insert), &key);
-                }
-                Ok(())
+                self.upsert(client, &upsert).await
             }
             ChangeOp::UpdateKey {
                 old_key,
@@ -679,42 +794,50 @@ impl Applier {
                 in_filter,
             } => {
                 let values = key_values(&rule, old_key).map_err(|m| permanent(m, Some(old_key)))?;
-                let deleted = self
-                    .exec(client, &plan.plan.delete, &values, table, Some(old_key))
-                    .await?;
                 // Without a `where` every source row is the target's: the old one was there.
-                if rule.filter.is_none() {
-                    check.row(table, Verb::Update, deleted > 0, old_key);
-                }
+                let answer = if rule.filter.is_none() {
+                    Answer::Found {
+                        verb: Verb::Update,
+                        key: old_key.clone(),
+                    }
+                } else {
+                    Answer::Unchecked
+                };
+                self.exec(
+                    client,
+                    &plan.plan.delete,
+                    &values,
+                    table,
+                    Some(old_key),
+                    answer,
+                )
+                .await?;
                 let upsert = Upsert {
                     rule: &rule,
                     plan: &plan,
                     table,
                     row,
                     in_filter: *in_filter,
+                    expect: None,
                 };
-                self.upsert(client, &upsert).await?;
-                Ok(())
+                self.upsert(client, &upsert).await
             }
         }
     }
 
     /// Upserts a row that matches the rule's `where`; deletes the key of one that does not.
-    /// `Some(inserted)` when it upserted: whether the target lacked the row.
-    async fn upsert(
-        &mut self,
-        client: &Client,
-        u: &Upsert<'_>,
-    ) -> Result<Option<bool>, ApplyError> {
+    async fn upsert(&mut self, client: &Client, u: &Upsert<'_>) -> Result<(), ApplyError> {
         let Upsert {
             rule,
             plan,
             table,
             row,
             in_filter,
+            expect,
         } = *u;
+        let txn = self.txn;
         let permanent = |message: String| ApplyError::Permanent {
-            txn: 0,
+            txn,
             table: Some(table.clone()),
             key: Some(row.clone()),
             sqlstate: None,
@@ -725,40 +848,44 @@ impl Applier {
             (Some(m), _) => m,
             (None, None) => true,
             (None, Some(sql)) => {
+                // The answer decides what comes next: what is queued goes first.
+                self.flush(client).await?;
                 let stmt = self
                     .prepare(client, sql, &values)
                     .await
-                    .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
+                    .map_err(|e| classify(&e, self.txn, Some(table), Some(row)))?;
                 let r = client
                     .query_one(&stmt, &params(&values))
                     .await
-                    .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
+                    .map_err(|e| classify(&e, self.txn, Some(table), Some(row)))?;
                 r.get::<_, Option<bool>>(0).unwrap_or(false)
             }
         };
         if matches {
-            let stmt = self
-                .prepare(client, &plan.plan.upsert, &values)
+            let answer = match expect {
+                Some(verb) => Answer::Upsert {
+                    verb,
+                    key: key_row(rule, row),
+                },
+                None => Answer::Unchecked,
+            };
+            self.exec(client, &plan.plan.upsert, &values, table, Some(row), answer)
                 .await
-                .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
-            let returned = client
-                .query(&stmt, &params(&values))
-                .await
-                .map_err(|e| classify(&e, 0, Some(table), Some(row)))?;
-            // `DO NOTHING` returns no row when the target had it.
-            let inserted = returned
-                .iter()
-                .any(|r| r.get::<_, Option<bool>>(0) == Some(true));
-            Ok(Some(inserted))
         } else {
             let key = key_values(rule, row).map_err(permanent)?;
-            self.exec(client, &plan.plan.delete, &key, table, Some(row))
-                .await?;
-            Ok(None)
+            self.exec(
+                client,
+                &plan.plan.delete,
+                &key,
+                table,
+                Some(row),
+                Answer::Unchecked,
+            )
+            .await
         }
     }
 
-    /// Runs one statement; returns the rows it affected.
+    /// Queues one statement, its answer to be checked for `answer` (see [`Applier::flush`]).
     async fn exec(
         &mut self,
         client: &Client,
@@ -766,15 +893,53 @@ impl Applier {
         values: &[&Value],
         table: &TableName,
         key: Option<&Row>,
-    ) -> Result<u64, ApplyError> {
+        answer: Answer,
+    ) -> Result<(), ApplyError> {
         let stmt = self
             .prepare(client, sql, values)
             .await
-            .map_err(|e| classify(&e, 0, Some(table), key))?;
-        client
-            .execute(&stmt, &params(values))
-            .await
-            .map_err(|e| classify(&e, 0, Some(table), key))
+            .map_err(|e| classify(&e, self.txn, Some(table), key))?;
+        self.pipeline.push(Pending {
+            stmt,
+            values: values.iter().map(|v| (*v).clone()).collect(),
+            txn: self.txn,
+            table: table.clone(),
+            key: key.cloned(),
+            answer,
+        });
+        Ok(())
+    }
+
+    /// Sends the queued statements, pipelined, and waits for their answers, which go to their
+    /// transaction's write comparison. The first error in order is the cause (the ones after it
+    /// fail because the transaction is aborted).
+    async fn flush(&mut self, client: &Client) -> Result<(), ApplyError> {
+        let pending = std::mem::take(&mut self.pipeline);
+        for chunk in pending.chunks(PIPELINE_DEPTH) {
+            let results = futures_util::future::join_all(chunk.iter().map(|p| async move {
+                let values: Vec<&Value> = p.values.iter().collect();
+                match p.answer {
+                    // `DO NOTHING` returns no row when the target had it.
+                    Answer::Upsert { .. } => {
+                        client.query(&p.stmt, &params(&values)).await.map(|rows| {
+                            u64::from(
+                                rows.iter()
+                                    .any(|r| r.get::<_, Option<bool>>(0) == Some(true)),
+                            )
+                        })
+                    }
+                    _ => client.execute(&p.stmt, &params(&values)).await,
+                }
+            }))
+            .await;
+            for (p, r) in chunk.iter().zip(results) {
+                let n = r.map_err(|e| classify(&e, p.txn, Some(&p.table), p.key.as_ref()))?;
+                if let Some(check) = self.checks.get_mut(p.txn) {
+                    p.answer.check(check, &p.table, n);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A prepared statement with the values' parameter types, cached per connection.

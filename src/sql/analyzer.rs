@@ -3,7 +3,9 @@
 //! It follows the live rules (the `ArcSwap` that hot reload swaps), rebuilding the pre-filter and
 //! the parsed views once per new rule set. Unrelated statements return a shared analysis without
 //! locking or allocating; everything else is computed once per text and rules generation and then
-//! served from the LRU.
+//! served from the LRU. A text that names a migrated table and misses the LRU is looked up by its
+//! shape (its text with the literals normalized, [`super::shape`]): clients that send each write
+//! with its own literals then pay a lexer pass instead of a parse.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use super::cache::Lru;
 use super::keywords;
-use super::pipeline::analyze_uncached;
+use super::pipeline::{analyze_uncached, seen_tables};
 use super::prefilter::Prefilter;
 use super::read::Views;
+use super::shape::{self, Shape};
 use super::{view, Analysis};
 use crate::rules::{RuleSet, TableName};
 use arc_swap::{ArcSwap, Guard};
@@ -25,6 +28,8 @@ pub(super) struct Snapshot {
     pub(super) prefilter: Prefilter,
     pub(super) names: Vec<TableName>,
     pub(super) views: Views,
+    /// Literals of the rules' `where`, kept as they are in shape keys.
+    pub(super) filter_literals: std::collections::HashSet<String>,
 }
 
 impl Snapshot {
@@ -37,7 +42,10 @@ impl Snapshot {
                 views.insert(rule.source.clone(), (i, v));
             }
         }
+        let filter_literals =
+            shape::filter_literals(rules.rules().iter().filter_map(|r| r.filter.as_deref()));
         Snapshot {
+            filter_literals,
             rules,
             generation,
             prefilter,
@@ -53,6 +61,8 @@ pub struct Analyzer {
     snapshot: ArcSwap<Snapshot>,
     generations: AtomicU64,
     cache: Mutex<Lru>,
+    shapes: Mutex<Lru<Shape>>,
+    shape_hits: AtomicU64,
     other: Arc<Analysis>,
 }
 
@@ -65,6 +75,8 @@ impl Analyzer {
             snapshot: ArcSwap::from_pointee(snapshot),
             generations: AtomicU64::new(0),
             cache: Mutex::new(Lru::new(capacity)),
+            shapes: Mutex::new(Lru::new(capacity)),
+            shape_hits: AtomicU64::new(0),
             other: Arc::new(Analysis::default()),
         }
     }
@@ -84,11 +96,61 @@ impl Analyzer {
                 return hit;
             }
         }
+        if !snap.prefilter.is_clear(sql) {
+            if let Some(analysis) = self.analyze_by_shape(sql, &snap) {
+                return analysis;
+            }
+        }
         let analysis = Arc::new(analyze_uncached(sql, &snap));
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(sql, snap.generation, analysis.clone());
         }
         analysis
+    }
+
+    /// The analysis of `sql` from the shape of its literal-normalized text, building the shape
+    /// on a miss. `None`: the text has no literals to normalize, or its shape cannot be
+    /// filled exactly; analyze the text itself.
+    fn analyze_by_shape(&self, sql: &str, snap: &Snapshot) -> Option<Arc<Analysis>> {
+        let norm = shape::normalize_keeping(sql, &snap.filter_literals)?;
+        let cached = self.shapes.lock().ok()?.get(&norm.key, snap.generation);
+        match cached {
+            Some(Shape::Template(t)) => {
+                // A literal that holds a migrated table's name changes what the pre-filter saw.
+                if t.seen != seen_tables(sql, snap) {
+                    return None;
+                }
+                let filled = norm.fill(&t, sql)?;
+                self.shape_hits.fetch_add(1, Ordering::Relaxed);
+                Some(Arc::new(filled))
+            }
+            Some(Shape::Opaque) => None,
+            None => {
+                let real = analyze_uncached(sql, snap);
+                let template = analyze_uncached(&norm.sentinel_text(sql), snap);
+                let exact = template.parse_error.is_none()
+                    && norm.fill(&template, sql).as_ref() == Some(&real);
+                let entry = match exact {
+                    true => Shape::Template(Arc::new(template)),
+                    false => Shape::Opaque,
+                };
+                if let Ok(mut shapes) = self.shapes.lock() {
+                    shapes.insert(&norm.key, snap.generation, entry);
+                }
+                let real = Arc::new(real);
+                if !exact {
+                    if let Ok(mut cache) = self.cache.lock() {
+                        cache.insert(sql, snap.generation, real.clone());
+                    }
+                }
+                Some(real)
+            }
+        }
+    }
+
+    /// How many analyses were filled from a shape rather than parsed.
+    pub fn shape_hits(&self) -> u64 {
+        self.shape_hits.load(Ordering::Relaxed)
     }
 
     /// The analysis without the pre-filter or the cache (for benchmarks and tests).

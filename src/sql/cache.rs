@@ -1,4 +1,4 @@
-//! A bounded LRU of analyses by statement text.
+//! A bounded LRU of analyses by statement text (and of shapes by literal-normalized text).
 //!
 //! Applications repeat a small set of statement texts, so after warm-up nearly every statement
 //! that needs the parser is a hit. Entries remember the rules generation they were computed
@@ -12,21 +12,21 @@ use std::sync::Arc;
 
 use super::Analysis;
 
-struct Entry {
-    analysis: Arc<Analysis>,
+struct Entry<V> {
+    analysis: V,
     generation: u64,
     stamp: u64,
 }
 
 /// The cache itself; the analyzer wraps it in a mutex.
-pub struct Lru {
-    map: HashMap<Box<str>, Entry>,
+pub struct Lru<V = Arc<Analysis>> {
+    map: HashMap<Box<str>, Entry<V>>,
     capacity: usize,
     clock: u64,
 }
 
-impl Lru {
-    pub fn new(capacity: usize) -> Lru {
+impl<V: Clone> Lru<V> {
+    pub fn new(capacity: usize) -> Lru<V> {
         Lru {
             map: HashMap::with_capacity(capacity.min(4096)),
             capacity: capacity.max(8),
@@ -35,7 +35,7 @@ impl Lru {
     }
 
     /// The analysis of `sql` computed under rules `generation`, if cached.
-    pub fn get(&mut self, sql: &str, generation: u64) -> Option<Arc<Analysis>> {
+    pub fn get(&mut self, sql: &str, generation: u64) -> Option<V> {
         self.clock += 1;
         let entry = self.map.get_mut(sql)?;
         if entry.generation != generation {
@@ -45,7 +45,7 @@ impl Lru {
         Some(entry.analysis.clone())
     }
 
-    pub fn insert(&mut self, sql: &str, generation: u64, analysis: Arc<Analysis>) {
+    pub fn insert(&mut self, sql: &str, generation: u64, analysis: V) {
         if self.map.len() >= self.capacity && !self.map.contains_key(sql) {
             self.evict();
         }
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_go_first() {
-        let mut lru = Lru::new(8);
+        let mut lru: Lru = Lru::new(8);
         let a = Arc::new(Analysis::default());
         for i in 0..8 {
             lru.insert(&format!("q{i}"), 1, a.clone());

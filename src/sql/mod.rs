@@ -13,8 +13,9 @@
 //! - [`capture`]: writes with RETURNING spliced in, for the primary.
 //! - [`apply`]: upserts and deletes for the secondary from captured rows.
 //! - [`statements`]: writes rewritten to the target for `mirror = "statements"`.
-//! - [`cache`]: the bounded LRU of analyses; [`analyzer`]: the entry point; `pipeline`: the
-//!   uncached path it runs once per text.
+//! - [`cache`]: the bounded LRU of analyses; [`shape`]: analyses shared by texts that differ
+//!   only in their literals; [`analyzer`]: the entry point; `pipeline`: the uncached path it
+//!   runs once per text (or per shape).
 
 pub mod analyzer;
 pub mod apply;
@@ -25,6 +26,7 @@ pub mod keywords;
 mod pipeline;
 pub mod prefilter;
 pub mod read;
+pub mod shape;
 pub mod splice;
 pub mod statements;
 pub mod view;
@@ -58,7 +60,7 @@ pub enum Kind {
 }
 
 /// One statement of a text, with what pgbridge will do with it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StatementInfo {
     pub kind: Kind,
     /// Its bytes in the text (without the `;`).
@@ -102,7 +104,7 @@ impl StatementInfo {
 }
 
 /// Everything pgbridge knows about a statement text (one Query message may hold several).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Analysis {
     /// Migrated tables the pre-filter saw; empty when the parser never ran for the rules.
     pub seen: Vec<TableName>,

@@ -34,12 +34,7 @@ impl Tokens<'_> {
 
 /// The full analysis of a text: parse, classify and rewrite each statement.
 pub(super) fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
-    let seen: Vec<TableName> = snap
-        .prefilter
-        .seen(sql)
-        .into_iter()
-        .map(|i| snap.names[i].clone())
-        .collect();
+    let seen = seen_tables(sql, snap);
     let tokens = Tokens {
         sql,
         toks: std::cell::OnceCell::new(),
@@ -157,7 +152,8 @@ fn statement(
     info
 }
 
-fn seen_tables(sql: &str, snap: &Snapshot) -> Vec<TableName> {
+/// The migrated tables the pre-filter sees in `sql`.
+pub(super) fn seen_tables(sql: &str, snap: &Snapshot) -> Vec<TableName> {
     snap.prefilter
         .seen(sql)
         .into_iter()

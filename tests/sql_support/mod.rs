@@ -117,3 +117,35 @@ pub fn analyzer(rules: pgbridge::rules::RuleSet) -> pgbridge::sql::Analyzer {
     let live = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(rules));
     pgbridge::sql::Analyzer::new(live, 1000)
 }
+
+/// The DXY rule with the columns the online check would find.
+pub fn dxy_checked_rules() -> pgbridge::rules::RuleSet {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dxy.toml");
+    std::fs::write(&path, DXY_RULES).unwrap();
+    let offline = pgbridge::rules::load_offline(&path).unwrap();
+    let mut rule = (*offline.rules()[0]).clone();
+    let col = |name: &str, ty: &str| pgbridge::rules::Column {
+        name: name.into(),
+        type_name: ty.into(),
+        category: 'X',
+        not_null: true,
+        has_default: name == "volume",
+    };
+    let num = "numeric(18,6)";
+    let source = vec![
+        col("symbol", "text"),
+        col("ts", "timestamp with time zone"),
+        col("open", num),
+        col("high", num),
+        col("low", num),
+        col("close", num),
+        col("volume", "bigint"),
+    ];
+    let mut target = source.clone();
+    target[5].name = "close_px".into();
+    rule.source_columns = Some(source);
+    rule.target_columns = Some(target);
+    rule.conflict_key = Some(vec!["symbol".into(), "timeframe".into(), "ts".into()]);
+    pgbridge::rules::RuleSet::new(vec![rule])
+}

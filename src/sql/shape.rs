@@ -1,0 +1,357 @@
+//! Analyses shared by texts that differ only in their literals.
+//!
+//! Clients that do not prepare their statements send every write with its own literals, so the
+//! cache by text misses each time and each text would be parsed, classified and rewritten anew.
+//! Yet an analysis depends on a literal only where it copies it: the capture rewrite keeps the
+//! client's text (and moves its WHERE into a subquery), read and statement rewrites render it
+//! from the AST, and statement ranges are byte offsets that shift with its length. So:
+//!
+//! - a lexer pass ([`normalize`]) finds the plain literals and replaces each by a marker to form
+//!   the key;
+//! - the shape of a key is the analysis of the text with a distinct sentinel literal in each
+//!   literal's place (`9731904NNNN`, or `'9731904NNNN'` for a string);
+//! - a hit ([`Normalized::fill`]) copies the shape with each sentinel replaced by the client's
+//!   own literal token and each offset shifted.
+//!
+//! Exactness rests on two things. Only literals whose token text is also how sqlparser renders
+//! them are normalized: plain `'...'` strings without backslashes and plain decimal numbers; a
+//! text the lexer is unsure of is not normalized at all. And a shape is kept only if filling it
+//! with the literals of the text it was built for reproduces that text's uncached analysis;
+//! otherwise the key is remembered as [`Shape::Opaque`] and its texts take the exact path.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use super::Analysis;
+
+/// What the shape cache holds for a key.
+#[derive(Clone)]
+pub enum Shape {
+    /// The analysis of the sentinel text, to fill.
+    Template(std::sync::Arc<Analysis>),
+    /// Filling does not reproduce the uncached analysis: analyze each text itself.
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lit {
+    Str,
+    Num,
+}
+
+/// The digits every sentinel starts with; a text containing them is not normalized.
+const MARK: &str = "9731904";
+/// Sentinels carry a 4-digit literal index.
+const MAX_LITERALS: usize = 10_000;
+const NUM_LEN: usize = MARK.len() + 4;
+
+/// A text's plain literals and the key they give.
+#[derive(Debug)]
+pub struct Normalized {
+    /// The text with each literal replaced by `\x01s` or `\x01n`.
+    pub key: String,
+    spans: Vec<(Range<usize>, Lit)>,
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// The index after a quoted token starting at `i` (`''` or `""` doubled inside); with
+/// `backslash`, a backslash escapes the next byte (E'...' strings).
+fn skip_quoted(b: &[u8], i: usize, quote: u8, backslash: bool) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match *b.get(j)? {
+            c if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
+            c if c == quote => return Some(j + 1),
+            b'\\' if backslash => j += 2,
+            _ => j += 1,
+        }
+    }
+}
+
+/// The index after a (nested) block comment starting at `i`.
+fn skip_comment(b: &[u8], i: usize) -> Option<usize> {
+    let (mut j, mut depth) = (i + 2, 1);
+    while depth > 0 {
+        match (b.get(j)?, b.get(j + 1)) {
+            (b'/', Some(b'*')) => (depth, j) = (depth + 1, j + 2),
+            (b'*', Some(b'/')) => (depth, j) = (depth - 1, j + 2),
+            _ => j += 1,
+        }
+    }
+    Some(j)
+}
+
+/// The index after `$1` or a dollar-quoted string starting at `i`.
+fn skip_dollar(b: &[u8], i: usize) -> Option<usize> {
+    let rest = &b[i + 1..];
+    if rest.first()?.is_ascii_digit() {
+        return Some(i + 1 + rest.iter().take_while(|c| c.is_ascii_digit()).count());
+    }
+    let tag_len = rest
+        .iter()
+        .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'_')
+        .count();
+    if rest.get(tag_len) != Some(&b'$') {
+        return None;
+    }
+    let tag = &b[i..i + tag_len + 2];
+    let body = i + tag.len();
+    memchr::memmem::find(&b[body..], tag).map(|n| body + n + tag.len())
+}
+
+/// The plain literals of `sql` and its key; `None` when it has none or the lexer is unsure.
+pub fn normalize(sql: &str) -> Option<Normalized> {
+    normalize_keeping(sql, &HashSet::new())
+}
+
+/// [`normalize`], leaving the literals whose token text is in `keep` as they are: those the
+/// rules' `where` names, on which an analysis depends (a read that repeats `symbol = 'DXY'` may
+/// be served by the secondary, one with another symbol may not).
+pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized> {
+    let b = sql.as_bytes();
+    if memchr::memchr(1, b).is_some() || memchr::memmem::find(b, MARK.as_bytes()).is_some() {
+        return None;
+    }
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let next = b.get(i + 1).copied();
+        match b[i] {
+            b'-' if next == Some(b'-') => {
+                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n + 1)
+            }
+            b'/' if next == Some(b'*') => i = skip_comment(b, i)?,
+            b'"' => i = skip_quoted(b, i, b'"', false)?,
+            b'\'' => {
+                let prefix = i.checked_sub(1).map(|p| b[p]);
+                let escaped = matches!(prefix, Some(b'e' | b'E'));
+                let end = skip_quoted(b, i, b'\'', escaped)?;
+                // E'', N'', B'', X'', U&'': not rendered as written.
+                let prefixed = prefix.is_some_and(|p| is_ident(p) || p == b'&');
+                if !prefixed {
+                    // sqlparser renders a value holding two quotes in a row as if it were
+                    // already escaped: not how the client wrote it.
+                    let inner = &b[i + 1..end - 1];
+                    if inner.contains(&b'\\') || memchr::memmem::find(inner, b"''''").is_some() {
+                        return None;
+                    }
+                    if !keep.contains(&sql[i..end]) {
+                        spans.push((i..end, Lit::Str));
+                    }
+                }
+                i = end;
+            }
+            b'$' => i = skip_dollar(b, i)?,
+            b'.' if next.is_some_and(|c| c.is_ascii_digit()) => return None,
+            c if c.is_ascii_digit() => {
+                let start = i;
+                i += b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+                    i += 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                }
+                // 1e5, 1., 1_000, 0x1F, 12abc: not plain.
+                if b.get(i).is_some_and(|&c| is_ident(c) || c == b'.') {
+                    return None;
+                }
+                if !keep.contains(&sql[start..i]) {
+                    spans.push((start..i, Lit::Num));
+                }
+            }
+            c if is_ident(c) => i += b[i..].iter().take_while(|&&c| is_ident(c)).count(),
+            _ => i += 1,
+        }
+    }
+    if spans.is_empty() || spans.len() >= MAX_LITERALS {
+        return None;
+    }
+    let mut key = String::with_capacity(sql.len());
+    let mut at = 0;
+    for (r, lit) in &spans {
+        key.push_str(&sql[at..r.start]);
+        key.push_str(match lit {
+            Lit::Str => "\x01s",
+            Lit::Num => "\x01n",
+        });
+        at = r.end;
+    }
+    key.push_str(&sql[at..]);
+    Some(Normalized { key, spans })
+}
+
+/// The literal tokens of the rules' `where` expressions, to keep in shape keys.
+pub fn filter_literals(filters: impl IntoIterator<Item = impl AsRef<str>>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for f in filters {
+        let f = f.as_ref();
+        if let Some(n) = normalize(f) {
+            out.extend(n.spans.iter().map(|(r, _)| f[r.clone()].to_string()));
+        }
+    }
+    out
+}
+
+fn sentinel_len(lit: Lit) -> usize {
+    match lit {
+        Lit::Num => NUM_LEN,
+        Lit::Str => NUM_LEN + 2,
+    }
+}
+
+impl Normalized {
+    /// `sql` with a distinct sentinel in each literal's place: the text the shape is built from.
+    pub fn sentinel_text(&self, sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len() + self.spans.len() * 8);
+        let mut at = 0;
+        for (i, (r, lit)) in self.spans.iter().enumerate() {
+            out.push_str(&sql[at..r.start]);
+            match lit {
+                Lit::Num => out.push_str(&format!("{MARK}{i:04}")),
+                Lit::Str => out.push_str(&format!("'{MARK}{i:04}'")),
+            }
+            at = r.end;
+        }
+        out.push_str(&sql[at..]);
+        out
+    }
+
+    /// The analysis of `sql` from the shape of its key: sentinels replaced by `sql`'s literals,
+    /// offsets moved to `sql`'s. `None` when the shape does not fit.
+    pub fn fill(&self, shape: &Analysis, sql: &str) -> Option<Analysis> {
+        let mut a = shape.clone();
+        let subst = |s: &mut String| -> Option<()> {
+            *s = self.substitute(s, sql)?;
+            Some(())
+        };
+        if let Some(s) = &mut a.capture_sql {
+            subst(s)?;
+        }
+        if let Some(s) = &mut a.parse_error {
+            subst(s)?;
+        }
+        for st in &mut a.statements {
+            st.text = self.offset(st.text.start)?..self.offset(st.text.end)?;
+            for s in [&mut st.read_rewrite, &mut st.note].into_iter().flatten() {
+                subst(s)?;
+            }
+            if let Some(r) = &mut st.statement_rewrite {
+                subst(&mut r.sql)?;
+                for w in &mut r.warnings {
+                    subst(w)?;
+                }
+            }
+        }
+        Some(a)
+    }
+
+    /// `s` (derived from the sentinel text) with every sentinel replaced by the literal.
+    fn substitute(&self, s: &str, sql: &str) -> Option<String> {
+        let b = s.as_bytes();
+        let mut out = String::with_capacity(s.len() + 64);
+        let mut at = 0;
+        for p in memchr::memmem::find_iter(b, MARK.as_bytes()) {
+            let digits = s.get(p + MARK.len()..p + NUM_LEN)?;
+            if !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            let (range, lit) = self.spans.get(digits.parse::<usize>().ok()?)?;
+            let (before, after) = (p.checked_sub(1).map(|q| b[q]), b.get(p + NUM_LEN).copied());
+            let (start, end) = match lit {
+                Lit::Str if before == Some(b'\'') && after == Some(b'\'') => {
+                    (p - 1, p + NUM_LEN + 1)
+                }
+                Lit::Num
+                    if !before.is_some_and(|c| c.is_ascii_digit() || c == b'.')
+                        && !after.is_some_and(|c| c.is_ascii_digit()) =>
+                {
+                    (p, p + NUM_LEN)
+                }
+                _ => return None,
+            };
+            if start < at {
+                return None;
+            }
+            out.push_str(&s[at..start]);
+            out.push_str(&sql[range.clone()]);
+            at = end;
+        }
+        out.push_str(&s[at..]);
+        Some(out)
+    }
+
+    /// An offset in the sentinel text as an offset in the client's text (never inside a
+    /// literal).
+    fn offset(&self, o: usize) -> Option<usize> {
+        let mut shift: isize = 0;
+        for (r, lit) in &self.spans {
+            // shift = client bytes - sentinel bytes so far.
+            let start = (r.start as isize - shift) as usize;
+            let end = start + sentinel_len(*lit);
+            if end <= o {
+                shift += r.len() as isize - sentinel_len(*lit) as isize;
+            } else if start < o {
+                return None;
+            } else {
+                break;
+            }
+        }
+        usize::try_from(o as isize + shift).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lits(sql: &str) -> Option<Vec<&str>> {
+        normalize(sql).map(|n| n.spans.iter().map(|(r, _)| &sql[r.clone()]).collect())
+    }
+
+    #[test]
+    fn plain_literals_are_found_and_the_rest_is_skipped() {
+        let sql = "SELECT 'a''b', 12.5, t1.x, $1, $q$ 'no' 7 $q$, E'\\'x', \"c'\" -- 'no'\n/* 3 /* 4 */ */ 3";
+        assert_eq!(lits(sql).unwrap(), ["'a''b'", "12.5", "3"]);
+        let n = normalize("UPDATE t SET a = 'x' WHERE b = 10").unwrap();
+        assert_eq!(n.key, "UPDATE t SET a = \x01s WHERE b = \x01n");
+        assert_eq!(
+            n.sentinel_text("UPDATE t SET a = 'x' WHERE b = 10"),
+            "UPDATE t SET a = '97319040000' WHERE b = 97319040001"
+        );
+    }
+
+    #[test]
+    fn unsure_texts_are_not_normalized() {
+        for sql in [
+            "SELECT 1e5",
+            "SELECT .5",
+            "SELECT 'a\\b'",
+            "SELECT 1.",
+            "SELECT 'x'''''",
+            "SELECT $x",
+            "SELECT 'open",
+            "SELECT 97319041",
+            "SELECT x",
+        ] {
+            assert!(normalize(sql).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn offsets_move_with_the_literals() {
+        let sql = "SELECT 'abc'; SELECT 5";
+        let n = normalize(sql).unwrap();
+        let sent = n.sentinel_text(sql);
+        let second = sent.find("; ").unwrap() + 2;
+        assert_eq!(n.offset(second), Some(14));
+        assert_eq!(n.offset(sent.len()), Some(sql.len()));
+        assert_eq!(n.offset(9), None, "inside a literal");
+        assert_eq!(n.offset(second + 7), Some(21), "before the second literal");
+        assert_eq!(n.offset(second + 8), None, "inside the second literal");
+        assert_eq!(
+            n.substitute(&format!("{sent} RETURNING x"), sql).unwrap(),
+            format!("{sql} RETURNING x")
+        );
+    }
+}
