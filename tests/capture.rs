@@ -923,3 +923,27 @@ async fn injected_statements_are_prepared_again_after_discard_and_failed_batches
         "10"
     );
 }
+
+/// An insert then an update of the same row in one transaction reach the target as one upsert
+/// (the applier folds them), which must still be taken for the insert the primary did: no
+/// write_mismatch.
+#[tokio::test]
+async fn an_insert_then_update_of_one_row_is_no_write_mismatch() {
+    let (bridge, db) = mirrored("fold_effect", "");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; {INSERT} ('DXY', '2026-04-01 10:00+00', 1, 2, 0.5, 1.5, 100); \
+             UPDATE derived_data_bars SET close = 1.75 WHERE ts = '2026-04-01 10:00+00'; \
+             UPDATE derived_data_bars SET volume = 7 WHERE ts = '2026-04-01 10:00+00'; COMMIT"
+        ))
+        .await
+        .unwrap();
+    assert_mirrored(&bridge, &db);
+    assert_eq!(
+        status(&bridge)["divergences"]["total"],
+        0,
+        "{}",
+        bridge.log()
+    );
+}
