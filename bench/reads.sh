@@ -27,7 +27,7 @@
 # Settings (environment):
 #   DURATION=15  seconds per pgbench run          ROUNDS=3     rounds
 #   CLIENTS=8    THREADS=2                        MODES="simple prepared"   pgbench -M values
-#   ROWS=20000   bars loaded
+#   ROWS=20000   bars loaded    TARGETS="direct primary shadow secondary"   which, in that order
 #   PGBRIDGE_BIN=path  skip the cargo build (else cargo build --release; CARGO_TARGET_DIR is honoured)
 #   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
 #   OUT=file     also write every run as CSV (round,mode,target,tps)
@@ -47,7 +47,7 @@ OUT=${OUT:-}
 TOKEN=bench-token
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGETS=(direct primary shadow secondary)
+read -r -a TARGETS <<<"${TARGETS:-direct primary shadow secondary}"
 
 # shellcheck source=bench/lib.sh
 . "$repo/bench/lib.sh"
@@ -161,8 +161,8 @@ log "$((ROUNDS * ${#modes[@]} * ${#TARGETS[@]})) runs of ${DURATION}s: $CLIENTS 
 failures=0
 for round in $(seq 1 "$ROUNDS"); do
     for mode in "${modes[@]}"; do
-        for i in 0 1 2 3; do
-            target=${TARGETS[$(((i + round - 1) % 4))]}
+        for i in "${!TARGETS[@]}"; do
+            target=${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}
             kill -0 "${bridge_pid[bridge]}" 2>/dev/null || {
                 tail -n 40 "$dir/pgbridge.log" >&2
                 die "pgbridge exited during the runs"

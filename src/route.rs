@@ -614,6 +614,7 @@ mod tests {
             may_write: false,
             read_rewrite: Some("SELECT rewritten".into()),
             read_params: Vec::new(),
+            ordered: false,
             capture: None,
             statement_rewrite: None,
             note: None,

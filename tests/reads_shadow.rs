@@ -143,6 +143,7 @@ impl Fixture {
             .read_rewrite()
             .unwrap_or_else(|| panic!("no read rewrite for {sql}: {analysis:?}"));
         ShadowJob {
+            ordered: analysis.read_ordered(),
             sql: rewrite.to_string(),
             params,
             settings: vec![

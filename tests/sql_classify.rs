@@ -281,3 +281,21 @@ fn a_capture_inside_a_multi_statement_query() {
     let c = an.statements[1].capture.as_ref().unwrap();
     assert_eq!((c.client_returning, c.extra, c.columns.len()), (true, 3, 2));
 }
+
+#[test]
+fn order_by_is_seen_at_the_top_only() {
+    let a = analyzer();
+    let ordered = |sql: &str| a.analyze(sql).read_ordered();
+    assert!(ordered(
+        "SELECT ts FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts"
+    ));
+    assert!(ordered(
+        "SELECT ts FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts LIMIT 3"
+    ));
+    assert!(!ordered(
+        "SELECT ts FROM (SELECT ts FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts) s"
+    ));
+    assert!(!ordered(
+        "SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY'"
+    ));
+}

@@ -165,6 +165,7 @@ impl<'a> Driver<'a> {
                     query: normalize_query(text),
                     after: self.journal.map(|j| j.last_id()),
                     params,
+                    ordered: analysis.read_ordered(),
                 })))
             }
             _ => None,

@@ -66,6 +66,8 @@ pub struct ShadowPlan {
     pub after: Option<u64>,
     /// The client's bound parameters (extended protocol).
     pub params: Vec<crate::mirror::Value>,
+    /// The read orders its rows.
+    pub ordered: bool,
 }
 
 /// A request sent to the primary, awaiting its reply.
@@ -523,6 +525,7 @@ impl Tracker {
             primary,
             session: Some(self.session),
             after: plan.after,
+            ordered: plan.ordered,
         }));
     }
 

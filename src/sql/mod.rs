@@ -77,6 +77,8 @@ pub struct StatementInfo {
     /// For `Read`: parameters whose bound values must be these texts for the read to stay within
     /// its rules' `where` (`col = $1` for a `where` of `col = 'DXY'`), as (number, text).
     pub read_params: Vec<(usize, String)>,
+    /// For `Read`: the query orders its rows (a top-level ORDER BY), so answers compare in order.
+    pub ordered: bool,
     /// For `Write` in `rows` mode: how the capture columns come back.
     pub capture: Option<Capture>,
     /// For `Write` in `statements` mode: the write rewritten to the target.
@@ -96,6 +98,7 @@ impl StatementInfo {
             may_write: false,
             read_rewrite: None,
             read_params: Vec::new(),
+            ordered: false,
             capture: None,
             statement_rewrite: None,
             note: None,
@@ -135,6 +138,11 @@ impl Analysis {
             [s] if s.kind == Kind::Read && !s.may_write => s.read_rewrite.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether the read orders its rows (a top-level ORDER BY).
+    pub fn read_ordered(&self) -> bool {
+        matches!(self.statements.as_slice(), [s] if s.ordered)
     }
 
     /// The parameter values the read rewrite holds for (see [`StatementInfo::read_params`]).

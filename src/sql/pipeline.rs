@@ -140,6 +140,7 @@ fn statement(
             Ok((r, params)) => {
                 info.read_rewrite = Some(r);
                 info.read_params = params;
+                info.ordered = matches!(stmt, Statement::Query(q) if q.order_by.is_some());
             }
             Err(e) => info.note = Some(e),
         },
