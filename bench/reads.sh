@@ -28,6 +28,7 @@
 #   DURATION=15  seconds per pgbench run          ROUNDS=3     rounds
 #   CLIENTS=8    THREADS=2                        MODES="simple prepared"   pgbench -M values
 #   ROWS=20000   bars loaded    TARGETS="direct primary shadow secondary"   which, in that order
+#   SHADOW_SAMPLE=1.0  [shadow] sample: the share of shadow-flagged reads compared
 #   PGBRIDGE_BIN=path  skip the cargo build (else cargo build --release; CARGO_TARGET_DIR is honoured)
 #   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
 #   OUT=file     also write every run as CSV (round,mode,target,tps)
@@ -107,7 +108,7 @@ journal_dir = "$dir/journal"
 log = "$dir/divergences.jsonl"
 
 [shadow]
-sample = 1.0
+sample = ${SHADOW_SAMPLE:-1.0}
 
 [admin]
 token = "$TOKEN"
