@@ -175,10 +175,21 @@ impl Shadow {
     /// Whether to shadow this read: sampled at `[shadow] sample`, and a place is free. Never
     /// waits. `None`: do not collect the primary's result; a full queue counts as `dropped`.
     pub fn ticket(&self, table: &str) -> Option<Ticket> {
-        let sample = self.inner.opts.sample;
-        if sample < 1.0 && rand::random::<f64>() >= sample {
+        if !self.sampled() {
             return None;
         }
+        self.admit(table)
+    }
+
+    /// The sampling draw alone: whether to shadow a read at `[shadow] sample`. A session draws
+    /// before it sends the read, so that an unsampled read costs nothing more.
+    pub fn sampled(&self) -> bool {
+        let sample = self.inner.opts.sample;
+        sample >= 1.0 || rand::random::<f64>() < sample
+    }
+
+    /// Admission alone, for a read already sampled: a place is free. Never waits.
+    pub fn admit(&self, table: &str) -> Option<Ticket> {
         match self.inner.admitted.clone().try_acquire_owned() {
             Ok(permit) => Some(Ticket {
                 permit,

@@ -159,6 +159,11 @@ impl<'a> Driver<'a> {
         let flags = reads.load();
         match crate::route::route(analysis, &flags, shared, in_write_txn) {
             crate::route::Route::Shadow { sql, table } => {
+                // Not sampled: served as any read, nothing kept.
+                let shadow = self.shared.lock().shadow.clone()?;
+                if !shadow.sampled() {
+                    return None;
+                }
                 Some(Step::Shadow(Arc::new(ShadowPlan {
                     sql: sql.to_string(),
                     table: table.to_string(),

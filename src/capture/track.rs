@@ -509,7 +509,8 @@ impl Tracker {
         let (Some(shadow), Some(primary)) = (&self.shadow, self.shadow_result.take()) else {
             return;
         };
-        let Some(ticket) = shadow.ticket(&plan.table) else {
+        // Sampled when the session planned the read.
+        let Some(ticket) = shadow.admit(&plan.table) else {
             return;
         };
         let settings = SHADOW_SETTINGS
