@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use compare::CompareRule;
 pub use load::{load_offline, load_online};
 pub(crate) use name::split_identifier;
-pub use name::{quote_ident, TableName};
+pub use name::{quote_ident, quote_literal, TableName};
 pub use reload::watch;
 pub use schema::{Column, TableSchema};
 

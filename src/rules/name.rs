@@ -87,6 +87,11 @@ pub(crate) fn split_identifier(text: &str) -> Option<Vec<String>> {
     }
 }
 
+/// A SQL string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// Quotes an identifier for SQL when it needs it.
 pub fn quote_ident(name: &str) -> String {
     let plain = name

@@ -14,7 +14,7 @@ use sqlparser::ast::{
     Statement, TableAlias, TableFactor, Visit, VisitMut, Visitor, VisitorMut,
 };
 
-use super::view::resolve;
+use super::view::{fold, resolve};
 use crate::rules::{RuleSet, TableName};
 
 /// The inline view SQL of each source table whose rule has known columns, with the index that
@@ -87,13 +87,6 @@ impl VisitorMut for Rewriter<'_> {
             }
         }
         ControlFlow::Continue(())
-    }
-}
-
-fn fold(i: &Ident) -> String {
-    match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_lowercase(),
     }
 }
 

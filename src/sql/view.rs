@@ -7,20 +7,11 @@
 
 use sqlparser::ast::{BinaryOperator, Expr, Ident, ObjectName, Value};
 
-use crate::rules::{quote_ident, Column, Rule, TableName};
-
-/// A SQL string literal.
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+use crate::rules::{quote_ident, quote_literal, Column, Rule, TableName};
 
 /// The source table an object name refers to (unquoted parts folded, default schema `public`).
 pub fn resolve(name: &ObjectName) -> Option<TableName> {
     let parts: Vec<&Ident> = name.0.iter().map(|p| p.as_ident()).collect::<Option<_>>()?;
-    let fold = |i: &Ident| match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_lowercase(),
-    };
     match parts.as_slice() {
         [t] => Some(TableName::new("public", &fold(t))),
         [s, t] | [_, s, t] => Some(TableName::new(&fold(s), &fold(t))),
@@ -44,7 +35,7 @@ pub fn source_value(rule: &Rule, col: &Column, prefix: &str) -> String {
         Some(pairs) => {
             let whens: String = pairs
                 .iter()
-                .map(|(s, tv)| format!(" WHEN {} THEN {}", literal(tv), literal(s)))
+                .map(|(s, tv)| format!(" WHEN {} THEN {}", quote_literal(tv), quote_literal(s)))
                 .collect();
             format!("CASE {t}{whens} ELSE {t} END")
         }
@@ -62,7 +53,7 @@ pub fn target_value(rule: &Rule, col: &str, source_sql: &str) -> String {
         Some(pairs) => {
             let whens: String = pairs
                 .iter()
-                .map(|(s, tv)| format!(" WHEN {} THEN {}", literal(s), literal(tv)))
+                .map(|(s, tv)| format!(" WHEN {} THEN {}", quote_literal(s), quote_literal(tv)))
                 .collect();
             format!("CASE {source_sql}{whens} ELSE {source_sql} END")
         }
@@ -207,9 +198,9 @@ fn equal_to(rule: &Rule, col: &Ident, values: &[&Value]) -> Option<String> {
                 // row holding the untranslated value is no row of the rule's); any other is
                 // itself, unless it is a translation of another (then no target row shows it).
                 if let Some((_, tv)) = pairs.iter().find(|(src, _)| src == s) {
-                    set.push(literal(tv));
+                    set.push(quote_literal(tv));
                 } else if !pairs.iter().any(|(_, tv)| tv == s) {
-                    set.push(literal(s));
+                    set.push(quote_literal(s));
                 }
             }
             set
@@ -221,7 +212,8 @@ fn equal_to(rule: &Rule, col: &Ident, values: &[&Value]) -> Option<String> {
     })
 }
 
-fn fold(i: &Ident) -> String {
+/// An identifier as PostgreSQL folds it: lower case unless quoted.
+pub(super) fn fold(i: &Ident) -> String {
     match i.quote_style {
         Some(_) => i.value.clone(),
         None => i.value.to_lowercase(),
