@@ -26,6 +26,13 @@ pub fn parameter_types(frame: &[u8]) -> Vec<u32> {
 
 /// The result-column format codes of a Bind frame (none: all text; one: all alike).
 pub fn bind_result_formats(frame: &[u8]) -> Option<Vec<u16>> {
+    let at = bind_results_at(frame)?;
+    let n = be_u16(frame, at)? as usize;
+    (0..n).map(|i| be_u16(frame, at + 2 + 2 * i)).collect()
+}
+
+/// The offset of a Bind frame's result-format count, past its names and parameters.
+fn bind_results_at(frame: &[u8]) -> Option<usize> {
     let (_, at) = cstr(frame, 5)?;
     let (_, mut at) = cstr(frame, at)?;
     let nformats = be_u16(frame, at)? as usize;
@@ -36,8 +43,7 @@ pub fn bind_result_formats(frame: &[u8]) -> Option<Vec<u16>> {
         let len = be_u32(frame, at)? as i32;
         at += 4 + len.max(0) as usize;
     }
-    let n = be_u16(frame, at)? as usize;
-    (0..n).map(|i| be_u16(frame, at + 2 + 2 * i)).collect()
+    Some(at)
 }
 
 /// A statement's RowDescription (every format 0) as a portal with result formats `formats`
@@ -249,16 +255,7 @@ pub fn bind_names(frame: &[u8]) -> Option<(&str, &str)> {
 /// The Bind frame with `extra` more result columns in text format, when it lists a format per
 /// column (one or no format code applies to every column already).
 pub fn extend_bind_formats(frame: &[u8], extra: usize) -> Option<Option<Bytes>> {
-    let (_, at) = cstr(frame, 5)?;
-    let (_, mut at) = cstr(frame, at)?;
-    let nformats = be_u16(frame, at)? as usize;
-    at += 2 + 2 * nformats;
-    let nparams = be_u16(frame, at)? as usize;
-    at += 2;
-    for _ in 0..nparams {
-        let len = be_u32(frame, at)? as i32;
-        at += 4 + len.max(0) as usize;
-    }
+    let at = bind_results_at(frame)?;
     let nresults = be_u16(frame, at)? as usize;
     if nresults <= 1 {
         return Some(None);
