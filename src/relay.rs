@@ -319,9 +319,10 @@ where
                 Ok(Event::NeedMore { .. }) => break,
                 Err(e) => return End::PrimaryProtocol(e),
             };
-            let action = match capture {
-                Some(c) => c.on_frame(&buf[start..end]),
-                None => Action::Forward,
+            // With the frame's action, the replies the secondary gave that are due right after it.
+            let (action, served) = match capture {
+                Some(c) => c.on_frame(&buf[start..end], shared),
+                None => (Action::Forward, None),
             };
             let action = match buf[start] {
                 b'Z' if action != Action::Drop => {
@@ -341,8 +342,6 @@ where
                 }
                 _ => action,
             };
-            // Replies the secondary gave, due right after this frame.
-            let served = capture.and_then(|c| c.take_served(shared));
             match action {
                 Action::Forward if served.is_none() => ready = end,
                 Action::Forward => {
@@ -448,17 +447,26 @@ fn skip(buf: &mut BytesMut, scanner: &mut FrameScanner, n: usize) {
     scanner.consume(n);
 }
 
+/// Counts the ReadyForQuery among the secondary's replies as requests answered.
+fn answered(shared: &Shared, (served, readies): (BytesMut, usize)) -> BytesMut {
+    shared.in_flight.fetch_sub(readies as i64, Relaxed);
+    served
+}
+
 impl CaptureCtx<'_> {
-    fn on_frame(&self, frame: &[u8]) -> Action {
-        let (action, lost, records) = {
+    /// The frame's action, and the secondary's replies due right after it.
+    fn on_frame(&self, frame: &[u8], shared: &Shared) -> (Action, Option<BytesMut>) {
+        let (action, lost, records, served) = {
             let mut t = self.shared.lock();
             let action = t.on_frame(frame);
             (
                 action,
                 std::mem::take(&mut t.lost),
                 std::mem::take(&mut t.records),
+                t.take_served(),
             )
         };
+        let served = served.map(|s| answered(shared, s));
         for d in records {
             self.recorder.record(d);
         }
@@ -472,15 +480,14 @@ impl CaptureCtx<'_> {
             d.session = Some(self.session);
             self.recorder.record(d);
         }
-        action
+        (action, served)
     }
 
     /// The secondary's replies now due, counted as answered requests.
     fn take_served(&self, shared: &Shared) -> Option<BytesMut> {
-        let (served, readies) = self.shared.lock().take_served()?;
-        shared.in_flight.fetch_sub(readies as i64, Relaxed);
+        let served = self.shared.lock().take_served()?;
         self.shared.progress.notify_one();
-        Some(served)
+        Some(answered(shared, served))
     }
 
     /// Sync mode: the client's COMMIT reply waits until the secondary applied it, or the timeout.

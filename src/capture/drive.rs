@@ -20,7 +20,7 @@ use super::wire;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
 use crate::mirror::{Journal, Row, TxnRecord, Value};
 use crate::protocol::messages::{error_response, Severity};
-use crate::rules::{MirrorMode, RuleSet};
+use crate::rules::{quote_literal, MirrorMode, RuleSet};
 use crate::sql::{Analysis, Analyzer, Kind, SessionOp, StatementInfo, TxControl, WriteOp};
 
 /// The capture state of one session, shared by its two directions.
@@ -347,6 +347,7 @@ impl<'a> Driver<'a> {
         self.statements.remove("");
         self.portals.remove("");
         let Some(text) = wire::query_text(frame) else {
+            self.touch(None);
             self.expect(Expect::Query {
                 steps: VecDeque::new(),
                 hold: false,
@@ -356,6 +357,7 @@ impl<'a> Driver<'a> {
         };
         let analysis = self.analyzer.analyze(text);
         self.forget_injected(&analysis);
+        self.touch(Some(&analysis));
         if analysis.is_unrelated() {
             self.expect(Expect::Query {
                 steps: VecDeque::new(),
@@ -1185,10 +1187,6 @@ fn may_write(text: &str) -> bool {
         word.as_str(),
         "select" | "table" | "values" | "show" | "explain"
     )
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

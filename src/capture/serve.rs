@@ -132,8 +132,14 @@ impl<'a> Driver<'a> {
     /// Extended protocol: holds, serves or releases; true when `frame` was taken care of.
     pub(super) async fn serve_extended(&mut self, frame: &[u8]) -> bool {
         let tag = frame[0];
-        if matches!(tag, b'Q' | b'E' | b'F') && self.touches(frame) {
-            self.shared.lock().touched = true;
+        // A Query is seen by `query`, which analyzes it anyway.
+        match tag {
+            b'E' => {
+                let portal = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
+                self.touch(portal.as_deref());
+            }
+            b'F' => self.touch(None),
+            _ => {}
         }
         if let Some(held) = &mut self.serving().held {
             if tag == b'D' && !held.describe && wire::target(frame) == Some((b'P', "")) {
@@ -170,21 +176,23 @@ impl<'a> Driver<'a> {
         false
     }
 
-    /// Whether a Query, Execute or FunctionCall may write: anything but reads of migrated
-    /// tables, transaction control and session settings (what pgbridge cannot see into counts).
-    fn touches(&self, frame: &[u8]) -> bool {
-        let analysis = match frame[0] {
-            b'Q' => wire::query_text(frame).map(|t| self.analyzer.analyze(t)),
-            b'E' => wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned()),
-            _ => None,
-        };
-        analysis.is_none_or(|a| {
+    /// Marks the open transaction as one that may have written when a statement sent (`None`:
+    /// one pgbridge cannot see into) may write: anything but reads of migrated tables,
+    /// transaction control and session settings.
+    pub(super) fn touch(&self, analysis: Option<&Analysis>) {
+        if self.serving.is_none() {
+            return;
+        }
+        let touches = analysis.is_none_or(|a| {
             a.is_unrelated()
                 || a.statements.iter().any(|s| {
                     s.may_write
                         || !matches!(s.kind, Kind::Read | Kind::Transaction(_) | Kind::Session(_))
                 })
-        })
+        });
+        if touches {
+            self.shared.lock().touched = true;
+        }
     }
 
     /// Holds a Bind of the unnamed portal to a read the secondary serves.

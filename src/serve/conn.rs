@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::primary::{ServerAddr, ServerStream};
 use crate::protocol::messages::{error_fields, CancelKey};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -191,11 +191,6 @@ impl Conn {
                 return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
-    }
-
-    /// Drops what is left unread (after a timeout the connection is not reused anyway).
-    pub fn discard(&mut self) {
-        self.buf.advance(self.buf.len());
     }
 }
 

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::capture::wire;
+use crate::rules::quote_literal;
 use conn::{Conn, ConnError};
 
 /// How long connecting and logging in to the secondary may take at most.
@@ -212,6 +213,14 @@ impl SessionServer {
         answer
     }
 
+    /// Drops the connection, and what it had prepared and applied.
+    fn close(&mut self) {
+        self.conn = None;
+        self.set_alongside(None);
+        self.prepared.clear();
+        self.applied.clear();
+    }
+
     fn set_alongside(&self, target: Option<crate::cancel::BackendTarget>) {
         *self.alongside.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
@@ -227,10 +236,7 @@ impl SessionServer {
             Ok(Ok(Ok(answer))) => return Ok(answer),
             Ok(Err(ConnError::TooLarge)) => {
                 // The rest of the answer is on its way: this connection is done for.
-                self.conn = None;
-                self.set_alongside(None);
-                self.prepared.clear();
-                self.applied.clear();
+                self.close();
                 return Err(Failure::TooLarge);
             }
             Ok(Ok(Err((sqlstate, message, frame)))) => {
@@ -246,10 +252,7 @@ impl SessionServer {
                 timeout.as_millis()
             ),
         };
-        self.conn = None;
-        self.set_alongside(None);
-        self.prepared.clear();
-        self.applied.clear();
+        self.close();
         self.resting_until = Some(Instant::now() + self.opts.retry_after);
         Err(Failure::Unavailable(failure))
     }
@@ -272,8 +275,6 @@ impl SessionServer {
                 key,
             }));
             self.conn = Some(c);
-            self.prepared.clear();
-            self.applied.clear();
         }
         let apply = self.applied != settings;
         let conn = self.conn.as_mut().expect("connected above");
@@ -352,11 +353,6 @@ fn rebind(bind: &[u8], stmt: &str) -> Option<Bytes> {
     body.put_u8(0);
     body.extend_from_slice(&bind[rest..]);
     Some(wire::framed(b'B', &body))
-}
-
-/// A SQL string literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The settings script that makes a secondary session format values as the client's does:
