@@ -189,3 +189,32 @@ build_pgbridge() {
     [ -x "$bin" ] || die "no pgbridge binary at $bin"
     echo "$bin"
 }
+
+# Starts the primary and the secondary with the DXY schemas (docker/*-init.sql) in their bench
+# databases.
+start_dxy_servers() {
+    start_pg primary
+    start_pg secondary
+    psql_at "${port[primary]}" -f "$repo/docker/primary-init.sql" >/dev/null ||
+        die "loading docker/primary-init.sql failed"
+    psql_at "${port[secondary]}" -f "$repo/docker/secondary-init.sql" >/dev/null ||
+        die "loading docker/secondary-init.sql failed"
+}
+
+# Runs pgbridge $1 (binary $bin) with the config $2/pgbridge.toml, listening on port[$1], until
+# it answers a query; dies with its config and log when it does not.
+launch_pgbridge() {
+    local name=$1 dir=$2
+    log "pgbridge $name ($bin) on port ${port[$name]}, admin ${admin_port[$name]}"
+    RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$dir/pgbridge.toml" >"$dir/pgbridge.log" 2>&1 &
+    bridge_pid[$name]=$!
+    if ! wait_ready "${port[$name]}" 30 "${bridge_pid[$name]}"; then
+        local why="did not answer a query within 30 s"
+        kill -0 "${bridge_pid[$name]}" 2>/dev/null || why="exited before answering a query"
+        log "pgbridge $name: its config:"
+        cat "$dir/pgbridge.toml" >&2
+        log "pgbridge $name: its log:"
+        tail -n 40 "$dir/pgbridge.log" >&2
+        die "pgbridge $name $why"
+    fi
+}

@@ -87,12 +87,7 @@ trap 'exit 143' TERM
 
 
 # --- PostgreSQL: primary and secondary ---------------------------------------------------------------
-start_pg primary
-start_pg secondary
-psql_at "${port[primary]}" -f "$repo/docker/primary-init.sql" >/dev/null ||
-    die "loading docker/primary-init.sql failed"
-psql_at "${port[secondary]}" -f "$repo/docker/secondary-init.sql" >/dev/null ||
-    die "loading docker/secondary-init.sql failed"
+start_dxy_servers
 psql_at "${port[primary]}" -c 'TRUNCATE derived_data_bars' >/dev/null
 
 # --- pgbridge: relay and mirrored ----------------------------------------------------------------
@@ -138,18 +133,7 @@ log = "$dir/divergences.jsonl"
 max_client_connections = 500
 EOF
     } >"$dir/pgbridge.toml"
-    log "pgbridge $name ($bin) on port ${port[$name]}, admin ${admin_port[$name]}"
-    RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$dir/pgbridge.toml" >"$dir/pgbridge.log" 2>&1 &
-    bridge_pid[$name]=$!
-    if ! wait_ready "${port[$name]}" 30 "${bridge_pid[$name]}"; then
-        local why="did not answer a query within 30 s"
-        kill -0 "${bridge_pid[$name]}" 2>/dev/null || why="exited before answering a query"
-        log "pgbridge $name: its config:"
-        cat "$dir/pgbridge.toml" >&2
-        log "pgbridge $name: its log:"
-        tail -n 40 "$dir/pgbridge.log" >&2
-        die "pgbridge $name $why"
-    fi
+    launch_pgbridge "$name" "$dir"
 }
 start_bridge relay
 start_bridge mirrored

@@ -80,23 +80,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 
-# Waits until psql gets an answer through host:port, or gives up after $2 seconds.
-wait_ready() {
-    local port=$1 seconds=$2 pid=${3:-}
-    local deadline=$((SECONDS + seconds))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-            return 1
-        fi
-        if PGCONNECT_TIMEOUT=3 timeout 10 "$PSQL" -X -q -h 127.0.0.1 -p "$port" -U postgres \
-            -d bench -Atc 'SELECT 1' >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    return 1
-}
-
 declare -A port=() broken=()
 
 # --- PostgreSQL ------------------------------------------------------------------------------------

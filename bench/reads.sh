@@ -65,12 +65,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- the two databases, with the same bars on both sides ------------------------------------------
-start_pg primary
-start_pg secondary
-psql_at "${port[primary]}" -f "$repo/docker/primary-init.sql" >/dev/null ||
-    die "loading docker/primary-init.sql failed"
-psql_at "${port[secondary]}" -f "$repo/docker/secondary-init.sql" >/dev/null ||
-    die "loading docker/secondary-init.sql failed"
+start_dxy_servers
 bar="'2026-01-01 00:00:00+00'::timestamptz + g * interval '1 minute', 100 + g % 50, 101 + g % 50,
      99 + g % 50, round(100.5 + (g % 97) / 7.0, 6), 1000 + g"
 log "loading $ROWS bars on both sides"
@@ -117,13 +112,7 @@ audit_log = "$dir/audit.jsonl"
 [limits]
 max_client_connections = 500
 EOT
-log "pgbridge ($bin) on port ${port[bridge]}, admin ${admin_port[bridge]}"
-RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$dir/pgbridge.toml" >"$dir/pgbridge.log" 2>&1 &
-bridge_pid[bridge]=$!
-wait_ready "${port[bridge]}" 30 "${bridge_pid[bridge]}" || {
-    tail -n 40 "$dir/pgbridge.log" >&2
-    die "pgbridge did not answer a query within 30 s"
-}
+launch_pgbridge bridge "$dir"
 
 # Switches where reads of derived_data_bars are served.
 set_reads() {
