@@ -80,6 +80,41 @@ ratio() {
     fi
 }
 
+# --- CPU accounting -------------------------------------------------------------------------------
+# Clock ticks (user + system) a process has used, its threads included; with $2 = all, also its
+# reaped children's (a postmaster's exited backends). 0 when the process is gone.
+proc_ticks() {
+    local fields
+    fields=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || {
+        echo 0
+        return
+    }
+    # After the command name: field 3 is the state; utime, stime, cutime, cstime are 14 to 17.
+    awk -v all="${2:-}" '{ t = $12 + $13; if (all == "all") t += $14 + $15; print t }' <<<"$fields"
+}
+
+# Clock ticks used by PostgreSQL server $1 (started by start_pg): the postmaster, its live
+# processes and the ones it has reaped, so the difference over a run counts every backend of it.
+cluster_ticks() {
+    local pm total child
+    pm=$(head -n 1 "$work/$1/data/postmaster.pid" 2>/dev/null) || {
+        echo 0
+        return
+    }
+    total=$(proc_ticks "$pm" all)
+    for child in $(cat "/proc/$pm/task/$pm/children" 2>/dev/null); do
+        total=$((total + $(proc_ticks "$child")))
+    done
+    echo "$total"
+}
+
+# Milliseconds of CPU per 1000 transactions for $1 clock ticks over $2 transactions (nothing when
+# none ran).
+cpu_per_ktxn() {
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.0f\n", t / hz * 1000 * 1000 / n }'
+}
+
 # --- servers and pgbridge processes, for the scripts that run them --------------------------------
 # They use the caller's associative arrays port, pg_started and bridge_pid, and $work.
 

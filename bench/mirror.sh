@@ -27,6 +27,8 @@
 # Settings (environment):
 #   DURATION=15  seconds per pgbench run          ROUNDS=3     rounds
 #   CLIENTS=8    THREADS=2                        MODES="simple prepared"   pgbench -M values
+#   RATE=tps     pgbench -R: both targets run at this rate, so their CPU per transaction compares
+#                like for like (the tps columns then show only whether a target kept up)
 #   PGBRIDGE_BIN=path  skip the cargo build (else cargo build --release; CARGO_TARGET_DIR is honoured)
 #   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
 #   OUT=file     also write every run as CSV (round,mode,target,tps,max_lag_s,catchup_s,journal_seq)
@@ -195,7 +197,7 @@ run_pgbench() {
     local target=$1 mode=$2 round=$3 out
     out=$work/results/$round.$mode.$target.log
     if timeout --kill-after=10 $((DURATION + 60)) "$PGBENCH" -n -h 127.0.0.1 -p "${port[$target]}" \
-        -U postgres -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" \
+        -U postgres -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" ${RATE:+-R "$RATE"} \
         -f "$work/workload-$target.sql" bench >"$out" 2>&1; then
         sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$out" | tail -n 1
     else
@@ -223,6 +225,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 die "pgbridge $target exited during the runs"
             fi
             lag=- catchup=- jseq=-
+            ticks0=("$(cluster_ticks primary)" "$(cluster_ticks secondary)" "$(proc_ticks "${bridge_pid[$target]}")")
             if [ "$target" = mirrored ]; then
                 samples=$work/results/$round.$mode.status
                 : >"$samples"
@@ -248,6 +251,14 @@ for round in $(seq 1 "$ROUNDS"); do
             else
                 tps=$(run_pgbench "$target" "$mode" "$round")
             fi
+            # CPU per transaction, by process, over the run and the catch-up after it (the
+            # applier's work on the secondary included).
+            ticks1=("$(cluster_ticks primary)" "$(cluster_ticks secondary)" "$(proc_ticks "${bridge_pid[$target]}")")
+            txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
+                "$work/results/$round.$mode.$target.log" 2>/dev/null | tail -n 1)
+            for k in 0 1 2; do
+                [ -z "$txns" ] || cpu_per_ktxn $((ticks1[k] - ticks0[k])) "$txns" >>"$work/results/$mode.$target.cpu$k"
+            done
             if [ -z "$tps" ]; then
                 tps=FAIL
                 failures=$((failures + 1))
@@ -306,6 +317,17 @@ for mode in "${modes[@]}"; do
     r=$(median "$work/results/$mode.relay")
     m=$(median "$work/results/$mode.mirrored")
     printf '%-10s%s%s%17s\n' "$mode" "$(fmt_tps "$r")" "$(fmt_tps "$m")" "$(ratio "$m" "$r")"
+done
+echo
+echo "CPU per 1000 transactions, ms (medians; a mirrored run's catch-up included):"
+printf '%-10s%-10s%10s%11s%10s%8s\n' mode target primary secondary pgbridge total
+for mode in "${modes[@]}"; do
+    for target in "${TARGETS[@]}"; do
+        cpu=()
+        for k in 0 1 2; do cpu+=("$(median "$work/results/$mode.$target.cpu$k" 2>/dev/null)"); done
+        total=$(awk -v a="${cpu[0]:-0}" -v b="${cpu[1]:-0}" -v c="${cpu[2]:-0}" 'BEGIN { print a + b + c }')
+        printf '%-10s%-10s%10s%11s%10s%8s\n' "$mode" "$target" "${cpu[0]:--}" "${cpu[1]:--}" "${cpu[2]:--}" "$total"
+    done
 done
 echo
 max_lag=$(maximum "$work/results/lag")
