@@ -178,6 +178,9 @@ pub struct Applier {
     checks: Vec<WriteCheck>,
     /// The primary's effect of the first of upserts of one row left out for the last one.
     carried: Option<Option<Effect>>,
+    /// The session settings in force on the connection (set at session level by a committed
+    /// batch); `None` when unknown (a new connection, a failed batch).
+    settings: Option<Vec<(String, String)>>,
 }
 
 /// One statement of a batch waiting in the pipeline, with what an error report needs.
@@ -185,7 +188,8 @@ struct Pending {
     stmt: Statement,
     values: Vec<Value>,
     txn: usize,
-    table: TableName,
+    /// `None` for the batch's own statements (BEGIN, settings, position, COMMIT).
+    table: Option<TableName>,
     key: Option<Row>,
     answer: Answer,
 }
@@ -299,6 +303,7 @@ impl Applier {
             txn: 0,
             checks: Vec::new(),
             carried: None,
+            settings: None,
             parked_here: None,
             pending: Vec::new(),
         };
@@ -337,6 +342,7 @@ impl Applier {
             };
             self.stats.connected.store(true, Ordering::Relaxed);
             self.statements.clear();
+            self.settings = None;
             match self.apply_loop(&client, &mut backoff).await {
                 Ok(()) => return,
                 Err(message) => {
@@ -571,32 +577,39 @@ impl Applier {
     }
 
     /// Applies a batch of whole transactions in one secondary transaction with the position.
+    ///
+    /// BEGIN, the settings, the changes, the position and COMMIT all go through the pipeline:
+    /// a batch without a `where` check costs one round trip. Answers are taken in order and the
+    /// first error is the cause, so a COMMIT that ran after a failed statement (and rolled back)
+    /// is never taken for a commit.
     async fn apply_batch(
         &mut self,
         client: &Client,
         txns: &[(u64, Option<TxnRecord>)],
     ) -> Result<(), ApplyError> {
         self.pending.clear();
-        client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| classify(&e, 0, None, None))?;
         self.pipeline.clear();
         self.checks.clear();
         self.carried = None;
-        let result = self.apply_in_txn(client, txns).await;
+        let settings = txns
+            .iter()
+            .find_map(|(_, t)| t.as_ref())
+            .map(|t| t.settings.clone());
+        let result = self.apply_in_txn(client, txns, settings.as_deref()).await;
         match result {
             Ok(()) => {
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(|e| classify(&e, 0, None, None))?;
+                if let Some(settings) = settings {
+                    self.settings = Some(settings);
+                }
                 for d in self.pending.drain(..) {
                     self.recorder.record(d);
                 }
                 Ok(())
             }
             Err(e) => {
+                self.pipeline.clear();
+                // Settings set in the failed transaction are undone with it.
+                self.settings = None;
                 let _ = client.batch_execute("ROLLBACK").await;
                 Err(e)
             }
@@ -607,23 +620,32 @@ impl Applier {
         &mut self,
         client: &Client,
         txns: &[(u64, Option<TxnRecord>)],
+        settings: Option<&[(String, String)]>,
     ) -> Result<(), ApplyError> {
-        if let Some(first) = txns.iter().find_map(|(_, t)| t.as_ref()) {
-            if !first.settings.is_empty() {
-                let mut sql = String::from("SELECT ");
-                let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-                for (i, (k, v)) in first.settings.iter().enumerate() {
-                    if i > 0 {
-                        sql.push_str(", ");
+        self.txn = 0;
+        self.control(client, "BEGIN", &[]).await?;
+        if let Some(settings) = settings {
+            if self.settings.as_deref() != Some(settings) {
+                // At session level, so the next batches with the same settings skip this.
+                self.control(client, "RESET ALL", &[]).await?;
+                if !settings.is_empty() {
+                    let mut sql = String::from("SELECT ");
+                    let mut values = Vec::with_capacity(settings.len() * 2);
+                    for (i, (k, v)) in settings.iter().enumerate() {
+                        if i > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!(
+                            "set_config(${}, ${}, false)",
+                            2 * i + 1,
+                            2 * i + 2
+                        ));
+                        values.push(Value::text(Type::TEXT.oid(), k));
+                        values.push(Value::text(Type::TEXT.oid(), v));
                     }
-                    sql.push_str(&format!("set_config(${}, ${}, true)", 2 * i + 1, 2 * i + 2));
-                    params.push(k);
-                    params.push(v);
+                    let refs: Vec<&Value> = values.iter().collect();
+                    self.control(client, &sql, &refs).await?;
                 }
-                client
-                    .execute(sql.as_str(), &params)
-                    .await
-                    .map_err(|e| classify(&e, 0, None, None))?;
             }
         }
         let mut last = 0;
@@ -648,14 +670,39 @@ impl Applier {
                 self.apply_change(client, &change.table, &change.op).await?;
             }
         }
+        // An error at COMMIT (a deferred constraint) names the batch's last transaction, so the
+        // batch shrinks until the one that fails is alone.
+        let journal = Value::text(Type::TEXT.oid(), self.journal.uuid());
+        let position = Value::text(Type::INT8.oid(), &last.to_string());
+        self.control(client, POSITION_SQL, &[&journal, &position])
+            .await?;
+        self.control(client, "COMMIT", &[]).await?;
         self.flush(client).await?;
         for check in self.checks.drain(..) {
             self.pending.extend(check.divergences());
         }
-        client
-            .execute(POSITION_SQL, &[&self.journal.uuid(), &(last as i64)])
+        Ok(())
+    }
+
+    /// Queues one of the batch's own statements (transaction control, settings, position).
+    async fn control(
+        &mut self,
+        client: &Client,
+        sql: &str,
+        values: &[&Value],
+    ) -> Result<(), ApplyError> {
+        let stmt = self
+            .prepare(client, sql, values)
             .await
-            .map_err(|e| classify(&e, 0, None, None))?;
+            .map_err(|e| classify(&e, self.txn, None, None))?;
+        self.pipeline.push(Pending {
+            stmt,
+            values: values.iter().map(|v| (*v).clone()).collect(),
+            txn: self.txn,
+            table: None,
+            key: None,
+            answer: Answer::Unchecked,
+        });
         Ok(())
     }
 
@@ -903,7 +950,7 @@ impl Applier {
             stmt,
             values: values.iter().map(|v| (*v).clone()).collect(),
             txn: self.txn,
-            table: table.clone(),
+            table: Some(table.clone()),
             key: key.cloned(),
             answer,
         });
@@ -933,9 +980,9 @@ impl Applier {
             }))
             .await;
             for (p, r) in chunk.iter().zip(results) {
-                let n = r.map_err(|e| classify(&e, p.txn, Some(&p.table), p.key.as_ref()))?;
-                if let Some(check) = self.checks.get_mut(p.txn) {
-                    p.answer.check(check, &p.table, n);
+                let n = r.map_err(|e| classify(&e, p.txn, p.table.as_ref(), p.key.as_ref()))?;
+                if let (Some(check), Some(table)) = (self.checks.get_mut(p.txn), &p.table) {
+                    p.answer.check(check, table, n);
                 }
             }
         }
