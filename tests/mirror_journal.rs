@@ -1,7 +1,7 @@
 //! The journal on disk: what comes back after a reopen, group commit, a torn or corrupt tail,
 //! applied segments removed, and a journal above its size limit.
 
-use std::fs::OpenOptions;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,22 @@ async fn concurrent_appends_share_fsyncs() {
     );
 }
 
+/// Where each record of a segment ends (the records start after the 8-byte magic line; each is
+/// `len u32 | crc u32 | len bytes`), up to the zeroed space written ahead.
+fn record_ends(data: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 8;
+    while at + 4 <= data.len() {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 8 + len;
+        ends.push(at);
+    }
+    ends
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_cut_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,16 +137,21 @@ async fn a_torn_tail_is_cut_on_reopen() {
         }
     }
     let seg = segments(dir.path()).pop().unwrap();
-    let len = std::fs::metadata(&seg).unwrap().len();
-    // The process died in the middle of writing the fifth record.
-    OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
+    let data = std::fs::read(&seg).unwrap();
+    let ends = record_ends(&data);
+    assert_eq!(ends.len(), 5);
+    assert!(
+        data.len() > ends[4] && data[ends[4]..].iter().all(|&b| b == 0),
+        "zeroed space is written ahead of the records"
+    );
+    // The process died in the middle of writing the fifth record: its last bytes never
+    // reached the disk (the preallocated zeros are still there).
+    let mut torn = data.clone();
+    torn[ends[4] - 7..ends[4]].fill(0);
+    std::fs::write(&seg, &torn).unwrap();
     {
         let j = Journal::open(JournalOptions::new(dir.path())).unwrap();
+        assert_eq!(j.counters.cut_tails.load(Ordering::Relaxed), 1);
         assert_eq!(j.last_id(), 4);
         assert_eq!(j.in_doubt().len(), 4);
         assert_eq!(j.read(4).unwrap(), txn(4));
@@ -140,15 +161,59 @@ async fn a_torn_tail_is_cut_on_reopen() {
     }
     // A flipped bit in the third record: it and everything after it are cut.
     let data = std::fs::read(&seg).unwrap();
-    let record = (data.len() - 8) / 5;
+    let ends = record_ends(&data);
+    assert_eq!(ends.len(), 5);
     let mut bad = data.clone();
-    bad[8 + 2 * record + 20] ^= 0x40;
+    bad[ends[1] + 20] ^= 0x40;
     std::fs::write(&seg, &bad).unwrap();
+    {
+        let j = Journal::open(JournalOptions::new(dir.path())).unwrap();
+        assert_eq!(j.last_id(), 2);
+        assert_eq!(j.read(2).unwrap(), txn(2));
+        assert!(j.read(3).is_err());
+        // A shorter record now where longer ones were: what was cut must not come back.
+        assert_eq!(j.append_intent(&txn(3)).await.unwrap(), 3);
+    }
     let j = Journal::open(JournalOptions::new(dir.path())).unwrap();
-    assert_eq!(j.last_id(), 2);
-    assert_eq!(j.read(2).unwrap(), txn(2));
-    assert!(j.read(3).is_err());
-    assert_eq!(j.append_intent(&txn(3)).await.unwrap(), 3);
+    assert_eq!(
+        j.counters.cut_tails.load(Ordering::Relaxed),
+        0,
+        "a clean reopen cuts nothing"
+    );
+    assert_eq!(j.last_id(), 3);
+    assert_eq!(j.read(3).unwrap(), txn(3));
+    assert_eq!(j.append_intent(&txn(4)).await.unwrap(), 4);
+}
+
+/// Segments written before preallocation end where their file ends; a torn one is shorter.
+#[tokio::test]
+async fn a_segment_without_zeroed_space_reads_and_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(JournalOptions::new(dir.path())).unwrap();
+        for n in 1..=3 {
+            j.append_intent(&txn(n)).await.unwrap();
+        }
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let data = std::fs::read(&seg).unwrap();
+    let ends = record_ends(&data);
+    // As an older pgbridge left it, the third record torn off mid-way.
+    std::fs::write(&seg, &data[..ends[2] - 5]).unwrap();
+    {
+        let j = Journal::open(JournalOptions::new(dir.path())).unwrap();
+        assert_eq!(j.last_id(), 2);
+        assert_eq!(j.append_intent(&txn(30)).await.unwrap(), 3);
+        j.append_outcome(3, true).unwrap();
+    }
+    let j = Journal::open(JournalOptions::new(dir.path())).unwrap();
+    assert_eq!(j.counters.cut_tails.load(Ordering::Relaxed), 0);
+    assert_eq!(j.read(3).unwrap(), txn(30));
+    assert_eq!(
+        j.in_doubt().len(),
+        2,
+        "the outcome written on close came back"
+    );
 }
 
 #[tokio::test]

@@ -7,12 +7,17 @@
 //!
 //! - *Intent* `{id, txn}`: written and fsynced before the session sends COMMIT to the primary.
 //!   Ids are assigned by the writer in the order records reach the file, 1, 2, 3, ...
-//! - *Outcome* `{id, committed}`: appended once the primary answered; not waited for (a lost
-//!   outcome makes its intent in doubt, resolved by [`super::resolve`]).
+//! - *Outcome* `{id, committed}`: known in memory once the primary answered, and written with
+//!   the next intents (or within [`OUTCOME_DELAY`] when none come); never waited for: a lost
+//!   outcome makes its intent in doubt, resolved by [`super::resolve`].
 //!
-//! One writer thread takes whatever is queued, writes it in one `write`, and fsyncs once for all
-//! of it (group commit). On open every segment is scanned and checked: a torn or corrupt tail is
-//! cut (an intent is only acknowledged after its fsync, so what is cut was never acknowledged).
+//! One writer thread takes whatever is queued, writes it in one `pwrite`, and fsyncs once for all
+//! of it (group commit). The writer keeps zeroed space written ahead of the end of the segment
+//! ([`PREALLOC_CHUNK`]), so the fsync of an append writes data blocks only: no file size (inode)
+//! to write with each one. On open every segment is scanned and checked: its records end at the
+//! first frame that does not parse; zeros after it are preallocated space, anything else is a torn
+//! or corrupt tail and is cut (an intent is only acknowledged after its fsync, so what is cut was
+//! never acknowledged).
 //! Segments whose intents are all applied are removed, except the newest, which keeps the id
 //! sequence going across restarts (a reused id would be skipped by the secondary's position).
 
@@ -39,6 +44,10 @@ const KIND_INTENT: u8 = 1;
 const KIND_OUTCOME: u8 = 2;
 /// A record larger than this is taken for corruption when scanning.
 const MAX_RECORD: usize = 1 << 30;
+/// Zeroed space the writer keeps ahead of the end of a segment (at most the segment size).
+const PREALLOC_CHUNK: u64 = 1 << 20;
+/// Outcomes wait at most this long for intents to be written with.
+const OUTCOME_DELAY: Duration = Duration::from_millis(200);
 
 /// Why the journal could not take or give a record.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +133,8 @@ struct State {
     total_bytes: u64,
     applied: u64,
     last_id: u64,
+    /// Outcomes known but not yet written (the writer takes them with its next batch).
+    unwritten: Vec<(u64, bool)>,
 }
 
 /// An intent whose outcome the journal does not know.
@@ -154,17 +165,19 @@ pub struct JournalCounters {
     pub no_space: AtomicBool,
 }
 
-enum Request {
-    Intent {
-        payload: BytesMut,
-        xid: Option<i64>,
-        captured_at_us: i64,
-        reply: oneshot::Sender<Result<u64, JournalError>>,
-    },
-    Outcome {
-        id: u64,
-        committed: bool,
-    },
+/// What the writer thread is sent.
+enum Message {
+    Intent(Request),
+    /// The outcomes not written yet, when the journal closes.
+    Outcomes(Vec<(u64, bool)>),
+}
+
+/// An intent for the writer thread.
+struct Request {
+    payload: BytesMut,
+    xid: Option<i64>,
+    captured_at_us: i64,
+    reply: oneshot::Sender<Result<u64, JournalError>>,
 }
 
 /// The journal of one pgbridge: open it once and share the `Arc`.
@@ -172,11 +185,13 @@ pub struct Journal {
     opts: JournalOptions,
     uuid: String,
     state: Mutex<State>,
-    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    tx: Mutex<Option<mpsc::Sender<Message>>>,
     /// Bumped on every change the applier or a waiting writer may care about.
     changed: watch::Sender<u64>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
     pub counters: JournalCounters,
+    /// Joined on drop, so the journal is on disk whole before its directory lock goes.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: File,
 }
 
@@ -208,19 +223,24 @@ impl Journal {
             })
             .collect();
         bases.sort_unstable();
+        let mut allocated = 0;
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
-            let bytes = scan_segment(&path, base, &mut state, &counters, i + 1 == bases.len())?;
+            let (bytes, file_len) =
+                scan_segment(&path, base, &mut state, &counters, i + 1 == bases.len())?;
             state.total_bytes += bytes;
             state.segments.insert(base, Segment { path, bytes });
             state.last_id = state.last_id.max(base.saturating_sub(1));
+            allocated = file_len;
         }
         let (base, seg_len) = match state.segments.iter().next_back() {
             Some((&b, s)) => (b, s.bytes),
             None => {
                 let base = state.last_id + 1;
                 let path = segment_path(&dir, base);
-                create_segment(&path)?;
+                let chunk = prealloc_chunk(&opts);
+                create_segment(&path, chunk)?;
+                allocated = chunk.max(MAGIC.len() as u64);
                 sync_dir(&dir)?;
                 state.total_bytes += MAGIC.len() as u64;
                 state.segments.insert(
@@ -248,7 +268,7 @@ impl Journal {
             "journal opened"
         );
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(segment_path(&dir, base))
             .map_err(io_err(&dir))?;
         let (tx, rx) = mpsc::channel();
@@ -261,6 +281,7 @@ impl Journal {
             changed,
             readers: Mutex::new(HashMap::new()),
             counters,
+            writer: Mutex::new(None),
             _lock: lock,
         });
         let writer = Writer {
@@ -268,12 +289,15 @@ impl Journal {
             file,
             base,
             len: seg_len,
+            allocated: allocated.max(seg_len),
+            chunk: prealloc_chunk(&journal.opts),
             carried: Vec::new(),
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("pgbridge-journal".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(&dir))?;
+        *journal.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(journal)
     }
 
@@ -297,18 +321,22 @@ impl Journal {
         let mut payload = BytesMut::with_capacity(256);
         codec::encode(txn, &mut payload);
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Intent {
+        self.send(Message::Intent(Request {
             payload,
             xid: txn.xid,
             captured_at_us: txn.captured_at_us,
             reply,
-        })?;
+        }))?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Records the primary's answer to the COMMIT of intent `id`. Known to the applier at once;
-    /// written to disk with the next batch, without waiting for it.
+    /// written to disk with the next intents (at most [`OUTCOME_DELAY`] later), without waking
+    /// the writer or waiting for it.
     pub fn append_outcome(&self, id: u64, committed: bool) -> Result<(), JournalError> {
+        if self.tx.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Err(JournalError::Closed);
+        }
         {
             let mut st = self.lock();
             match st.intents.get_mut(&id) {
@@ -316,9 +344,10 @@ impl Journal {
                 // Already known (resolved twice) or already applied: nothing new.
                 _ => return Ok(()),
             }
+            st.unwritten.push((id, committed));
         }
         self.bump();
-        self.send(Request::Outcome { id, committed })
+        Ok(())
     }
 
     /// Intents without an outcome, in id order.
@@ -462,7 +491,14 @@ impl Journal {
 
     /// Stops the writer after what is queued; later appends fail with [`JournalError::Closed`].
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(tx) = tx {
+            // The writer may not reach the state any more: it gets them with the last message.
+            let outcomes = std::mem::take(&mut self.lock().unwritten);
+            if !outcomes.is_empty() {
+                let _ = tx.send(Message::Outcomes(outcomes));
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -473,7 +509,7 @@ impl Journal {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn send(&self, req: Request) -> Result<(), JournalError> {
+    fn send(&self, req: Message) -> Result<(), JournalError> {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         tx.as_ref()
             .ok_or(JournalError::Closed)?
@@ -529,6 +565,11 @@ impl Journal {
 impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // The writer itself may hold the last reference (in its upkeep): it ends on its own.
+        if let Some(h) = handle.filter(|h| h.thread().id() != std::thread::current().id()) {
+            let _ = h.join();
+        }
     }
 }
 
@@ -537,8 +578,13 @@ struct Writer {
     journal: std::sync::Weak<Journal>,
     file: File,
     base: u64,
+    /// Where the next record goes (the end of the records).
     len: u64,
-    /// Outcomes of a failed batch, written with the next one.
+    /// The file's length: zeroed space from `len` up to here is written already.
+    allocated: u64,
+    /// How much zeroed space to write ahead at a time ([`prealloc_chunk`]).
+    chunk: u64,
+    /// Outcomes not written yet (of a failed batch, or handed over when the journal closed).
     carried: Vec<(u64, bool)>,
 }
 
@@ -551,19 +597,32 @@ type Reply = (
 type Written = (u64, u64, u32, Option<i64>, i64);
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
+    fn run(mut self, rx: mpsc::Receiver<Message>) {
         let mut buf = BytesMut::with_capacity(1 << 20);
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+        loop {
+            let mut batch = Vec::new();
+            match rx.recv_timeout(OUTCOME_DELAY) {
+                Ok(Message::Intent(r)) => batch.push(r),
+                Ok(Message::Outcomes(o)) => self.carried.extend(o),
+                // Time to write the outcomes that came without intents.
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
             while batch.len() < 4096 {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(Message::Intent(r)) => batch.push(r),
+                    Ok(Message::Outcomes(o)) => self.carried.extend(o),
                     Err(_) => break,
                 }
             }
             let Some(journal) = self.journal.upgrade() else {
-                return;
+                break;
             };
+            let outcomes = std::mem::take(&mut journal.lock().unwritten);
+            self.carried.extend(outcomes);
+            if batch.is_empty() && self.carried.is_empty() {
+                continue;
+            }
             let replies = self.write_batch(&journal, batch, &mut buf);
             if self.len >= journal.opts.segment_bytes {
                 if let Err(e) = self.rotate(&journal) {
@@ -576,6 +635,49 @@ impl Writer {
             for (reply, result) in replies {
                 let _ = reply.send(result);
             }
+            // After the answers, so no waiting COMMIT pays for it.
+            if self.allocated < self.len + self.chunk / 2 {
+                self.extend(self.chunk);
+            }
+        }
+        self.write_carried();
+    }
+
+    /// Writes `chunk` zeroed bytes past the end of the file and syncs them (size included), so
+    /// that appends there change no metadata. Best effort: appends past the end work anyway.
+    fn extend(&mut self, chunk: u64) {
+        let zeros = vec![0u8; chunk as usize];
+        let result = self
+            .file
+            .write_all_at(&zeros, self.allocated)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => self.allocated += chunk,
+            Err(e) => {
+                warn!(error = %e, "cannot preallocate journal space");
+                // Whatever part was written is zeros past the records: harmless.
+                if let Ok(m) = self.file.metadata() {
+                    self.allocated = m.len();
+                }
+            }
+        }
+    }
+
+    /// The last outcomes, when the journal has closed (no state to update any more).
+    fn write_carried(&mut self) {
+        if self.carried.is_empty() {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        for (id, committed) in self.carried.drain(..) {
+            frame(&mut buf, KIND_OUTCOME, id, &[committed as u8]);
+        }
+        if let Err(e) = self
+            .file
+            .write_all_at(&buf, self.len)
+            .and_then(|()| self.file.sync_data())
+        {
+            warn!(error = %e, "cannot write the last outcomes: their intents will be resolved on restart");
         }
     }
 
@@ -589,39 +691,24 @@ impl Writer {
             buf.clear();
             let mut next_id = journal.lock().last_id;
             let mut pending = Vec::new();
-            let mut outcomes = std::mem::take(&mut self.carried);
-            let mut intents = Vec::new();
-            for req in &batch {
-                match req {
-                    Request::Intent { .. } => intents.push(req),
-                    Request::Outcome { id, committed } => outcomes.push((*id, *committed)),
-                }
-            }
+            let outcomes = std::mem::take(&mut self.carried);
             for (id, committed) in &outcomes {
                 frame(buf, KIND_OUTCOME, *id, &[*committed as u8]);
             }
-            for req in &intents {
-                if let Request::Intent {
-                    payload,
-                    xid,
-                    captured_at_us,
-                    ..
-                } = req
-                {
-                    next_id += 1;
-                    let offset = self.len + buf.len() as u64;
-                    frame(buf, KIND_INTENT, next_id, payload);
-                    pending.push((
-                        next_id,
-                        offset,
-                        (self.len + buf.len() as u64 - offset) as u32,
-                        *xid,
-                        *captured_at_us,
-                    ));
-                }
+            for req in &batch {
+                next_id += 1;
+                let offset = self.len + buf.len() as u64;
+                frame(buf, KIND_INTENT, next_id, &req.payload);
+                pending.push((
+                    next_id,
+                    offset,
+                    (self.len + buf.len() as u64 - offset) as u32,
+                    req.xid,
+                    req.captured_at_us,
+                ));
             }
-            let result = self.file.write_all(buf).and_then(|()| {
-                if intents.is_empty() {
+            let result = self.file.write_all_at(buf, self.len).and_then(|()| {
+                if batch.is_empty() {
                     Ok(())
                 } else {
                     journal.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -632,34 +719,34 @@ impl Writer {
                 Ok(()) => {
                     journal.counters.no_space.store(false, Ordering::Relaxed);
                     self.len += buf.len() as u64;
+                    self.allocated = self.allocated.max(self.len);
                     return self.commit(journal, batch, pending, buf.len() as u64);
                 }
                 Err(e) => {
-                    // Cut whatever part of the batch reached the file.
+                    // Cut whatever part of the batch reached the file (the zeroed space ahead
+                    // goes with it; upkeep writes it again).
                     let _ = self.file.set_len(self.len);
+                    self.allocated = self.len;
                     let no_space = e.raw_os_error() == Some(libc::ENOSPC);
                     journal.counters.no_space.store(no_space, Ordering::Relaxed);
                     error!(error = %e, no_space, "journal write failed");
+                    self.carried = outcomes;
                     if no_space && journal.opts.on_full == OnFull::Backpressure {
                         // Writers wait; retry until space comes back.
-                        self.carried = outcomes;
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
                     }
-                    self.carried = outcomes;
                     let mut replies = Vec::new();
                     for req in batch {
-                        if let Request::Intent { reply, .. } = req {
-                            let err = if no_space {
-                                JournalError::NoSpace
-                            } else {
-                                JournalError::Io {
-                                    path: segment_path(&journal.opts.dir, self.base),
-                                    source: io::Error::new(e.kind(), e.to_string()),
-                                }
-                            };
-                            replies.push((reply, Err(err)));
-                        }
+                        let err = if no_space {
+                            JournalError::NoSpace
+                        } else {
+                            JournalError::Io {
+                                path: segment_path(&journal.opts.dir, self.base),
+                                source: io::Error::new(e.kind(), e.to_string()),
+                            }
+                        };
+                        replies.push((req.reply, Err(err)));
                     }
                     return replies;
                 }
@@ -681,26 +768,20 @@ impl Writer {
             if let Some(seg) = st.segments.get_mut(&self.base) {
                 seg.bytes += written;
             }
-            let mut it = pending.into_iter();
-            for req in batch {
-                if let Request::Intent { reply, .. } = req {
-                    let Some((id, offset, len, xid, captured_at_us)) = it.next() else {
-                        break;
-                    };
-                    st.last_id = id;
-                    st.intents.insert(
-                        id,
-                        IntentMeta {
-                            segment: self.base,
-                            offset,
-                            len,
-                            xid,
-                            captured_at_us,
-                            outcome: None,
-                        },
-                    );
-                    replies.push((reply, Ok(id)));
-                }
+            for (req, (id, offset, len, xid, captured_at_us)) in batch.into_iter().zip(pending) {
+                st.last_id = id;
+                st.intents.insert(
+                    id,
+                    IntentMeta {
+                        segment: self.base,
+                        offset,
+                        len,
+                        xid,
+                        captured_at_us,
+                        outcome: None,
+                    },
+                );
+                replies.push((req.reply, Ok(id)));
             }
         }
         journal
@@ -715,14 +796,12 @@ impl Writer {
         let base = journal.lock().last_id + 1;
         let path = segment_path(&journal.opts.dir, base);
         self.file.sync_all().map_err(io_err(&path))?;
-        create_segment(&path)?;
+        let chunk = prealloc_chunk(&journal.opts);
+        self.file = create_segment(&path, chunk)?;
         sync_dir(&journal.opts.dir)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
         self.base = base;
         self.len = MAGIC.len() as u64;
+        self.allocated = self.len.max(chunk);
         let mut st = journal.lock();
         st.total_bytes += self.len;
         st.segments.insert(
@@ -734,6 +813,16 @@ impl Writer {
         );
         Ok(())
     }
+}
+
+/// How much zeroed space the writer keeps ahead: [`PREALLOC_CHUNK`], or the segment size when
+/// smaller (rounded up to whole pages).
+fn prealloc_chunk(opts: &JournalOptions) -> u64 {
+    opts.segment_bytes
+        .div_ceil(4096)
+        .max(1)
+        .saturating_mul(4096)
+        .min(PREALLOC_CHUNK)
 }
 
 fn frame(buf: &mut BytesMut, kind: u8, id: u64, payload: &[u8]) {
@@ -761,14 +850,15 @@ fn parse_frame(buf: &[u8]) -> Option<(u8, u64, &[u8])> {
     Some((buf[8], id, &buf[17..]))
 }
 
-/// Reads one segment into `state`; cuts a torn or corrupt tail. Returns the segment's length.
+/// Reads one segment into `state`; cuts a torn or corrupt tail. Returns the length of its
+/// records and the file's length (zeroed space included).
 fn scan_segment(
     path: &Path,
     base: u64,
     state: &mut State,
     counters: &JournalCounters,
     last: bool,
-) -> Result<u64, JournalError> {
+) -> Result<(u64, u64), JournalError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
@@ -828,6 +918,10 @@ fn scan_segment(
         }
         at += 8 + len;
     }
+    if bad && at >= MAGIC.len() && data[at..].iter().all(|&b| b == 0) {
+        // The records end where the preallocated zeros begin.
+        return Ok((at as u64, data.len() as u64));
+    }
     if bad {
         counters.cut_tails.fetch_add(1, Ordering::Relaxed);
         let cut = data.len() - at.max(MAGIC.len()).min(data.len());
@@ -850,22 +944,27 @@ fn scan_segment(
             f.set_len(at as u64).map_err(io_err(path))?;
         }
         f.sync_all().map_err(io_err(path))?;
+        return Ok((at as u64, at as u64));
     }
-    Ok(at as u64)
+    Ok((at as u64, data.len() as u64))
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
 
-fn create_segment(path: &Path) -> Result<(), JournalError> {
+/// A new segment: the magic line, then zeros up to `len` bytes, synced.
+fn create_segment(path: &Path, len: u64) -> Result<File, JournalError> {
     let mut f = OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(path)
         .map_err(io_err(path))?;
-    f.write_all(MAGIC).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))
+    let mut head = MAGIC.to_vec();
+    head.resize((len as usize).max(MAGIC.len()), 0);
+    f.write_all(&head).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(f)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
