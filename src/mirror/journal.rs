@@ -46,6 +46,8 @@ const KIND_OUTCOME: u8 = 2;
 const MAX_RECORD: usize = 1 << 30;
 /// Zeroed space the writer keeps ahead of the end of a segment (at most the segment size).
 const PREALLOC_CHUNK: u64 = 1 << 20;
+/// Payloads of unapplied intents kept in memory, at most (beyond, the applier reads the file).
+const CACHE_BYTES: usize = 32 << 20;
 /// Outcomes wait at most this long for intents to be written with.
 const OUTCOME_DELAY: Duration = Duration::from_millis(200);
 
@@ -108,7 +110,7 @@ impl JournalOptions {
 }
 
 /// Where an intent is, and what is known of it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct IntentMeta {
     segment: u64,
     offset: u64,
@@ -116,6 +118,9 @@ struct IntentMeta {
     xid: Option<i64>,
     captured_at_us: i64,
     outcome: Option<bool>,
+    /// The payload as written, kept while [`CACHE_BYTES`] allows: the applier decodes it
+    /// without reading the file back.
+    cached: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -135,6 +140,8 @@ struct State {
     last_id: u64,
     /// Outcomes known but not yet written (the writer takes them with its next batch).
     unwritten: Vec<(u64, bool)>,
+    /// Bytes of the payloads in [`IntentMeta::cached`].
+    cached_bytes: usize,
 }
 
 /// An intent whose outcome the journal does not know.
@@ -394,11 +401,15 @@ impl Journal {
 
     /// Reads an intent's transaction back from disk (checksum verified).
     pub fn read(&self, id: u64) -> Result<TxnRecord, JournalError> {
-        let buf = self.raw(id)?;
         let corrupt = |reason: &str| JournalError::Corrupt {
             id,
             reason: reason.into(),
         };
+        let cached = self.lock().intents.get(&id).and_then(|m| m.cached.clone());
+        if let Some(payload) = cached {
+            return codec::decode(payload).map_err(|e| corrupt(e.0));
+        }
+        let buf = self.raw(id)?;
         let (kind, rid, payload) = parse_frame(&buf).ok_or_else(|| corrupt("checksum mismatch"))?;
         if kind != KIND_INTENT || rid != id {
             return Err(corrupt("not this intent"));
@@ -408,10 +419,15 @@ impl Journal {
 
     /// The raw frame of an intent, for parking it.
     pub fn raw(&self, id: u64) -> Result<Vec<u8>, JournalError> {
-        let meta = *self.lock().intents.get(&id).ok_or(JournalError::Corrupt {
-            id,
-            reason: "not in the journal".into(),
-        })?;
+        let meta = self
+            .lock()
+            .intents
+            .get(&id)
+            .cloned()
+            .ok_or(JournalError::Corrupt {
+                id,
+                reason: "not in the journal".into(),
+            })?;
         let file = self.reader(meta.segment)?;
         let mut buf = vec![0u8; meta.len as usize];
         file.read_exact_at(&mut buf, meta.offset)
@@ -429,7 +445,14 @@ impl Journal {
                 return;
             }
             st.applied = id;
-            st.intents = st.intents.split_off(&(id + 1));
+            let rest = st.intents.split_off(&(id + 1));
+            let done = std::mem::replace(&mut st.intents, rest);
+            let freed: usize = done
+                .values()
+                .filter_map(|m| m.cached.as_ref())
+                .map(Bytes::len)
+                .sum();
+            st.cached_bytes -= freed;
             let bases: Vec<u64> = st.segments.keys().copied().collect();
             for pair in bases.windows(2) {
                 // Segment pair[0] holds ids below pair[1].
@@ -770,6 +793,10 @@ impl Writer {
             }
             for (req, (id, offset, len, xid, captured_at_us)) in batch.into_iter().zip(pending) {
                 st.last_id = id;
+                let cached = (st.cached_bytes + req.payload.len() <= CACHE_BYTES).then(|| {
+                    st.cached_bytes += req.payload.len();
+                    req.payload.freeze()
+                });
                 st.intents.insert(
                     id,
                     IntentMeta {
@@ -779,6 +806,7 @@ impl Writer {
                         xid,
                         captured_at_us,
                         outcome: None,
+                        cached,
                     },
                 );
                 replies.push((req.reply, Ok(id)));
@@ -902,6 +930,7 @@ fn scan_segment(
                         xid,
                         captured_at_us,
                         outcome: None,
+                        cached: None,
                     },
                 );
                 state.last_id = state.last_id.max(id);
