@@ -29,6 +29,10 @@
 #   CLIENTS=8    THREADS=2                        MODES="simple prepared"   pgbench -M values
 #   RATE=tps     pgbench -R: both targets run at this rate, so their CPU per transaction compares
 #                like for like (the tps columns then show only whether a target kept up)
+#   SECONDARY=paused  stop the secondary's processes (SIGSTOP) during each mirrored run and let them
+#                go on (SIGCONT) after it: the run measures the session path alone (capture and
+#                journal), as when the secondary has a machine of its own, and the catch-up after
+#                it the applier's rate on a backlog. Default: running.
 #   PGBRIDGE_BIN=path  skip the cargo build (else cargo build --release; CARGO_TARGET_DIR is honoured)
 #   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
 #   OUT=file     also write every run as CSV (round,mode,target,tps,max_lag_s,catchup_s,journal_seq)
@@ -68,7 +72,6 @@ make_workdir pgbridge-mirror-bench
 
 declare -A port=() admin_port=() bridge_pid=() pg_started=()
 sampler_pid=
-cleanup_hook() { stop_sampler; }
 # The sampler stops at its next turn once its stop file exists (a signal could land while it runs a
 # command substitution, and bash then reports a parse error); waits at most a few seconds.
 stop_sampler() {
@@ -186,6 +189,18 @@ wait_caught_up() {
     echo TIMEOUT
 }
 
+# Sends signal $2 to every process of PostgreSQL server $1 (the postmaster and its children).
+signal_cluster() {
+    local pm
+    pm=$(head -n 1 "$work/$1/data/postmaster.pid")
+    # shellcheck disable=SC2046
+    kill -"$2" "$pm" $(cat "/proc/$pm/task/$pm/children" 2>/dev/null) 2>/dev/null || true
+}
+cleanup_hook() {
+    stop_sampler
+    [ "${SECONDARY:-}" != paused ] || signal_cluster secondary CONT
+}
+
 # --- the runs --------------------------------------------------------------------------------------
 mkdir -p "$work/results"
 for target in "${TARGETS[@]}"; do
@@ -233,8 +248,10 @@ for round in $(seq 1 "$ROUNDS"); do
                 sample_status "$samples" &
                 sampler_pid=$!
                 start=$(now)
+                [ "${SECONDARY:-}" != paused ] || signal_cluster secondary STOP
                 tps=$(run_pgbench "$target" "$mode" "$round")
                 ended=$(now)
+                [ "${SECONDARY:-}" != paused ] || signal_cluster secondary CONT
                 stop_sampler
                 catchup=$(wait_caught_up "$samples" "$ended")
                 finished=$(now)
@@ -311,7 +328,9 @@ fmt_tps() {
 
 echo
 echo "mirror benchmark: upsert + update of one bar per transaction, $CLIENTS clients, $THREADS threads,"
-echo "${DURATION}s x $ROUNDS rounds: median tps"
+echo "${DURATION}s x $ROUNDS rounds${RATE:+, at $RATE tps}: median tps"
+[ "${SECONDARY:-}" != paused ] ||
+    echo "(the secondary paused during the mirrored runs: the session path alone; applied after each)"
 printf '%-10s%12s%12s%17s\n' mode relay mirrored mirrored/relay
 for mode in "${modes[@]}"; do
     r=$(median "$work/results/$mode.relay")
