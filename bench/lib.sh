@@ -174,9 +174,11 @@ wait_ready() {
     return 1
 }
 
-# Starts a throwaway PostgreSQL server $1 with a database bench.
+# Starts a throwaway PostgreSQL server $1 with a database bench; with $2 = durable it fsyncs its
+# commits as a production server does (else durability is off).
 start_pg() {
-    local name=$1
+    local name=$1 durable=off
+    [ "${2:-}" != durable ] || durable=on
     free_port "port[$name]"
     server_dir "$name"
     log "PostgreSQL $name from $PG_BIN on port ${port[$name]}"
@@ -185,14 +187,14 @@ start_pg() {
         cat "$work/$name/initdb.log" >&2
         die "initdb ($name) failed"
     }
-    # The conventions of src/pgcluster.rs (durability off, loopback only).
+    # The conventions of src/pgcluster.rs (durability off unless asked for, loopback only).
     cat >>"$work/$name/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = ${port[$name]}
 unix_socket_directories = '$work/$name'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+fsync = $durable
+synchronous_commit = $durable
+full_page_writes = $durable
 max_connections = 300
 shared_buffers = 128MB
 logging_collector = off
@@ -228,7 +230,7 @@ build_pgbridge() {
 # Starts the primary and the secondary with the DXY schemas (docker/*-init.sql) in their bench
 # databases.
 start_dxy_servers() {
-    start_pg primary
+    start_pg primary ${PRIMARY_DURABLE:+durable}
     start_pg secondary
     psql_at "${port[primary]}" -f "$repo/docker/primary-init.sql" >/dev/null ||
         die "loading docker/primary-init.sql failed"

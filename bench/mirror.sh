@@ -29,6 +29,9 @@
 #   CLIENTS=8    THREADS=2                        MODES="simple prepared"   pgbench -M values
 #   RATE=tps     pgbench -R: both targets run at this rate, so their CPU per transaction compares
 #                like for like (the tps columns then show only whether a target kept up)
+#   PRIMARY_DURABLE=1  the primary fsyncs its commits (fsync, synchronous_commit and
+#                full_page_writes on), as in production: the relay's COMMIT then waits for a disk
+#                flush too, as the mirrored one waits for the journal's. Default: durability off.
 #   SECONDARY=paused  stop the secondary's processes (SIGSTOP) during each mirrored run and let them
 #                go on (SIGCONT) after it: the run measures the session path alone (capture and
 #                journal), as when the secondary has a machine of its own, and the catch-up after
@@ -329,6 +332,7 @@ fmt_tps() {
 echo
 echo "mirror benchmark: upsert + update of one bar per transaction, $CLIENTS clients, $THREADS threads,"
 echo "${DURATION}s x $ROUNDS rounds${RATE:+, at $RATE tps}: median tps"
+[ -z "${PRIMARY_DURABLE:-}" ] || echo "(the primary fsyncs its commits)"
 [ "${SECONDARY:-}" != paused ] ||
     echo "(the secondary paused during the mirrored runs: the session path alone; applied after each)"
 printf '%-10s%12s%12s%17s\n' mode relay mirrored mirrored/relay
