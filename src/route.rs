@@ -674,6 +674,7 @@ mod tests {
             halted: false,
             connected: true,
             fsyncs: 0,
+            appends: 0,
             last_error: None,
         }
     }

@@ -53,6 +53,8 @@ pub struct MirrorReport {
     pub halted: bool,
     pub connected: bool,
     pub fsyncs: u64,
+    /// Intents written: with `fsyncs`, how many commits one fsync carries (group commit).
+    pub appends: u64,
     pub last_error: Option<String>,
 }
 
@@ -118,6 +120,7 @@ impl MirrorStats {
             halted: self.halted.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
             fsyncs: journal.counters.fsyncs.load(Ordering::Relaxed),
+            appends: journal.counters.appends.load(Ordering::Relaxed),
             last_error: self
                 .last_error
                 .lock()
@@ -144,5 +147,7 @@ impl MirrorReport {
         gauge!("pgbridge_mirror_disk_full").set(f64::from(u8::from(self.disk_full)));
         gauge!("pgbridge_mirror_halted").set(f64::from(u8::from(self.halted)));
         gauge!("pgbridge_mirror_secondary_connected").set(f64::from(u8::from(self.connected)));
+        metrics::counter!("pgbridge_mirror_journal_fsyncs_total").absolute(self.fsyncs);
+        metrics::counter!("pgbridge_mirror_journal_appends_total").absolute(self.appends);
     }
 }
