@@ -969,13 +969,16 @@ impl<'a> Driver<'a> {
         self.expect(Expect::Sync { hold: true });
         self.pass(frame);
         self.drain(primary).await?;
-        self.shared.lock().held.take();
+        let status = self.shared.lock().held.take();
         self.shared.lock().txn.clear();
         self.expect(Expect::Query {
             steps: VecDeque::from([Step::Swallow]),
             hold: false,
         });
-        self.out.extend_from_slice(&wire::query("ROLLBACK"));
+        // Idle: the batch failed before pgbridge's BEGIN ran, there is nothing to roll back
+        // (a ROLLBACK would warn); an empty query gives the client its ReadyForQuery.
+        let sql = if status == Some(b'I') { "" } else { "ROLLBACK" };
+        self.out.extend_from_slice(&wire::query(sql));
         Ok(())
     }
 }

@@ -160,6 +160,9 @@ pub struct Tracker {
     pub status: u8,
     /// An ErrorResponse arrived since the last Sync.
     pub batch_error: bool,
+    /// An extended-protocol request failed and its batch's Sync is not sent yet: the server
+    /// skips what is sent until then.
+    skipping: bool,
     /// The server's reported settings (ParameterStatus).
     pub settings: BTreeMap<String, String>,
     /// Messages for the client, written before the next ReadyForQuery it gets.
@@ -208,6 +211,13 @@ impl Tracker {
     }
 
     pub fn expect(&mut self, e: Expect) {
+        match e {
+            Expect::Sync { .. } => self.skipping = false,
+            // The server skips every message up to Sync after an error: no reply will come.
+            Expect::Served { .. } => {}
+            _ if self.skipping => return,
+            _ => {}
+        }
         self.queue.push_back(e);
     }
 
@@ -568,8 +578,10 @@ impl Tracker {
             | None => {}
             Some(_) => {
                 // Extended protocol: the failed request and everything up to Sync are skipped.
+                self.skipping = true;
                 while let Some(e) = self.queue.front() {
                     if matches!(e, Expect::Sync { .. } | Expect::Served { ready: true, .. }) {
+                        self.skipping = false;
                         break;
                     }
                     if let Some(Expect::Execute {
