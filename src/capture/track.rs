@@ -81,6 +81,12 @@ pub enum Expect {
     Parse {
         forward: bool,
     },
+    /// The Parse of pgbridge's injected statement `name` (never forwarded): once it succeeded
+    /// the statement is prepared, unless DISCARD or DEALLOCATE was sent since (`epoch`).
+    InjectedParse {
+        name: &'static str,
+        epoch: u64,
+    },
     Bind {
         forward: bool,
     },
@@ -191,6 +197,11 @@ pub struct Tracker {
     pub described_texts: std::collections::HashMap<String, Described>,
     /// The primary's row descriptions of simple-protocol reads, by query shape.
     pub shapes: std::collections::HashMap<String, Option<Bytes>>,
+    /// pgbridge's injected statements prepared on the primary (their Parse succeeded).
+    pub injected: Vec<&'static str>,
+    /// Counts the client's DISCARDs and DEALLOCATEs: a Parse sent before one of them prepared
+    /// nothing that lasts.
+    pub injected_epoch: u64,
 }
 
 /// The largest answer kept to compare, or served from the secondary (rows, in bytes): larger
@@ -224,6 +235,27 @@ impl Tracker {
     /// No reply is owed.
     pub fn drained(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The replies owed (if any) cannot change the transaction status or bring changes: they
+    /// are Parse, Bind, Describe and Close replies only.
+    pub fn settled(&self) -> bool {
+        self.queue.iter().all(|e| {
+            matches!(
+                e,
+                Expect::Parse { .. }
+                    | Expect::InjectedParse { .. }
+                    | Expect::Bind { .. }
+                    | Expect::Describe { .. }
+                    | Expect::Close { .. }
+            )
+        })
+    }
+
+    /// The client's DISCARD or DEALLOCATE was sent: pgbridge's statements are parsed again.
+    pub fn forget_injected(&mut self) {
+        self.injected.clear();
+        self.injected_epoch += 1;
     }
 
     /// The step the next result rows belong to.
@@ -365,6 +397,7 @@ impl Tracker {
                         | Step::Commit { forward: false, .. }
                 )
             ),
+            Some(Expect::InjectedParse { .. }) => false,
             Some(Expect::Parse { forward })
             | Some(Expect::Bind { forward })
             | Some(Expect::Close { forward })
@@ -654,6 +687,12 @@ impl Tracker {
         let forward = self.forwarded();
         let completes = match (tag, self.queue.front()) {
             (b'1', Some(Expect::Parse { .. })) => true,
+            (b'1', Some(&Expect::InjectedParse { name, epoch })) => {
+                if epoch == self.injected_epoch && !self.injected.contains(&name) {
+                    self.injected.push(name);
+                }
+                true
+            }
             (b'2', Some(Expect::Bind { .. })) => true,
             (b'3', Some(Expect::Close { .. })) => true,
             (b'n', Some(Expect::Describe { .. })) => true,
