@@ -155,12 +155,90 @@ fn the_client_gets_byte_identical_replies_to_mirrored_writes() {
     req.extend(wire::bind("", "del", 0, &[Some(b"2026-01-05 10:00+00")], 0));
     req.extend(wire::execute("", 0));
     req.extend(wire::sync());
+    let mut readies = 5;
+    // As libpq's PQexecPrepared (pgbench -M prepared) sends them: Bind, Describe of the portal,
+    // Execute, Sync per statement, each in its own batch, in an explicit transaction.
+    let batch = |req: &mut Vec<u8>, stmt: &str, params: &[Option<&[u8]>], format: u16| {
+        req.extend(wire::bind("", stmt, 0, params, format));
+        req.extend(wire::describe(b'P', ""));
+        req.extend(wire::execute("", 0));
+        req.extend(wire::sync());
+    };
+    for (name, sql) in [
+        ("begin", "BEGIN"),
+        ("commit", "COMMIT"),
+        (
+            "up",
+            "UPDATE derived_data_bars SET high = high + 1 WHERE ts = $1",
+        ),
+        (
+            "ret",
+            "UPDATE derived_data_bars SET volume = volume + 1 WHERE ts = $1 RETURNING *",
+        ),
+    ] {
+        let types: &[u32] = if sql.contains("$1") { &[1184] } else { &[] };
+        req.extend(wire::parse(name, sql, types));
+        req.extend(wire::sync());
+        readies += 1;
+    }
+    for (minute, format) in [(b"2026-01-05 10:03+00", 0), (b"2026-01-05 10:04+00", 1)] {
+        let ins = format!(
+            "{INSERT} ('DXY', $1, 1, 1, 1, 1, 1) ON CONFLICT (symbol, ts) DO UPDATE SET close = derived_data_bars.close + 1"
+        );
+        req.extend(wire::parse("ins2", &ins, &[1184]));
+        req.extend(wire::sync());
+        batch(&mut req, "begin", &[], 0);
+        batch(&mut req, "ins2", &[Some(minute)], format);
+        batch(&mut req, "up", &[Some(minute)], format);
+        batch(&mut req, "ret", &[Some(minute)], format);
+        batch(&mut req, "commit", &[], 0);
+        // The same name is parsed again, with other SQL, next time round.
+        req.extend(wire::close(b'S', "ins2"));
+        req.extend(wire::sync());
+        readies += 7;
+    }
+    // The same statement name, another statement: a DELETE (the key alone is captured).
+    req.extend(wire::parse(
+        "ins2",
+        "DELETE FROM derived_data_bars WHERE ts = $1 RETURNING volume",
+        &[1184],
+    ));
+    batch(&mut req, "ins2", &[Some(b"2026-01-05 10:03+00")], 0);
+    readies += 1;
+    // DISCARD ALL drops every prepared statement, pgbridge's too; the client parses its own
+    // again.
+    req.extend(wire::query("DISCARD ALL"));
+    for (name, sql) in [
+        ("begin", "BEGIN"),
+        ("commit", "COMMIT"),
+        (
+            "ret",
+            "UPDATE derived_data_bars SET volume = volume + 1 WHERE ts = $1 RETURNING *",
+        ),
+    ] {
+        let types: &[u32] = if sql.contains("$1") { &[1184] } else { &[] };
+        req.extend(wire::parse(name, sql, types));
+    }
+    req.extend(wire::sync());
+    readies += 2;
+    batch(&mut req, "begin", &[], 0);
+    batch(&mut req, "ret", &[Some(b"2026-01-05 10:04+00")], 1);
+    batch(&mut req, "commit", &[], 0);
+    readies += 3;
+    // The table changes under a prepared statement returning `*`: the primary refuses to run
+    // it (its result type changed), through pgbridge alike.
+    req.extend(wire::query(
+        "ALTER TABLE derived_data_bars ADD COLUMN note text",
+    ));
+    batch(&mut req, "ret", &[Some(b"2026-01-05 10:04+00")], 0);
+    batch(&mut req, "ins2", &[Some(b"2026-01-05 10:04+00")], 0);
+    readies += 3;
     // The two databases' tables have different OIDs: RowDescription names them; blank them.
     let exchange = |port: u16, db: &str| {
         let mut w = Wire::connect(port);
         w.startup("postgres", db);
         w.send(&req);
-        let mut frames = w.frames_until_ready(5);
+        let mut frames = w.frames_until_ready(readies);
         for (tag, body) in frames.iter_mut() {
             if *tag == b'T' {
                 blank_table_oids(body);
@@ -174,13 +252,69 @@ fn the_client_gets_byte_identical_replies_to_mirrored_writes() {
         via, direct,
         "the replies through pgbridge differ from the primary's"
     );
+    assert!(
+        via.windows(5).any(|w| w == b"0A000"),
+        "the statement prepared before the ALTER fails"
+    );
     assert_mirrored(&bridge, &db);
     let rows = psql_on(
         cluster().secondary_port,
         &db,
         "SELECT count(*) FROM data_bars",
     );
-    assert_eq!(rows.trim(), "2");
+    assert_eq!(rows.trim(), "3");
+}
+
+/// A pipelined transaction (pgbench's \startpipeline, libpq's pipeline mode): BEGIN, the writes
+/// and COMMIT in one batch with one Sync. The COMMIT is handled before the writes' rows arrived;
+/// it must still wait for them and journal them.
+#[test]
+fn a_transaction_pipelined_in_one_batch_is_mirrored() {
+    let (bridge, db) = mirrored("pipelined", "");
+    let mut req = Vec::new();
+    req.extend(wire::parse("b", "BEGIN", &[]));
+    req.extend(wire::parse(
+        "i",
+        &format!("{INSERT} ('DXY', $1, 1, 2, 0.5, 1.5, 100)"),
+        &[1184],
+    ));
+    req.extend(wire::parse("c", "COMMIT", &[]));
+    req.extend(wire::sync());
+    for minute in ["10:00", "10:01"] {
+        let ts = format!("2026-05-01 {minute}+00");
+        for (stmt, params) in [
+            ("b", vec![]),
+            ("i", vec![Some(ts.as_bytes())]),
+            ("c", vec![]),
+        ] {
+            req.extend(wire::bind("", stmt, 0, &params, 0));
+            req.extend(wire::describe(b'P', ""));
+            req.extend(wire::execute("", 0));
+        }
+        req.extend(wire::sync());
+    }
+    let mut w = Wire::connect(bridge.port);
+    w.startup("postgres", &db);
+    w.send(&req);
+    let frames = w.frames_until_ready(3);
+    let tags: Vec<u8> = frames.iter().map(|(t, _)| *t).collect();
+    assert!(!tags.contains(&b'E'), "{:?}", frames);
+    assert_mirrored(&bridge, &db);
+    assert_eq!(
+        psql_on(
+            cluster().secondary_port,
+            &db,
+            "SELECT count(*) FROM data_bars"
+        )
+        .trim(),
+        "2"
+    );
+    assert_eq!(
+        status(&bridge)["divergences"]["total"],
+        0,
+        "{}",
+        bridge.log()
+    );
 }
 
 #[tokio::test]

@@ -80,6 +80,9 @@ pub struct Driver<'a> {
     began: bool,
     /// Extended protocol: the open transaction's id was asked for.
     xid_asked: bool,
+    /// Extended protocol: the request just before was the client's Describe of this portal (its
+    /// RowDescription gives the captured columns' types to the Execute that follows).
+    described_portal: Option<String>,
     /// A COPY outside a transaction was sent; its held reply finishes it.
     pending_autocommit: bool,
     /// COPY temp tables made in this session.
@@ -88,17 +91,11 @@ pub struct Driver<'a> {
     pub(super) routing: Option<(&'a crate::route::ReadFlags, &'a crate::route::SharedTables)>,
     /// Reads served by the secondary ([`super::serve`]).
     pub(super) serving: Option<super::serve::Serving<'a>>,
-    /// pgbridge's injected statements known to be prepared on the primary (their Parse
-    /// succeeded), run with Bind and Execute alone; and those parsed in the current batch, not
-    /// yet known to have succeeded (an error skips everything up to Sync).
-    injected: Injected,
+    /// pgbridge's injected statements parsed in the current batch, not yet known to have
+    /// succeeded (an error skips everything up to Sync). Those known to be prepared on the
+    /// primary (their ParseComplete arrived) are the tracker's `injected`.
+    injected_parsed: Vec<&'static str>,
     pub(super) out: BytesMut,
-}
-
-#[derive(Default)]
-struct Injected {
-    prepared: Vec<&'static str>,
-    parsed: Vec<&'static str>,
 }
 
 impl<'a> Driver<'a> {
@@ -124,11 +121,12 @@ impl<'a> Driver<'a> {
             wrapped: false,
             began: false,
             xid_asked: false,
+            described_portal: None,
             pending_autocommit: false,
             copies: 0,
             routing: None,
             serving: None,
-            injected: Injected::default(),
+            injected_parsed: Vec::new(),
             out: BytesMut::new(),
         }
     }
@@ -207,6 +205,7 @@ impl<'a> Driver<'a> {
         frame: &[u8],
         primary: &mut W,
     ) -> std::io::Result<()> {
+        let described = self.described_portal.take();
         if self.serving.is_some() && self.serve_extended(frame).await {
             return Ok(());
         }
@@ -224,7 +223,11 @@ impl<'a> Driver<'a> {
                 self.describe(frame);
                 Ok(())
             }
-            b'E' => self.execute(frame, primary).await,
+            b'E' => {
+                // A held Bind and Describe released by the serving side just now count too.
+                let described = self.described_portal.take().or(described);
+                self.execute(frame, described.as_deref(), primary).await
+            }
             b'C' => {
                 if let Some((kind, name)) = wire::target(frame) {
                     match kind {
@@ -239,7 +242,7 @@ impl<'a> Driver<'a> {
             b'S' => {
                 let done = self.sync(frame, primary).await;
                 // What this batch parsed and did not confirm is parsed again next time.
-                self.injected.parsed.clear();
+                self.injected_parsed.clear();
                 done
             }
             b'F' => {
@@ -256,7 +259,12 @@ impl<'a> Driver<'a> {
 
     /// The client's Describe, of a statement or a portal.
     pub(super) fn describe(&mut self, frame: &[u8]) {
-        let step = wire::target(frame)
+        let target = wire::target(frame);
+        self.described_portal = match target {
+            Some((b'P', name)) => Some(name.to_string()),
+            _ => None,
+        };
+        let step = target
             .and_then(|(kind, name)| self.lookup(kind, name))
             .map_or(Step::Pass, |a| single_step(&a, &self.analyzer.rules()));
         self.expect(Expect::Describe {
@@ -685,6 +693,7 @@ impl<'a> Driver<'a> {
     }
 
     pub(super) fn bind(&mut self, frame: &[u8]) {
+        self.described_portal = None;
         let Some((portal, stmt)) = wire::bind_names(frame) else {
             self.pass(frame);
             return;
@@ -717,9 +726,11 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// `described`: the portal of the client's Describe sent just before this Execute.
     async fn execute<W: AsyncWrite + Unpin>(
         &mut self,
         frame: &[u8],
+        described: Option<&str>,
         primary: &mut W,
     ) -> std::io::Result<()> {
         let analysis = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
@@ -752,18 +763,27 @@ impl<'a> Driver<'a> {
         }
         match &step {
             Step::Tx(TxControl::Begin) => self.began = true,
-            Step::Tx(TxControl::Commit) if !self.shared.lock().txn.is_empty() => {
+            // Changes may still be on their way (an Execute earlier in this batch).
+            Step::Tx(TxControl::Commit) if self.xid_asked || !self.shared.lock().txn.is_empty() => {
                 return self.execute_commit(frame, primary).await;
             }
             Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. } => {
                 if !self.began && !self.wrapped {
-                    self.drain_extended(primary).await?;
+                    if self.settled_status().is_none() {
+                        self.drain_extended(primary).await?;
+                    }
                     if self.shared.lock().status == b'I' {
                         self.inject("pgbridge_begin", "BEGIN", Step::Swallow, false);
                         self.wrapped = true;
                     }
                 }
-                if let (Step::Capture(_), Some(p)) = (&step, wire::execute_portal(frame)) {
+                let portal = wire::execute_portal(frame);
+                if let (Step::Capture(_), Some(p)) = (&step, portal) {
+                    if described == Some(p) {
+                        // The client's own Describe of this portal, answered just before the
+                        // rows, gave the captured columns' types already.
+                        return self.send_execute(frame, step);
+                    }
                     // The types of the captured columns, for the journal.
                     self.expect(Expect::Describe {
                         step: step.clone(),
@@ -774,6 +794,11 @@ impl<'a> Driver<'a> {
             }
             _ => {}
         }
+        self.send_execute(frame, step)
+    }
+
+    /// Sends the client's Execute, and asks for the transaction's id behind its first change.
+    fn send_execute(&mut self, frame: &[u8], step: Step) -> std::io::Result<()> {
         let changes = matches!(
             step,
             Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. }
@@ -819,8 +844,20 @@ impl<'a> Driver<'a> {
         &mut self,
         primary: &mut W,
     ) -> std::io::Result<()> {
+        if self.shared.lock().drained() {
+            // Nothing owed: what is queued can wait for the client's next Sync or Flush.
+            return Ok(());
+        }
         self.out.extend_from_slice(&wire::flush());
         self.drain(primary).await
+    }
+
+    /// The session's transaction status as it is now, when no reply owed can change it (only
+    /// Parse, Bind, Describe and Close are owed, none of which ends or begins a transaction or
+    /// brings changes), and no error arrived since the last ReadyForQuery.
+    fn settled_status(&self) -> Option<u8> {
+        let t = self.shared.lock();
+        (t.settled() && !t.batch_error).then_some(t.status)
     }
 
     /// DISCARD and DEALLOCATE drop prepared statements, pgbridge's too (any of them, to be safe):
@@ -833,15 +870,8 @@ impl<'a> Driver<'a> {
             )
         });
         if drops {
-            self.injected = Injected::default();
-        }
-    }
-
-    /// The batch so far succeeded (drained, no error): what it parsed is prepared.
-    fn confirm_injected(&mut self) {
-        if !self.shared.lock().batch_error {
-            let parsed = std::mem::take(&mut self.injected.parsed);
-            self.injected.prepared.extend(parsed);
+            self.injected_parsed.clear();
+            self.shared.lock().forget_injected();
         }
     }
 
@@ -849,25 +879,41 @@ impl<'a> Driver<'a> {
     /// statement and portal alone. A statement prepared before is only bound and executed;
     /// otherwise it is closed (a failed DISCARD may have left it) and parsed first.
     fn inject(&mut self, name: &'static str, sql: &str, step: Step, forward: bool) {
-        let parse = !self.injected.prepared.contains(&name);
-        if parse && !self.injected.parsed.contains(&name) {
-            self.injected.parsed.push(name);
+        let (parse, epoch) = {
+            let t = self.shared.lock();
+            (!t.injected.contains(&name), t.injected_epoch)
+        };
+        // Parsed earlier in this batch: its Parse is not known to have succeeded, parse again.
+        if parse && !self.injected_parsed.contains(&name) {
+            self.injected_parsed.push(name);
         }
-        self.send_injected(name, parse.then_some(sql), step, forward);
+        let parsed = parse.then_some(Expect::InjectedParse { name, epoch });
+        self.send_injected(name, parse.then_some(sql), parsed, step, forward);
     }
 
     /// Runs `sql` as pgbridge's named statement `name`, parsed anew.
     fn inject_once(&mut self, name: &str, sql: &str, step: Step, forward: bool) {
-        self.send_injected(name, Some(sql), step, forward);
+        self.send_injected(name, Some(sql), None, step, forward);
     }
 
     /// Closes pgbridge's portal, parses `sql` as `name` when given (closing `name` first),
-    /// binds the portal to `name` and executes it.
-    fn send_injected(&mut self, name: &str, sql: Option<&str>, step: Step, forward: bool) {
+    /// binds the portal to `name` and executes it. `parsed`: what the Parse's reply is expected
+    /// as, when not as an ordinary Parse.
+    fn send_injected(
+        &mut self,
+        name: &str,
+        sql: Option<&str>,
+        parsed: Option<Expect>,
+        step: Step,
+        forward: bool,
+    ) {
         let mut expects = vec![Expect::Close { forward }];
         let mut frames = vec![wire::close(b'P', "pgbridge_p")];
         if let Some(sql) = sql {
-            expects.extend([Expect::Close { forward }, Expect::Parse { forward }]);
+            expects.extend([
+                Expect::Close { forward },
+                parsed.unwrap_or(Expect::Parse { forward }),
+            ]);
             frames.extend([wire::close(b'S', name), wire::parse(name, sql)]);
         }
         expects.extend([Expect::Bind { forward }, Expect::Execute { step, forward }]);
@@ -893,9 +939,8 @@ impl<'a> Driver<'a> {
                 Step::Xid,
                 false,
             );
+            self.drain_extended(primary).await?;
         }
-        self.drain_extended(primary).await?;
-        self.confirm_injected();
         Ok(self.intent().await)
     }
 
@@ -904,9 +949,19 @@ impl<'a> Driver<'a> {
         frame: &[u8],
         primary: &mut W,
     ) -> std::io::Result<()> {
-        self.drain_extended(primary).await?;
-        let failed = self.shared.lock().batch_error;
-        let step = if failed {
+        // Every change and the transaction's id arrived already, and nothing owed can fail the
+        // transaction before this COMMIT but the client's Bind (whose error would skip the
+        // COMMIT, and journal the intent's outcome as a rollback): no round trip needed.
+        let settled = self.settled_status() == Some(b'T') && self.shared.lock().xid.is_some();
+        if !settled {
+            self.drain_extended(primary).await?;
+        }
+        let (failed, empty) = {
+            let t = self.shared.lock();
+            (t.batch_error, t.txn.is_empty())
+        };
+        let step = if failed || empty {
+            self.xid_asked = false;
             Step::Tx(TxControl::Commit)
         } else {
             match self.extended_intent(primary).await? {
@@ -969,13 +1024,16 @@ impl<'a> Driver<'a> {
         self.expect(Expect::Sync { hold: true });
         self.pass(frame);
         self.drain(primary).await?;
-        self.shared.lock().held.take();
+        let status = self.shared.lock().held.take();
         self.shared.lock().txn.clear();
         self.expect(Expect::Query {
             steps: VecDeque::from([Step::Swallow]),
             hold: false,
         });
-        self.out.extend_from_slice(&wire::query("ROLLBACK"));
+        // Idle: the batch failed before pgbridge's BEGIN ran, there is nothing to roll back
+        // (a ROLLBACK would warn); an empty query gives the client its ReadyForQuery.
+        let sql = if status == Some(b'I') { "" } else { "ROLLBACK" };
+        self.out.extend_from_slice(&wire::query(sql));
         Ok(())
     }
 }

@@ -81,6 +81,12 @@ pub enum Expect {
     Parse {
         forward: bool,
     },
+    /// The Parse of pgbridge's injected statement `name` (never forwarded): once it succeeded
+    /// the statement is prepared, unless DISCARD or DEALLOCATE was sent since (`epoch`).
+    InjectedParse {
+        name: &'static str,
+        epoch: u64,
+    },
     Bind {
         forward: bool,
     },
@@ -160,6 +166,9 @@ pub struct Tracker {
     pub status: u8,
     /// An ErrorResponse arrived since the last Sync.
     pub batch_error: bool,
+    /// An extended-protocol request failed and its batch's Sync is not sent yet: the server
+    /// skips what is sent until then.
+    skipping: bool,
     /// The server's reported settings (ParameterStatus).
     pub settings: BTreeMap<String, String>,
     /// Messages for the client, written before the next ReadyForQuery it gets.
@@ -188,6 +197,11 @@ pub struct Tracker {
     pub described_texts: std::collections::HashMap<String, Described>,
     /// The primary's row descriptions of simple-protocol reads, by query shape.
     pub shapes: std::collections::HashMap<String, Option<Bytes>>,
+    /// pgbridge's injected statements prepared on the primary (their Parse succeeded).
+    pub injected: Vec<&'static str>,
+    /// Counts the client's DISCARDs and DEALLOCATEs: a Parse sent before one of them prepared
+    /// nothing that lasts.
+    pub injected_epoch: u64,
 }
 
 /// The largest answer kept to compare, or served from the secondary (rows, in bytes): larger
@@ -208,12 +222,40 @@ impl Tracker {
     }
 
     pub fn expect(&mut self, e: Expect) {
+        match e {
+            Expect::Sync { .. } => self.skipping = false,
+            // The server skips every message up to Sync after an error: no reply will come.
+            Expect::Served { .. } => {}
+            _ if self.skipping => return,
+            _ => {}
+        }
         self.queue.push_back(e);
     }
 
     /// No reply is owed.
     pub fn drained(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The replies owed (if any) cannot change the transaction status or bring changes: they
+    /// are Parse, Bind, Describe and Close replies only.
+    pub fn settled(&self) -> bool {
+        self.queue.iter().all(|e| {
+            matches!(
+                e,
+                Expect::Parse { .. }
+                    | Expect::InjectedParse { .. }
+                    | Expect::Bind { .. }
+                    | Expect::Describe { .. }
+                    | Expect::Close { .. }
+            )
+        })
+    }
+
+    /// The client's DISCARD or DEALLOCATE was sent: pgbridge's statements are parsed again.
+    pub fn forget_injected(&mut self) {
+        self.injected.clear();
+        self.injected_epoch += 1;
     }
 
     /// The step the next result rows belong to.
@@ -355,6 +397,7 @@ impl Tracker {
                         | Step::Commit { forward: false, .. }
                 )
             ),
+            Some(Expect::InjectedParse { .. }) => false,
             Some(Expect::Parse { forward })
             | Some(Expect::Bind { forward })
             | Some(Expect::Close { forward })
@@ -568,8 +611,10 @@ impl Tracker {
             | None => {}
             Some(_) => {
                 // Extended protocol: the failed request and everything up to Sync are skipped.
+                self.skipping = true;
                 while let Some(e) = self.queue.front() {
                     if matches!(e, Expect::Sync { .. } | Expect::Served { ready: true, .. }) {
+                        self.skipping = false;
                         break;
                     }
                     if let Some(Expect::Execute {
@@ -642,6 +687,12 @@ impl Tracker {
         let forward = self.forwarded();
         let completes = match (tag, self.queue.front()) {
             (b'1', Some(Expect::Parse { .. })) => true,
+            (b'1', Some(&Expect::InjectedParse { name, epoch })) => {
+                if epoch == self.injected_epoch && !self.injected.contains(&name) {
+                    self.injected.push(name);
+                }
+                true
+            }
             (b'2', Some(Expect::Bind { .. })) => true,
             (b'3', Some(Expect::Close { .. })) => true,
             (b'n', Some(Expect::Describe { .. })) => true,
