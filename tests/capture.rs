@@ -413,6 +413,22 @@ async fn eight_concurrent_sessions_writing_overlapping_keys_end_equal() {
         0.0,
         "applied in commit order, every write did on the target what it did on the primary"
     );
+    // Group commit shows in the metrics (refreshed every second): every intent was fsynced,
+    // and no fsync went without one.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (appends, fsyncs) = loop {
+        let appends = metric(&bridge, "pgbridge_mirror_journal_appends_total", "");
+        let fsyncs = metric(&bridge, "pgbridge_mirror_journal_fsyncs_total", "");
+        if appends >= 320.0 || Instant::now() > deadline {
+            break (appends, fsyncs);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(appends >= 320.0, "{appends} appends");
+    assert!(
+        fsyncs >= 1.0 && fsyncs <= appends,
+        "{fsyncs} fsyncs for {appends} appends"
+    );
 }
 
 #[test]
