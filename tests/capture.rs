@@ -1096,3 +1096,75 @@ async fn an_insert_then_update_of_one_row_is_no_write_mismatch() {
         bridge.log()
     );
 }
+
+#[test]
+fn commit_and_chain_mirrors_both_transactions_and_rollback_and_chain_neither() {
+    let (bridge, db) = mirrored("chain", "");
+    let script = format!(
+        r#"
+\set ON_ERROR_STOP 1
+BEGIN;
+{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100);
+COMMIT AND CHAIN;
+{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100);
+ROLLBACK AND CHAIN;
+{INSERT} ('DXY', '2026-01-05 10:02+00', 1, 2, 0.5, 1.5, 100);
+COMMIT AND CHAIN;
+UPDATE derived_data_bars SET close = 9 WHERE symbol = 'DXY' AND ts = '2026-01-05 10:00+00';
+COMMIT;
+"#
+    );
+    let (via, code) = psql_script(&bridge.conn_str("postgres", "", &db), &script);
+    assert_eq!(code, 0, "{via}");
+    assert_mirrored(&bridge, &db);
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT count(*), max(close_px) FROM data_bars",
+    );
+    assert_eq!(rows.trim(), "2|9.000000", "10:00 (updated) and 10:02");
+}
+
+/// A transaction chained after a rollback has a transaction id of its own: when pgbridge dies
+/// before the commit's outcome reached the journal, the primary is asked about that id, not the
+/// rolled-back one's (which would make the committed transaction look aborted and lose it).
+#[tokio::test]
+async fn an_in_doubt_transaction_chained_after_a_rollback_is_resolved_by_its_own_id() {
+    let (mut bridge, db) = mirrored("chain_in_doubt", "resolve_after_secs = 1");
+    let c = cluster();
+    // The applier stalls behind a lock on the target, so the commit below stays unapplied.
+    let (locker, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=postgres dbname={db}", c.secondary_port),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE data_bars IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let (client, conn) =
+        tokio_postgres::connect(&bridge.conn_str("postgres", "", &db), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let session = tokio::spawn(conn);
+    for sql in [
+        "BEGIN",
+        &format!("{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100)"),
+        "ROLLBACK AND CHAIN",
+        &format!("{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100)"),
+        "COMMIT",
+    ] {
+        client.simple_query(sql).await.unwrap();
+    }
+    // Before the outcome is written (with the next intents, or within 200 ms).
+    bridge.signal(libc::SIGKILL);
+    drop(client);
+    let _ = session.await;
+    bridge.restart();
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_mirrored(&bridge, &db);
+    let rows = psql_on(c.secondary_port, &db, "SELECT count(*) FROM data_bars");
+    assert_eq!(rows.trim(), "1", "the chained transaction's row");
+}

@@ -536,9 +536,14 @@ impl Tracker {
             Step::Tx(TxControl::Savepoint(n)) => self.txn.savepoint(&n),
             Step::Tx(TxControl::RollbackTo(n)) => self.txn.rollback_to(&n),
             Step::Tx(TxControl::Release(n)) => self.txn.release(&n),
-            Step::Tx(TxControl::Rollback) => self.txn.clear(),
+            Step::Tx(TxControl::Rollback) => {
+                self.txn.clear();
+                // AND CHAIN starts a transaction with an id of its own.
+                self.xid = None;
+            }
             Step::Tx(TxControl::Commit | TxControl::PrepareTransaction(_)) => {
-                self.end_unjournaled()
+                self.end_unjournaled();
+                self.xid = None;
             }
             Step::Commit { id, .. } => self.outcome(id, tag == "COMMIT"),
             Step::Shadow(plan) => self.submit_shadow(&plan),
