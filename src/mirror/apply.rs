@@ -59,6 +59,9 @@ pub struct ApplierConfig {
     pub max_backoff: Duration,
     /// With `on_error = "halt"`, how often the parked transaction is tried again.
     pub halt_retry: Duration,
+    /// How long a batch that is not full waits for more transactions (`[mirror]
+    /// apply_linger_ms`).
+    pub linger: Duration,
 }
 
 impl ApplierConfig {
@@ -70,6 +73,7 @@ impl ApplierConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(10),
             halt_retry: Duration::from_secs(5),
+            linger: mirror.apply_linger(),
         }
     }
 }
@@ -401,11 +405,26 @@ impl Applier {
         loop {
             changes.borrow_and_update();
             let pos = *self.applied.borrow();
-            let ready = self.journal.ready_batch(pos, limit);
+            let mut ready = self.journal.ready_batch(pos, limit);
             if ready.is_empty() {
                 // Nothing ready: wait for an intent or outcome (or a second, to stay alive).
                 let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
                 continue;
+            }
+            if ready.len() < limit && !self.cfg.linger.is_zero() {
+                // Let more commits join this batch: a secondary transaction per journal
+                // transaction costs both sides several times what one per batch does.
+                let until = tokio::time::Instant::now() + self.cfg.linger;
+                while ready.len() < limit
+                    && matches!(
+                        tokio::time::timeout_at(until, changes.changed()).await,
+                        Ok(Ok(()))
+                    )
+                {
+                    changes.borrow_and_update();
+                    ready = self.journal.ready_batch(pos, limit);
+                }
+                ready = self.journal.ready_batch(pos, limit);
             }
             // Aborted intents ahead are skipped without a secondary transaction.
             let skip = ready.iter().take_while(|r| !r.committed).count();
