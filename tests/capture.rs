@@ -1125,16 +1125,14 @@ COMMIT;
     assert_eq!(rows.trim(), "2|9.000000", "10:00 (updated) and 10:02");
 }
 
-/// A transaction chained after a rollback has a transaction id of its own: when pgbridge dies
-/// before the commit's outcome reached the journal, the primary is asked about that id, not the
-/// rolled-back one's (which would make the committed transaction look aborted and lose it).
-#[tokio::test]
-async fn an_in_doubt_transaction_chained_after_a_rollback_is_resolved_by_its_own_id() {
-    let (mut bridge, db) = mirrored("chain_in_doubt", "resolve_after_secs = 1");
-    let c = cluster();
-    // The applier stalls behind a lock on the target, so the commit below stays unapplied.
+/// Locks the target table on the secondary, so the applier stalls and what is committed stays
+/// unapplied until the returned transaction commits.
+async fn stall_applier(db: &str) -> tokio_postgres::Client {
     let (locker, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname={db}", c.secondary_port),
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            cluster().secondary_port
+        ),
         tokio_postgres::NoTls,
     )
     .await
@@ -1144,27 +1142,78 @@ async fn an_in_doubt_transaction_chained_after_a_rollback_is_resolved_by_its_own
         .batch_execute("BEGIN; LOCK TABLE data_bars IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
+    locker
+}
+
+/// Runs `writes` through `bridge` with the applier stalled, SIGKILLs pgbridge right after them
+/// (before the commit's outcome is written: with the next intents, or within 200 ms), restarts
+/// it and lets the applier go on: the in-doubt transaction is resolved by asking the primary.
+async fn in_doubt_after<F, Fut>(bridge: &mut Bridge, db: &str, writes: F)
+where
+    F: FnOnce(tokio_postgres::Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let locker = stall_applier(db).await;
     let (client, conn) =
-        tokio_postgres::connect(&bridge.conn_str("postgres", "", &db), tokio_postgres::NoTls)
+        tokio_postgres::connect(&bridge.conn_str("postgres", "", db), tokio_postgres::NoTls)
             .await
             .unwrap();
     let session = tokio::spawn(conn);
-    for sql in [
-        "BEGIN",
-        &format!("{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100)"),
-        "ROLLBACK AND CHAIN",
-        &format!("{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100)"),
-        "COMMIT",
-    ] {
-        client.simple_query(sql).await.unwrap();
-    }
-    // Before the outcome is written (with the next intents, or within 200 ms).
+    writes(client).await;
     bridge.signal(libc::SIGKILL);
-    drop(client);
     let _ = session.await;
     bridge.restart();
     locker.batch_execute("COMMIT").await.unwrap();
+}
+
+/// A transaction chained after a rollback has a transaction id of its own: when pgbridge dies
+/// before the commit's outcome reached the journal, the primary is asked about that id, not the
+/// rolled-back one's (which would make the committed transaction look aborted and lose it).
+#[tokio::test]
+async fn an_in_doubt_transaction_chained_after_a_rollback_is_resolved_by_its_own_id() {
+    let (mut bridge, db) = mirrored("chain_in_doubt", "resolve_after_secs = 1");
+    in_doubt_after(&mut bridge, &db, |client| async move {
+        for sql in [
+            "BEGIN",
+            &format!("{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 2, 0.5, 1.5, 100)"),
+            "ROLLBACK AND CHAIN",
+            &format!("{INSERT} ('DXY', '2026-01-05 10:01+00', 1, 2, 0.5, 1.5, 100)"),
+            "COMMIT",
+        ] {
+            client.simple_query(sql).await.unwrap();
+        }
+    })
+    .await;
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(c.secondary_port, &db, "SELECT count(*) FROM data_bars");
+    let rows = psql_on(cluster().secondary_port, &db, "SELECT count(*) FROM data_bars");
     assert_eq!(rows.trim(), "1", "the chained transaction's row");
+}
+
+/// The transaction id of a prepared write comes back in its own rows, in the client's binary
+/// result format: an in-doubt transaction of prepared writes is resolved with it.
+#[tokio::test]
+async fn an_in_doubt_transaction_of_prepared_writes_is_resolved_by_the_id_its_rows_carry() {
+    let (mut bridge, db) = mirrored("prepared_in_doubt", "resolve_after_secs = 1");
+    in_doubt_after(&mut bridge, &db, |client| async move {
+        let insert = client
+            .prepare(&format!(
+                "{INSERT} ('DXY', $1::text::timestamptz, 1, 2, 0.5, 1.5, 100)"
+            ))
+            .await
+            .unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        for ts in ["2026-01-05 10:00+00", "2026-01-05 10:01+00"] {
+            client.execute(&insert, &[&ts]).await.unwrap();
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+        // And one outside a transaction, which pgbridge wraps in one of its own.
+        client
+            .execute(&insert, &[&"2026-01-05 10:02+00"])
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_mirrored(&bridge, &db);
+    let rows = psql_on(cluster().secondary_port, &db, "SELECT count(*) FROM data_bars");
+    assert_eq!(rows.trim(), "3");
 }

@@ -315,8 +315,10 @@ impl<'a> Driver<'a> {
         for (i, s) in analysis.statements.iter().enumerate() {
             let step = step_for(s, &rules);
             match &step {
-                Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. } => {
-                    plan.changes = true
+                Step::Capture(_) => plan.changes = true,
+                Step::Truncate(_) | Step::Statement { .. } => {
+                    plan.changes = true;
+                    plan.needs_xid = true;
                 }
                 Step::Tx(TxControl::Commit) if plan.commit_at.is_none() => plan.commit_at = Some(i),
                 Step::Tx(TxControl::Begin) if !plan.changes => plan.begins = true,
@@ -396,7 +398,7 @@ impl<'a> Driver<'a> {
             self.drain(primary).await?;
             if self.shared.lock().status == b'I' {
                 let sql = analysis.capture_sql.as_deref().unwrap_or(text).to_string();
-                return self.autocommit(&sql, plan.steps, primary).await;
+                return self.autocommit(&sql, plan.steps, plan.needs_xid, primary).await;
             }
         }
         let mut steps = plan.steps;
@@ -418,7 +420,7 @@ impl<'a> Driver<'a> {
         let bytes = match &analysis.capture_sql {
             // The transaction's id comes back with its first captured statement, in the same
             // message, so that the COMMIT needs no round trip of its own to learn it.
-            Some(sql) if plan.changes && self.shared.lock().xid.is_none() => {
+            Some(sql) if plan.needs_xid && self.shared.lock().xid.is_none() => {
                 steps.push(Step::Xid);
                 wire::query(&format!("{sql}\n;SELECT pg_current_xact_id()"))
             }
@@ -475,12 +477,16 @@ impl<'a> Driver<'a> {
         &mut self,
         sql: &str,
         steps: Vec<Step>,
+        needs_xid: bool,
         primary: &mut W,
     ) -> std::io::Result<()> {
-        let wrapped = format!("BEGIN;\n{sql}\n;SELECT pg_current_xact_id()");
+        let mut wrapped = format!("BEGIN;\n{sql}");
         let mut all = vec![Step::Swallow];
         all.extend(steps);
-        all.push(Step::Xid);
+        if needs_xid {
+            wrapped.push_str("\n;SELECT pg_current_xact_id()");
+            all.push(Step::Xid);
+        }
         let status = self.held_query(&wrapped, all, primary).await?;
         self.finish_autocommit(status).await
     }
@@ -515,6 +521,16 @@ impl<'a> Driver<'a> {
 
     /// The second half of an autocommit: journal and COMMIT, or ROLLBACK after an error.
     async fn finish_autocommit(&mut self, status: u8) -> std::io::Result<()> {
+        // A write that changed no row leaves nothing to journal: its COMMIT goes at once.
+        let changed = !self.shared.lock().txn.is_empty();
+        if status == b'T' && !changed {
+            self.expect(Expect::Query {
+                steps: VecDeque::from([Step::Swallow]),
+                hold: false,
+            });
+            self.out.extend_from_slice(&wire::query("COMMIT"));
+            return Ok(());
+        }
         let id = if status == b'T' {
             match self.intent().await {
                 Ok(id) => Some(id),
@@ -803,19 +819,23 @@ impl<'a> Driver<'a> {
             step,
             Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. }
         );
+        let returns_xid = matches!(step, Step::Capture(_));
         self.expect(Expect::Execute {
             step,
             forward: true,
         });
         self.pass(frame);
         if changes && !self.xid_asked {
-            // Pipelined behind the write: no round trip of its own.
-            self.inject(
-                "pgbridge_xid",
-                "SELECT pg_current_xact_id()",
-                Step::Xid,
-                false,
-            );
+            // A captured write's rows carry the transaction id; behind any other change it is
+            // asked for, pipelined: no round trip of its own.
+            if !returns_xid {
+                self.inject(
+                    "pgbridge_xid",
+                    "SELECT pg_current_xact_id()",
+                    Step::Xid,
+                    false,
+                );
+            }
             self.xid_asked = true;
         }
         Ok(())
@@ -1065,6 +1085,9 @@ enum Journaled {
 struct Plan {
     steps: Vec<Step>,
     changes: bool,
+    /// A change whose statement does not return the transaction id with its rows (TRUNCATE, a
+    /// replayed statement): `pg_current_xact_id()` is asked for behind it.
+    needs_xid: bool,
     begins: bool,
     other_tx: bool,
     commit_at: Option<usize>,

@@ -2,7 +2,7 @@
 //!
 //! The capture rewrite appends, after the client's own columns: the row image (every source
 //! column; the key alone for DELETE), the rule's `where` evaluated on the row when the rule has
-//! one, and the old key when an UPDATE changes key columns ([`Capture`]).
+//! one, the old key when an UPDATE changes key columns, and the transaction id ([`Capture`]).
 
 use bytes::Bytes;
 
@@ -66,6 +66,19 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
     })
 }
 
+/// The transaction id a captured DataRow carries last (an xid8, text or binary); `None` when
+/// the capture has none or the value does not read as one.
+pub fn xid(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>]) -> Option<i64> {
+    if !capture.xid || fields.len() != values.len() {
+        return None;
+    }
+    let (field, value) = (fields.last()?, (*values.last()?)?);
+    match field.format {
+        1 => Some(i64::from_be_bytes(value.try_into().ok()?)),
+        _ => std::str::from_utf8(value).ok()?.parse().ok(),
+    }
+}
+
 /// A boolean in text (`t`/`f`) or binary (one byte) format; NULL is false, as in a WHERE.
 fn boolean(field: FieldInfo, value: Option<&[u8]>) -> bool {
     match (field.format, value) {
@@ -88,7 +101,8 @@ mod tests {
             columns: vec!["symbol".into(), "ts".into()],
             in_filter: true,
             old_key: old_key.iter().map(|s| s.to_string()).collect(),
-            extra: 3 + old_key.len(),
+            xid: true,
+            extra: 4 + old_key.len(),
         }
     }
 
@@ -110,8 +124,10 @@ mod tests {
             Some(b"DXY"),
             Some(b"2026"),
             Some(b"t"),
+            Some(b"7654321"),
         ];
-        let change = change(&c, &text(4), &values).unwrap();
+        let change = change(&c, &text(5), &values).unwrap();
+        assert_eq!(xid(&c, &text(5), &values), Some(7654321));
         let ChangeOp::Upsert {
             row,
             in_filter,
@@ -132,8 +148,14 @@ mod tests {
     #[test]
     fn a_key_change_carries_the_old_key() {
         let c = capture(WriteOp::Update, &["symbol"]);
-        let values = [Some(&b"DXY"[..]), Some(b"2026"), Some(b"f"), Some(b"OLD")];
-        let change = change(&c, &text(4), &values).unwrap();
+        let values = [
+            Some(&b"DXY"[..]),
+            Some(b"2026"),
+            Some(b"f"),
+            Some(b"OLD"),
+            Some(b"12"),
+        ];
+        let change = change(&c, &text(5), &values).unwrap();
         let ChangeOp::UpdateKey {
             old_key, in_filter, ..
         } = change.op
@@ -145,6 +167,18 @@ mod tests {
             old_key.get("symbol").unwrap().bytes.as_deref(),
             Some(&b"OLD"[..])
         );
-        assert!(super::change(&c, &text(3), &values[..3]).is_none());
+        assert!(super::change(&c, &text(4), &values[..4]).is_none());
+    }
+
+    #[test]
+    fn a_binary_xid_is_read_too() {
+        let c = capture(WriteOp::Insert, &[]);
+        let id = 9_000_000_123_i64.to_be_bytes();
+        let values = [Some(&b"DXY"[..]), Some(b"2026"), Some(b"t"), Some(&id[..])];
+        let mut fields = text(4);
+        fields[3].format = 1;
+        assert_eq!(xid(&c, &fields, &values), Some(9_000_000_123));
+        let values = [Some(&b"DXY"[..]), Some(b"2026"), Some(b"t"), None];
+        assert_eq!(xid(&c, &fields, &values), None);
     }
 }

@@ -451,6 +451,9 @@ impl Tracker {
                 if let Some(change) = rows::change(&c, &self.fields, &values) {
                     self.pending.push(change);
                 }
+                if self.xid.is_none() {
+                    self.xid = rows::xid(&c, &self.fields, &values);
+                }
                 if !c.client_returning || !self.forwarded() {
                     return Action::Drop;
                 }
