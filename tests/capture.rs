@@ -1185,7 +1185,11 @@ async fn an_in_doubt_transaction_chained_after_a_rollback_is_resolved_by_its_own
     })
     .await;
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(cluster().secondary_port, &db, "SELECT count(*) FROM data_bars");
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT count(*) FROM data_bars",
+    );
     assert_eq!(rows.trim(), "1", "the chained transaction's row");
 }
 
@@ -1214,6 +1218,10 @@ async fn an_in_doubt_transaction_of_prepared_writes_is_resolved_by_the_id_its_ro
     })
     .await;
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(cluster().secondary_port, &db, "SELECT count(*) FROM data_bars");
+    let rows = psql_on(
+        cluster().secondary_port,
+        &db,
+        "SELECT count(*) FROM data_bars",
+    );
     assert_eq!(rows.trim(), "3");
 }

@@ -398,7 +398,9 @@ impl<'a> Driver<'a> {
             self.drain(primary).await?;
             if self.shared.lock().status == b'I' {
                 let sql = analysis.capture_sql.as_deref().unwrap_or(text).to_string();
-                return self.autocommit(&sql, plan.steps, plan.needs_xid, primary).await;
+                return self
+                    .autocommit(&sql, plan.steps, plan.needs_xid, primary)
+                    .await;
             }
         }
         let mut steps = plan.steps;
@@ -587,11 +589,7 @@ impl<'a> Driver<'a> {
             "CREATE TEMP TABLE {temp} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;\n{copy}\n;{capture_sql}",
             table.quoted()
         );
-        let mut steps = vec![
-            Step::Swallow,
-            Step::Pass,
-            Step::HiddenCapture(Arc::new(capture)),
-        ];
+        let mut steps = vec![Step::Swallow, Step::Pass, Step::HiddenCapture(capture)];
         let autocommit = self.shared.lock().status == b'I';
         if autocommit {
             sql = format!("BEGIN;\n{sql}");
@@ -1179,7 +1177,7 @@ fn step_for(s: &StatementInfo, rules: &RuleSet) -> Step {
     match &s.kind {
         Kind::Write => {
             if let Some(c) = &s.capture {
-                return Step::Capture(Arc::new(c.clone()));
+                return Step::Capture(c.clone());
             }
             match (s.writes.as_slice(), &s.statement_rewrite) {
                 ([w], Some(r)) if statement_mode(rules, &w.table) => {

@@ -22,7 +22,7 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
         bytes: values[i].map(Bytes::copy_from_slice),
     };
     let mut at = first;
-    let mut row = Row::new();
+    let mut row = Row::with_capacity(capture.columns.len());
     for column in &capture.columns {
         row = row.with(column, value(at));
         at += 1;
@@ -34,7 +34,7 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
     } else {
         None
     };
-    let mut old_key = Row::new();
+    let mut old_key = Row::with_capacity(capture.old_key.len());
     for column in &capture.old_key {
         old_key = old_key.with(column, value(at));
         at += 1;

@@ -140,6 +140,14 @@ impl Row {
         Row::default()
     }
 
+    /// An empty row with room for `n` columns.
+    pub fn with_capacity(n: usize) -> Row {
+        Row {
+            columns: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+        }
+    }
+
     /// Adds a column (builder style).
     pub fn with(mut self, column: &str, value: Value) -> Row {
         self.columns.push(column.to_string());

@@ -80,7 +80,8 @@ pub struct StatementInfo {
     /// For `Read`: the query orders its rows (a top-level ORDER BY), so answers compare in order.
     pub ordered: bool,
     /// For `Write` in `rows` mode: how the capture columns come back.
-    pub capture: Option<Capture>,
+    /// Shared: every statement of this shape and each of its executions use the one.
+    pub capture: Option<std::sync::Arc<Capture>>,
     /// For `Write` in `statements` mode: the write rewritten to the target.
     pub statement_rewrite: Option<StatementRewrite>,
     /// Why a rewrite this statement would need is missing, to report as a divergence.

@@ -200,7 +200,7 @@ fn write_rewrites(
         {
             Ok((e, c)) => {
                 edits.extend(e);
-                info.capture = Some(c);
+                info.capture = Some(std::sync::Arc::new(c));
             }
             Err(e) if write.op != WriteOp::Truncate => info.note = Some(e),
             Err(_) => {} // TRUNCATE: the applier runs the rule's truncate statement.
