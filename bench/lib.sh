@@ -239,19 +239,35 @@ start_dxy_servers() {
 }
 
 # Runs pgbridge $1 (binary $bin) with the config $2/pgbridge.toml, listening on port[$1], until
-# it answers a query; dies with its config and log when it does not.
+# it answers a query; dies with its config and log when it does not. A port taken between
+# free_port and the start (another process got it first) is picked again, up to three times.
 launch_pgbridge() {
-    local name=$1 dir=$2
-    log "pgbridge $name ($bin) on port ${port[$name]}, admin ${admin_port[$name]}"
-    RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$dir/pgbridge.toml" >"$dir/pgbridge.log" 2>&1 &
-    bridge_pid[$name]=$!
-    if ! wait_ready "${port[$name]}" 30 "${bridge_pid[$name]}"; then
-        local why="did not answer a query within 30 s"
-        kill -0 "${bridge_pid[$name]}" 2>/dev/null || why="exited before answering a query"
-        log "pgbridge $name: its config:"
-        cat "$dir/pgbridge.toml" >&2
-        log "pgbridge $name: its log:"
-        tail -n 40 "$dir/pgbridge.log" >&2
-        die "pgbridge $name $why"
-    fi
+    local name=$1 dir=$2 attempt
+    for attempt in 1 2 3; do
+        log "pgbridge $name ($bin) on port ${port[$name]}, admin ${admin_port[$name]}"
+        RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$dir/pgbridge.toml" >"$dir/pgbridge.log" 2>&1 &
+        bridge_pid[$name]=$!
+        if wait_ready "${port[$name]}" 30 "${bridge_pid[$name]}"; then
+            return 0
+        fi
+        if [ "$attempt" -lt 3 ] && ! kill -0 "${bridge_pid[$name]}" 2>/dev/null &&
+            grep -q 'Address already in use' "$dir/pgbridge.log"; then
+            local old_port=${port[$name]} old_admin=${admin_port[$name]}
+            free_port "port[$name]"
+            free_port "admin_port[$name]"
+            sed -i -e "s/^listen = \"127.0.0.1:$old_port\"/listen = \"127.0.0.1:${port[$name]}\"/" \
+                -e "s/^admin_listen = \"127.0.0.1:$old_admin\"/admin_listen = \"127.0.0.1:${admin_port[$name]}\"/" \
+                "$dir/pgbridge.toml"
+            log "pgbridge $name: a port was taken; trying others"
+            continue
+        fi
+        break
+    done
+    local why="did not answer a query within 30 s"
+    kill -0 "${bridge_pid[$name]}" 2>/dev/null || why="exited before answering a query"
+    log "pgbridge $name: its config:"
+    cat "$dir/pgbridge.toml" >&2
+    log "pgbridge $name: its log:"
+    tail -n 40 "$dir/pgbridge.log" >&2
+    die "pgbridge $name $why"
 }

@@ -39,6 +39,13 @@ fn shadow_reads(bridge: &Bridge, result: &str) -> f64 {
     )
 }
 
+/// What `sql` answers on the secondary's database `db` (psql's unaligned text, trimmed).
+fn on_secondary(db: &str, sql: &str) -> String {
+    psql_on(cluster().secondary_port, db, sql)
+        .trim()
+        .to_string()
+}
+
 fn assert_mirrored(bridge: &Bridge, db: &str) {
     wait_applied(bridge);
     let c = cluster();
@@ -105,11 +112,7 @@ BEGIN; {INSERT} ('DXY', '2026-01-05 10:07+00', 1, 1, 1, now()::date - '2026-01-0
         "{via}"
     );
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(
-        cluster().secondary_port,
-        &db,
-        "SELECT count(*) FROM data_bars",
-    );
+    let rows = on_secondary(&db, "SELECT count(*) FROM data_bars");
     assert_eq!(rows.trim(), "4", "10:00, 11:01, 10:06, 10:07");
 }
 
@@ -257,11 +260,7 @@ fn the_client_gets_byte_identical_replies_to_mirrored_writes() {
         "the statement prepared before the ALTER fails"
     );
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(
-        cluster().secondary_port,
-        &db,
-        "SELECT count(*) FROM data_bars",
-    );
+    let rows = on_secondary(&db, "SELECT count(*) FROM data_bars");
     assert_eq!(rows.trim(), "3");
 }
 
@@ -301,12 +300,7 @@ fn a_transaction_pipelined_in_one_batch_is_mirrored() {
     assert!(!tags.contains(&b'E'), "{:?}", frames);
     assert_mirrored(&bridge, &db);
     assert_eq!(
-        psql_on(
-            cluster().secondary_port,
-            &db,
-            "SELECT count(*) FROM data_bars"
-        )
-        .trim(),
+        on_secondary(&db, "SELECT count(*) FROM data_bars").trim(),
         "2"
     );
     assert_eq!(
@@ -464,8 +458,7 @@ fn truncate_copy_and_unmirrorable_writes_are_handled_or_reported() {
         "{out}"
     );
     wait_applied(&bridge);
-    let rows = psql_on(
-        cluster().secondary_port,
+    let rows = on_secondary(
         &db,
         "SELECT string_agg(to_char(ts, 'HH24:MI'), ',' ORDER BY ts) FROM data_bars",
     );
@@ -726,11 +719,7 @@ async fn statements_mode_replays_writes_with_the_clients_parameters() {
         .await
         .unwrap();
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(
-        cluster().secondary_port,
-        &db,
-        "SELECT count(*) FROM data_bars",
-    );
+    let rows = on_secondary(&db, "SELECT count(*) FROM data_bars");
     assert_eq!(rows.trim(), "2");
 }
 
@@ -1063,12 +1052,7 @@ async fn injected_statements_are_prepared_again_after_discard_and_failed_batches
     write(&client, 9).await.unwrap();
     assert_mirrored(&bridge, &db);
     assert_eq!(
-        psql_on(
-            cluster().secondary_port,
-            &db,
-            "SELECT count(*) FROM data_bars"
-        )
-        .trim(),
+        on_secondary(&db, "SELECT count(*) FROM data_bars").trim(),
         "10"
     );
 }
@@ -1117,11 +1101,7 @@ COMMIT;
     let (via, code) = psql_script(&bridge.conn_str("postgres", "", &db), &script);
     assert_eq!(code, 0, "{via}");
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(
-        cluster().secondary_port,
-        &db,
-        "SELECT count(*), max(close_px) FROM data_bars",
-    );
+    let rows = on_secondary(&db, "SELECT count(*), max(close_px) FROM data_bars");
     assert_eq!(rows.trim(), "2|9.000000", "10:00 (updated) and 10:02");
 }
 
@@ -1185,11 +1165,7 @@ async fn an_in_doubt_transaction_chained_after_a_rollback_is_resolved_by_its_own
     })
     .await;
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(
-        cluster().secondary_port,
-        &db,
-        "SELECT count(*) FROM data_bars",
-    );
+    let rows = on_secondary(&db, "SELECT count(*) FROM data_bars");
     assert_eq!(rows.trim(), "1", "the chained transaction's row");
 }
 
@@ -1218,10 +1194,6 @@ async fn an_in_doubt_transaction_of_prepared_writes_is_resolved_by_the_id_its_ro
     })
     .await;
     assert_mirrored(&bridge, &db);
-    let rows = psql_on(
-        cluster().secondary_port,
-        &db,
-        "SELECT count(*) FROM data_bars",
-    );
+    let rows = on_secondary(&db, "SELECT count(*) FROM data_bars");
     assert_eq!(rows.trim(), "3");
 }
