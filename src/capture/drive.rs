@@ -523,27 +523,15 @@ impl<'a> Driver<'a> {
 
     /// The second half of an autocommit: journal and COMMIT, or ROLLBACK after an error.
     async fn finish_autocommit(&mut self, status: u8) -> std::io::Result<()> {
-        // A write that changed no row leaves nothing to journal: its COMMIT goes at once.
         let changed = !self.shared.lock().txn.is_empty();
-        if status == b'T' && !changed {
-            self.expect(Expect::Query {
-                steps: VecDeque::from([Step::Swallow]),
-                hold: false,
-            });
-            self.out.extend_from_slice(&wire::query("COMMIT"));
-            return Ok(());
-        }
-        let id = if status == b'T' {
-            match self.intent().await {
-                Ok(id) => Some(id),
+        let (sql, step) = match status {
+            b'T' if changed => match self.intent().await {
+                Ok(id) => ("COMMIT", Step::Commit { id, forward: false }),
                 Err(message) => return self.refuse_commit(&message),
-            }
-        } else {
-            None
-        };
-        let (sql, step) = match id {
-            Some(id) => ("COMMIT", Step::Commit { id, forward: false }),
-            None => ("ROLLBACK", Step::Swallow),
+            },
+            // A write that changed no row leaves nothing to journal.
+            b'T' => ("COMMIT", Step::Swallow),
+            _ => ("ROLLBACK", Step::Swallow),
         };
         self.expect(Expect::Query {
             steps: VecDeque::from([step]),
@@ -594,10 +582,6 @@ impl<'a> Driver<'a> {
         if autocommit {
             sql = format!("BEGIN;\n{sql}");
             steps.insert(0, Step::Swallow);
-        }
-        if autocommit || self.shared.lock().xid.is_none() {
-            sql.push_str("\n;SELECT pg_current_xact_id()");
-            steps.push(Step::Xid);
         }
         self.expect(Expect::Query {
             steps: steps.into(),

@@ -424,7 +424,6 @@ impl Applier {
                     changes.borrow_and_update();
                     ready = self.journal.ready_batch(pos, limit);
                 }
-                ready = self.journal.ready_batch(pos, limit);
             }
             // Aborted intents ahead are skipped without a secondary transaction.
             let skip = ready.iter().take_while(|r| !r.committed).count();
