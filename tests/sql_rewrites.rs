@@ -41,7 +41,7 @@ async fn apply(
     row: &[Option<String>],
 ) {
     // The transaction id comes last; the journal, not the target, needs it.
-    let extra = &row[row.len() - c.extra..row.len() - usize::from(c.xid)];
+    let extra = &row[row.len() - c.extra..row.len() - 1];
     let image = &extra[..c.columns.len()];
     let in_filter = !c.in_filter || extra[c.columns.len()].as_deref() == Some("t");
     let key: Vec<Option<String>> = key_pos.iter().map(|&i| image[i].clone()).collect();

@@ -67,9 +67,9 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
 }
 
 /// The transaction id a captured DataRow carries last (an xid8, text or binary); `None` when
-/// the capture has none or the value does not read as one.
-pub fn xid(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>]) -> Option<i64> {
-    if !capture.xid || fields.len() != values.len() {
+/// the value does not read as one.
+pub fn xid(fields: &[FieldInfo], values: &[Option<&[u8]>]) -> Option<i64> {
+    if fields.len() != values.len() {
         return None;
     }
     let (field, value) = (fields.last()?, (*values.last()?)?);
@@ -101,7 +101,6 @@ mod tests {
             columns: vec!["symbol".into(), "ts".into()],
             in_filter: true,
             old_key: old_key.iter().map(|s| s.to_string()).collect(),
-            xid: true,
             extra: 4 + old_key.len(),
         }
     }
@@ -127,7 +126,7 @@ mod tests {
             Some(b"7654321"),
         ];
         let change = change(&c, &text(5), &values).unwrap();
-        assert_eq!(xid(&c, &text(5), &values), Some(7654321));
+        assert_eq!(xid(&text(5), &values), Some(7654321));
         let ChangeOp::Upsert {
             row,
             in_filter,
@@ -172,13 +171,12 @@ mod tests {
 
     #[test]
     fn a_binary_xid_is_read_too() {
-        let c = capture(WriteOp::Insert, &[]);
         let id = 9_000_000_123_i64.to_be_bytes();
         let values = [Some(&b"DXY"[..]), Some(b"2026"), Some(b"t"), Some(&id[..])];
         let mut fields = text(4);
         fields[3].format = 1;
-        assert_eq!(xid(&c, &fields, &values), Some(9_000_000_123));
+        assert_eq!(xid(&fields, &values), Some(9_000_000_123));
         let values = [Some(&b"DXY"[..]), Some(b"2026"), Some(b"t"), None];
-        assert_eq!(xid(&c, &fields, &values), None);
+        assert_eq!(xid(&fields, &values), None);
     }
 }

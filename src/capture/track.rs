@@ -452,7 +452,7 @@ impl Tracker {
                     self.pending.push(change);
                 }
                 if self.xid.is_none() {
-                    self.xid = rows::xid(&c, &self.fields, &values);
+                    self.xid = rows::xid(&self.fields, &values);
                 }
                 if !c.client_returning || !self.forwarded() {
                     return Action::Drop;

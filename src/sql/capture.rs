@@ -7,10 +7,11 @@
 //!
 //! The returned columns, in order: the row image (every source column; the key alone for
 //! DELETE), then `where` evaluated on the row when the rule has one, then the old key for an
-//! UPDATE that assigns a key column, then the primary's transaction id (`pg_current_xact_id()`,
-//! which the journal needs to resolve the transaction if pgbridge dies before its outcome is
-//! known: carried by the rows, it costs no statement of its own). PostgreSQL before 18 cannot return old values, so such an
-//! UPDATE reads its old keys in a subquery locked `FOR UPDATE` and joined back by `ctid`.
+//! UPDATE that assigns a key column, and last the primary's transaction id
+//! (`pg_current_xact_id()`, which the journal needs to resolve the transaction if pgbridge dies
+//! before its outcome is known; carried by the rows, it costs no statement of its own).
+//! PostgreSQL before 18 cannot return old values, so an UPDATE that changes its key reads the
+//! old keys in a subquery locked `FOR UPDATE` and joined back by `ctid`.
 
 use std::ops::Range;
 
@@ -35,9 +36,8 @@ pub struct Capture {
     pub in_filter: bool,
     /// Followed by the old values of the key columns (rule key order): delete the old target row.
     pub old_key: Vec<String>,
-    /// Followed by the transaction id (`pg_current_xact_id()`), last.
-    pub xid: bool,
-    /// How many trailing columns pgbridge added and the relay strips.
+    /// How many trailing columns pgbridge added and the relay strips; the last is the
+    /// transaction id.
     pub extra: usize,
 }
 
@@ -158,7 +158,6 @@ pub fn capture(
         columns,
         in_filter: rule.filter.is_some(),
         old_key,
-        xid: true,
         extra,
     };
     Ok((edits, capture))
