@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::primary::ServerAddr;
+use crate::net::addr::ServerAddr;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]

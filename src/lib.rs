@@ -32,15 +32,14 @@
 //!   `pgbridge demo` and the integration tests.
 
 pub mod admin;
-pub mod cancel;
 pub mod capture;
 pub mod config;
 pub mod demo;
 pub mod divergence;
 pub mod migration;
 pub mod mirror;
+pub mod net;
 pub mod pgcluster;
-pub mod primary;
 pub mod protocol;
 pub mod relay;
 pub mod route;
@@ -50,7 +49,6 @@ pub mod server;
 pub mod session;
 pub mod shadow;
 pub mod sql;
-pub mod tls;
 
 use std::path::Path;
 

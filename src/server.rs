@@ -13,9 +13,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::migration::Migration;
+use crate::net::cancel::CancelRegistry;
 use crate::CliError;
 
 /// What every session shares.
@@ -31,7 +31,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(config: Config, migration: Option<Migration>) -> Result<Arc<Proxy>, CliError> {
         let tls = match &config.tls {
-            Some(t) => Some(crate::tls::acceptor(t).map_err(CliError::user)?),
+            Some(t) => Some(crate::net::tls::acceptor(&t.cert, &t.key).map_err(CliError::user)?),
             None => None,
         };
         Ok(Arc::new(Proxy {

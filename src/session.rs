@@ -19,10 +19,10 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::cancel::{send_cancel, BackendTarget, Registration};
 use crate::capture;
 use crate::config::MirrorMode;
-use crate::primary::ServerStream;
+use crate::net::addr::ServerStream;
+use crate::net::cancel::{send_cancel, BackendTarget, Registration};
 use crate::protocol::messages::{error_response, sqlstate, CancelKey, Severity};
 use crate::protocol::startup::StartupPacket;
 use crate::protocol::ProtocolError;
@@ -220,7 +220,7 @@ struct Keys<'a> {
     registration: Option<Registration>,
     primary: Option<BackendTarget>,
     /// The session's connection to the secondary, when it has one.
-    alongside: crate::cancel::Alongside,
+    alongside: crate::net::cancel::Alongside,
 }
 
 impl KeyExchange for Keys<'_> {

@@ -16,10 +16,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use super::track::{Expect, ShadowPlan, Step, Tracker};
-use super::wire;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
 use crate::mirror::{Journal, Row, TxnRecord, Value};
 use crate::protocol::messages::{error_response, Severity};
+use crate::protocol::wire;
 use crate::rules::{quote_literal, MirrorMode, RuleSet};
 use crate::sql::{Analysis, Analyzer, Kind, SessionOp, StatementInfo, TxControl, WriteOp};
 

@@ -6,7 +6,6 @@
 //! ([`txn::TxnBuffer`], savepoints honoured), and a transaction's changes are appended to the
 //! journal before its COMMIT reaches the primary; the COMMIT's outcome follows.
 //!
-//! - [`wire`]: the messages read, edited or written.
 //! - [`rows`]: a captured row as a change.
 //! - [`txn`]: the open transaction's changes.
 //! - [`track`]: replies matched to requests.
@@ -17,6 +16,5 @@ pub mod rows;
 pub mod serve;
 pub mod track;
 pub mod txn;
-pub mod wire;
 
 pub use drive::{Driver, Shared};

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 
-use super::wire::FieldInfo;
 use crate::mirror::{Change, ChangeOp, Effect, Row, Value};
+use crate::protocol::wire::FieldInfo;
 use crate::sql::{Capture, WriteOp};
 
 /// The change one DataRow of a captured statement stands for; `None` when the row is malformed.

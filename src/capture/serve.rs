@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use super::drive::Driver;
 use super::track::Expect;
-use super::wire;
 use crate::divergence::{normalize_query, query_shape, Divergence, Kind as DivergenceKind};
 use crate::mirror::ApplierHandle;
+use crate::protocol::wire;
 use crate::route::Route;
 use crate::serve::{settings_script, Failure, SessionServer};
 use crate::sql::{Analysis, Kind, SessionOp};

@@ -13,9 +13,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::rows;
 use super::txn::TxnBuffer;
-use super::wire::{self, FieldInfo};
 use crate::divergence::compare::{Field, ResultSet};
 use crate::mirror::{Change, ChangeOp, Journal, Row};
+use crate::protocol::wire::{self, FieldInfo};
 use crate::shadow::{Shadow, ShadowJob};
 
 /// Reported settings a shadow read pins on the secondary, so both sides format values alike.

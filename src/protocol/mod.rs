@@ -8,6 +8,7 @@
 pub mod frame;
 pub mod messages;
 pub mod startup;
+pub mod wire;
 
 /// An error in what a peer sent, with the SQLSTATE that reports it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::primary::{ServerAddr, ServerStream};
+use crate::net::addr::{ServerAddr, ServerStream};
 use crate::protocol::messages::{error_fields, CancelKey};
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -202,7 +202,7 @@ fn be_u32(b: &[u8], at: usize) -> Result<u32, ConnError> {
 }
 
 fn framed(tag: u8, body: &[u8]) -> Bytes {
-    crate::capture::wire::framed(tag, body)
+    crate::protocol::wire::framed(tag, body)
 }
 
 fn password_message(password: &[u8]) -> Bytes {

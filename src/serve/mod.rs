@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::capture::wire;
+use crate::protocol::wire;
 use crate::rules::quote_literal;
 use conn::{Conn, ConnError};
 
@@ -46,7 +46,7 @@ const CONNECT_TIMEOUT_MS: u64 = 3000;
 pub struct ServeOptions {
     pub secondary: tokio_postgres::Config,
     /// Where the secondary is (for connections and cancel requests).
-    pub addr: crate::primary::ServerAddr,
+    pub addr: crate::net::addr::ServerAddr,
     pub connect_timeout: Duration,
     /// How long one read may take on the secondary before it is served by the primary.
     pub timeout: Duration,
@@ -125,14 +125,14 @@ pub struct SessionServer {
     /// The settings script the connection has applied.
     applied: String,
     /// The connection's cancel key, for the session's cancel requests.
-    alongside: crate::cancel::Alongside,
+    alongside: crate::net::cancel::Alongside,
 }
 
 impl SessionServer {
     pub fn new(
         opts: Arc<ServeOptions>,
         startup: Vec<(String, String)>,
-        alongside: crate::cancel::Alongside,
+        alongside: crate::net::cancel::Alongside,
     ) -> SessionServer {
         SessionServer {
             alongside,
@@ -221,7 +221,7 @@ impl SessionServer {
         self.applied.clear();
     }
 
-    fn set_alongside(&self, target: Option<crate::cancel::BackendTarget>) {
+    fn set_alongside(&self, target: Option<crate::net::cancel::BackendTarget>) {
         *self.alongside.lock().unwrap_or_else(|e| e.into_inner()) = target;
     }
 
@@ -270,7 +270,7 @@ impl SessionServer {
                 self.opts.connect_timeout,
             )
             .await?;
-            self.set_alongside(c.key.clone().map(|key| crate::cancel::BackendTarget {
+            self.set_alongside(c.key.clone().map(|key| crate::net::cancel::BackendTarget {
                 addr: self.opts.addr.clone(),
                 key,
             }));

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::primary::{ServerAddr, ServerStream};
+use super::addr::{ServerAddr, ServerStream};
 use crate::protocol::messages::CancelKey;
 
 /// Where a session's backend lives and the key that cancels its query.

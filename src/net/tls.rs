@@ -10,8 +10,6 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("[tls] cannot read {path}: {source}")]
@@ -25,11 +23,11 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The acceptor for `[tls]`: the certificate chain and key, ALPN `postgresql` (for clients that
-/// start TLS directly, PostgreSQL 17's `sslnegotiation=direct`).
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let certs = load_certs(&config.cert)?;
-    let key = load_key(&config.key)?;
+/// The acceptor for `[tls]`: the certificate chain and key (PEM files), ALPN `postgresql` (for
+/// clients that start TLS directly, PostgreSQL 17's `sslnegotiation=direct`).
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

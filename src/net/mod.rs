@@ -1,0 +1,11 @@
+//! Connections to PostgreSQL servers, below the proxy and the readers of the secondary.
+//!
+//! - [`addr`]: where a server is (TCP, or a Unix-domain socket) and connecting to it.
+//! - [`cancel`]: the cancel keys pgbridge hands out and the backends behind them.
+//! - [`tls`]: the certificate and key for TLS termination.
+
+pub mod addr;
+pub mod cancel;
+pub mod tls;
+
+pub use addr::{ServerAddr, ServerStream};
