@@ -41,13 +41,11 @@ pub mod mirror;
 pub mod net;
 pub mod pgcluster;
 pub mod protocol;
+pub mod reads;
 pub mod relay;
-pub mod route;
 pub mod rules;
-pub mod serve;
 pub mod server;
 pub mod session;
-pub mod shadow;
 pub mod sql;
 
 use std::path::Path;

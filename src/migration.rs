@@ -18,10 +18,10 @@ use crate::divergence::Recorder;
 use crate::mirror::apply::ApplierConfig;
 use crate::mirror::resolve::{resolve_at_startup, spawn_resolver, ResolveConfig};
 use crate::mirror::{Applier, ApplierHandle, Journal, JournalOptions};
-use crate::route::{FlagOptions, MirrorProbe, ReadFlags, SharedTables};
+use crate::reads::shadow::Shadow;
+use crate::reads::{FlagOptions, MirrorProbe, ReadFlags, SharedTables};
 use crate::rules::reload::Loader;
 use crate::rules::{RuleSet, RulesError};
-use crate::shadow::Shadow;
 use crate::sql::Analyzer;
 use crate::CliError;
 
@@ -44,12 +44,12 @@ pub struct Migration {
     pub mirror: Option<Mirror>,
     /// Each migrated table's read source, changed by the admin API.
     pub reads: Arc<ReadFlags>,
-    /// `[secondary] shared_tables`, for [`crate::route::route`].
+    /// `[secondary] shared_tables`, for [`crate::reads::route`].
     pub shared: SharedTables,
     /// Shadow reads; `None` without a secondary.
     pub shadow: Option<Arc<Shadow>>,
     /// How sessions serve reads from the secondary; `None` without a secondary.
-    pub serve: Option<Arc<crate::serve::ServeOptions>>,
+    pub serve: Option<Arc<crate::reads::secondary::ServeOptions>>,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -106,14 +106,14 @@ impl Migration {
         ));
         let shadow = config.secondary.as_ref().map(|secondary| {
             Arc::new(Shadow::new(
-                crate::shadow::ShadowOptions::new(&config.shadow, secondary.url.pg_config()),
+                crate::reads::shadow::ShadowOptions::new(&config.shadow, secondary.url.pg_config()),
                 recorder.clone(),
                 rules.clone(),
                 mirror.as_ref().map(|m| m.applier.subscribe()),
             ))
         });
         let serve = config.secondary.as_ref().map(|secondary| {
-            Arc::new(crate::serve::ServeOptions::new(
+            Arc::new(crate::reads::secondary::ServeOptions::new(
                 &config.reads,
                 &secondary.url,
                 config.primary.url.pg_config(),

@@ -350,9 +350,9 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
         .with_routing(&m.reads, &m.shared);
         match &m.serve {
             Some(opts) => driver.with_serving(
-                crate::serve::SessionServer::new(
+                crate::reads::secondary::SessionServer::new(
                     opts.clone(),
-                    crate::serve::startup_settings(params.iter()),
+                    crate::reads::secondary::startup_settings(params.iter()),
                     keys.alongside.clone(),
                 ),
                 mirror.map(|m| &m.applier),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pgbridge::divergence::Recorder;
-use pgbridge::route::{route, FlagOptions, ReadFlags, Route, SharedTables};
+use pgbridge::reads::{route, FlagOptions, ReadFlags, Route, SharedTables};
 use pgbridge::rules::{ReadSource, TableName};
 
 struct Fixture {

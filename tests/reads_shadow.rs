@@ -14,8 +14,8 @@ use pgbridge::config::ShadowConfig;
 use pgbridge::divergence::compare::{Field, ResultSet};
 use pgbridge::divergence::Recorder;
 use pgbridge::mirror::Value;
+use pgbridge::reads::shadow::{Outcome, Shadow, ShadowJob, ShadowOptions};
 use pgbridge::rules::RuleSet;
-use pgbridge::shadow::{Outcome, Shadow, ShadowJob, ShadowOptions};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 

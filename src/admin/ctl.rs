@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::{Client, Method, StatusCode};
 
 use super::Status;
-use crate::route::TableState;
+use crate::reads::TableState;
 use crate::CliError;
 
 /// `pgbridge ctl status`: prints the state of a running proxy.

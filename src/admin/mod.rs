@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::error;
 
-use crate::route::RouteError;
+use crate::reads::FlagError;
 use crate::server::Proxy;
 
 #[derive(Clone)]
@@ -143,7 +143,7 @@ async fn set_reads(
         Ok(c) => c,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
-    let Some(to) = crate::route::parse_source(&change.source) else {
+    let Some(to) = crate::reads::parse_source(&change.source) else {
         return problem(
             StatusCode::BAD_REQUEST,
             format!(
@@ -166,9 +166,9 @@ async fn set_reads(
     let set = tokio::task::spawn_blocking(move || flags.set(&table, to, &reason, &who, force));
     match set.await {
         Ok(Ok(state)) => (StatusCode::OK, Json(state)).into_response(),
-        Ok(Err(e @ RouteError::UnknownTable(_))) => problem(StatusCode::NOT_FOUND, e.to_string()),
-        Ok(Err(e @ RouteError::Refused(_))) => problem(StatusCode::CONFLICT, e.to_string()),
-        Ok(Err(e @ RouteError::Audit { .. })) => {
+        Ok(Err(e @ FlagError::UnknownTable(_))) => problem(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ FlagError::Refused(_))) => problem(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ FlagError::Audit { .. })) => {
             error!(error = %e, "read switch not made");
             problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

@@ -42,7 +42,11 @@ impl Shared {
     }
 
     /// Shadow reads go to `shadow`, recorded for session `session`.
-    pub fn with_shadow(self, shadow: Option<Arc<crate::shadow::Shadow>>, session: u64) -> Shared {
+    pub fn with_shadow(
+        self,
+        shadow: Option<Arc<crate::reads::shadow::Shadow>>,
+        session: u64,
+    ) -> Shared {
         {
             let mut t = self.lock();
             t.shadow = shadow;
@@ -88,9 +92,9 @@ pub struct Driver<'a> {
     /// COPY temp tables made in this session.
     copies: u64,
     /// Read flags and shared tables, for shadow reads.
-    pub(super) routing: Option<(&'a crate::route::ReadFlags, &'a crate::route::SharedTables)>,
-    /// Reads served by the secondary ([`super::serve`]).
-    pub(super) serving: Option<super::serve::Serving<'a>>,
+    pub(super) routing: Option<(&'a crate::reads::ReadFlags, &'a crate::reads::SharedTables)>,
+    /// Reads served by the secondary ([`super::secondary`]).
+    pub(super) serving: Option<super::secondary::Serving<'a>>,
     /// pgbridge's injected statements parsed in the current batch, not yet known to have
     /// succeeded (an error skips everything up to Sync). Those known to be prepared on the
     /// primary (their ParseComplete arrived) are the tracker's `injected`.
@@ -134,8 +138,8 @@ impl<'a> Driver<'a> {
     /// Reads of tables flagged `shadow` are compared on the secondary.
     pub fn with_routing(
         mut self,
-        reads: &'a crate::route::ReadFlags,
-        shared: &'a crate::route::SharedTables,
+        reads: &'a crate::reads::ReadFlags,
+        shared: &'a crate::reads::SharedTables,
     ) -> Self {
         self.routing = Some((reads, shared));
         self
@@ -155,8 +159,8 @@ impl<'a> Driver<'a> {
         let (reads, shared) = self.routing?;
         let in_write_txn = !self.shared.lock().txn.is_empty();
         let flags = reads.load();
-        match crate::route::route(analysis, &flags, shared, in_write_txn) {
-            crate::route::Route::Shadow { sql, table } => {
+        match crate::reads::route(analysis, &flags, shared, in_write_txn) {
+            crate::reads::Route::Shadow { sql, table } => {
                 // Not sampled: served as any read, nothing kept.
                 let shadow = self.shared.lock().shadow.clone()?;
                 if !shadow.sampled() {

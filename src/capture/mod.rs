@@ -13,7 +13,7 @@
 
 pub mod drive;
 pub mod rows;
-pub mod serve;
+pub mod secondary;
 pub mod track;
 pub mod txn;
 

@@ -16,7 +16,8 @@ use super::txn::TxnBuffer;
 use crate::divergence::compare::{Field, ResultSet};
 use crate::mirror::{Change, ChangeOp, Journal, Row};
 use crate::protocol::wire::{self, FieldInfo};
-use crate::shadow::{Shadow, ShadowJob};
+use crate::reads::shadow::{Shadow, ShadowJob};
+use crate::reads::MAX_COMPARED_BYTES;
 
 /// Reported settings a shadow read pins on the secondary, so both sides format values alike.
 const SHADOW_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
@@ -203,10 +204,6 @@ pub struct Tracker {
     /// nothing that lasts.
     pub injected_epoch: u64,
 }
-
-/// The largest answer kept to compare, or served from the secondary (rows, in bytes): larger
-/// reads are served by the primary as they stream, and not compared.
-pub const MAX_COMPARED_BYTES: usize = 8 << 20;
 
 /// Query shapes whose row descriptions a session keeps.
 const SHAPES_KEPT: usize = 1024;

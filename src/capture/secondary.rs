@@ -1,4 +1,4 @@
-//! The driver's half of reads served by the secondary ([`crate::serve`]).
+//! The driver's half of reads served by the secondary ([`crate::reads::secondary`]).
 //!
 //! Simple protocol: a Query the router sends to the secondary runs there at once; its rows go to
 //! the client behind the primary's row description for the query's shape, which the primary
@@ -23,8 +23,8 @@ use super::track::Expect;
 use crate::divergence::{normalize_query, query_shape, Divergence, Kind as DivergenceKind};
 use crate::mirror::ApplierHandle;
 use crate::protocol::wire;
-use crate::route::Route;
-use crate::serve::{settings_script, Failure, SessionServer};
+use crate::reads::secondary::{settings_script, Failure, SessionServer};
+use crate::reads::Route;
 use crate::sql::{Analysis, Kind, SessionOp};
 
 const QUERY_CANCELED: &str = "57014";
@@ -123,7 +123,7 @@ impl<'a> Driver<'a> {
     fn secondary_route<'x>(&self, analysis: &'x Analysis) -> Option<&'x str> {
         let (reads, shared) = self.routing?;
         let in_write_txn = !self.shared.lock().txn.is_empty();
-        match crate::route::route(analysis, &reads.load(), shared, in_write_txn) {
+        match crate::reads::route(analysis, &reads.load(), shared, in_write_txn) {
             Route::Secondary { sql } => Some(sql),
             _ => None,
         }

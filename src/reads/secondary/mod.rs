@@ -1,6 +1,6 @@
 //! Reads served by the secondary (CONTRACT.md, "Reads": `secondary`).
 //!
-//! A session whose read the router sends to the secondary ([`crate::route::Route::Secondary`])
+//! A session whose read the router sends to the secondary ([`crate::reads::Route::Secondary`])
 //! runs the read rewrite on a connection of its own to the secondary ([`conn::Conn`], pgbridge's
 //! credentials), opened on the first such read and kept for the session. What reaches the client
 //! is what the primary would have sent:
@@ -89,7 +89,7 @@ pub enum Failure {
     },
     /// The secondary failed a moment ago: not tried.
     Resting,
-    /// The answer is larger than pgbridge keeps ([`crate::capture::track::MAX_COMPARED_BYTES`]):
+    /// The answer is larger than pgbridge keeps ([`crate::reads::MAX_COMPARED_BYTES`]):
     /// the primary, which streams, serves it.
     TooLarge,
 }
@@ -292,7 +292,7 @@ impl SessionServer {
             let frame = conn.frame().await?;
             match frame[0] {
                 b'D' | b'C' | b'I' if !(apply && readies == 2) => {
-                    if out.len() + frame.len() > crate::capture::track::MAX_COMPARED_BYTES {
+                    if out.len() + frame.len() > crate::reads::MAX_COMPARED_BYTES {
                         return Err(ConnError::TooLarge);
                     }
                     out.extend_from_slice(&frame)

@@ -1,4 +1,4 @@
-//! Where reads of each migrated table are served, and where one statement goes.
+//! Where reads of each migrated table are served.
 //!
 //! [`ReadFlags`] holds each source table's read source (`primary`, `shadow`, `secondary`). It
 //! starts from the rules' `reads` and is changed at runtime by the admin API. Sessions read it
@@ -19,9 +19,9 @@
 //! `reads` value changed since the last load, the rule file wins (through the same gate, not
 //! forced; a refused change is logged and the flag stays): the DBA's edit is a switch too.
 //!
-//! [`route`] is the pure decision the session makes per statement (per Sync).
+//! [`super::route`] is the pure decision the session makes per statement, with these flags.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,6 @@ use crate::divergence::record::rfc3339;
 use crate::divergence::Recorder;
 use crate::mirror::status::MirrorReport;
 use crate::rules::{MirrorMode, ReadSource, RuleSet, TableName};
-use crate::sql::{Analysis, Kind};
 
 /// The read source of one table, and the evidence its gate counts from.
 #[derive(Debug, Clone)]
@@ -66,11 +65,32 @@ impl Flags {
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
     }
+
+    /// Fixed flags without rules, for tests of the routing decision.
+    #[cfg(test)]
+    pub(crate) fn fixed(list: &[(&str, ReadSource)]) -> Flags {
+        let tables = list
+            .iter()
+            .map(|(t, s)| {
+                let flag = TableFlag {
+                    source: *s,
+                    rule_reads: *s,
+                    baseline: 0,
+                };
+                (TableName::parse(t).expect("a table name"), flag)
+            })
+            .collect();
+        Flags {
+            rules: Arc::new(RuleSet::default()),
+            tables,
+            version: 1,
+        }
+    }
 }
 
 /// Why a change of a read source was not made.
 #[derive(Debug, thiserror::Error)]
-pub enum RouteError {
+pub enum FlagError {
     #[error("no rule migrates a table named {0:?}")]
     UnknownTable(String),
     /// Refused by the safety gate; the message says why (every reason).
@@ -225,10 +245,10 @@ impl ReadFlags {
         reason: &str,
         who: &str,
         force: bool,
-    ) -> Result<TableState, RouteError> {
+    ) -> Result<TableState, FlagError> {
         let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.load_locked();
-        let unknown = || RouteError::UnknownTable(table.to_string());
+        let unknown = || FlagError::UnknownTable(table.to_string());
         let name = TableName::parse(table).ok_or_else(unknown)?;
         let flag = current.tables.get(&name).ok_or_else(unknown)?;
         let rule = current.rules.get(&name).ok_or_else(unknown)?;
@@ -249,7 +269,7 @@ impl ReadFlags {
             return Ok(state);
         }
         if to != ReadSource::Primary && !self.opts.has_secondary {
-            return Err(RouteError::Refused(
+            return Err(FlagError::Refused(
                 "no [secondary] is configured: reads can only be served by the primary".into(),
             ));
         }
@@ -257,7 +277,7 @@ impl ReadFlags {
         if !refusals.is_empty() && !force {
             warn!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason,
                   who, refused = %refusals.join("; "), "read switch refused");
-            return Err(RouteError::Refused(refusals.join("; ")));
+            return Err(FlagError::Refused(refusals.join("; ")));
         }
         state.changed = true;
         state.forced = force;
@@ -340,7 +360,7 @@ impl ReadFlags {
         why
     }
 
-    fn audit(&self, s: &TableState) -> Result<(), RouteError> {
+    fn audit(&self, s: &TableState) -> Result<(), FlagError> {
         let line = AuditLine {
             ts: &s.ts,
             table: s.source.clone(),
@@ -365,7 +385,7 @@ impl ReadFlags {
             f.write_all(text.as_bytes())?;
             f.sync_data()
         };
-        write().map_err(|source| RouteError::Audit {
+        write().map_err(|source| FlagError::Audit {
             path: path.clone(),
             source,
         })
@@ -487,166 +507,9 @@ pub fn parse_source(s: &str) -> Option<ReadSource> {
     }
 }
 
-/// Unmigrated tables present and identical on the secondary (`[secondary] shared_tables`).
-#[derive(Debug, Clone, Default)]
-pub enum SharedTables {
-    /// `["*"]`: the secondary is the primary's own database.
-    All,
-    Some(HashSet<TableName>),
-    #[default]
-    None,
-}
-
-impl SharedTables {
-    /// From the config's list; names as SQL writes them (`instruments`, `ref.currencies`).
-    pub fn new(list: &[String]) -> SharedTables {
-        if list.iter().any(|t| t == "*") {
-            return SharedTables::All;
-        }
-        let set: HashSet<TableName> = list.iter().filter_map(|t| TableName::parse(t)).collect();
-        if set.is_empty() {
-            SharedTables::None
-        } else {
-            SharedTables::Some(set)
-        }
-    }
-
-    pub fn from_config(config: &crate::config::Config) -> SharedTables {
-        config
-            .secondary
-            .as_ref()
-            .map_or(SharedTables::None, |s| SharedTables::new(&s.shared_tables))
-    }
-
-    pub fn contains(&self, table: &TableName) -> bool {
-        match self {
-            SharedTables::All => true,
-            SharedTables::Some(set) => set.contains(table),
-            SharedTables::None => false,
-        }
-    }
-}
-
-/// Where one statement goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<'a> {
-    /// The client's statement to the primary, as always.
-    Primary,
-    /// To the primary for the client, and `sql` (the read rewrite) to the secondary to compare;
-    /// `table` is the table flagged `shadow` the comparison is recorded for.
-    Shadow { sql: &'a str, table: &'a TableName },
-    /// `sql`, the read rewrite, served by the secondary.
-    Secondary { sql: &'a str },
-}
-
-/// CONTRACT.md's rule for one statement text: served by the secondary only when it is one read
-/// that writes nothing (`may_write` false), outside a transaction that has written, and every
-/// table it reads is served there (migrated tables flagged `secondary`, unmigrated ones shared).
-/// Shadowed when some migrated table it reads is flagged `shadow` and every other is flagged
-/// `shadow` or `secondary` or is shared. Everything else, including what could not be parsed or
-/// rewritten, goes to the primary.
-pub fn route<'a>(
-    analysis: &'a Analysis,
-    flags: &Flags,
-    shared: &SharedTables,
-    in_write_txn: bool,
-) -> Route<'a> {
-    if in_write_txn {
-        return Route::Primary;
-    }
-    let Some(sql) = analysis.read_rewrite() else {
-        return Route::Primary;
-    };
-    let [stmt] = analysis.statements.as_slice() else {
-        return Route::Primary;
-    };
-    if stmt.kind != Kind::Read || !stmt.others.iter().all(|t| shared.contains(t)) {
-        return Route::Primary;
-    }
-    let mut shadowed = None;
-    for table in &stmt.reads {
-        match flags.get(table) {
-            Some(ReadSource::Secondary) => {}
-            Some(ReadSource::Shadow) => {
-                shadowed.get_or_insert(table);
-            }
-            Some(ReadSource::Primary) | None => return Route::Primary,
-        }
-    }
-    match shadowed {
-        Some(table) => Route::Shadow { sql, table },
-        None if stmt.reads.is_empty() => Route::Primary,
-        None => Route::Secondary { sql },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::StatementInfo;
-
-    fn flags(list: &[(&str, ReadSource)]) -> Flags {
-        Flags {
-            rules: Arc::new(RuleSet::default()),
-            tables: list
-                .iter()
-                .map(|(t, s)| {
-                    let flag = TableFlag {
-                        source: *s,
-                        rule_reads: *s,
-                        baseline: 0,
-                    };
-                    (TableName::parse(t).unwrap(), flag)
-                })
-                .collect(),
-            version: 1,
-        }
-    }
-
-    fn read(reads: &[&str], others: &[&str]) -> Analysis {
-        let t = |v: &[&str]| v.iter().map(|n| TableName::parse(n).unwrap()).collect();
-        let mut s = StatementInfo {
-            kind: Kind::Read,
-            text: 0..1,
-            reads: t(reads),
-            others: t(others),
-            writes: Vec::new(),
-            may_write: false,
-            read_rewrite: Some("SELECT rewritten".into()),
-            read_params: Vec::new(),
-            ordered: false,
-            capture: None,
-            statement_rewrite: None,
-            note: None,
-        };
-        s.text = 0..1;
-        Analysis {
-            statements: vec![s],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_join_needs_every_table_served_by_the_secondary() {
-        use ReadSource::*;
-        let shared = SharedTables::new(&["instruments".into()]);
-        let a = read(&["a", "b"], &["instruments"]);
-        let sql = "SELECT rewritten";
-        let r = |fa, fb| route(&a, &flags(&[("a", fa), ("b", fb)]), &shared, false);
-        assert_eq!(r(Secondary, Secondary), Route::Secondary { sql });
-        assert_eq!(r(Secondary, Primary), Route::Primary);
-        let b = TableName::parse("b").unwrap();
-        assert_eq!(r(Secondary, Shadow), Route::Shadow { sql, table: &b });
-        assert_eq!(r(Primary, Shadow), Route::Primary);
-        let none = SharedTables::None;
-        let f = flags(&[("a", Secondary), ("b", Secondary)]);
-        assert_eq!(route(&a, &f, &none, false), Route::Primary);
-        assert_eq!(
-            route(&a, &f, &SharedTables::new(&["*".into()]), false),
-            Route::Secondary { sql }
-        );
-        assert_eq!(route(&a, &f, &shared, true), Route::Primary);
-    }
 
     struct Setup {
         rules: Arc<ArcSwap<RuleSet>>,
@@ -758,7 +621,7 @@ mod tests {
         assert_eq!(lines[2]["to"], "primary");
         assert!(matches!(
             s.flags.set("nope", Primary, "", "", false),
-            Err(RouteError::UnknownTable(_))
+            Err(FlagError::UnknownTable(_))
         ));
         // Setting the same source again changes and audits nothing.
         let st = s
