@@ -1,56 +1,48 @@
 //! pgbridge: a transparent PostgreSQL wire-protocol proxy for zero-downtime migrations.
 //!
-//! A tour of the modules, in the order a client's bytes meet them:
+//! A tour of the modules, in the order a client's request meets them:
 //!
-//! - [`server`] accepts clients, enforces the connection limit and drains on SIGTERM.
-//! - [`session`] runs one client session: SSL/GSS negotiation, the startup packet, the connection
-//!   to the primary and the authentication exchange, then hands both sockets to the relay.
-//! - [`relay`] moves bytes between client and primary, frame-aware but copy-free: frames are found
-//!   by their 5-byte headers and forwarded as the original bytes; only the few that must be
-//!   inspected are decoded.
-//! - [`protocol`] holds the wire protocol pieces without I/O: frame scanning, the startup packet,
-//!   and the few messages pgbridge writes itself (ErrorResponse, BackendKeyData).
-//! - [`primary`] is where the primary is (TCP or a Unix-domain socket) and how to connect.
-//! - [`rules`] reads, checks and hot-reloads the rule files DBAs write.
-//! - [`sql`] reads each statement: a cheap pre-filter, the parser and a cache, classification, and
-//!   the read, capture, apply and statement rewrites.
-//! - [`migration`] is what `serve` starts when there are rules: live rules, analyzer, recorder,
-//!   journal and applier.
-//! - [`capture`] captures the committed writes of a session to migrated tables, for the mirror.
-//! - [`cancel`] maps the cancel keys pgbridge hands to clients to the primary's own.
-//! - [`tls`] loads the certificate for TLS termination.
-//! - [`admin`] serves the admin HTTP API and `/metrics`, and holds the `pgbridge ctl` client.
-//! - [`route`] holds each migrated table's read source (primary, shadow, secondary), its safety
-//!   gate and audit log, and decides where one statement goes.
-//! - [`shadow`] runs shadow reads on the secondary (sampled, bounded, with a timeout) and
-//!   compares them with the primary's answer.
-//! - [`mirror`] takes a committed transaction's row images from the session: the durable journal,
-//!   the applier to the secondary, in-doubt resolution, mirror status.
-//! - [`divergence`] records every difference found as typed JSON lines and metrics.
-//! - [`config`] is the typed config file.
+//! - [`cli`] is each command behind the command line: `serve`, `rules check`, `demo`.
+//! - [`config`] is the typed config file, its errors with file, line and key.
+//! - [`instance`] is what one running pgbridge shares: the config, the cancel keys, the drain
+//!   signal, and the migration machinery it starts (rules, analyzer, recorder, mirror, flags).
+//! - [`proxy`] accepts clients and relays each session to the primary, frame by frame.
+//! - [`net`] is where servers are and how to reach them: addresses, cancel keys, TLS.
+//! - [`protocol`] is the wire protocol without I/O: frames, startup packets, the messages
+//!   pgbridge reads, edits or writes.
+//! - [`sql`] reads each statement: a cheap pre-filter, the parser and its caches, the plan of
+//!   each statement, and the rewrites for the primary and the secondary.
+//! - [`rules`] is the rule files DBAs write: the model, parsing and checks; `rules::live` loads,
+//!   hot-reloads and checks them against the databases.
+//! - [`capture`] carries out each statement's plan in the session: RETURNING spliced in, row
+//!   images stripped from the replies and buffered per transaction, reads held for the
+//!   secondary.
+//! - [`mirror`] takes a committed transaction from there: the durable journal, the applier to
+//!   the secondary, in-doubt resolution, parked transactions, the mirror's figures.
+//! - [`reads`] is where reads go: the routing decision, the read flags with their gate and audit,
+//!   serving on the secondary, shadow reads.
+//! - [`divergence`] records every difference as typed JSON lines and metrics, and compares
+//!   results.
+//! - [`admin`] is the admin HTTP API, `/metrics` and the `pgbridge ctl` client.
 //! - [`pgcluster`] starts throwaway PostgreSQL servers from the machine's binaries, for
 //!   `pgbridge demo` and the integration tests.
 
 pub mod admin;
 pub mod capture;
+pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod divergence;
-pub mod migration;
+pub mod instance;
 pub mod mirror;
 pub mod net;
 pub mod pgcluster;
 pub mod protocol;
+pub mod proxy;
 pub mod reads;
-pub mod relay;
 pub mod rules;
-pub mod server;
-pub mod session;
 pub mod sql;
 
-use std::path::Path;
-
-/// An error that ends a command, with the exit code of CONTRACT.md.
+/// An error that ends a command; its code is the process's exit code.
 #[derive(Debug)]
 pub struct CliError {
     /// 1: the user's input is wrong; 2: something needed could not be reached.
@@ -76,45 +68,12 @@ impl CliError {
     }
 }
 
-/// `pgbridge rules check`: every problem on stderr as `FILE:LINE:COL: message` (exit 1), a
-/// database that cannot be reached exit 2, and on success one summary line per table on stdout.
-pub fn rules_check(config: &Path, offline: bool) -> Result<(), CliError> {
-    let config = config::Config::load(config).map_err(CliError::user)?;
-    let checked = if offline {
-        rules::load_offline(&config.rules)
-    } else {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(CliError::unreachable)?;
-        let secondary = config.secondary.as_ref().map(|s| &s.url);
-        runtime.block_on(rules::load_online(
-            &config.rules,
-            &config.primary.url,
-            secondary,
-        ))
-    };
-    match checked {
-        Ok(set) => {
-            for rule in set.rules() {
-                println!("{}", rule.summary());
-            }
-            println!(
-                "{}: {} rule(s) valid",
-                config.rules.display(),
-                set.rules().len()
-            );
-            Ok(())
+impl From<instance::StartError> for CliError {
+    fn from(e: instance::StartError) -> Self {
+        if e.is_unreachable() {
+            CliError::unreachable(e)
+        } else {
+            CliError::user(e)
         }
-        Err(rules::RulesError::Invalid(problems)) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            Err(CliError::user(format!(
-                "{} problem(s) in the rules",
-                problems.len()
-            )))
-        }
-        Err(e) => Err(CliError::unreachable(e)),
     }
 }

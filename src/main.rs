@@ -86,10 +86,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => Config::load(&config)
             .map_err(CliError::user)
-            .and_then(pgbridge::server::run),
+            .and_then(pgbridge::cli::serve::run),
         Command::Rules {
             command: RulesCommand::Check { config, offline },
-        } => pgbridge::rules_check(&config, offline),
+        } => pgbridge::cli::rules::check(&config, offline),
         Command::Ctl {
             admin,
             token,
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
                 force,
             ),
         },
-        Command::Demo { listen } => pgbridge::demo::run(&listen),
+        Command::Demo { listen } => pgbridge::cli::demo::run(&listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

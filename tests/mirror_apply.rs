@@ -390,7 +390,7 @@ async fn a_refused_transaction_is_parked_and_later_ones_go_on() {
         serde_json::json!(["symbol", "ts", "open", "high", "low", "close", "volume"]),
         "redacted: column names only"
     );
-    assert_eq!(m.recorder.status().by_kind["secondary_error"], 1);
+    assert_eq!(m.recorder.counts().by_kind["secondary_error"], 1);
 }
 
 #[tokio::test]

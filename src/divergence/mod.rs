@@ -15,6 +15,13 @@ use serde::Serialize;
 pub use normalize::{normalize_query, query_shape};
 pub use record::Recorder;
 
+/// The records written since start: in all, and by kind (`read_mismatch`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DivergenceCounts {
+    pub total: u64,
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
 /// What kind of difference a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

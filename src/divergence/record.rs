@@ -13,8 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tracing::{error, warn};
 
-use super::{Divergence, Kind};
-use crate::admin::DivergenceStatus;
+use super::{Divergence, DivergenceCounts, Kind};
 use crate::config::DivergenceConfig;
 
 enum Msg {
@@ -153,14 +152,14 @@ impl Recorder {
         }
     }
 
-    /// Counts by kind, as `/api/status` shows them.
-    pub fn status(&self) -> DivergenceStatus {
+    /// The records written since start, by kind.
+    pub fn counts(&self) -> DivergenceCounts {
         let by_kind = self
             .counts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        DivergenceStatus {
+        DivergenceCounts {
             total: by_kind.values().sum(),
             by_kind,
         }
@@ -238,7 +237,7 @@ mod tests {
         assert_eq!(lines[0]["table"], "derived_data_bars");
         assert_eq!(lines[0]["secondary"], "23505");
         assert!(lines[0]["ts"].as_str().unwrap().ends_with('Z'));
-        let s = r.status();
+        let s = r.counts();
         assert_eq!(s.total, 2);
         assert_eq!(s.by_kind["in_doubt"], 1);
     }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{now_us, Journal};
-use crate::admin::MirrorStatus;
 
 /// Counters the applier and the resolver keep; read with [`MirrorStats::report`].
 #[derive(Debug, Default)]
@@ -31,7 +30,7 @@ pub struct MirrorStats {
     samples: Mutex<VecDeque<(Instant, u64)>>,
 }
 
-/// Everything `/api/status` may show of the mirror (the admin's [`MirrorStatus`] and more).
+/// The mirror's figures now: what `/api/status` and the gates read, and more.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MirrorReport {
     pub journal_seq: u64,
@@ -56,18 +55,6 @@ pub struct MirrorReport {
     /// Intents written: with `fsyncs`, how many commits one fsync carries (group commit).
     pub appends: u64,
     pub last_error: Option<String>,
-}
-
-impl MirrorReport {
-    /// The fields CONTRACT.md's `/api/status` names.
-    pub fn to_admin(&self) -> MirrorStatus {
-        MirrorStatus {
-            journal_seq: self.journal_seq,
-            applied_seq: self.applied_seq,
-            lag_seconds: self.lag_seconds,
-            parked: self.parked,
-        }
-    }
 }
 
 impl MirrorStats {

@@ -5,7 +5,7 @@
 //!    StartupMessage.
 //! 2. The connection to the primary, with the client's own StartupMessage bytes: the primary
 //!    authenticates the client itself, whatever the method, through the relay.
-//! 3. The relay ([`crate::relay`]) until one side stops, then an orderly end: the client gets an
+//! 3. The relay ([`super::relay`]) until one side stops, then an orderly end: the client gets an
 //!    ErrorResponse with a SQLSTATE when pgbridge is the one ending the session, and a query the
 //!    client abandoned is cancelled on the primary so that its backend is released.
 
@@ -19,15 +19,15 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::relay::{self, CaptureCtx, ClientLimits, End, KeyExchange, Shared};
 use crate::capture;
 use crate::config::MirrorMode;
+use crate::instance::Instance;
 use crate::net::addr::ServerStream;
 use crate::net::cancel::{send_cancel, BackendTarget, Registration};
 use crate::protocol::messages::{error_response, sqlstate, CancelKey, Severity};
 use crate::protocol::startup::StartupPacket;
 use crate::protocol::ProtocolError;
-use crate::relay::{self, CaptureCtx, ClientLimits, End, KeyExchange, Shared};
-use crate::server::Proxy;
 
 /// How long a cancel forwarded to the primary may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves one accepted connection. `permit` is `None` when the connection limit was reached: the
 /// client is then refused with SQLSTATE 53300 once it has said who it is.
 pub async fn serve(
-    proxy: Arc<Proxy>,
+    instance: Arc<Instance>,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
@@ -44,22 +44,23 @@ pub async fn serve(
     let span = info_span!("session", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let startup_timeout = proxy.config.limits.startup_timeout_secs;
-        let negotiated = match tokio::time::timeout(startup_timeout, negotiate(&proxy, tcp)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                debug!(error = %e, "startup failed");
-                return;
-            }
-            Err(_) => {
-                debug!("startup timed out");
-                return;
-            }
-        };
+        let startup_timeout = instance.config.limits.startup_timeout_secs;
+        let negotiated =
+            match tokio::time::timeout(startup_timeout, negotiate(&instance, tcp)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "startup failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!("startup timed out");
+                    return;
+                }
+            };
         match negotiated {
             Negotiated::Done => {}
-            Negotiated::Plain(tcp, startup) => session(&proxy, tcp, startup, permit, id).await,
-            Negotiated::Tls(tls, startup) => session(&proxy, *tls, startup, permit, id).await,
+            Negotiated::Plain(tcp, startup) => session(&instance, tcp, startup, permit, id).await,
+            Negotiated::Tls(tls, startup) => session(&instance, *tls, startup, permit, id).await,
         }
     }
     .instrument(span)
@@ -75,8 +76,8 @@ enum Negotiated {
     Tls(Box<TlsStream>, StartupPacket),
 }
 
-async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotiated> {
-    if let Some(acceptor) = &proxy.tls {
+async fn negotiate(instance: &Instance, mut tcp: TcpStream) -> std::io::Result<Negotiated> {
+    if let Some(acceptor) = &instance.tls {
         // PostgreSQL 17 clients with sslnegotiation=direct open with a TLS ClientHello.
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE {
@@ -86,7 +87,7 @@ async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotia
                 let e = ProtocolError::violation("direct TLS without ALPN \"postgresql\"");
                 return refuse(&mut tls, &e).await.map(|_| Negotiated::Done);
             }
-            return startup_inside_tls(proxy, tls).await;
+            return startup_inside_tls(instance, tls).await;
         }
     }
     loop {
@@ -95,17 +96,17 @@ async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotia
             Err(e) => return refuse(&mut tcp, &e).await.map(|_| Negotiated::Done),
         };
         match packet {
-            StartupPacket::SslRequest => match &proxy.tls {
+            StartupPacket::SslRequest => match &instance.tls {
                 Some(acceptor) => {
                     tcp.write_all(b"S").await?;
                     let tls = acceptor.accept(tcp).await?;
-                    return startup_inside_tls(proxy, tls).await;
+                    return startup_inside_tls(instance, tls).await;
                 }
                 None => tcp.write_all(b"N").await?,
             },
             StartupPacket::GssEncRequest => tcp.write_all(b"N").await?,
             StartupPacket::Cancel(key) => {
-                forward_cancel(proxy, &key).await;
+                forward_cancel(instance, &key).await;
                 return Ok(Negotiated::Done);
             }
             p @ StartupPacket::Startup { .. } => return Ok(Negotiated::Plain(tcp, p)),
@@ -116,11 +117,14 @@ async fn negotiate(proxy: &Proxy, mut tcp: TcpStream) -> std::io::Result<Negotia
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-async fn startup_inside_tls(proxy: &Proxy, mut tls: TlsStream) -> std::io::Result<Negotiated> {
+async fn startup_inside_tls(
+    instance: &Instance,
+    mut tls: TlsStream,
+) -> std::io::Result<Negotiated> {
     match read_startup(&mut tls).await? {
         Ok(p @ StartupPacket::Startup { .. }) => Ok(Negotiated::Tls(Box::new(tls), p)),
         Ok(StartupPacket::Cancel(key)) => {
-            forward_cancel(proxy, &key).await;
+            forward_cancel(instance, &key).await;
             Ok(Negotiated::Done)
         }
         Ok(_) => {
@@ -149,7 +153,7 @@ async fn read_startup<S: AsyncRead + Unpin>(
 
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ProtocolError) -> std::io::Result<()> {
     warn!(error = %e.message, sqlstate = e.sqlstate, "refused client");
-    crate::admin::metrics::get().protocol_errors.increment(1);
+    super::metrics::get().protocol_errors.increment(1);
     write_fatal(stream, e.sqlstate, &e.message).await
 }
 
@@ -165,9 +169,9 @@ async fn write_fatal<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
-async fn forward_cancel(proxy: &Proxy, key: &CancelKey) {
-    let metrics = crate::admin::metrics::get();
-    match proxy.cancels.lookup(key) {
+async fn forward_cancel(instance: &Instance, key: &CancelKey) {
+    let metrics = super::metrics::get();
+    match instance.cancels.lookup(key) {
         Some(targets) => {
             metrics.cancels_forwarded.increment(1);
             for target in targets {
@@ -216,7 +220,7 @@ impl SplitStream for TlsStream {
 
 /// The primary's cancel key of this session, and the key handed to the client for it.
 struct Keys<'a> {
-    proxy: &'a Proxy,
+    instance: &'a Instance,
     registration: Option<Registration>,
     primary: Option<BackendTarget>,
     /// The session's connection to the secondary, when it has one.
@@ -226,11 +230,11 @@ struct Keys<'a> {
 impl KeyExchange for Keys<'_> {
     fn exchange(&mut self, primary_key: CancelKey) -> Bytes {
         let target = BackendTarget {
-            addr: self.proxy.config.primary.url.server_addr().clone(),
+            addr: self.instance.config.primary.url.server_addr().clone(),
             key: primary_key,
         };
         let registration = self
-            .proxy
+            .instance
             .cancels
             .register(target.clone(), Some(self.alongside.clone()));
         let frame = registration.client_key.to_backend_key_data();
@@ -241,7 +245,7 @@ impl KeyExchange for Keys<'_> {
 }
 
 async fn session<C: SplitStream>(
-    proxy: &Proxy,
+    instance: &Instance,
     mut client: C,
     startup: StartupPacket,
     permit: Option<OwnedSemaphorePermit>,
@@ -256,17 +260,17 @@ async fn session<C: SplitStream>(
         "database",
         params.get("database").map_or("", |s| s.as_str()),
     );
-    let metrics = crate::admin::metrics::get();
+    let metrics = super::metrics::get();
     if permit.is_none() {
         metrics.refused_limit.increment(1);
-        let limit = proxy.config.limits.max_client_connections;
+        let limit = instance.config.limits.max_client_connections;
         warn!(limit, "refused client: connection limit reached");
         let message =
             format!("too many connections to pgbridge (limits.max_client_connections = {limit})");
         let _ = write_fatal(&mut client, sqlstate::TOO_MANY_CONNECTIONS, &message).await;
         return;
     }
-    if proxy.is_draining() {
+    if instance.is_draining() {
         let _ = write_fatal(
             &mut client,
             sqlstate::ADMIN_SHUTDOWN,
@@ -275,8 +279,11 @@ async fn session<C: SplitStream>(
         .await;
         return;
     }
-    let addr = proxy.config.primary.url.server_addr();
-    let primary = match addr.connect(proxy.config.limits.connect_timeout_secs).await {
+    let addr = instance.config.primary.url.server_addr();
+    let primary = match addr
+        .connect(instance.config.limits.connect_timeout_secs)
+        .await
+    {
         Ok(p) => p,
         Err(message) => {
             metrics.primary_connect_errors.increment(1);
@@ -289,10 +296,10 @@ async fn session<C: SplitStream>(
     let _active = metrics.session_started();
     let (end, keys) = match primary {
         ServerStream::Tcp(tcp) => {
-            relay_until_end(proxy, client, tcp, raw, &params, session_id).await
+            relay_until_end(instance, client, tcp, raw, &params, session_id).await
         }
         ServerStream::Unix(unix) => {
-            relay_until_end(proxy, client, unix, raw, &params, session_id).await
+            relay_until_end(instance, client, unix, raw, &params, session_id).await
         }
     };
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
@@ -303,17 +310,17 @@ async fn session<C: SplitStream>(
 /// Relays until one side stops, then ends the session as that side requires. Returns why it
 /// ended, and the session's cancel key registration (dropped by the caller).
 async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
-    proxy: &'p Proxy,
+    instance: &'p Instance,
     client: C,
     primary: P,
     startup: Bytes,
     params: &std::collections::BTreeMap<String, String>,
     session_id: u64,
 ) -> (End, Keys<'p>) {
-    let metrics = crate::admin::metrics::get();
+    let metrics = super::metrics::get();
     let shared = Shared::new();
     let mut keys = Keys {
-        proxy,
+        instance,
         registration: None,
         primary: None,
         alongside: Default::default(),
@@ -330,9 +337,9 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
         return (End::PrimaryClosed { reported: false }, keys);
     }
     let limits = ClientLimits {
-        max_message_bytes: proxy.config.limits.max_message_bytes,
+        max_message_bytes: instance.config.limits.max_message_bytes,
     };
-    let migration = proxy.migration.as_ref();
+    let migration = instance.migration.as_ref();
     let mirror = migration.and_then(|m| m.mirror.as_ref());
     let capture_shared = capture::Shared::new(
         mirror.map(|m| m.journal.clone()),
@@ -403,7 +410,7 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
             capture_ctx.as_ref(),
         );
         tokio::pin!(up, down);
-        let mut drain = proxy.drain_signal();
+        let mut drain = instance.drain_signal();
         let mut draining = false;
         let mut deadline = None;
         loop {
@@ -413,7 +420,7 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
                 _ = drain.wait_for(|d| *d), if !draining => {
                     draining = true;
                     shared.start_draining();
-                    deadline = Some(tokio::time::Instant::now() + proxy.config.limits.shutdown_timeout_secs);
+                    deadline = Some(tokio::time::Instant::now() + instance.config.limits.shutdown_timeout_secs);
                     if shared.is_idle() && shared.established() {
                         break End::Drained;
                     }
@@ -448,7 +455,7 @@ async fn finish<CW, PW>(
     let to_client = match end {
         End::ClientClosed | End::ClientTerminated => None,
         End::ClientProtocol(e) => {
-            crate::admin::metrics::get().protocol_errors.increment(1);
+            super::metrics::get().protocol_errors.increment(1);
             warn!(error = %e.message, sqlstate = e.sqlstate, "closing a client that broke the protocol");
             Some((e.sqlstate, e.message.clone()))
         }

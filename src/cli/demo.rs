@@ -21,10 +21,10 @@ use crate::config::Config;
 use crate::pgcluster::{self, PgOptions, PgServer};
 use crate::CliError;
 
-const PRIMARY_SQL: &str = include_str!("../docker/primary-init.sql");
-const SECONDARY_SQL: &str = include_str!("../docker/secondary-init.sql");
-const SECONDARY_BACKFILL: &str = include_str!("../docker/secondary-backfill.sql");
-const DXY_RULES: &str = include_str!("../rules/dxy.toml");
+const PRIMARY_SQL: &str = include_str!("../../docker/primary-init.sql");
+const SECONDARY_SQL: &str = include_str!("../../docker/secondary-init.sql");
+const SECONDARY_BACKFILL: &str = include_str!("../../docker/secondary-backfill.sql");
+const DXY_RULES: &str = include_str!("../../rules/dxy.toml");
 
 /// The database the demo creates on both servers, as in docker/compose.yaml.
 const DBNAME: &str = "trading";
@@ -92,7 +92,7 @@ struct Demo {
 pub fn run(listen: &str) -> Result<(), CliError> {
     let (demo, config) = set_up(listen)?;
     print_banner(&demo, &config);
-    let result = crate::server::run(config);
+    let result = super::serve::run(config);
     // Stop the servers before saying so: dropping `demo` does both.
     drop(demo);
     eprintln!("pgbridge demo: the servers are stopped and their files removed.");
@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn the_compose_config_parses() {
-        let text = include_str!("../docker/pgbridge.toml");
+        let text = include_str!("../../docker/pgbridge.toml");
         let c = Config::parse(text, Path::new("docker/pgbridge.toml")).expect("compose config");
         assert_eq!(c.listen, "0.0.0.0:6432".parse::<SocketAddr>().unwrap());
         assert_eq!(c.admin_listen.port(), 9187);

@@ -23,7 +23,37 @@ use crate::reads::{FlagOptions, MirrorProbe, ReadFlags, SharedTables};
 use crate::rules::reload::Loader;
 use crate::rules::{RuleSet, RulesError};
 use crate::sql::Analyzer;
-use crate::CliError;
+
+/// Why the migration machinery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error("cannot open the divergence log {}: {source}", path.display())]
+    DivergenceLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the journal in {}: {source}", dir.display())]
+    Journal {
+        dir: std::path::PathBuf,
+        source: crate::mirror::JournalError,
+    },
+    #[error("cannot ask the primary the outcome of in-doubt transactions: {0}")]
+    Resolve(tokio_postgres::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+}
+
+impl StartError {
+    /// Something needed could not be reached (as opposed to a wrong config or rule).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StartError::Rules(RulesError::Unreachable { .. }) | StartError::Resolve(_)
+        )
+    }
+}
 
 /// Statement texts whose analyses are kept.
 const ANALYSIS_CACHE: usize = 10_000;
@@ -57,23 +87,18 @@ pub struct Migration {
 impl Migration {
     /// Loads the rules and starts mirroring; `None` when the config has no rules (the default
     /// `rules` directory absent): pgbridge is then a plain relay.
-    pub async fn start(config: &Config) -> Result<Option<Migration>, CliError> {
+    pub async fn start(config: &Config) -> Result<Option<Migration>, StartError> {
         if !config.rules_given && !config.rules.exists() {
             info!(path = %config.rules.display(), "no rules: relaying only");
             return Ok(None);
         }
         let loader = Loader::from_config(config);
-        let (rules, reload) = crate::rules::reload::start(loader)
-            .await
-            .map_err(|e| match e {
-                RulesError::Unreachable { .. } => CliError::unreachable(e),
-                _ => CliError::user(e),
-            })?;
-        let recorder = Arc::new(Recorder::open(&config.divergence).map_err(|e| {
-            CliError::user(format!(
-                "cannot open the divergence log {}: {e}",
-                config.divergence.log.display()
-            ))
+        let (rules, reload) = crate::rules::reload::start(loader).await?;
+        let recorder = Arc::new(Recorder::open(&config.divergence).map_err(|source| {
+            StartError::DivergenceLog {
+                path: config.divergence.log.clone(),
+                source,
+            }
         })?);
         let analyzer = Arc::new(Analyzer::new(rules.clone(), ANALYSIS_CACHE));
         let (mirror, resolver) = match &config.secondary {
@@ -139,12 +164,12 @@ async fn start_mirror(
     secondary: &crate::config::SecondaryConfig,
     rules: &Arc<ArcSwap<RuleSet>>,
     recorder: &Arc<Recorder>,
-) -> Result<(Mirror, JoinHandle<()>), CliError> {
-    let journal = Journal::open(JournalOptions::from_config(&config.mirror)).map_err(|e| {
-        CliError::user(format!(
-            "cannot open the journal in {}: {e}",
-            config.mirror.journal_dir.display()
-        ))
+) -> Result<(Mirror, JoinHandle<()>), StartError> {
+    let journal = Journal::open(JournalOptions::from_config(&config.mirror)).map_err(|source| {
+        StartError::Journal {
+            dir: config.mirror.journal_dir.clone(),
+            source,
+        }
     })?;
     let resolve = ResolveConfig {
         primary: config.primary.url.pg_config().clone(),
@@ -153,11 +178,7 @@ async fn start_mirror(
     };
     let resolved = resolve_at_startup(&journal, &resolve, recorder)
         .await
-        .map_err(|e| {
-            CliError::unreachable(format!(
-                "cannot ask the primary the outcome of in-doubt transactions: {e}"
-            ))
-        })?;
+        .map_err(StartError::Resolve)?;
     info!(?resolved, last = journal.last_id(), "journal opened");
     let applier = Applier::spawn(
         journal.clone(),

@@ -1,0 +1,90 @@
+//! `GET /api/status`: the tables, the mirror, the divergences and the sessions, as JSON. The
+//! mirror and the recorder keep their own figures; this turns them into the API's shape.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::divergence::DivergenceCounts;
+use crate::mirror::status::MirrorReport;
+
+/// `GET /api/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub tables: Vec<TableStatus>,
+    pub mirror: MirrorStatus,
+    pub divergences: DivergenceStatus,
+    pub sessions: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TableStatus {
+    pub source: String,
+    pub target: String,
+    pub reads: String,
+    pub mirror: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MirrorStatus {
+    pub journal_seq: u64,
+    pub applied_seq: u64,
+    pub lag_seconds: f64,
+    pub parked: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DivergenceStatus {
+    pub total: u64,
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
+    let proxy = &state.instance;
+    let mut status = Status {
+        tables: Vec::new(),
+        mirror: MirrorStatus::default(),
+        divergences: DivergenceStatus::default(),
+        sessions: proxy.sessions() as u64,
+    };
+    if let Some(m) = &proxy.migration {
+        let flags = m.reads.load();
+        status.tables = flags
+            .rules()
+            .rules()
+            .iter()
+            .map(|r| TableStatus {
+                source: r.source.to_string(),
+                target: r.target.to_string(),
+                reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
+                mirror: r.mirror.as_str().to_string(),
+            })
+            .collect();
+        status.divergences = DivergenceStatus::from(m.recorder.counts());
+        if let Some(mirror) = &m.mirror {
+            status.mirror = MirrorStatus::from(&mirror.applier.report());
+        }
+    }
+    Json(status)
+}
+
+impl From<&MirrorReport> for MirrorStatus {
+    fn from(r: &MirrorReport) -> Self {
+        MirrorStatus {
+            journal_seq: r.journal_seq,
+            applied_seq: r.applied_seq,
+            lag_seconds: r.lag_seconds,
+            parked: r.parked,
+        }
+    }
+}
+
+impl From<DivergenceCounts> for DivergenceStatus {
+    fn from(c: DivergenceCounts) -> Self {
+        DivergenceStatus {
+            total: c.total,
+            by_kind: c.by_kind,
+        }
+    }
+}

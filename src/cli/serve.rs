@@ -1,0 +1,53 @@
+//! `pgbridge serve`: binds the client and admin listeners, starts the instance (rules, mirror,
+//! read flags), then serves clients until SIGTERM or SIGINT and drains.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Config;
+use crate::instance::Instance;
+use crate::CliError;
+
+/// Runs until SIGTERM or SIGINT, then drains.
+pub fn run(config: Config) -> Result<(), CliError> {
+    super::init_logging();
+    // One thread: no cross-thread wake-ups at all, the cheapest relay where cores are scarce.
+    let threads = config.worker_threads();
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder
+        .enable_all()
+        .thread_name("pgbridge")
+        .build()
+        .map_err(CliError::unreachable)?;
+    runtime.block_on(serve(config))
+}
+
+/// Binds both listeners, then serves until a signal; returns after the drain.
+pub async fn serve(config: Config) -> Result<(), CliError> {
+    let metrics = crate::admin::metrics::install();
+    // Registered with the recorder now, so they show from the start.
+    crate::proxy::metrics::get();
+    let listener = bind(config.listen, "").await?;
+    let admin = bind(config.admin_listen, " (admin_listen)").await?;
+    let instance = Instance::start(config).await?;
+    tokio::spawn(crate::admin::serve(admin, Arc::clone(&instance), metrics));
+    info!(listen = %instance.config.listen, admin = %instance.config.admin_listen,
+          primary = ?instance.config.primary.url, "pgbridge is serving");
+    crate::proxy::server::serve(instance, listener)
+        .await
+        .map_err(CliError::unreachable)
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::unreachable(format!("cannot listen on {addr}{what}: {e}")))
+}
