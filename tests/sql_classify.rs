@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pgbridge::rules::{RuleSet, TableName};
-use pgbridge::sql::{Analyzer, Kind, SessionOp, TxControl, WriteOp};
+use pgbridge::sql::{Analyzer, Kind, SessionOp, SetKind, TxControl, WriteOp};
 
 fn analyzer() -> Analyzer {
     Analyzer::new(
@@ -157,9 +157,14 @@ fn transaction_control_and_session_state() {
     );
     assert_eq!(
         kinds("SET TimeZone = 'UTC'"),
-        [Kind::Session(SessionOp::Set)]
+        [Kind::Session(SessionOp::Set(SetKind::Setting(
+            "timezone".into()
+        )))]
     );
-    assert_eq!(kinds("DISCARD ALL"), [Kind::Session(SessionOp::Discard)]);
+    assert_eq!(
+        kinds("DISCARD ALL"),
+        [Kind::Session(SessionOp::Discard { all: true })]
+    );
     assert_eq!(
         kinds("DEALLOCATE ALL"),
         [Kind::Session(SessionOp::Deallocate(None))]

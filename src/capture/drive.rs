@@ -20,8 +20,7 @@ use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Rec
 use crate::mirror::{Journal, Row, TxnRecord, Value};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::wire;
-use crate::rules::{quote_literal, MirrorMode, RuleSet};
-use crate::sql::{Analysis, Analyzer, Kind, SessionOp, StatementInfo, TxControl, WriteOp};
+use crate::sql::{injected, Analysis, Analyzer, Mirror, Plan, StatementInfo, TxControl};
 
 /// The capture state of one session, shared by its two directions.
 pub struct Shared {
@@ -58,6 +57,15 @@ impl Shared {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The SQLSTATE of a transaction pgbridge rolls back because the journal could not take it
+/// (disk_full: the journal is full, or its disk).
+const REFUSED: &str = "53100";
+
+/// The message of such a rollback.
+fn rolled_back(why: &str) -> String {
+    format!("pgbridge rolled the transaction back: {why}")
 }
 
 /// Settings that text values depend on, carried with each journal transaction.
@@ -270,7 +278,7 @@ impl<'a> Driver<'a> {
         };
         let step = target
             .and_then(|(kind, name)| self.lookup(kind, name))
-            .map_or(Step::Pass, |a| single_step(&a, &self.analyzer.rules()));
+            .map_or(Step::Pass, |a| single_step(&a));
         self.expect(Expect::Describe {
             step,
             forward: true,
@@ -313,37 +321,20 @@ impl<'a> Driver<'a> {
         Ok(self.shared.lock().held.take().unwrap_or(b'E'))
     }
 
-    fn plan(&self, analysis: &Analysis, text: &str) -> Plan {
-        let rules = self.analyzer.rules();
-        let mut plan = Plan::default();
-        for (i, s) in analysis.statements.iter().enumerate() {
-            let step = step_for(s, &rules);
-            match &step {
-                Step::Capture(_) => plan.changes = true,
-                Step::Truncate(_) | Step::Statement { .. } => {
-                    plan.changes = true;
-                    plan.needs_xid = true;
-                }
-                Step::Tx(TxControl::Commit) if plan.commit_at.is_none() => plan.commit_at = Some(i),
-                Step::Tx(TxControl::Begin) if !plan.changes => plan.begins = true,
-                Step::Tx(_) => plan.other_tx = true,
-                _ => {}
+    /// The steps of a Query's statements; reports each write that is not mirrored.
+    fn steps(&self, analysis: &Analysis) -> Vec<Step> {
+        let mut steps = Vec::with_capacity(analysis.statements.len());
+        for s in &analysis.statements {
+            if let Some(reason) = s.plan.unmirrored() {
+                self.report_unmirrored(s, analysis, reason.to_string());
             }
-            if let Some(reason) = unmirrored(s, &rules, text) {
-                self.report_unmirrored(s, analysis, reason);
-            }
-            plan.steps.push(step);
+            steps.push(step_of(&s.plan));
         }
-        plan
+        steps
     }
 
     fn report_unmirrored(&self, s: &StatementInfo, analysis: &Analysis, reason: String) {
-        let table = s
-            .writes
-            .first()
-            .map(|w| w.table.to_string())
-            .or_else(|| analysis.seen.first().map(|t| t.to_string()))
-            .unwrap_or_default();
+        let table = analysis.unmirrored_table(s);
         let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, table);
         d.query = normalize_query(analysis.capture_sql.as_deref().unwrap_or_default());
         d.detail = serde_json::json!({ "reason": reason });
@@ -381,18 +372,17 @@ impl<'a> Driver<'a> {
             return Ok(());
         }
         if let [s] = analysis.statements.as_slice() {
-            if let Some(table) = copy_into_mirrored(s, &self.analyzer.rules()) {
-                if let Some(range) = copy_table_range(text) {
-                    let text = text.to_string();
-                    return self.copy(&text, range, &table, primary).await;
-                }
+            if let Mirror::CopyFrom { table, name, .. } = &s.plan.mirror {
+                let text = text.to_string();
+                return self.copy(&text, name.clone(), table, primary).await;
             }
         }
-        let plan = self.plan(&analysis, text);
+        let plan = analysis.query_plan();
+        let steps = self.steps(&analysis);
         let pending = !self.shared.lock().txn.is_empty();
         if let Some(k) = plan
             .commit_at
-            .filter(|&k| pending || plan.changes_before(k))
+            .filter(|&k| pending || analysis.changes_before(k))
         {
             let start = analysis.statements[k].text.start;
             let text = text.to_string();
@@ -402,12 +392,10 @@ impl<'a> Driver<'a> {
             self.drain(primary).await?;
             if self.shared.lock().status == b'I' {
                 let sql = analysis.capture_sql.as_deref().unwrap_or(text).to_string();
-                return self
-                    .autocommit(&sql, plan.steps, plan.needs_xid, primary)
-                    .await;
+                return self.autocommit(&sql, steps, plan.needs_xid, primary).await;
             }
         }
-        let mut steps = plan.steps;
+        let mut steps = steps;
         if self.serving.is_some() {
             self.follow_settings(&analysis, text);
             if !plan.changes {
@@ -428,7 +416,7 @@ impl<'a> Driver<'a> {
             // message, so that the COMMIT needs no round trip of its own to learn it.
             Some(sql) if plan.needs_xid && self.shared.lock().xid.is_none() => {
                 steps.push(Step::Xid);
-                wire::query(&format!("{sql}\n;SELECT pg_current_xact_id()"))
+                wire::query(&injected::with_xid(sql))
             }
             Some(sql) => wire::query(sql),
             None => Bytes::copy_from_slice(frame),
@@ -453,12 +441,12 @@ impl<'a> Driver<'a> {
         let (before, rest) = text.split_at(start);
         if !before.trim().trim_matches(';').trim().is_empty() {
             let a = self.analyzer.analyze(before);
-            let steps = self.plan(&a, before).steps;
+            let steps = self.steps(&a);
             let sql = a.capture_sql.as_deref().unwrap_or(before).to_string();
             self.held_query(&sql, steps, primary).await?;
         }
         let a = self.analyzer.analyze(rest);
-        let mut steps = self.plan(&a, rest).steps;
+        let mut steps = self.steps(&a);
         let sql = a.capture_sql.as_deref().unwrap_or(rest).to_string();
         match self.journal_open_transaction(primary).await? {
             Journaled::Nothing => {}
@@ -486,13 +474,14 @@ impl<'a> Driver<'a> {
         needs_xid: bool,
         primary: &mut W,
     ) -> std::io::Result<()> {
-        let mut wrapped = format!("BEGIN;\n{sql}");
         let mut all = vec![Step::Swallow];
         all.extend(steps);
-        if needs_xid {
-            wrapped.push_str("\n;SELECT pg_current_xact_id()");
+        let wrapped = if needs_xid {
             all.push(Step::Xid);
-        }
+            injected::in_transaction(&injected::with_xid(sql))
+        } else {
+            injected::in_transaction(sql)
+        };
         let status = self.held_query(&wrapped, all, primary).await?;
         self.finish_autocommit(status).await
     }
@@ -530,12 +519,12 @@ impl<'a> Driver<'a> {
         let changed = !self.shared.lock().txn.is_empty();
         let (sql, step) = match status {
             b'T' if changed => match self.intent().await {
-                Ok(id) => ("COMMIT", Step::Commit { id, forward: false }),
+                Ok(id) => (injected::COMMIT, Step::Commit { id, forward: false }),
                 Err(message) => return self.refuse_commit(&message),
             },
             // A write that changed no row leaves nothing to journal.
-            b'T' => ("COMMIT", Step::Swallow),
-            _ => ("ROLLBACK", Step::Swallow),
+            b'T' => (injected::COMMIT, Step::Swallow),
+            _ => (injected::ROLLBACK, Step::Swallow),
         };
         self.expect(Expect::Query {
             steps: VecDeque::from([step]),
@@ -558,8 +547,8 @@ impl<'a> Driver<'a> {
     ) -> std::io::Result<()> {
         self.drain(primary).await?;
         self.copies += 1;
-        let temp = format!("pgbridge_copy_{}", self.copies);
-        let insert = format!("INSERT INTO {} SELECT * FROM {temp}", table.quoted());
+        let temp = injected::copy_temp(self.copies);
+        let insert = injected::copy_insert(table, &temp);
         let analysis = self.analyzer.analyze(&insert);
         let (Some(capture_sql), Some(capture)) = (
             analysis.capture_sql.clone(),
@@ -576,15 +565,11 @@ impl<'a> Driver<'a> {
             self.out.extend_from_slice(&wire::query(text));
             return Ok(());
         };
-        let copy = format!("{}{temp}{}", &text[..table_at.start], &text[table_at.end..]);
-        let mut sql = format!(
-            "CREATE TEMP TABLE {temp} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;\n{copy}\n;{capture_sql}",
-            table.quoted()
-        );
+        let mut sql = injected::copy_via_temp(text, table_at, table, &temp, &capture_sql);
         let mut steps = vec![Step::Swallow, Step::Pass, Step::HiddenCapture(capture)];
         let autocommit = self.shared.lock().status == b'I';
         if autocommit {
-            sql = format!("BEGIN;\n{sql}");
+            sql = injected::in_transaction(&sql);
             steps.insert(0, Step::Swallow);
         }
         self.expect(Expect::Query {
@@ -602,15 +587,15 @@ impl<'a> Driver<'a> {
         t.txn.clear();
         t.before_ready.push(error_response(
             Severity::Error,
-            "53100",
-            &format!("pgbridge rolled the transaction back: {message}"),
+            REFUSED,
+            &rolled_back(message),
         ));
         t.expect(Expect::Query {
             steps: VecDeque::from([Step::Swallow]),
             hold: false,
         });
         drop(t);
-        self.out.extend_from_slice(&wire::query("ROLLBACK"));
+        self.out.extend_from_slice(&wire::query(injected::ROLLBACK));
         Ok(())
     }
 
@@ -627,7 +612,7 @@ impl<'a> Driver<'a> {
             return Ok(Journaled::Nothing);
         }
         if self.shared.lock().xid.is_none() {
-            self.held_query("SELECT pg_current_xact_id()", vec![Step::Xid], primary)
+            self.held_query(injected::XID, vec![Step::Xid], primary)
                 .await?;
         }
         Ok(match self.intent().await {
@@ -670,7 +655,7 @@ impl<'a> Driver<'a> {
         let bytes = if analysis.is_unrelated() {
             None
         } else {
-            self.plan(&analysis, query);
+            self.steps(&analysis);
             analysis
                 .capture_sql
                 .as_deref()
@@ -702,12 +687,10 @@ impl<'a> Driver<'a> {
         };
         let analysis = self.statements.get(stmt).cloned();
         let portal = portal.to_string();
-        let extra = analysis
-            .as_ref()
-            .and_then(|a| match single_step(a, &self.analyzer.rules()) {
-                Step::Capture(c) => Some(c.extra),
-                _ => None,
-            });
+        let extra = analysis.as_ref().and_then(|a| match single_step(a) {
+            Step::Capture(c) => Some(c.extra),
+            _ => None,
+        });
         let edited = extra.and_then(|n| wire::extend_bind_formats(frame, n).flatten());
         self.portal_params.remove(&portal);
         self.portal_statements
@@ -739,9 +722,7 @@ impl<'a> Driver<'a> {
         if let Some(a) = &analysis {
             self.forget_injected(a);
         }
-        let mut step = analysis
-            .as_ref()
-            .map_or(Step::Pass, |a| single_step(a, &self.analyzer.rules()));
+        let mut step = analysis.as_ref().map_or(Step::Pass, |a| single_step(a));
         if let Step::Statement { params, .. } = &mut step {
             if let Some(bound) = wire::execute_portal(frame).and_then(|p| self.portal_params.get(p))
             {
@@ -775,7 +756,7 @@ impl<'a> Driver<'a> {
                         self.drain_extended(primary).await?;
                     }
                     if self.shared.lock().status == b'I' {
-                        self.inject("pgbridge_begin", "BEGIN", Step::Swallow, false);
+                        self.inject("pgbridge_begin", injected::BEGIN, Step::Swallow, false);
                         self.wrapped = true;
                     }
                 }
@@ -815,12 +796,7 @@ impl<'a> Driver<'a> {
             // A captured write's rows carry the transaction id; behind any other change it is
             // asked for, pipelined: no round trip of its own.
             if !returns_xid {
-                self.inject(
-                    "pgbridge_xid",
-                    "SELECT pg_current_xact_id()",
-                    Step::Xid,
-                    false,
-                );
+                self.inject("pgbridge_xid", injected::XID, Step::Xid, false);
             }
             self.xid_asked = true;
         }
@@ -869,13 +845,7 @@ impl<'a> Driver<'a> {
     /// DISCARD and DEALLOCATE drop prepared statements, pgbridge's too (any of them, to be safe):
     /// parse them again before their next use.
     fn forget_injected(&mut self, analysis: &Analysis) {
-        let drops = analysis.statements.iter().any(|s| {
-            matches!(
-                s.kind,
-                Kind::Session(SessionOp::Discard | SessionOp::Deallocate(_))
-            )
-        });
-        if drops {
+        if analysis.drops_prepared() {
             self.injected_parsed.clear();
             self.shared.lock().forget_injected();
         }
@@ -939,12 +909,7 @@ impl<'a> Driver<'a> {
     ) -> std::io::Result<Result<u64, String>> {
         self.xid_asked = false;
         if self.shared.lock().xid.is_none() {
-            self.inject(
-                "pgbridge_xid",
-                "SELECT pg_current_xact_id()",
-                Step::Xid,
-                false,
-            );
+            self.inject("pgbridge_xid", injected::XID, Step::Xid, false);
             self.drain_extended(primary).await?;
         }
         Ok(self.intent().await)
@@ -974,10 +939,7 @@ impl<'a> Driver<'a> {
                 Ok(id) => Step::Commit { id, forward: true },
                 Err(message) => {
                     // The COMMIT fails in its place, with pgbridge's reason, and rolls back.
-                    let raise = format!(
-                        "DO $pgbridge$ BEGIN RAISE EXCEPTION USING ERRCODE = '53100', MESSAGE = {}; END $pgbridge$",
-                        quote_literal(&format!("pgbridge rolled the transaction back: {message}"))
-                    );
+                    let raise = injected::raise(REFUSED, &rolled_back(&message));
                     self.shared.lock().txn.clear();
                     self.inject_once("pgbridge_refuse", &raise, Step::Pass, true);
                     return Ok(());
@@ -1009,17 +971,22 @@ impl<'a> Driver<'a> {
             match self.extended_intent(primary).await? {
                 Ok(id) => self.inject(
                     "pgbridge_commit",
-                    "COMMIT",
+                    injected::COMMIT,
                     Step::Commit { id, forward: false },
                     false,
                 ),
                 Err(message) => {
                     self.shared.lock().before_ready.push(error_response(
                         Severity::Error,
-                        "53100",
-                        &format!("pgbridge rolled the transaction back: {message}"),
+                        REFUSED,
+                        &rolled_back(&message),
                     ));
-                    self.inject("pgbridge_rollback", "ROLLBACK", Step::Swallow, false);
+                    self.inject(
+                        "pgbridge_rollback",
+                        injected::ROLLBACK,
+                        Step::Swallow,
+                        false,
+                    );
                 }
             }
             self.expect(Expect::Sync { hold: false });
@@ -1038,7 +1005,11 @@ impl<'a> Driver<'a> {
         });
         // Idle: the batch failed before pgbridge's BEGIN ran, there is nothing to roll back
         // (a ROLLBACK would warn); an empty query gives the client its ReadyForQuery.
-        let sql = if status == Some(b'I') { "" } else { "ROLLBACK" };
+        let sql = if status == Some(b'I') {
+            injected::NOTHING
+        } else {
+            injected::ROLLBACK
+        };
         self.out.extend_from_slice(&wire::query(sql));
         Ok(())
     }
@@ -1067,212 +1038,22 @@ enum Journaled {
     Refused(String),
 }
 
-#[derive(Default)]
-struct Plan {
-    steps: Vec<Step>,
-    changes: bool,
-    /// A change whose statement does not return the transaction id with its rows (TRUNCATE, a
-    /// replayed statement): `pg_current_xact_id()` is asked for behind it.
-    needs_xid: bool,
-    begins: bool,
-    other_tx: bool,
-    commit_at: Option<usize>,
-}
-
-impl Plan {
-    fn changes_before(&self, k: usize) -> bool {
-        self.steps[..k].iter().any(|s| {
-            matches!(
-                s,
-                Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. }
-            )
-        })
-    }
-}
-
-/// The table a COPY FROM writes, when it is mirrored row by row.
-fn copy_into_mirrored(s: &StatementInfo, rules: &RuleSet) -> Option<crate::rules::TableName> {
-    match (&s.kind, s.writes.as_slice()) {
-        (Kind::Write, [w]) if w.op == WriteOp::CopyFrom && mirrored(rules, &w.table) => {
-            Some(w.table.clone())
-        }
-        _ => None,
-    }
-}
-
-/// The byte range of the table name in `COPY name ...` (comments and quoted names allowed).
-fn copy_table_range(text: &str) -> Option<std::ops::Range<usize>> {
-    let b = text.as_bytes();
-    let skip = |mut i: usize| -> usize {
-        loop {
-            while i < b.len() && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            if b[i..].starts_with(b"--") {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            } else if b[i..].starts_with(b"/*") {
-                i = text[i..].find("*/").map_or(b.len(), |e| i + e + 2);
-            } else {
-                return i;
-            }
-        }
-    };
-    let mut i = skip(0);
-    if !text.get(i..i + 4)?.eq_ignore_ascii_case("copy") {
-        return None;
-    }
-    i = skip(i + 4);
-    let start = i;
-    loop {
-        if b.get(i) == Some(&b'"') {
-            i += 1;
-            loop {
-                match b.get(i)? {
-                    b'"' if b.get(i + 1) == Some(&b'"') => i += 2,
-                    b'"' => break,
-                    _ => i += 1,
-                }
-            }
-            i += 1;
-        } else {
-            let word = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
-                i += 1;
-            }
-            if i == word {
-                return None;
-            }
-        }
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-        } else {
-            return Some(start..i);
-        }
-    }
-}
-
 /// The step of a one-statement analysis (a prepared statement's).
-fn single_step(a: &Analysis, rules: &RuleSet) -> Step {
-    match a.statements.as_slice() {
-        [s] => step_for(s, rules),
+fn single_step(a: &Analysis) -> Step {
+    a.single_plan().map_or(Step::Pass, step_of)
+}
+
+/// The step that carries out a statement's plan.
+fn step_of(plan: &Plan) -> Step {
+    match (&plan.mirror, &plan.tx) {
+        (Mirror::Rows(c), _) => Step::Capture(c.clone()),
+        (Mirror::Replay { table, sql }, _) => Step::Statement {
+            table: table.clone(),
+            sql: sql.clone(),
+            params: Row::new(),
+        },
+        (Mirror::Truncate(table), _) => Step::Truncate(table.clone()),
+        (_, Some(tc)) => Step::Tx(tc.clone()),
         _ => Step::Pass,
-    }
-}
-
-fn step_for(s: &StatementInfo, rules: &RuleSet) -> Step {
-    match &s.kind {
-        Kind::Write => {
-            if let Some(c) = &s.capture {
-                return Step::Capture(c.clone());
-            }
-            match (s.writes.as_slice(), &s.statement_rewrite) {
-                ([w], Some(r)) if statement_mode(rules, &w.table) => {
-                    for warning in &r.warnings {
-                        tracing::warn!(table = %w.table, warning = %warning, "a replayed statement may not reproduce the primary's rows");
-                    }
-                    Step::Statement {
-                        table: w.table.clone(),
-                        sql: Arc::from(r.sql.as_str()),
-                        params: Row::new(),
-                    }
-                }
-                ([w], _) if w.op == WriteOp::Truncate && mirrored(rules, &w.table) => {
-                    Step::Truncate(w.table.clone())
-                }
-                _ => Step::Pass,
-            }
-        }
-        Kind::Transaction(tc) => Step::Tx(tc.clone()),
-        _ => Step::Pass,
-    }
-}
-
-fn mirrored(rules: &RuleSet, table: &crate::rules::TableName) -> bool {
-    rules
-        .get(table)
-        .is_some_and(|r| r.mirror == MirrorMode::Rows)
-}
-
-fn statement_mode(rules: &RuleSet, table: &crate::rules::TableName) -> bool {
-    rules
-        .get(table)
-        .is_some_and(|r| r.mirror == MirrorMode::Statements)
-}
-
-/// Why a statement writes a migrated table without being mirrored, if it does.
-fn unmirrored(s: &StatementInfo, rules: &RuleSet, text: &str) -> Option<String> {
-    match &s.kind {
-        Kind::Write if s.capture.is_none() => {
-            let mirrored_writes: Vec<_> = s
-                .writes
-                .iter()
-                .filter(|w| {
-                    rules
-                        .get(&w.table)
-                        .is_some_and(|r| r.mirror != MirrorMode::Off)
-                })
-                .collect();
-            if mirrored_writes.is_empty() {
-                return None;
-            }
-            if matches!(mirrored_writes.as_slice(), [w] if w.op == WriteOp::Truncate && mirrored(rules, &w.table))
-            {
-                return None;
-            }
-            if matches!(mirrored_writes.as_slice(), [w] if statement_mode(rules, &w.table))
-                && s.statement_rewrite.is_some()
-            {
-                return None;
-            }
-            Some(s.note.clone().unwrap_or_else(|| {
-                format!(
-                    "{:?} of a migrated table is not mirrored",
-                    mirrored_writes[0].op
-                )
-            }))
-        }
-        Kind::Ddl => Some("DDL on a migrated table".into()),
-        Kind::Unparsed if may_write(text.get(s.text.clone()).unwrap_or(text)) => Some(format!(
-            "the statement could not be parsed: {}",
-            s.note.clone().unwrap_or_default()
-        )),
-        _ => None,
-    }
-}
-
-/// An unparsed statement may write unless it starts as a plain read does.
-fn may_write(text: &str) -> bool {
-    let word: String = text
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    !matches!(
-        word.as_str(),
-        "select" | "table" | "values" | "show" | "explain"
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::copy_table_range;
-
-    #[test]
-    fn the_copy_target_is_found_in_the_clients_text() {
-        let find = |t: &str| copy_table_range(t).map(|r| t[r].to_string());
-        assert_eq!(find("COPY bars FROM STDIN").as_deref(), Some("bars"));
-        assert_eq!(
-            find("  copy public.bars (a, b) FROM STDIN").as_deref(),
-            Some("public.bars")
-        );
-        assert_eq!(
-            find("/* load */ COPY -- the table\n \"Odd\"\"Name\".\"x\" FROM STDIN").as_deref(),
-            Some("\"Odd\"\"Name\".\"x\"")
-        );
-        assert_eq!(find("SELECT 1"), None);
-        assert_eq!(find("COPY (SELECT 1) TO STDOUT"), None);
     }
 }

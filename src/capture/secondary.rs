@@ -25,7 +25,7 @@ use crate::mirror::ApplierHandle;
 use crate::protocol::wire;
 use crate::reads::secondary::{settings_script, Failure, SessionServer};
 use crate::reads::Route;
-use crate::sql::{Analysis, Kind, SessionOp};
+use crate::sql::{Analysis, Kind, SessionOp, SetKind};
 
 const QUERY_CANCELED: &str = "57014";
 
@@ -148,7 +148,7 @@ impl<'a> Driver<'a> {
             }
             let runs = tag == b'E'
                 && wire::execute_portal(frame) == Some("")
-                && max_rows(frame) == Some(0);
+                && wire::execute_max_rows(frame) == Some(0);
             if runs && self.serve_portal().await {
                 return true;
             }
@@ -183,14 +183,7 @@ impl<'a> Driver<'a> {
         if self.serving.is_none() {
             return;
         }
-        let touches = analysis.is_none_or(|a| {
-            a.is_unrelated()
-                || a.statements.iter().any(|s| {
-                    s.may_write
-                        || !matches!(s.kind, Kind::Read | Kind::Transaction(_) | Kind::Session(_))
-                })
-        });
-        if touches {
+        if analysis.is_none_or(Analysis::may_write) {
             self.shared.lock().touched = true;
         }
     }
@@ -220,7 +213,7 @@ impl<'a> Driver<'a> {
                 return false;
             }
         }
-        let table = first_read(&analysis);
+        let table = analysis.first_read();
         self.serving().held = Some(Held {
             analysis: analysis.clone(),
             bind: Bytes::copy_from_slice(frame),
@@ -346,7 +339,7 @@ impl<'a> Driver<'a> {
                 served("cancelled");
                 return Ok(());
             }
-            Err(f) => return Err(self.fell_back(f, &first_read(analysis), text)),
+            Err(f) => return Err(self.fell_back(f, &analysis.first_read(), text)),
         };
         served("served");
         let shape = query_shape(text);
@@ -415,21 +408,16 @@ impl<'a> Driver<'a> {
         for s in &analysis.statements {
             let Kind::Session(op) = &s.kind else { continue };
             let stmt = text.get(s.text.clone()).unwrap_or_default().trim();
-            let sets = &mut self.serving().sets;
+            let serving = self.serving();
+            let sets = &mut serving.sets;
             match op {
-                SessionOp::Set if changes_role(stmt) => self.serving().role_changed = true,
-                SessionOp::Set => {
-                    if let Some(name) = set_name(stmt) {
-                        sets.retain(|(n, _)| *n != name);
-                        sets.push((name, stmt.to_string()));
-                    }
+                SessionOp::Set(SetKind::Role) => serving.role_changed = true,
+                SessionOp::Set(SetKind::Setting(name)) => {
+                    sets.retain(|(n, _)| n != name);
+                    sets.push((name.clone(), stmt.to_string()));
                 }
-                SessionOp::Reset => match reset_name(stmt) {
-                    Some(name) if name == "all" => sets.clear(),
-                    Some(name) => sets.retain(|(n, _)| *n != name),
-                    None => {}
-                },
-                SessionOp::Discard if stmt.to_ascii_lowercase().ends_with("all") => sets.clear(),
+                SessionOp::Reset(None) | SessionOp::Discard { all: true } => sets.clear(),
+                SessionOp::Reset(Some(name)) => sets.retain(|(n, _)| n != name),
                 _ => {}
             }
         }
@@ -507,98 +495,4 @@ impl<'a> Driver<'a> {
 /// Counts a read the router sent to the secondary, by what became of it.
 fn served(result: &'static str) {
     metrics::counter!("pgbridge_secondary_reads_total", "result" => result).increment(1);
-}
-
-fn first_read(analysis: &Analysis) -> String {
-    analysis
-        .statements
-        .first()
-        .and_then(|s| s.reads.first())
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-/// The row limit of an Execute frame.
-fn max_rows(frame: &[u8]) -> Option<u32> {
-    let (_, at) = wire::cstr(frame, 5)?;
-    Some(u32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// The setting a `SET` statement changes for the session (`None` for `SET LOCAL`, `SET ROLE`,
-/// transaction characteristics and the like, which a read's session does not follow).
-fn set_name(stmt: &str) -> Option<String> {
-    let lower = stmt.to_ascii_lowercase();
-    let mut words = lower.split_whitespace().skip(1).peekable();
-    if words.peek() == Some(&"session") {
-        words.next();
-    }
-    let name = words.next()?;
-    let name = name.split(['=', ';']).next()?.trim_matches('"').to_string();
-    match name.as_str() {
-        "" | "local" | "transaction" | "characteristics" | "constraints" | "role"
-        | "authorization" => None,
-        _ => Some(name),
-    }
-}
-
-/// `SET ROLE` and `SET SESSION AUTHORIZATION` (not `RESET`: back to the login user is fine).
-fn changes_role(stmt: &str) -> bool {
-    let lower = stmt.to_ascii_lowercase();
-    let words: Vec<&str> = lower.split_whitespace().take(3).collect();
-    matches!(
-        words.as_slice(),
-        ["set", "role", ..]
-            | ["set", "session", "role", ..]
-            | ["set", "session", "authorization", ..]
-            | ["set", "local", "role", ..]
-    )
-}
-
-/// The setting a `RESET` statement resets (`all` for all).
-fn reset_name(stmt: &str) -> Option<String> {
-    let lower = stmt.to_ascii_lowercase();
-    let name = lower.split_whitespace().nth(1)?;
-    Some(name.trim_end_matches(';').trim_matches('"').to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn set_statements_name_their_setting() {
-        assert_eq!(
-            set_name("SET extra_float_digits = 3").as_deref(),
-            Some("extra_float_digits")
-        );
-        assert_eq!(
-            set_name("set session TimeZone to 'UTC'").as_deref(),
-            Some("timezone")
-        );
-        assert_eq!(
-            set_name("SET search_path=app,public").as_deref(),
-            Some("search_path")
-        );
-        assert_eq!(set_name("SET LOCAL work_mem = '1MB'"), None);
-        assert_eq!(
-            set_name("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
-            None
-        );
-        assert_eq!(set_name("SET ROLE app"), None);
-        assert_eq!(set_name("SET SESSION AUTHORIZATION app"), None);
-        assert_eq!(reset_name("RESET ALL").as_deref(), Some("all"));
-        assert_eq!(
-            reset_name("reset search_path;").as_deref(),
-            Some("search_path")
-        );
-    }
-
-    #[test]
-    fn an_execute_names_its_row_limit() {
-        let mut body = BytesMut::new();
-        body.extend_from_slice(b"\0");
-        body.extend_from_slice(&10u32.to_be_bytes());
-        assert_eq!(max_rows(&wire::framed(b'E', &body)), Some(10));
-        assert_eq!(max_rows(&wire::execute("")), Some(0));
-    }
 }

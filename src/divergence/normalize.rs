@@ -1,6 +1,8 @@
 //! Queries in divergence records without their values: string and number literals become
 //! `$n` placeholders, numbered after the query's own parameters (as pg_stat_statements does).
 
+use crate::sql::lex;
+
 /// `SELECT * FROM t WHERE a = 'x' AND b > 1.5` becomes `SELECT * FROM t WHERE a = $1 AND b > $2`.
 pub fn normalize_query(sql: &str) -> String {
     let mut next = max_param(sql) + 1;
@@ -46,13 +48,8 @@ fn replace_literals(sql: &str, mut placeholder: impl FnMut(&mut String, Literal<
         let prev_ident =
             i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
         match c {
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                let end = sql[i..].find('\n').map_or(b.len(), |n| i + n);
-                out.push_str(&sql[i..end]);
-                i = end;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let end = sql[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+            b'-' | b'/' if lex::comment_end(b, i).is_some() => {
+                let end = lex::comment_end(b, i).unwrap_or(b.len());
                 out.push_str(&sql[i..end]);
                 i = end;
             }
@@ -68,7 +65,7 @@ fn replace_literals(sql: &str, mut placeholder: impl FnMut(&mut String, Literal<
                 placeholder(&mut out, Literal::Text(prefix));
             }
             b'$' if !prev_ident => {
-                if let Some(tag_len) = dollar_tag(&b[i..]) {
+                if let Some(tag_len) = lex::dollar_tag(&b[i..]) {
                     let tag = &sql[i..i + tag_len];
                     let body = i + tag_len;
                     let end = sql[body..]
@@ -133,37 +130,11 @@ fn strip_prefix<'a>(out: &mut String, sql: &'a str, quote: usize) -> &'a str {
     ""
 }
 
-/// The end (exclusive) of a quoted token starting at `start`, doubled quotes included.
+/// The end (exclusive) of a quoted token starting at `start`, doubled quotes included (the
+/// end of the text for one left open).
 fn quoted_end(b: &[u8], start: usize, q: u8) -> usize {
-    let mut i = start + 1;
-    while i < b.len() {
-        if b[i] == q {
-            if b.get(i + 1) == Some(&q) {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        if b[i] == b'\\' && q == b'\'' && start > 0 && matches!(b[start - 1], b'E' | b'e') {
-            i += 2;
-            continue;
-        }
-        i += 1;
-    }
-    b.len()
-}
-
-/// The length of a `$tag$` opening, if `b` starts with one.
-fn dollar_tag(b: &[u8]) -> Option<usize> {
-    let n = b[1..]
-        .iter()
-        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
-        .count();
-    if b.get(1 + n) == Some(&b'$') && !b.get(1).is_some_and(u8::is_ascii_digit) {
-        Some(n + 2)
-    } else {
-        None
-    }
+    let escapes = q == b'\'' && start > 0 && matches!(b[start - 1], b'E' | b'e');
+    lex::quoted_end(b, start, q, escapes).unwrap_or(b.len())
 }
 
 fn max_param(sql: &str) -> usize {

@@ -277,6 +277,12 @@ pub fn execute_portal(frame: &[u8]) -> Option<&str> {
     cstr(frame, 5).map(|(p, _)| p)
 }
 
+/// The row limit of an Execute frame (0: all rows).
+pub fn execute_max_rows(frame: &[u8]) -> Option<u32> {
+    let (_, at) = cstr(frame, 5)?;
+    be_u32(frame, at)
+}
+
 /// Kind (`S` or `P`) and name of a Describe or Close frame.
 pub fn target(frame: &[u8]) -> Option<(u8, &str)> {
     let kind = *frame.get(5)?;
@@ -373,6 +379,15 @@ pub fn ready(status: u8) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_execute_names_its_row_limit() {
+        let mut body = BytesMut::new();
+        body.extend_from_slice(b"\0");
+        body.extend_from_slice(&10u32.to_be_bytes());
+        assert_eq!(execute_max_rows(&framed(b'E', &body)), Some(10));
+        assert_eq!(execute_max_rows(&execute("")), Some(0));
+    }
 
     fn row_description(fields: &[(&str, u32, u16)]) -> Bytes {
         let mut body = BytesMut::new();

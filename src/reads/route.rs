@@ -121,6 +121,7 @@ mod tests {
             capture: None,
             statement_rewrite: None,
             note: None,
+            plan: Default::default(),
         };
         s.text = 0..1;
         Analysis {

@@ -17,7 +17,7 @@ use super::pipeline::{analyze_uncached, seen_tables};
 use super::prefilter::Prefilter;
 use super::read::Views;
 use super::shape::{self, Shape};
-use super::{view, Analysis};
+use super::{plan, view, Analysis};
 use crate::rules::{RuleSet, TableName};
 use arc_swap::{ArcSwap, Guard};
 
@@ -101,7 +101,7 @@ impl Analyzer {
                 return analysis;
             }
         }
-        let analysis = Arc::new(analyze_uncached(sql, &snap));
+        let analysis = planned(analyze_uncached(sql, &snap), sql, &snap);
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(sql, snap.generation, analysis.clone());
         }
@@ -122,7 +122,7 @@ impl Analyzer {
                 }
                 let filled = norm.fill(&t, sql)?;
                 self.shape_hits.fetch_add(1, Ordering::Relaxed);
-                Some(Arc::new(filled))
+                Some(planned(filled, sql, snap))
             }
             Some(Shape::Opaque) => None,
             None => {
@@ -137,7 +137,7 @@ impl Analyzer {
                 if let Ok(mut shapes) = self.shapes.lock() {
                     shapes.insert(&norm.key, snap.generation, entry);
                 }
-                let real = Arc::new(real);
+                let real = planned(real, sql, snap);
                 if !exact {
                     if let Ok(mut cache) = self.cache.lock() {
                         cache.insert(sql, snap.generation, real.clone());
@@ -155,7 +155,10 @@ impl Analyzer {
 
     /// The analysis without the pre-filter or the cache (for benchmarks and tests).
     pub fn analyze_uncached(&self, sql: &str) -> Analysis {
-        analyze_uncached(sql, &self.current())
+        let snap = self.current();
+        let mut a = analyze_uncached(sql, &snap);
+        plan::attach(&mut a, sql, &snap.rules);
+        a
     }
 
     /// The rules the analyzer currently applies.
@@ -182,6 +185,13 @@ impl Analyzer {
             .store(Arc::new(Snapshot::new(live, generation)));
         self.snapshot.load()
     }
+}
+
+/// `a` with the plan of each statement, under the snapshot's rules. Plans are made after the
+/// shape cache fills an analysis, so they hold the client's own text and offsets.
+fn planned(mut a: Analysis, sql: &str, snap: &Snapshot) -> Arc<Analysis> {
+    plan::attach(&mut a, sql, &snap.rules);
+    Arc::new(a)
 }
 
 /// Is there a second statement after a `;`? (Cheap and conservative: a `;` in a string counts.)

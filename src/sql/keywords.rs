@@ -21,13 +21,30 @@ pub enum TxControl {
 /// A statement that changes session state the secondary's sessions may need to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionOp {
-    Set,
-    Reset,
-    Discard,
+    Set(SetKind),
+    /// `RESET name`, lower case; `None` for `RESET ALL`.
+    Reset(Option<String>),
+    /// `DISCARD ALL` (`all`), or `DISCARD PLANS`, `SEQUENCES`, `TEMP`.
+    Discard {
+        all: bool,
+    },
     /// `PREPARE name AS ...`: the statement's reads and writes are those of its body.
     Prepare(String),
     /// `DEALLOCATE name`; `None` for `DEALLOCATE ALL`.
     Deallocate(Option<String>),
+}
+
+/// What a `SET` changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetKind {
+    /// `SET [SESSION] name ...`: a setting of the session (lower case), which a session on the
+    /// secondary serving its reads follows.
+    Setting(String),
+    /// `SET ROLE`, `SET SESSION AUTHORIZATION`: who the session is changes.
+    Role,
+    /// `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`, `SET SESSION CHARACTERISTICS`: for the
+    /// transaction only, or not a setting a read depends on.
+    Other,
 }
 
 /// What the leading keywords say a statement is.
@@ -55,14 +72,8 @@ fn words(sql: &str, max: usize) -> Vec<String> {
     while i < b.len() && out.len() < max {
         match b[i] {
             c if c.is_ascii_whitespace() => i += 1,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&c| c == b'\n')
-                    .map_or(b.len(), |p| i + p);
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+            b'-' | b'/' if super::lex::comment_end(b, i).is_some() => {
+                i = super::lex::comment_end(b, i).unwrap_or(b.len());
             }
             q @ (b'"' | b'\'') => {
                 let end = b[i + 1..]
@@ -134,9 +145,12 @@ pub fn leading(sql: &str) -> Option<Leading> {
         ("release", _) => Tx(Release(name(1))),
         ("prepare", "transaction") => Tx(PrepareTransaction(name(2))),
         ("prepare", _) => Session(SessionOp::Prepare(name(1))),
-        ("set", _) => Session(SessionOp::Set),
-        ("reset", _) => Session(SessionOp::Reset),
-        ("discard", _) => Session(SessionOp::Discard),
+        ("set", _) => Session(SessionOp::Set(set_kind(&w))),
+        ("reset", "all") => Session(SessionOp::Reset(None)),
+        ("reset", _) => Session(SessionOp::Reset(Some(name(1)))),
+        ("discard", _) => Session(SessionOp::Discard {
+            all: word(1) == "all",
+        }),
         ("deallocate", "all") => Session(SessionOp::Deallocate(None)),
         ("deallocate", "prepare") if word(2) == "all" => Session(SessionOp::Deallocate(None)),
         ("deallocate", "prepare") => Session(SessionOp::Deallocate(Some(name(2)))),
@@ -144,6 +158,18 @@ pub fn leading(sql: &str) -> Option<Leading> {
         _ => return None,
     };
     Some(kind)
+}
+
+/// What `SET` changes, from its first words.
+fn set_kind(w: &[String]) -> SetKind {
+    let word = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    match (word(1), word(2)) {
+        ("role" | "authorization", _) => SetKind::Role,
+        ("session" | "local", "role" | "authorization") => SetKind::Role,
+        ("local" | "transaction" | "characteristics" | "constraints" | "", _) => SetKind::Other,
+        ("session", "transaction" | "characteristics" | "constraints" | "") => SetKind::Other,
+        ("session", name) | (name, _) => SetKind::Setting(name.to_lowercase()),
+    }
 }
 
 #[cfg(test)]
@@ -191,14 +217,50 @@ mod tests {
             Some(Leading::Session(op)) => op,
             other => panic!("{sql}: {other:?}"),
         };
-        assert_eq!(s("SET search_path = x"), Set);
-        assert_eq!(s("RESET ALL"), Reset);
-        assert_eq!(s("DISCARD ALL"), Discard);
+        assert_eq!(
+            s("SET search_path = x"),
+            Set(SetKind::Setting("search_path".into()))
+        );
+        assert_eq!(s("RESET ALL"), Reset(None));
+        assert_eq!(s("reset search_path;"), Reset(Some("search_path".into())));
+        assert_eq!(s("DISCARD ALL"), Discard { all: true });
+        assert_eq!(s("discard plans"), Discard { all: false });
         assert_eq!(s("PREPARE q1 AS SELECT 1"), Prepare("q1".into()));
         assert_eq!(s("DEALLOCATE q1"), Deallocate(Some("q1".into())));
         assert_eq!(s("DEALLOCATE PREPARE ALL"), Deallocate(None));
         assert_eq!(leading("SELECT 1"), None);
         assert_eq!(leading("settle"), None);
         assert!(may_be_leading("  begin") && !may_be_leading("SELECT 1"));
+    }
+
+    #[test]
+    fn set_statements_name_their_setting() {
+        let set = |sql: &str| match leading(sql) {
+            Some(Leading::Session(SessionOp::Set(k))) => k,
+            other => panic!("{sql}: {other:?}"),
+        };
+        let named = |n: &str| SetKind::Setting(n.into());
+        assert_eq!(
+            set("SET extra_float_digits = 3"),
+            named("extra_float_digits")
+        );
+        assert_eq!(set("set session TimeZone to 'UTC'"), named("timezone"));
+        assert_eq!(set("SET search_path=app,public"), named("search_path"));
+        assert_eq!(set("SET \"TimeZone\" TO 'UTC'"), named("timezone"));
+        assert_eq!(set("/* why */ SET work_mem = '4MB'"), named("work_mem"));
+        assert_eq!(set("SET LOCAL work_mem = '1MB'"), SetKind::Other);
+        assert_eq!(
+            set("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            SetKind::Other
+        );
+        assert_eq!(
+            set("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            SetKind::Other
+        );
+        assert_eq!(set("SET CONSTRAINTS ALL DEFERRED"), SetKind::Other);
+        assert_eq!(set("SET ROLE app"), SetKind::Role);
+        assert_eq!(set("set session role app"), SetKind::Role);
+        assert_eq!(set("SET SESSION AUTHORIZATION app"), SetKind::Role);
+        assert_eq!(set("SET LOCAL ROLE app"), SetKind::Role);
     }
 }

@@ -5,6 +5,7 @@
 //! [`prefilter`]; the rest is tokenized, parsed, classified and rewritten once and cached by text.
 //!
 //! - [`prefilter`]: the cheap scan for migrated table names.
+//! - [`lex`]: comments, quotes and names, for the scans that run without the parser.
 //! - [`keywords`]: transaction control and session state from the leading words.
 //! - [`splice`]: byte positions in the client's text, for edits that keep it byte for byte.
 //! - [`classify`]: reads, writes and DDL of migrated tables in a parsed statement.
@@ -13,6 +14,8 @@
 //! - [`capture`]: writes with RETURNING spliced in, for the primary.
 //! - [`apply`]: upserts and deletes for the secondary from captured rows.
 //! - [`statements`]: writes rewritten to the target for `mirror = "statements"`.
+//! - [`plan`]: what the capture does with each statement, decided once per analysis.
+//! - [`injected`]: the statements pgbridge itself sends on a client's session.
 //! - [`cache`]: the bounded LRU of analyses; [`shape`]: analyses shared by texts that differ
 //!   only in their literals; [`analyzer`]: the entry point; `pipeline`: the uncached path it
 //!   runs once per text (or per shape).
@@ -22,8 +25,11 @@ pub mod apply;
 pub mod cache;
 pub mod capture;
 pub mod classify;
+pub mod injected;
 pub mod keywords;
+pub mod lex;
 mod pipeline;
+pub mod plan;
 pub mod prefilter;
 pub mod read;
 pub mod shape;
@@ -37,7 +43,8 @@ pub use analyzer::Analyzer;
 pub use apply::ApplyPlan;
 pub use capture::Capture;
 pub use classify::{Write, WriteOp};
-pub use keywords::{SessionOp, TxControl};
+pub use keywords::{SessionOp, SetKind, TxControl};
+pub use plan::{Mirror, Plan, QueryPlan};
 pub use statements::StatementRewrite;
 
 use crate::rules::TableName;
@@ -86,6 +93,8 @@ pub struct StatementInfo {
     pub statement_rewrite: Option<StatementRewrite>,
     /// Why a rewrite this statement would need is missing, to report as a divergence.
     pub note: Option<String>,
+    /// What the capture does with it, decided under the same rules ([`plan`]).
+    pub plan: Plan,
 }
 
 impl StatementInfo {
@@ -103,6 +112,7 @@ impl StatementInfo {
             capture: None,
             statement_rewrite: None,
             note: None,
+            plan: Plan::default(),
         }
     }
 }

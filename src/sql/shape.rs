@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use super::Analysis;
+use super::{lex, Analysis};
 
 /// What the shape cache holds for a key.
 #[derive(Clone)]
@@ -53,53 +53,13 @@ pub struct Normalized {
     spans: Vec<(Range<usize>, Lit)>,
 }
 
-fn is_ident(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-}
-
-/// The index after a quoted token starting at `i` (`''` or `""` doubled inside); with
-/// `backslash`, a backslash escapes the next byte (E'...' strings).
-fn skip_quoted(b: &[u8], i: usize, quote: u8, backslash: bool) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        match *b.get(j)? {
-            c if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
-            c if c == quote => return Some(j + 1),
-            b'\\' if backslash => j += 2,
-            _ => j += 1,
-        }
-    }
-}
-
-/// The index after a (nested) block comment starting at `i`.
-fn skip_comment(b: &[u8], i: usize) -> Option<usize> {
-    let (mut j, mut depth) = (i + 2, 1);
-    while depth > 0 {
-        match (b.get(j)?, b.get(j + 1)) {
-            (b'/', Some(b'*')) => (depth, j) = (depth + 1, j + 2),
-            (b'*', Some(b'/')) => (depth, j) = (depth - 1, j + 2),
-            _ => j += 1,
-        }
-    }
-    Some(j)
-}
-
 /// The index after `$1` or a dollar-quoted string starting at `i`.
 fn skip_dollar(b: &[u8], i: usize) -> Option<usize> {
     let rest = &b[i + 1..];
     if rest.first()?.is_ascii_digit() {
         return Some(i + 1 + rest.iter().take_while(|c| c.is_ascii_digit()).count());
     }
-    let tag_len = rest
-        .iter()
-        .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'_')
-        .count();
-    if rest.get(tag_len) != Some(&b'$') {
-        return None;
-    }
-    let tag = &b[i..i + tag_len + 2];
-    let body = i + tag.len();
-    memchr::memmem::find(&b[body..], tag).map(|n| body + n + tag.len())
+    lex::dollar_end(b, i)
 }
 
 /// The plain literals of `sql` and its key; `None` when it has none or the lexer is unsure.
@@ -120,17 +80,15 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
     while i < b.len() {
         let next = b.get(i + 1).copied();
         match b[i] {
-            b'-' if next == Some(b'-') => {
-                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n + 1)
-            }
-            b'/' if next == Some(b'*') => i = skip_comment(b, i)?,
-            b'"' => i = skip_quoted(b, i, b'"', false)?,
+            b'-' if next == Some(b'-') => i = lex::comment_end(b, i)?,
+            b'/' if next == Some(b'*') => i = lex::block_comment_end(b, i)?,
+            b'"' => i = lex::quoted_end(b, i, b'"', false)?,
             b'\'' => {
                 let prefix = i.checked_sub(1).map(|p| b[p]);
                 let escaped = matches!(prefix, Some(b'e' | b'E'));
-                let end = skip_quoted(b, i, b'\'', escaped)?;
+                let end = lex::quoted_end(b, i, b'\'', escaped)?;
                 // E'', N'', B'', X'', U&'': not rendered as written.
-                let prefixed = prefix.is_some_and(|p| is_ident(p) || p == b'&');
+                let prefixed = prefix.is_some_and(|p| lex::is_ident(p) || p == b'&');
                 if !prefixed {
                     // sqlparser renders a value holding two quotes in a row as if it were
                     // already escaped: not how the client wrote it.
@@ -153,14 +111,14 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
                     i += 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
                 }
                 // 1e5, 1., 1_000, 0x1F, 12abc: not plain.
-                if b.get(i).is_some_and(|&c| is_ident(c) || c == b'.') {
+                if b.get(i).is_some_and(|&c| lex::is_ident(c) || c == b'.') {
                     return None;
                 }
                 if !keep.contains(&sql[start..i]) {
                     spans.push((start..i, Lit::Num));
                 }
             }
-            c if is_ident(c) => i += b[i..].iter().take_while(|&&c| is_ident(c)).count(),
+            c if lex::is_ident(c) => i += b[i..].iter().take_while(|&&c| lex::is_ident(c)).count(),
             _ => i += 1,
         }
     }
