@@ -11,19 +11,16 @@
 //! - `name` folds and quotes table and column names as PostgreSQL does.
 //! - `compare` reads `[table.compare]`, the table's own shadow-comparison settings.
 //! - [`check`] holds the checks that need no database (SQL expressions, literals, one-to-one).
-//! - [`online`] checks rules against the live schemas ([`schema`] reads them) and records the
-//!   columns the rewrites need.
-//! - [`load`] reads a file or a directory of files and gathers every problem.
-//! - [`reload`] watches the rules path and SIGHUP, and swaps in each valid new set.
+//! - [`live`] touches the outside world: `load` reads a file or a directory of files and gathers
+//!   every problem, `online` checks rules against the live schemas (`schema` reads them) and
+//!   records the columns the rewrites need, [`reload`] watches the rules path and SIGHUP and swaps
+//!   in each valid new set.
 
 pub mod check;
 mod compare;
-pub mod load;
+pub mod live;
 mod name;
-pub mod online;
 pub mod parse;
-pub mod reload;
-pub mod schema;
 mod sections;
 
 use std::collections::HashMap;
@@ -32,11 +29,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use compare::CompareRule;
-pub use load::{load_offline, load_online};
+pub use live::load::{load_offline, load_online};
+pub use live::reload::{self, watch};
+pub use live::schema::{Column, TableSchema};
 pub(crate) use name::split_identifier;
 pub use name::{quote_ident, quote_literal, TableName};
-pub use reload::watch;
-pub use schema::{Column, TableSchema};
 
 /// A problem in a rule file, displayed as `FILE:LINE:COL: message`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::TableName;
+use crate::rules::TableName;
 
 /// A column of a live table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{load_offline, load_online, RuleSet, RulesError};
+use super::load::{load_offline, load_online};
 use crate::config::{Config, PgUrl};
+use crate::rules::{RuleSet, RulesError};
 
 /// Where rules come from and which databases they are checked against.
 #[derive(Debug, Clone)]

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::parse::ParsedRule;
 use super::schema::{table_schema, Column, TableSchema};
-use super::{Problem, Rule, RulesError};
 use crate::config::PgUrl;
+use crate::rules::parse::ParsedRule;
+use crate::rules::{Problem, Rule, RulesError};
 
 async fn connect(url: &PgUrl, which: &'static str) -> Result<Client, RulesError> {
     let unreachable = |message: String| RulesError::Unreachable { which, message };

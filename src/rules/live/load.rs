@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use super::online;
-use super::parse::{parse_file, ParsedRule};
-use super::{Problem, RuleSet, RulesError};
 use crate::config::PgUrl;
+use crate::rules::parse::{parse_file, ParsedRule};
+use crate::rules::{Problem, RuleSet, RulesError};
 
 /// The rule files under `path`, in name order.
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Problem> {
