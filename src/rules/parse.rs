@@ -331,3 +331,51 @@ fn parse_mirror(ctx: &mut FileCtx, t: &DeTable, has_key: bool) -> Option<MirrorM
     }
     Some(mode)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let (_, problems) = parse_file(Path::new("r.toml"), text);
+        problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_rule_is_read_with_its_defaults_and_origin() {
+        let text = "\n[[table]]\nsource = \"Bars\"\ntarget = \"new.bars\"\nkey = [\"id\"]\n";
+        let (rules, problems) = parse_file(Path::new("r.toml"), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = &rules[0].rule;
+        assert_eq!(r.source, TableName::new("public", "bars"));
+        assert_eq!(r.target, TableName::new("new", "bars"));
+        assert_eq!((r.reads, r.mirror), (ReadSource::Primary, MirrorMode::Rows));
+        assert_eq!(r.origin, "r.toml:2");
+        let p = rules[0].problem("key.id", "x");
+        assert_eq!((p.line, p.col), (5, 8));
+        let (rules, _) = parse_file(
+            Path::new("r.toml"),
+            "[[table]]\nsource = \"a\"\ntarget = \"b\"\n",
+        );
+        assert_eq!(rules[0].rule.mirror, MirrorMode::Statements);
+    }
+
+    #[test]
+    fn the_shape_of_the_file_is_checked_with_positions() {
+        assert_eq!(
+            problems("table = 1\nother = 2\n"),
+            [
+                "r.toml:1:9: `table` must be an array of tables: write `[[table]]`",
+                "r.toml:2:1: unknown key `other`; expected `[[table]]`",
+            ]
+        );
+        assert_eq!(
+            problems("[[table]]\nsource = \"a\"\nsorce = 1\nmirror = \"rows\"\n"),
+            [
+                "r.toml:3:1: unknown key `sorce`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare",
+                "r.toml:1:1: missing `target`: every [[table]] needs one",
+                "r.toml:4:10: mirror = \"rows\" needs a `key`: the columns that identify a row",
+            ]
+        );
+    }
+}
