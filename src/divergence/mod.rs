@@ -1,5 +1,5 @@
-//! Every difference is data (DESIGN.md, principle 9): typed divergence records, one JSON object
-//! per line in `[divergence] log`, counted by kind for `/api/status` and as
+//! Every difference is data (docs/DESIGN.md, principle 9): typed divergence records, one JSON
+//! object per line in `[divergence] log`, counted by kind for `/api/status` and as
 //! `pgbridge_divergences_total{kind,table}`.
 //!
 //! - [`record`]: the [`Recorder`] and its writer thread.
@@ -13,7 +13,7 @@ pub mod record;
 use serde::Serialize;
 
 pub use normalize::{normalize_query, query_shape};
-pub use record::Recorder;
+pub use record::{DivergenceError, Recorder};
 
 /// The records written since start: in all, and by kind (`read_mismatch`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

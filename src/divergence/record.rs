@@ -4,14 +4,14 @@
 //! and flushes after each burst; counts by kind are kept in memory for `/api/status`.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tracing::{error, warn};
+use tracing::{error, info_span, warn};
 
 use super::{Divergence, DivergenceCounts, Kind};
 use crate::config::DivergenceConfig;
@@ -46,45 +46,36 @@ struct Line<'a> {
     d: &'a Divergence,
 }
 
+/// Why the divergence log could not be opened. Each displays as the I/O error alone: the
+/// caller names the log (`cannot open the divergence log PATH: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum DivergenceError {
+    /// The directory that holds the log could not be created.
+    #[error("{source}")]
+    CreateDir { dir: PathBuf, source: io::Error },
+    /// The log could not be opened (or created) for appending.
+    #[error("{source}")]
+    Open { path: PathBuf, source: io::Error },
+    /// The writer thread could not be started.
+    #[error("{source}")]
+    Spawn { source: io::Error },
+}
+
 impl Recorder {
     /// Opens (creates) the log for appending and starts the writer thread.
-    pub fn open(config: &DivergenceConfig) -> io::Result<Recorder> {
+    pub fn open(config: &DivergenceConfig) -> Result<Recorder, DivergenceError> {
         Recorder::open_path(&config.log, config.redact)
     }
 
-    pub fn open_path(path: &Path, redact: bool) -> io::Result<Recorder> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+    pub fn open_path(path: &Path, redact: bool) -> Result<Recorder, DivergenceError> {
+        let file = open_log(path)?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let shown = path.display().to_string();
+        // The writer outlives whatever opened the recorder: a span of its own, with no parent.
+        let span = info_span!(parent: None, "divergence_writer", log = %path.display());
         std::thread::Builder::new()
             .name("pgbridge-divergence".into())
-            .spawn(move || {
-                let mut out = BufWriter::new(file);
-                while let Ok(first) = rx.recv() {
-                    let mut acks = Vec::new();
-                    let mut next = Some(first);
-                    while let Some(msg) = next {
-                        match msg {
-                            Msg::Line(l) => {
-                                if let Err(e) = out.write_all(l.as_bytes()) {
-                                    error!(log = %shown, error = %e, "cannot write a divergence record");
-                                }
-                            }
-                            Msg::Flush(ack) => acks.push(ack),
-                        }
-                        next = rx.try_recv().ok();
-                    }
-                    if let Err(e) = out.flush() {
-                        error!(log = %shown, error = %e, "cannot write divergence records");
-                    }
-                    for a in acks {
-                        let _ = a.send(());
-                    }
-                }
-            })?;
+            .spawn(move || span.in_scope(|| write_records(file, rx)))
+            .map_err(|source| DivergenceError::Spawn { source })?;
         Ok(Recorder {
             path: path.to_path_buf(),
             redact,
@@ -186,6 +177,51 @@ impl Recorder {
     }
 }
 
+/// Opens the log for appending, creating it and its directory when they do not exist.
+fn open_log(path: &Path) -> Result<File, DivergenceError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| DivergenceError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| DivergenceError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The writer thread, until every sender is gone: appends each burst of records that arrived
+/// together, flushes once, then acknowledges the flushes asked for in the burst.
+fn write_records(file: File, rx: mpsc::Receiver<Msg>) {
+    let mut out = BufWriter::new(file);
+    while let Ok(first) = rx.recv() {
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(l) => {
+                    if let Err(e) = out.write_all(l.as_bytes()) {
+                        error!(error = %e, "cannot write a divergence record");
+                    }
+                }
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = out.flush() {
+            error!(error = %e, "cannot write divergence records");
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
+
 /// `2026-01-05T14:30:00.123456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -240,5 +276,20 @@ mod tests {
         let s = r.counts();
         assert_eq!(s.total, 2);
         assert_eq!(s.by_kind["in_doubt"], 1);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_opened_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let err = Recorder::open_path(&file.join("d.jsonl"), true).unwrap_err();
+        assert!(matches!(err, DivergenceError::CreateDir { .. }), "{err:?}");
+        let err = Recorder::open_path(dir.path(), true).unwrap_err();
+        assert!(matches!(err, DivergenceError::Open { .. }), "{err:?}");
+        assert!(
+            !err.to_string().contains(&*dir.path().to_string_lossy()),
+            "{err}"
+        );
     }
 }

@@ -32,7 +32,7 @@ pub enum StartError {
     #[error("cannot open the divergence log {}: {source}", path.display())]
     DivergenceLog {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        source: crate::divergence::DivergenceError,
     },
     #[error("cannot open the journal in {}: {source}", dir.display())]
     Journal {

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use sqlparser::ast::{Expr, UnaryOperator, Value};
+use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator, Value};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
@@ -148,29 +148,11 @@ pub fn where_expression(text: &str) -> Result<Expr, String> {
     }
 }
 
+/// Whether an expression can be a condition: a comparison, a logical operator, a predicate, or
+/// something only PostgreSQL can type (a column, a function, a cast).
 fn is_boolean_shaped(expr: &Expr) -> bool {
-    use sqlparser::ast::BinaryOperator as B;
     match expr {
-        Expr::BinaryOp { op, .. } => matches!(
-            op,
-            B::Eq
-                | B::NotEq
-                | B::Lt
-                | B::LtEq
-                | B::Gt
-                | B::GtEq
-                | B::And
-                | B::Or
-                | B::Xor
-                | B::PGRegexMatch
-                | B::PGRegexIMatch
-                | B::PGRegexNotMatch
-                | B::PGRegexNotIMatch
-                | B::PGLikeMatch
-                | B::PGILikeMatch
-                | B::PGNotLikeMatch
-                | B::PGNotILikeMatch
-        ),
+        Expr::BinaryOp { op, .. } => is_boolean_operator(op),
         Expr::UnaryOp {
             op: UnaryOperator::Not,
             ..
@@ -198,6 +180,31 @@ fn is_boolean_shaped(expr: &Expr) -> bool {
         Expr::Identifier(_) | Expr::Function(_) | Expr::Cast { .. } => true,
         _ => false,
     }
+}
+
+/// The operators whose result is a boolean: comparisons, logic, pattern matches.
+fn is_boolean_operator(op: &BinaryOperator) -> bool {
+    use BinaryOperator as B;
+    matches!(
+        op,
+        B::Eq
+            | B::NotEq
+            | B::Lt
+            | B::LtEq
+            | B::Gt
+            | B::GtEq
+            | B::And
+            | B::Or
+            | B::Xor
+            | B::PGRegexMatch
+            | B::PGRegexIMatch
+            | B::PGRegexNotMatch
+            | B::PGRegexNotIMatch
+            | B::PGLikeMatch
+            | B::PGILikeMatch
+            | B::PGNotLikeMatch
+            | B::PGNotILikeMatch
+    )
 }
 
 /// A `values` entry: a SQL literal, optionally typed or cast (`'1m'`, `true`, `42`,

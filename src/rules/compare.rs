@@ -132,34 +132,44 @@ fn ignore_columns(
         return out;
     };
     for item in items.iter() {
-        let span: Range<usize> = item.span();
-        let DeValue::String(s) = item.get_ref() else {
-            ctx.problem(
-                span,
-                "`compare.ignore_columns` entries must be strings (column names)",
-            );
-            continue;
-        };
-        let Some(col) = column_name(ctx, s, span.clone()) else {
-            continue;
-        };
-        if out.contains(&col) {
-            ctx.problem(
-                span,
-                format!("`compare.ignore_columns`: `{col}` is listed twice"),
-            );
-        } else if key.is_some_and(|k| k.contains(&col)) {
-            ctx.problem(
-                span,
-                format!(
-                    "`compare.ignore_columns`: `{col}` is a key column; rows are matched by it"
-                ),
-            );
-        } else {
+        if let Some(col) = ignored_column(ctx, item, key, &out) {
             out.push(col);
         }
     }
     out
+}
+
+/// One entry of `ignore_columns`: a column name, not listed before and not a key column.
+fn ignored_column(
+    ctx: &mut FileCtx,
+    item: &toml::Spanned<DeValue>,
+    key: Option<&[String]>,
+    listed: &[String],
+) -> Option<String> {
+    let span: Range<usize> = item.span();
+    let DeValue::String(s) = item.get_ref() else {
+        ctx.problem(
+            span,
+            "`compare.ignore_columns` entries must be strings (column names)",
+        );
+        return None;
+    };
+    let col = column_name(ctx, s, span.clone())?;
+    if listed.contains(&col) {
+        ctx.problem(
+            span,
+            format!("`compare.ignore_columns`: `{col}` is listed twice"),
+        );
+        None
+    } else if key.is_some_and(|k| k.contains(&col)) {
+        ctx.problem(
+            span,
+            format!("`compare.ignore_columns`: `{col}` is a key column; rows are matched by it"),
+        );
+        None
+    } else {
+        Some(col)
+    }
 }
 
 #[cfg(test)]

@@ -105,51 +105,72 @@ pub fn quote_ident(name: &str) -> String {
     }
 }
 
+/// Words PostgreSQL reserves (those likely to name a table or a column): a name that is one is
+/// quoted.
+const RESERVED: &[&str] = &[
+    "all",
+    "and",
+    "any",
+    "as",
+    "asc",
+    "case",
+    "check",
+    "column",
+    "constraint",
+    "create",
+    "default",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "false",
+    "for",
+    "from",
+    "grant",
+    "group",
+    "having",
+    "in",
+    "into",
+    "limit",
+    "not",
+    "null",
+    "offset",
+    "on",
+    "or",
+    "order",
+    "select",
+    "table",
+    "then",
+    "to",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "when",
+    "where",
+    "with",
+];
+
 fn is_reserved(name: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "all",
-        "and",
-        "any",
-        "as",
-        "asc",
-        "case",
-        "check",
-        "column",
-        "constraint",
-        "create",
-        "default",
-        "desc",
-        "distinct",
-        "do",
-        "else",
-        "end",
-        "false",
-        "for",
-        "from",
-        "grant",
-        "group",
-        "having",
-        "in",
-        "into",
-        "limit",
-        "not",
-        "null",
-        "offset",
-        "on",
-        "or",
-        "order",
-        "select",
-        "table",
-        "then",
-        "to",
-        "true",
-        "union",
-        "unique",
-        "user",
-        "using",
-        "when",
-        "where",
-        "with",
-    ];
     RESERVED.contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fold_like_postgresql() {
+        let t = TableName::parse("Derived_Data_Bars").unwrap();
+        assert_eq!(t, TableName::new("public", "derived_data_bars"));
+        let t = TableName::parse("\"Odd\"\"Name\".x").unwrap();
+        assert_eq!(t, TableName::new("Odd\"Name", "x"));
+        assert!(TableName::parse("a.b.c").is_none());
+        assert!(TableName::parse("bad name").is_none());
+        assert_eq!(quote_ident("Odd"), "\"Odd\"");
+        assert_eq!(quote_ident("close_px"), "close_px");
+        assert_eq!(quote_ident("order"), "\"order\"");
+    }
 }

@@ -42,6 +42,17 @@ pub struct ParsedRule {
 }
 
 impl ParsedRule {
+    /// The rule read from table `t` of the file, with the spans of its values.
+    fn new(ctx: &FileCtx, t: &DeTable, rule: Rule, source_span: Range<usize>) -> ParsedRule {
+        ParsedRule {
+            rule,
+            file: ctx.file.to_path_buf(),
+            text: std::sync::Arc::from(ctx.text),
+            source_span,
+            spans: collect_spans(t),
+        }
+    }
+
     /// A problem at the value of a dotted key, or at `source` when the key is not in the file.
     pub fn problem(&self, key: &str, message: impl Into<String>) -> Problem {
         let span = self
@@ -133,28 +144,31 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<ParsedRule>, Vec<Problem>) {
             );
             continue;
         }
-        let DeValue::Array(items) = value.get_ref() else {
-            ctx.problem(
-                value.span(),
-                "`table` must be an array of tables: write `[[table]]`",
-            );
-            continue;
-        };
-        for item in items.iter() {
-            match item.get_ref() {
-                DeValue::Table(t) => {
-                    if let Some(rule) = parse_rule(&mut ctx, t, item.span()) {
-                        rules.push(rule);
-                    }
-                }
-                other => ctx.problem(
-                    item.span(),
-                    format!("`table` entries must be tables, found {}", other.type_str()),
-                ),
-            }
-        }
+        rules.extend(parse_tables(&mut ctx, value));
     }
     (rules, ctx.problems)
+}
+
+/// The `[[table]]` array: a rule from each entry that reads as one.
+fn parse_tables(ctx: &mut FileCtx, value: &Spanned<DeValue>) -> Vec<ParsedRule> {
+    let DeValue::Array(items) = value.get_ref() else {
+        ctx.problem(
+            value.span(),
+            "`table` must be an array of tables: write `[[table]]`",
+        );
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::Table(t) => rules.extend(parse_rule(ctx, t, item.span())),
+            other => ctx.problem(
+                item.span(),
+                format!("`table` entries must be tables, found {}", other.type_str()),
+            ),
+        }
+    }
+    rules
 }
 
 pub(super) type Entry<'a, 'i> = (
@@ -167,18 +181,7 @@ pub(super) fn field<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<Entry<'a, '
 }
 
 fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<ParsedRule> {
-    for (key, _) in t.iter() {
-        if !TABLE_KEYS.contains(&key.get_ref().as_ref()) {
-            ctx.problem(
-                key.span(),
-                format!(
-                    "unknown key `{}`; expected one of: {}",
-                    key.get_ref(),
-                    TABLE_KEYS.join(", ")
-                ),
-            );
-        }
-    }
+    unknown_keys(ctx, t);
     let source = table_name(ctx, t, "source", &span);
     let target = table_name(ctx, t, "target", &span);
     let key = parse_key(ctx, t);
@@ -212,13 +215,23 @@ fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<Pars
         conflict_key: None,
         origin: format!("{}:{}", ctx.file.display(), line),
     };
-    Some(ParsedRule {
-        rule,
-        file: ctx.file.to_path_buf(),
-        text: std::sync::Arc::from(ctx.text),
-        source_span,
-        spans: collect_spans(t),
-    })
+    Some(ParsedRule::new(ctx, t, rule, source_span))
+}
+
+/// Reports the keys of a `[[table]]` that a rule does not have.
+fn unknown_keys(ctx: &mut FileCtx, t: &DeTable) {
+    for (key, _) in t.iter() {
+        if !TABLE_KEYS.contains(&key.get_ref().as_ref()) {
+            ctx.problem(
+                key.span(),
+                format!(
+                    "unknown key `{}`; expected one of: {}",
+                    key.get_ref(),
+                    TABLE_KEYS.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 fn string(ctx: &mut FileCtx, t: &DeTable, key: &str) -> Option<(String, Range<usize>)> {
@@ -317,4 +330,52 @@ fn parse_mirror(ctx: &mut FileCtx, t: &DeTable, has_key: bool) -> Option<MirrorM
         return None;
     }
     Some(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let (_, problems) = parse_file(Path::new("r.toml"), text);
+        problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_rule_is_read_with_its_defaults_and_origin() {
+        let text = "\n[[table]]\nsource = \"Bars\"\ntarget = \"new.bars\"\nkey = [\"id\"]\n";
+        let (rules, problems) = parse_file(Path::new("r.toml"), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = &rules[0].rule;
+        assert_eq!(r.source, TableName::new("public", "bars"));
+        assert_eq!(r.target, TableName::new("new", "bars"));
+        assert_eq!((r.reads, r.mirror), (ReadSource::Primary, MirrorMode::Rows));
+        assert_eq!(r.origin, "r.toml:2");
+        let p = rules[0].problem("key.id", "x");
+        assert_eq!((p.line, p.col), (5, 8));
+        let (rules, _) = parse_file(
+            Path::new("r.toml"),
+            "[[table]]\nsource = \"a\"\ntarget = \"b\"\n",
+        );
+        assert_eq!(rules[0].rule.mirror, MirrorMode::Statements);
+    }
+
+    #[test]
+    fn the_shape_of_the_file_is_checked_with_positions() {
+        assert_eq!(
+            problems("table = 1\nother = 2\n"),
+            [
+                "r.toml:1:9: `table` must be an array of tables: write `[[table]]`",
+                "r.toml:2:1: unknown key `other`; expected `[[table]]`",
+            ]
+        );
+        assert_eq!(
+            problems("[[table]]\nsource = \"a\"\nsorce = 1\nmirror = \"rows\"\n"),
+            [
+                "r.toml:3:1: unknown key `sorce`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare",
+                "r.toml:1:1: missing `target`: every [[table]] needs one",
+                "r.toml:4:10: mirror = \"rows\" needs a `key`: the columns that identify a row",
+            ]
+        );
+    }
 }

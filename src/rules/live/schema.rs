@@ -3,32 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::TableName;
-
-/// A column of a live table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
-    /// `format_type`, e.g. `numeric(18,6)`.
-    pub type_name: String,
-    /// `pg_type.typcategory`: types of one category convert into each other.
-    pub category: char,
-    pub not_null: bool,
-    pub has_default: bool,
-}
-
-/// A live table: its columns and the column sets of its unique indexes.
-#[derive(Debug, Clone)]
-pub struct TableSchema {
-    pub columns: Vec<Column>,
-    pub unique_keys: Vec<Vec<String>>,
-}
-
-impl TableSchema {
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-}
+use crate::rules::{Column, TableName, TableSchema};
 
 /// Reads a table's columns and unique keys; `None` when it does not exist.
 pub async fn table_schema(
@@ -36,6 +11,19 @@ pub async fn table_schema(
     table: &TableName,
 ) -> Result<Option<TableSchema>, tokio_postgres::Error> {
     let name = table.quoted();
+    let columns = columns(client, &name).await?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let unique_keys = unique_keys(client, &name).await?;
+    Ok(Some(TableSchema {
+        columns,
+        unique_keys,
+    }))
+}
+
+/// The table's columns in table order; none when the table does not exist.
+async fn columns(client: &Client, name: &str) -> Result<Vec<Column>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text, \
@@ -46,9 +34,6 @@ pub async fn table_schema(
             &[&name],
         )
         .await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
     let columns = rows
         .iter()
         .map(|r| Column {
@@ -59,6 +44,15 @@ pub async fn table_schema(
             has_default: r.get(4),
         })
         .collect();
+    Ok(columns)
+}
+
+/// The column sets of the table's unique indexes, leaving out partial and expression indexes
+/// (an upsert's `ON CONFLICT` on plain columns cannot use them).
+async fn unique_keys(
+    client: &Client,
+    name: &str,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
     let keys = client
         .query(
             "SELECT array(SELECT a.attname::text FROM unnest(i.indkey) k \
@@ -68,9 +62,5 @@ pub async fn table_schema(
             &[&name],
         )
         .await?;
-    let unique_keys = keys.iter().map(|r| r.get::<_, Vec<String>>(0)).collect();
-    Ok(Some(TableSchema {
-        columns,
-        unique_keys,
-    }))
+    Ok(keys.iter().map(|r| r.get::<_, Vec<String>>(0)).collect())
 }

@@ -14,9 +14,11 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use super::{load_offline, load_online, RuleSet, RulesError};
+use super::load::{load_offline, load_online};
 use crate::config::{Config, PgUrl};
+use crate::rules::{RuleSet, RulesError};
 
 /// Where rules come from and which databases they are checked against.
 #[derive(Debug, Clone)]
@@ -58,10 +60,12 @@ pub async fn start(loader: Loader) -> Result<(Arc<ArcSwap<RuleSet>>, JoinHandle<
 /// Reloads the rules whenever the rules path changes or SIGHUP arrives, until the task is
 /// aborted. Must be called inside a tokio runtime.
 pub fn watch(loader: Loader, current: Arc<ArcSwap<RuleSet>>) -> JoinHandle<()> {
+    // The watcher outlives whatever started it: a span of its own, with no parent.
+    let span = tracing::info_span!(parent: None, "rules_reload", path = %loader.path.display());
     let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
-    let watcher = start_watcher(&loader.path, tx.clone());
-    tokio::spawn(forward_sighup(tx));
-    tokio::spawn(async move {
+    let watcher = span.in_scope(|| start_watcher(&loader.path, tx.clone()));
+    tokio::spawn(forward_sighup(tx).instrument(span.clone()));
+    let task = async move {
         let _watcher = watcher; // dropping it would stop the file events
         while let Some(cause) = rx.recv().await {
             // Editors write a file in several steps: let them finish, then reload once.
@@ -69,7 +73,8 @@ pub fn watch(loader: Loader, current: Arc<ArcSwap<RuleSet>>) -> JoinHandle<()> {
             while rx.try_recv().is_ok() {}
             reload(&loader, &current, cause).await;
         }
-    })
+    };
+    tokio::spawn(task.instrument(span))
 }
 
 fn start_watcher(

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use super::online;
-use super::parse::{parse_file, ParsedRule};
-use super::{Problem, RuleSet, RulesError};
 use crate::config::PgUrl;
+use crate::rules::parse::{parse_file, ParsedRule};
+use crate::rules::{Problem, RuleSet, RulesError};
 
 /// The rule files under `path`, in name order.
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Problem> {
@@ -101,4 +101,33 @@ pub async fn load_online(
         return Err(RulesError::Invalid(problems));
     }
     Ok(RuleSet::new(rules.into_iter().map(|r| r.rule).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_read_in_name_order_and_a_source_has_one_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = "[[table]]\nsource = \"bars\"\ntarget = \"data_bars\"\n";
+        std::fs::write(dir.path().join("b.toml"), rule).unwrap();
+        std::fs::write(dir.path().join("a.toml"), rule).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a rule").unwrap();
+        let (rules, problems) = read_rules(dir.path());
+        assert_eq!(rules.len(), 1);
+        assert!(
+            rules[0].rule.origin.ends_with("a.toml:1"),
+            "{}",
+            rules[0].rule.origin
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].file.ends_with("b.toml"));
+        assert!(problems[0].message.contains("already has the rule at"));
+        let err = load_offline(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            err.to_string().contains(":1:1: cannot read the rules: "),
+            "{err}"
+        );
+    }
 }
