@@ -39,7 +39,7 @@ pub(super) async fn set_reads(
         Ok(c) => c,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
-    let Some(to) = crate::reads::parse_source(&change.source) else {
+    let Some(to) = crate::rules::ReadSource::parse(&change.source) else {
         return problem(
             StatusCode::BAD_REQUEST,
             format!(

@@ -494,17 +494,7 @@ impl ReadFlags {
 }
 
 fn source_word(s: &str) -> &'static str {
-    parse_source(s).map_or("primary", ReadSource::as_str)
-}
-
-/// `primary`, `shadow` or `secondary`.
-pub fn parse_source(s: &str) -> Option<ReadSource> {
-    match s {
-        "primary" => Some(ReadSource::Primary),
-        "shadow" => Some(ReadSource::Shadow),
-        "secondary" => Some(ReadSource::Secondary),
-        _ => None,
-    }
+    ReadSource::parse(s).map_or("primary", ReadSource::as_str)
 }
 
 #[cfg(test)]

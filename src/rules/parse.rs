@@ -287,18 +287,14 @@ pub fn column_name(ctx: &mut FileCtx, text: &str, span: Range<usize>) -> Option<
 
 fn parse_reads(ctx: &mut FileCtx, t: &DeTable) -> Option<ReadSource> {
     let (text, span) = string(ctx, t, "reads")?;
-    match text.as_str() {
-        "primary" => Some(ReadSource::Primary),
-        "shadow" => Some(ReadSource::Shadow),
-        "secondary" => Some(ReadSource::Secondary),
-        _ => {
-            ctx.problem(
-                span,
-                format!("`reads` must be primary, shadow or secondary, not `{text}`"),
-            );
-            None
-        }
+    let reads = ReadSource::parse(&text);
+    if reads.is_none() {
+        ctx.problem(
+            span,
+            format!("`reads` must be primary, shadow or secondary, not `{text}`"),
+        );
     }
+    reads
 }
 
 fn parse_mirror(ctx: &mut FileCtx, t: &DeTable, has_key: bool) -> Option<MirrorMode> {

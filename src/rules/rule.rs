@@ -24,6 +24,16 @@ impl ReadSource {
             ReadSource::Secondary => "secondary",
         }
     }
+
+    /// The read source a word of the rule files and the admin API names.
+    pub fn parse(word: &str) -> Option<ReadSource> {
+        match word {
+            "primary" => Some(ReadSource::Primary),
+            "shadow" => Some(ReadSource::Shadow),
+            "secondary" => Some(ReadSource::Secondary),
+            _ => None,
+        }
+    }
 }
 
 impl MirrorMode {
