@@ -79,11 +79,11 @@ impl Journal {
         };
         let cached = self.lock().intents.get(&id).and_then(|m| m.cached.clone());
         if let Some(payload) = cached {
-            return codec::decode(payload).map_err(|e| corrupt(e.0));
+            return codec::decode(payload).map_err(|e| corrupt(e.reason()));
         }
         let buf = self.raw(id)?;
         let payload = format::intent_payload(&buf, id).map_err(corrupt)?;
-        codec::decode(Bytes::copy_from_slice(payload)).map_err(|e| corrupt(e.0))
+        codec::decode(Bytes::copy_from_slice(payload)).map_err(|e| corrupt(e.reason()))
     }
 
     /// The raw frame of an intent, for parking it.
