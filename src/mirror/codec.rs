@@ -15,10 +15,44 @@ use crate::rules::TableName;
 
 const VERSION: u8 = 1;
 
+// Change kinds. Only ever added; see the module docs.
+const UPSERT: u8 = 1;
+const DELETE: u8 = 2;
+const UPDATE_KEY: u8 = 3;
+const TRUNCATE: u8 = 4;
+const STATEMENT: u8 = 5;
+/// An upsert with the primary's effect.
+const UPSERT_WITH_EFFECT: u8 = 6;
+/// A statement with the primary's command tag.
+const STATEMENT_WITH_TAG: u8 = 7;
+
+// The primary's effect of an upsert.
+const INSERTED: u8 = 1;
+const UPDATED: u8 = 2;
+
 /// Why a record's payload could not be decoded (the checksum matched, so a bug or a newer format).
-#[derive(Debug, thiserror::Error)]
-#[error("undecodable journal record: {0}")]
-pub struct DecodeError(pub &'static str);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable journal record: {}", self.reason())]
+pub enum DecodeError {
+    Truncated,
+    UnknownVersion,
+    UnknownChangeKind,
+    UnknownEffect,
+    NotUtf8,
+}
+
+impl DecodeError {
+    /// What is wrong, in a few words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DecodeError::Truncated => "truncated",
+            DecodeError::UnknownVersion => "unknown version",
+            DecodeError::UnknownChangeKind => "unknown change kind",
+            DecodeError::UnknownEffect => "unknown upsert effect",
+            DecodeError::NotUtf8 => "a name is not UTF-8",
+        }
+    }
+}
 
 pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
     out.put_u8(VERSION);
@@ -40,57 +74,68 @@ pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
     for c in &txn.changes {
         put_str(out, &c.table.schema);
         put_str(out, &c.table.name);
-        match &c.op {
-            ChangeOp::Upsert {
-                row,
-                in_filter,
-                effect,
-            } => {
-                match effect {
-                    None => out.put_u8(1),
-                    Some(e) => {
-                        out.put_u8(6);
-                        out.put_u8(match e {
-                            Effect::Inserted => 1,
-                            Effect::Updated => 2,
-                        });
-                    }
-                }
-                put_filter(out, *in_filter);
-                put_row(out, row);
-            }
-            ChangeOp::Delete { key, in_filter } => {
-                out.put_u8(2);
-                put_filter(out, *in_filter);
-                put_row(out, key);
-            }
-            ChangeOp::UpdateKey {
-                old_key,
-                row,
-                in_filter,
-            } => {
-                out.put_u8(3);
-                put_filter(out, *in_filter);
-                put_row(out, old_key);
-                put_row(out, row);
-            }
-            ChangeOp::Truncate => out.put_u8(4),
-            ChangeOp::Statement { sql, params, tag } => {
-                out.put_u8(if tag.is_some() { 7 } else { 5 });
-                put_str(out, sql);
-                put_row(out, params);
-                if let Some(tag) = tag {
-                    put_str(out, tag);
-                }
-            }
+        put_op(out, &c.op);
+    }
+}
+
+/// A change's kind byte and body. A change without the write comparison's information keeps
+/// its original kind.
+fn put_op(out: &mut BytesMut, op: &ChangeOp) {
+    match op {
+        ChangeOp::Upsert {
+            row,
+            in_filter,
+            effect,
+        } => {
+            put_upsert_kind(out, *effect);
+            put_filter(out, *in_filter);
+            put_row(out, row);
         }
+        ChangeOp::Delete { key, in_filter } => {
+            out.put_u8(DELETE);
+            put_filter(out, *in_filter);
+            put_row(out, key);
+        }
+        ChangeOp::UpdateKey {
+            old_key,
+            row,
+            in_filter,
+        } => {
+            out.put_u8(UPDATE_KEY);
+            put_filter(out, *in_filter);
+            put_row(out, old_key);
+            put_row(out, row);
+        }
+        ChangeOp::Truncate => out.put_u8(TRUNCATE),
+        ChangeOp::Statement { sql, params, tag } => put_statement(out, sql, params, tag.as_deref()),
+    }
+}
+
+fn put_upsert_kind(out: &mut BytesMut, effect: Option<Effect>) {
+    match effect {
+        None => out.put_u8(UPSERT),
+        Some(Effect::Inserted) => out.put_slice(&[UPSERT_WITH_EFFECT, INSERTED]),
+        Some(Effect::Updated) => out.put_slice(&[UPSERT_WITH_EFFECT, UPDATED]),
+    }
+}
+
+fn put_statement(out: &mut BytesMut, sql: &str, params: &Row, tag: Option<&str>) {
+    out.put_u8(if tag.is_some() {
+        STATEMENT_WITH_TAG
+    } else {
+        STATEMENT
+    });
+    put_str(out, sql);
+    put_row(out, params);
+    if let Some(tag) = tag {
+        put_str(out, tag);
     }
 }
 
 pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
     let b = &mut buf;
     if get_u8(b)? != VERSION {
-        return Err(DecodeError("unknown version"));
+        return Err(DecodeError::UnknownVersion);
     }
     let session = get_u64(b)?;
     let xid = match get_u8(b)? {
@@ -110,47 +155,10 @@ pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
             schema: get_str(b)?,
             name: get_str(b)?,
         };
-        let op = match get_u8(b)? {
-            1 => ChangeOp::Upsert {
-                in_filter: get_filter(b)?,
-                row: get_row(b)?,
-                effect: None,
-            },
-            6 => {
-                let effect = match get_u8(b)? {
-                    1 => Effect::Inserted,
-                    2 => Effect::Updated,
-                    _ => return Err(DecodeError("unknown upsert effect")),
-                };
-                ChangeOp::Upsert {
-                    in_filter: get_filter(b)?,
-                    row: get_row(b)?,
-                    effect: Some(effect),
-                }
-            }
-            2 => ChangeOp::Delete {
-                in_filter: get_filter(b)?,
-                key: get_row(b)?,
-            },
-            3 => ChangeOp::UpdateKey {
-                in_filter: get_filter(b)?,
-                old_key: get_row(b)?,
-                row: get_row(b)?,
-            },
-            4 => ChangeOp::Truncate,
-            5 => ChangeOp::Statement {
-                sql: get_str(b)?,
-                params: get_row(b)?,
-                tag: None,
-            },
-            7 => ChangeOp::Statement {
-                sql: get_str(b)?,
-                params: get_row(b)?,
-                tag: Some(get_str(b)?),
-            },
-            _ => return Err(DecodeError("unknown change kind")),
-        };
-        changes.push(Change { table, op });
+        changes.push(Change {
+            table,
+            op: get_op(b)?,
+        });
     }
     Ok(TxnRecord {
         session,
@@ -158,6 +166,50 @@ pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
         captured_at_us,
         settings,
         changes,
+    })
+}
+
+/// A change's kind byte and body.
+fn get_op(b: &mut Bytes) -> Result<ChangeOp, DecodeError> {
+    Ok(match get_u8(b)? {
+        UPSERT => get_upsert(b, None)?,
+        UPSERT_WITH_EFFECT => {
+            let effect = match get_u8(b)? {
+                INSERTED => Effect::Inserted,
+                UPDATED => Effect::Updated,
+                _ => return Err(DecodeError::UnknownEffect),
+            };
+            get_upsert(b, Some(effect))?
+        }
+        DELETE => ChangeOp::Delete {
+            in_filter: get_filter(b)?,
+            key: get_row(b)?,
+        },
+        UPDATE_KEY => ChangeOp::UpdateKey {
+            in_filter: get_filter(b)?,
+            old_key: get_row(b)?,
+            row: get_row(b)?,
+        },
+        TRUNCATE => ChangeOp::Truncate,
+        STATEMENT => ChangeOp::Statement {
+            sql: get_str(b)?,
+            params: get_row(b)?,
+            tag: None,
+        },
+        STATEMENT_WITH_TAG => ChangeOp::Statement {
+            sql: get_str(b)?,
+            params: get_row(b)?,
+            tag: Some(get_str(b)?),
+        },
+        _ => return Err(DecodeError::UnknownChangeKind),
+    })
+}
+
+fn get_upsert(b: &mut Bytes, effect: Option<Effect>) -> Result<ChangeOp, DecodeError> {
+    Ok(ChangeOp::Upsert {
+        in_filter: get_filter(b)?,
+        row: get_row(b)?,
+        effect,
     })
 }
 
@@ -192,7 +244,7 @@ fn put_row(out: &mut BytesMut, row: &Row) {
 
 fn need(b: &Bytes, n: usize) -> Result<(), DecodeError> {
     if b.remaining() < n {
-        Err(DecodeError("truncated"))
+        Err(DecodeError::Truncated)
     } else {
         Ok(())
     }
@@ -216,7 +268,7 @@ fn get_u64(b: &mut Bytes) -> Result<u64, DecodeError> {
 fn get_str(b: &mut Bytes) -> Result<String, DecodeError> {
     let n = get_u32(b)? as usize;
     need(b, n)?;
-    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| DecodeError("a name is not UTF-8"))
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| DecodeError::NotUtf8)
 }
 
 fn get_filter(b: &mut Bytes) -> Result<Option<bool>, DecodeError> {
@@ -315,6 +367,24 @@ mod tests {
         }
     }
 
+    /// [`sample`] as pgbridge has encoded it since kinds 6 and 7 (every change kind, both
+    /// value formats, NULL, a setting): journals written before must still read the same.
+    const SAMPLE: &str =
+        "01070000000000000001d20400000000000000401e18240a06000100000009000000446174655374796c65\
+        0800000049534f2c204d445906000000060000007075626c696311000000646572697665645f646174615f\
+        626172730102030000000600000073796d626f6c190000000003000000445859020000007473a004000001\
+        08000000000102030405060706000000766f6c756d651400000000ffffffff060000007075626c69631100\
+        0000646572697665645f646174615f62617273060200030000000600000073796d626f6c19000000000300\
+        0000445859020000007473a00400000108000000000102030405060706000000766f6c756d651400000000\
+        ffffffff0100000073010000007407130000005550444154452074205345542076203d2024310100000000\
+        00000000000000000100000078080000005550444154452032060000007075626c69631100000064657269\
+        7665645f646174615f626172730300030000000600000073796d626f6c1900000000030000004458590200\
+        00007473a00400000108000000000102030405060706000000766f6c756d651400000000ffffffff030000\
+        000600000073796d626f6c190000000003000000445859020000007473a004000001080000000001020304\
+        05060706000000766f6c756d651400000000ffffffff010000007301000000740201030000000600000073\
+        796d626f6c190000000003000000445859020000007473a004000001080000000001020304050607060000\
+        00766f6c756d651400000000ffffffff0100000073010000007404";
+
     #[test]
     fn roundtrip() {
         let txn = sample();
@@ -369,5 +439,37 @@ mod tests {
         for n in 0..full.len() {
             assert!(decode(full.slice(..n)).is_err(), "prefix of {n} bytes");
         }
+    }
+
+    #[test]
+    fn the_encoding_is_the_one_journals_on_disk_were_written_with() {
+        let mut buf = BytesMut::new();
+        encode(&sample(), &mut buf);
+        assert_eq!(hex(&buf), SAMPLE);
+        assert_eq!(decode(unhex(SAMPLE)).unwrap(), sample());
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(
+            DecodeError::Truncated.to_string(),
+            "undecodable journal record: truncated"
+        );
+        assert_eq!(DecodeError::UnknownEffect.reason(), "unknown upsert effect");
+        let mut unknown = BytesMut::from(&unhex(SAMPLE)[..]);
+        unknown[0] = 2;
+        assert_eq!(decode(unknown.freeze()), Err(DecodeError::UnknownVersion));
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn unhex(hex: &str) -> Bytes {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+            .into()
     }
 }

@@ -1,5 +1,5 @@
 //! Mirroring after capture: what happens to a committed transaction's row images once the session
-//! has them (DESIGN.md, principles 5 to 7).
+//! has them (docs/DESIGN.md, principles 5 to 7).
 //!
 //! - [`journal`]: the durable, append-only queue on disk. The session appends an *intent* (the
 //!   transaction's row images and the primary's xid) and waits for its group-committed fsync

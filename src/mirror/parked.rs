@@ -9,7 +9,22 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{codec, TxnRecord};
+use super::codec::{self, DecodeError};
+use super::TxnRecord;
+
+/// Why a parked transaction could not be kept or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ParkedError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// The kept frame does not match its checksum.
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
 
 /// Why a transaction was parked.
 #[derive(Debug, Clone, Serialize)]
@@ -26,12 +41,13 @@ pub fn dir(journal_dir: &Path) -> PathBuf {
 }
 
 /// Keeps the intent's frame and the reason.
-pub fn park(journal_dir: &Path, raw: &[u8], info: &ParkedInfo) -> io::Result<()> {
+pub fn park(journal_dir: &Path, raw: &[u8], info: &ParkedInfo) -> Result<(), ParkedError> {
     let d = dir(journal_dir);
     fs::create_dir_all(&d)?;
     fs::write(d.join(format!("{:020}.rec", info.id)), raw)?;
-    let json = serde_json::to_vec_pretty(info).map_err(io::Error::other)?;
-    fs::write(d.join(format!("{:020}.json", info.id)), json)
+    let json = serde_json::to_vec_pretty(info)?;
+    fs::write(d.join(format!("{:020}.json", info.id)), json)?;
+    Ok(())
 }
 
 /// Forgets a parked transaction (it was applied after all, or replayed).
@@ -54,17 +70,68 @@ pub fn list(journal_dir: &Path) -> Vec<u64> {
 }
 
 /// Reads a parked transaction back (for a replay).
-pub fn load(journal_dir: &Path, id: u64) -> io::Result<TxnRecord> {
+pub fn load(journal_dir: &Path, id: u64) -> Result<TxnRecord, ParkedError> {
     let raw = fs::read(dir(journal_dir).join(format!("{id:020}.rec")))?;
     // Frame: len u32, crc u32, kind u8, id u64, payload.
     if raw.len() < 17
         || crc32c::crc32c(&raw[8..]) != u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]])
     {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "checksum mismatch",
-        ));
+        return Err(ParkedError::Checksum);
     }
-    codec::decode(bytes::Bytes::copy_from_slice(&raw[17..]))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    Ok(codec::decode(bytes::Bytes::copy_from_slice(&raw[17..]))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
+    use super::*;
+
+    /// A journal frame of `txn` as intent `id` (`len | crc32c | kind 1 | id | payload`).
+    fn frame(id: u64, txn: &TxnRecord) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        body.put_u8(1);
+        body.put_u64_le(id);
+        codec::encode(txn, &mut body);
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        raw.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        raw.extend_from_slice(&body);
+        raw
+    }
+
+    fn info(id: u64) -> ParkedInfo {
+        ParkedInfo {
+            id,
+            ts: "2026-01-05T14:30:00Z".into(),
+            reason: "23505: duplicate key".into(),
+            table: Some("public.t".into()),
+            sqlstate: Some("23505".into()),
+        }
+    }
+
+    #[test]
+    fn a_parked_transaction_is_listed_read_back_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let txn = TxnRecord::new(7, Some(1234));
+        for id in [12, 3] {
+            park(dir.path(), &frame(id, &txn), &info(id)).unwrap();
+        }
+        assert_eq!(list(dir.path()), vec![3, 12]);
+        assert_eq!(load(dir.path(), 12).unwrap(), txn);
+        unpark(dir.path(), 12);
+        assert_eq!(list(dir.path()), vec![3]);
+        assert!(matches!(load(dir.path(), 12), Err(ParkedError::Io(_))));
+    }
+
+    #[test]
+    fn a_damaged_parked_frame_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = frame(5, &TxnRecord::new(1, None));
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        park(dir.path(), &raw, &info(5)).unwrap();
+        let e = load(dir.path(), 5).unwrap_err();
+        assert_eq!(e.to_string(), "checksum mismatch");
+    }
 }

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::parked::{self, ParkedInfo};
 use super::status::MirrorStats;
-use super::{now_us, Journal};
+use super::{now_us, Journal, TxnRecord};
 use crate::divergence::{record::rfc3339, Divergence, Kind, Recorder};
 
 /// What one pass decided.
@@ -50,7 +50,11 @@ pub async fn resolve_once(
     cfg: &ResolveConfig,
     recorder: &Recorder,
 ) -> Result<Resolved, tokio_postgres::Error> {
-    let mut out = Resolved::default();
+    let mut pass = Pass {
+        journal,
+        recorder,
+        out: Resolved::default(),
+    };
     let cutoff = now_us() - cfg.min_age.as_micros() as i64;
     for d in journal.in_doubt() {
         if d.captured_at_us > cutoff {
@@ -58,45 +62,25 @@ pub async fn resolve_once(
         }
         let Some(xid) = d.xid else {
             if cfg.assume_committed_without_xid {
-                commit(journal, d.id, &mut out.committed);
+                pass.committed(d.id);
             } else {
-                unresolvable(journal, d.id, None, "no primary transaction id", recorder);
-                out.unresolvable.push(d.id);
+                pass.unresolvable(d.id, None, "no primary transaction id");
             }
             continue;
         };
-        let status = primary
-            .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
-            .await;
-        let status: Option<String> = match status {
-            Ok(row) => row.get(0),
-            // The primary refuses the xid (from its future: another cluster, a restore).
-            Err(e) if e.as_db_error().is_some() => {
-                warn!(id = d.id, xid, error = %e, "pg_xact_status refused the xid");
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        match status.as_deref() {
-            Some("committed") => commit(journal, d.id, &mut out.committed),
-            Some("aborted") => {
-                let _ = journal.append_outcome(d.id, false);
-                out.aborted.push(d.id);
-            }
-            Some("in progress") => out.in_progress.push(d.id),
-            _ => {
-                unresolvable(
-                    journal,
-                    d.id,
-                    Some(xid),
-                    "the primary no longer knows the transaction's outcome",
-                    recorder,
-                );
-                out.unresolvable.push(d.id);
-            }
+        match xact_status(primary, d.id, xid).await?.as_deref() {
+            Some("committed") => pass.committed(d.id),
+            Some("aborted") => pass.aborted(d.id),
+            Some("in progress") => pass.out.in_progress.push(d.id),
+            _ => pass.unresolvable(d.id, Some(xid), UNKNOWN_OUTCOME),
         }
     }
-    if out != Resolved::default() {
+    log_resolved(&pass.out);
+    Ok(pass.out)
+}
+
+fn log_resolved(out: &Resolved) {
+    if *out != Resolved::default() {
         info!(
             committed = out.committed.len(),
             aborted = out.aborted.len(),
@@ -105,23 +89,76 @@ pub async fn resolve_once(
             "in-doubt journal intents resolved"
         );
     }
-    Ok(out)
 }
 
-fn commit(journal: &Journal, id: u64, into: &mut Vec<u64>) {
-    let _ = journal.append_outcome(id, true);
-    into.push(id);
+const UNKNOWN_OUTCOME: &str = "the primary no longer knows the transaction's outcome";
+
+/// `pg_xact_status` of `xid` on the primary; `None` when the primary refuses the xid (one from
+/// its future: another cluster, a restore).
+async fn xact_status(
+    primary: &Client,
+    id: u64,
+    xid: i64,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let status = primary
+        .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid.to_string()])
+        .await;
+    match status {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) if e.as_db_error().is_some() => {
+            warn!(id, xid, error = %e, "pg_xact_status refused the xid");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// Parks the intent with an `in_doubt` divergence and lets the applier go past it.
-fn unresolvable(journal: &Journal, id: u64, xid: Option<i64>, reason: &str, recorder: &Recorder) {
-    let txn = journal.read(id).ok();
+/// One pass's decisions, carried out on the journal as they are made.
+struct Pass<'a> {
+    journal: &'a Journal,
+    recorder: &'a Recorder,
+    out: Resolved,
+}
+
+impl Pass<'_> {
+    fn committed(&mut self, id: u64) {
+        let _ = self.journal.append_outcome(id, true);
+        self.out.committed.push(id);
+    }
+
+    fn aborted(&mut self, id: u64) {
+        let _ = self.journal.append_outcome(id, false);
+        self.out.aborted.push(id);
+    }
+
+    /// Parks the intent with an `in_doubt` divergence and lets the applier go past it.
+    fn unresolvable(&mut self, id: u64, xid: Option<i64>, reason: &str) {
+        let txn = self.journal.read(id).ok();
+        park(self.journal, id, txn.as_ref(), reason);
+        let mut tables: Vec<String> = txn
+            .iter()
+            .flat_map(|t| t.changes.iter().map(|c| c.table.to_string()))
+            .collect();
+        tables.dedup();
+        let mut d = Divergence::new(Kind::InDoubt, tables.join(","));
+        d.primary = "unknown".into();
+        d.secondary = "not applied (parked)".into();
+        d.session = txn.as_ref().map(|t| t.session);
+        d.detail = serde_json::json!({ "journal_id": id, "xid": xid, "reason": reason,
+            "changes": txn.as_ref().map_or(0, |t| t.changes.len()) });
+        self.recorder.record(d);
+        let _ = self.journal.append_outcome(id, false);
+        self.out.unresolvable.push(id);
+    }
+}
+
+/// Keeps an in-doubt intent's frame and why in the parked directory.
+fn park(journal: &Journal, id: u64, txn: Option<&TxnRecord>, reason: &str) {
     let info = ParkedInfo {
         id,
         ts: rfc3339(std::time::SystemTime::now()),
         reason: reason.to_string(),
         table: txn
-            .as_ref()
             .and_then(|t| t.changes.first())
             .map(|c| c.table.to_string()),
         sqlstate: None,
@@ -131,19 +168,6 @@ fn unresolvable(journal: &Journal, id: u64, xid: Option<i64>, reason: &str, reco
             warn!(id, error = %e, "cannot keep the in-doubt transaction");
         }
     }
-    let mut tables: Vec<String> = txn
-        .iter()
-        .flat_map(|t| t.changes.iter().map(|c| c.table.to_string()))
-        .collect();
-    tables.dedup();
-    let mut d = Divergence::new(Kind::InDoubt, tables.join(","));
-    d.primary = "unknown".into();
-    d.secondary = "not applied (parked)".into();
-    d.session = txn.as_ref().map(|t| t.session);
-    d.detail = serde_json::json!({ "journal_id": id, "xid": xid, "reason": reason,
-        "changes": txn.as_ref().map_or(0, |t| t.changes.len()) });
-    recorder.record(d);
-    let _ = journal.append_outcome(id, false);
 }
 
 /// Connects to the primary with pgbridge's own credentials and resolves every in-doubt intent
@@ -177,49 +201,85 @@ pub fn spawn_resolver(
     stats: Arc<MirrorStats>,
     every: Duration,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut client: Option<Client> = None;
-        let mut logged: HashSet<u64> = HashSet::new();
+    let resolver = Resolver {
+        journal,
+        cfg,
+        recorder,
+        stats,
+        client: None,
+        logged: HashSet::new(),
+    };
+    tokio::spawn(resolver.run(every).instrument(info_span!("resolver")))
+}
+
+/// The resolver task's state.
+struct Resolver {
+    journal: Arc<Journal>,
+    cfg: ResolveConfig,
+    recorder: Arc<Recorder>,
+    stats: Arc<MirrorStats>,
+    /// The connection to the primary, kept between passes.
+    client: Option<Client>,
+    /// Intents already logged as still in progress (logged once each).
+    logged: HashSet<u64>,
+}
+
+impl Resolver {
+    async fn run(mut self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            let cutoff = now_us() - cfg.min_age.as_micros() as i64;
-            if !journal
-                .in_doubt()
-                .iter()
-                .any(|d| d.captured_at_us <= cutoff)
-            {
-                stats.in_progress.store(0, Ordering::Relaxed);
-                continue;
-            }
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                match cfg.primary.connect(NoTls).await {
-                    Ok((c, conn)) => {
-                        tokio::spawn(conn);
-                        client = Some(c);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot reach the primary to resolve in-doubt intents");
-                        continue;
-                    }
-                }
-            }
-            let Some(c) = client.as_ref() else { continue };
-            match resolve_once(&journal, c, &cfg, &recorder).await {
-                Ok(r) => {
-                    stats
-                        .in_progress
-                        .store(r.in_progress.len() as u64, Ordering::Relaxed);
-                    for id in &r.in_progress {
-                        if logged.insert(*id) {
-                            warn!(id, "in-doubt intent still in progress on the primary");
-                        }
-                    }
-                }
-                Err(e) => {
-                    debug!(error = %e, "resolving in-doubt intents failed");
-                    client = None;
-                }
+            self.pass().await;
+        }
+    }
+
+    async fn pass(&mut self) {
+        let cutoff = now_us() - self.cfg.min_age.as_micros() as i64;
+        let in_doubt = self.journal.in_doubt();
+        if !in_doubt.iter().any(|d| d.captured_at_us <= cutoff) {
+            self.stats.in_progress.store(0, Ordering::Relaxed);
+            return;
+        }
+        if !self.connect().await {
+            return;
+        }
+        let Some(c) = self.client.as_ref() else {
+            return;
+        };
+        match resolve_once(&self.journal, c, &self.cfg, &self.recorder).await {
+            Ok(r) => self.report(&r),
+            Err(e) => {
+                debug!(error = %e, "resolving in-doubt intents failed");
+                self.client = None;
             }
         }
-    })
+    }
+
+    /// Connects to the primary unless connected already; `false` when it cannot.
+    async fn connect(&mut self) -> bool {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return true;
+        }
+        match self.cfg.primary.connect(NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn.in_current_span());
+                self.client = Some(c);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot reach the primary to resolve in-doubt intents");
+                false
+            }
+        }
+    }
+
+    fn report(&mut self, r: &Resolved) {
+        self.stats
+            .in_progress
+            .store(r.in_progress.len() as u64, Ordering::Relaxed);
+        for id in &r.in_progress {
+            if self.logged.insert(*id) {
+                warn!(id, "in-doubt intent still in progress on the primary");
+            }
+        }
+    }
 }
