@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 use super::drive::Driver;
-use super::track::Expect;
+use super::expect::Expect;
 use crate::divergence::{normalize_query, query_shape, Divergence, Kind as DivergenceKind};
 use crate::mirror::ApplierHandle;
 use crate::protocol::wire;

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::relay::{self, CaptureCtx, ClientLimits, End, KeyExchange, Shared};
+use super::relay::{self, ClientLimits, End, KeyExchange, Shared};
 use crate::capture;
 use crate::config::MirrorMode;
 use crate::instance::Instance;
@@ -368,7 +368,7 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
             None => driver,
         }
     });
-    let capture_ctx = migration.map(|m| CaptureCtx {
+    let capture_ctx = migration.map(|m| capture::Replies {
         shared: &capture_shared,
         recorder: &m.recorder,
         applier: mirror.map(|m| &m.applier),

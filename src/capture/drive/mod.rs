@@ -1,0 +1,282 @@
+//! The client's requests, as the capture needs them sent.
+//!
+//! Every request frame of a session with rules passes through [`Driver::handle`], which pushes
+//! the [`Expect`] that tells the other direction what the reply is for and queues the bytes for
+//! the primary. Statements that write a migrated table go out with RETURNING spliced in. Where a
+//! transaction ends in a commit with captured changes, the driver first makes the changes durable
+//! (DESIGN.md, principle 7): it waits until every earlier reply arrived, asks the primary for the
+//! transaction id, appends the journal intent, and only then lets the COMMIT go. A statement that
+//! would commit on its own (autocommit) is run inside a transaction pgbridge begins and commits.
+
+mod extended;
+mod inject;
+mod journal;
+mod shadow;
+mod simple;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::expect::{Expect, Step};
+use super::Shared;
+use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
+use crate::mirror::{Journal, Row};
+use crate::protocol::wire;
+use crate::sql::{Analysis, Analyzer, Mirror, Plan, StatementInfo};
+
+/// The SQLSTATE of a transaction pgbridge rolls back because the journal could not take it
+/// (disk_full: the journal is full, or its disk).
+const REFUSED: &str = "53100";
+
+/// The message of such a rollback.
+fn rolled_back(why: &str) -> String {
+    format!("pgbridge rolled the transaction back: {why}")
+}
+
+/// Settings that text values depend on, carried with each journal transaction.
+const TEXT_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
+
+/// The session's request side of the capture.
+pub struct Driver<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) analyzer: &'a Analyzer,
+    journal: Option<&'a Arc<Journal>>,
+    pub(super) recorder: &'a Recorder,
+    pub(super) session: u64,
+    pub(super) statements: HashMap<String, Arc<Analysis>>,
+    pub(super) portals: HashMap<String, Arc<Analysis>>,
+    /// Declared parameter types of statements, and bound parameters of portals, for replays.
+    param_types: HashMap<String, Vec<u32>>,
+    portal_params: HashMap<String, Row>,
+    /// The text of prepared reads and the statement each portal runs, for shadow reads.
+    pub(super) texts: HashMap<String, Arc<str>>,
+    portal_statements: HashMap<String, String>,
+    /// Extended protocol: pgbridge began a transaction in this batch, to commit at its Sync.
+    wrapped: bool,
+    /// Extended protocol: the client began a transaction in this batch.
+    began: bool,
+    /// Extended protocol: the open transaction's id was asked for.
+    xid_asked: bool,
+    /// Extended protocol: the request just before was the client's Describe of this portal (its
+    /// RowDescription gives the captured columns' types to the Execute that follows).
+    described_portal: Option<String>,
+    /// A COPY outside a transaction was sent; its held reply finishes it.
+    pending_autocommit: bool,
+    /// COPY temp tables made in this session.
+    copies: u64,
+    /// Read flags and shared tables, for shadow reads.
+    pub(super) routing: Option<(&'a crate::reads::ReadFlags, &'a crate::reads::SharedTables)>,
+    /// Reads served by the secondary ([`super::secondary`]).
+    pub(super) serving: Option<super::secondary::Serving<'a>>,
+    /// pgbridge's injected statements parsed in the current batch, not yet known to have
+    /// succeeded (an error skips everything up to Sync). Those known to be prepared on the
+    /// primary (their ParseComplete arrived) are the tracker's `injected`.
+    injected_parsed: Vec<&'static str>,
+    pub(super) out: BytesMut,
+}
+
+impl<'a> Driver<'a> {
+    pub fn new(
+        shared: &'a Shared,
+        analyzer: &'a Analyzer,
+        journal: Option<&'a Arc<Journal>>,
+        recorder: &'a Recorder,
+        session: u64,
+    ) -> Driver<'a> {
+        Driver {
+            shared,
+            analyzer,
+            journal,
+            recorder,
+            session,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            param_types: HashMap::new(),
+            portal_params: HashMap::new(),
+            texts: HashMap::new(),
+            portal_statements: HashMap::new(),
+            wrapped: false,
+            began: false,
+            xid_asked: false,
+            described_portal: None,
+            pending_autocommit: false,
+            copies: 0,
+            routing: None,
+            serving: None,
+            injected_parsed: Vec::new(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Reads of tables flagged `shadow` are compared on the secondary.
+    pub fn with_routing(
+        mut self,
+        reads: &'a crate::reads::ReadFlags,
+        shared: &'a crate::reads::SharedTables,
+    ) -> Self {
+        self.routing = Some((reads, shared));
+        self
+    }
+
+    /// Bytes that need no decision (COPY data, Terminate, passwords) go out in order.
+    pub fn pass(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Writes what is queued for the primary.
+    pub async fn flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<usize> {
+        if self.out.is_empty() {
+            return Ok(0);
+        }
+        let n = self.out.len();
+        primary.write_all(&self.out).await?;
+        primary.flush().await?;
+        self.out.clear();
+        Ok(n)
+    }
+
+    pub(super) fn expect(&mut self, e: Expect) {
+        self.shared.lock().expect(e);
+    }
+
+    /// Handles one whole request frame from the client.
+    pub async fn handle<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        let described = self.described_portal.take();
+        if self.serving.is_some() && self.serve_extended(frame).await {
+            return Ok(());
+        }
+        match frame[0] {
+            b'Q' => self.query(frame, primary).await,
+            b'P' => {
+                self.parse(frame);
+                Ok(())
+            }
+            b'B' => {
+                self.bind(frame);
+                Ok(())
+            }
+            b'D' => {
+                self.describe(frame);
+                Ok(())
+            }
+            b'E' => {
+                // A held Bind and Describe released by the serving side just now count too.
+                let described = self.described_portal.take().or(described);
+                self.execute(frame, described.as_deref(), primary).await
+            }
+            b'C' => {
+                if let Some((kind, name)) = wire::target(frame) {
+                    match kind {
+                        b'S' => self.statements.remove(name),
+                        _ => self.portals.remove(name),
+                    };
+                }
+                self.expect(Expect::Close { forward: true });
+                self.pass(frame);
+                Ok(())
+            }
+            b'S' => {
+                let done = self.sync(frame, primary).await;
+                // What this batch parsed and did not confirm is parsed again next time.
+                self.injected_parsed.clear();
+                done
+            }
+            b'F' => {
+                self.expect(Expect::Call);
+                self.pass(frame);
+                Ok(())
+            }
+            _ => {
+                self.pass(frame);
+                Ok(())
+            }
+        }
+    }
+
+    fn lookup(&self, kind: u8, name: &str) -> Option<Arc<Analysis>> {
+        match kind {
+            b'S' => self.statements.get(name).cloned(),
+            _ => self.portals.get(name).cloned(),
+        }
+    }
+
+    /// Waits until every reply owed has arrived.
+    async fn drain<W: AsyncWrite + Unpin>(&mut self, primary: &mut W) -> std::io::Result<()> {
+        self.flush(primary).await?;
+        loop {
+            let notified = self.shared.progress.notified();
+            if self.shared.lock().drained() {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends a Query whose ReadyForQuery is held, and waits for it; returns its status.
+    async fn held_query<W: AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        steps: Vec<Step>,
+        primary: &mut W,
+    ) -> std::io::Result<u8> {
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: true,
+        });
+        self.out.extend_from_slice(&wire::query(sql));
+        self.drain(primary).await?;
+        Ok(self.shared.lock().held.take().unwrap_or(b'E'))
+    }
+
+    /// The steps of a Query's statements; reports each write that is not mirrored.
+    fn steps(&self, analysis: &Analysis) -> Vec<Step> {
+        let mut steps = Vec::with_capacity(analysis.statements.len());
+        for s in &analysis.statements {
+            if let Some(reason) = s.plan.unmirrored() {
+                self.report_unmirrored(s, analysis, reason.to_string());
+            }
+            steps.push(step_of(&s.plan));
+        }
+        steps
+    }
+
+    fn report_unmirrored(&self, s: &StatementInfo, analysis: &Analysis, reason: String) {
+        let table = analysis.unmirrored_table(s);
+        let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, table);
+        d.query = normalize_query(analysis.capture_sql.as_deref().unwrap_or_default());
+        d.detail = serde_json::json!({ "reason": reason });
+        d.session = Some(self.session);
+        tracing::warn!(session = self.session, reason = %d.detail, "a write to a migrated table is not mirrored");
+        self.recorder.record(d);
+    }
+}
+
+/// The step of a one-statement analysis (a prepared statement's).
+fn single_step(a: &Analysis) -> Step {
+    a.single_plan().map_or(Step::Pass, step_of)
+}
+
+/// The step that carries out a statement's plan.
+fn step_of(plan: &Plan) -> Step {
+    match (&plan.mirror, &plan.tx) {
+        (Mirror::Rows(c), _) => Step::Capture(c.clone()),
+        (Mirror::Replay { table, sql }, _) => Step::Statement {
+            table: table.clone(),
+            sql: sql.clone(),
+            params: Row::new(),
+        },
+        (Mirror::Truncate(table), _) => Step::Truncate(table.clone()),
+        (_, Some(tc)) => Step::Tx(tc.clone()),
+        _ => Step::Pass,
+    }
+}

@@ -1,0 +1,256 @@
+//! A simple-protocol Query, as the capture runs it: statements that write migrated tables go
+//! with RETURNING spliced in; a transaction that commits with changes is split before its
+//! COMMIT so that the changes are journaled first; a write outside a transaction runs in one
+//! pgbridge begins and commits; a COPY into a migrated table goes through a temporary table.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+
+use super::super::expect::{Expect, Step};
+use super::journal::Journaled;
+use super::Driver;
+use crate::protocol::wire;
+use crate::sql::{injected, Mirror};
+
+impl<'a> Driver<'a> {
+    pub(super) async fn query<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        // A simple Query ends the unnamed statement and portal.
+        self.statements.remove("");
+        self.portals.remove("");
+        let Some(text) = wire::query_text(frame) else {
+            self.touch(None);
+            self.expect(Expect::Query {
+                steps: VecDeque::new(),
+                hold: false,
+            });
+            self.pass(frame);
+            return Ok(());
+        };
+        let analysis = self.analyzer.analyze(text);
+        self.forget_injected(&analysis);
+        self.touch(Some(&analysis));
+        if analysis.is_unrelated() {
+            self.expect(Expect::Query {
+                steps: VecDeque::new(),
+                hold: false,
+            });
+            self.pass(frame);
+            return Ok(());
+        }
+        if let [s] = analysis.statements.as_slice() {
+            if let Mirror::CopyFrom { table, name, .. } = &s.plan.mirror {
+                let text = text.to_string();
+                return self.copy(&text, name.clone(), table, primary).await;
+            }
+        }
+        let plan = analysis.query_plan();
+        let steps = self.steps(&analysis);
+        let pending = !self.shared.lock().txn.is_empty();
+        if let Some(k) = plan
+            .commit_at
+            .filter(|&k| pending || analysis.changes_before(k))
+        {
+            let start = analysis.statements[k].text.start;
+            let text = text.to_string();
+            return self.commit_split(&text, start, primary).await;
+        }
+        if plan.changes && !plan.begins && !plan.other_tx {
+            self.drain(primary).await?;
+            if self.shared.lock().status == b'I' {
+                let sql = analysis.capture_sql.as_deref().unwrap_or(text).to_string();
+                return self.autocommit(&sql, steps, plan.needs_xid, primary).await;
+            }
+        }
+        let mut steps = steps;
+        if self.serving.is_some() {
+            self.follow_settings(&analysis, text);
+            if !plan.changes {
+                match self.serve_query(&analysis, text).await {
+                    Ok(()) => return Ok(()),
+                    Err(Some(d)) => steps = vec![Step::Fallback(Arc::new(d))],
+                    Err(None) => {}
+                }
+            }
+        }
+        if !plan.changes {
+            if let Some(step) = self.shadow_step(&analysis, text) {
+                steps = vec![step];
+            }
+        }
+        let bytes = match &analysis.capture_sql {
+            // The transaction's id comes back with its first captured statement, in the same
+            // message, so that the COMMIT needs no round trip of its own to learn it.
+            Some(sql) if plan.needs_xid && self.shared.lock().xid.is_none() => {
+                steps.push(Step::Xid);
+                wire::query(&injected::with_xid(sql))
+            }
+            Some(sql) => wire::query(sql),
+            None => Bytes::copy_from_slice(frame),
+        };
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: false,
+        });
+        self.out.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// The Query's statements before `start` run first (their reply held), then the changes are
+    /// journaled, then the rest, from the COMMIT on, is sent.
+    pub(super) async fn commit_split<W: AsyncWrite + Unpin>(
+        &mut self,
+        text: &str,
+        start: usize,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.drain(primary).await?;
+        let (before, rest) = text.split_at(start);
+        if !before.trim().trim_matches(';').trim().is_empty() {
+            let a = self.analyzer.analyze(before);
+            let steps = self.steps(&a);
+            let sql = a.capture_sql.as_deref().unwrap_or(before).to_string();
+            self.held_query(&sql, steps, primary).await?;
+        }
+        let a = self.analyzer.analyze(rest);
+        let mut steps = self.steps(&a);
+        let sql = a.capture_sql.as_deref().unwrap_or(rest).to_string();
+        match self.journal_open_transaction(primary).await? {
+            Journaled::Nothing => {}
+            Journaled::Intent(id) => {
+                if let Some(first) = steps.first_mut() {
+                    *first = Step::Commit { id, forward: true };
+                }
+            }
+            Journaled::Refused(message) => return self.refuse_commit(&message),
+        }
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: false,
+        });
+        self.out.extend_from_slice(&wire::query(&sql));
+        Ok(())
+    }
+
+    /// A Query that would commit on its own runs in a transaction pgbridge commits once the
+    /// changes are journaled.
+    pub(super) async fn autocommit<W: AsyncWrite + Unpin>(
+        &mut self,
+        sql: &str,
+        steps: Vec<Step>,
+        needs_xid: bool,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        let mut all = vec![Step::Swallow];
+        all.extend(steps);
+        let wrapped = if needs_xid {
+            all.push(Step::Xid);
+            injected::in_transaction(&injected::with_xid(sql))
+        } else {
+            injected::in_transaction(sql)
+        };
+        let status = self.held_query(&wrapped, all, primary).await?;
+        self.finish_autocommit(status).await
+    }
+
+    /// Whether an autocommit waits for its held reply while the client streams (COPY).
+    pub fn continuation_pending(&self) -> bool {
+        self.pending_autocommit
+    }
+
+    /// Resolves when the reply a pending autocommit waits for has arrived. Cancel safe.
+    pub async fn continuation_ready(&self) {
+        loop {
+            let notified = self.shared.progress.notified();
+            if self.shared.lock().held.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Finishes a pending autocommit whose reply arrived.
+    pub async fn continue_pending(&mut self) -> std::io::Result<()> {
+        let held = self.shared.lock().held.take();
+        match held {
+            Some(status) => {
+                self.pending_autocommit = false;
+                self.finish_autocommit(status).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The second half of an autocommit: journal and COMMIT, or ROLLBACK after an error.
+    pub(super) async fn finish_autocommit(&mut self, status: u8) -> std::io::Result<()> {
+        let changed = !self.shared.lock().txn.is_empty();
+        let (sql, step) = match status {
+            b'T' if changed => match self.intent().await {
+                Ok(id) => (injected::COMMIT, Step::Commit { id, forward: false }),
+                Err(message) => return self.refuse_commit(&message),
+            },
+            // A write that changed no row leaves nothing to journal.
+            b'T' => (injected::COMMIT, Step::Swallow),
+            _ => (injected::ROLLBACK, Step::Swallow),
+        };
+        self.expect(Expect::Query {
+            steps: VecDeque::from([step]),
+            hold: false,
+        });
+        self.out.extend_from_slice(&wire::query(sql));
+        Ok(())
+    }
+
+    /// COPY FROM into a migrated table: COPY has no RETURNING, so the rows go into a temporary
+    /// copy of the table first and from there into the table with INSERT ... SELECT, whose
+    /// RETURNING is captured. The client sees the replies of its COPY only; outside a
+    /// transaction the whole runs in one pgbridge commits once the rows are journaled.
+    pub(super) async fn copy<W: AsyncWrite + Unpin>(
+        &mut self,
+        text: &str,
+        table_at: std::ops::Range<usize>,
+        table: &crate::rules::TableName,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        self.drain(primary).await?;
+        self.copies += 1;
+        let temp = injected::copy_temp(self.copies);
+        let insert = injected::copy_insert(table, &temp);
+        let analysis = self.analyzer.analyze(&insert);
+        let (Some(capture_sql), Some(capture)) = (
+            analysis.capture_sql.clone(),
+            analysis.statements.first().and_then(|s| s.capture.clone()),
+        ) else {
+            let reason = "COPY into a migrated table cannot be captured".to_string();
+            if let Some(s) = analysis.statements.first() {
+                self.report_unmirrored(s, &analysis, reason);
+            }
+            self.expect(Expect::Query {
+                steps: VecDeque::new(),
+                hold: false,
+            });
+            self.out.extend_from_slice(&wire::query(text));
+            return Ok(());
+        };
+        let mut sql = injected::copy_via_temp(text, table_at, table, &temp, &capture_sql);
+        let mut steps = vec![Step::Swallow, Step::Pass, Step::HiddenCapture(capture)];
+        let autocommit = self.shared.lock().status == b'I';
+        if autocommit {
+            sql = injected::in_transaction(&sql);
+            steps.insert(0, Step::Swallow);
+        }
+        self.expect(Expect::Query {
+            steps: steps.into(),
+            hold: autocommit,
+        });
+        self.pending_autocommit = autocommit;
+        self.out.extend_from_slice(&wire::query(&sql));
+        Ok(())
+    }
+}

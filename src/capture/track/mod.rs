@@ -1,0 +1,240 @@
+//! The primary's replies, matched to the requests that asked for them.
+//!
+//! The client-to-primary direction pushes an [`Expect`] for every request it sends; this side
+//! pops them as replies complete. Every reply of a client request reaches the client unchanged,
+//! except the rows of a captured write (their trailing capture columns stripped, or all of them
+//! dropped when the client wrote no RETURNING), and the replies to requests pgbridge injected
+//! (BEGIN, `pg_current_xact_id()`, COMMIT), which the client never sees.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+mod ends;
+mod results;
+
+use super::expect::{Action, Described, Expect, Step};
+use super::txn::TxnBuffer;
+use crate::divergence::compare::ResultSet;
+use crate::mirror::{Change, Journal};
+use crate::protocol::wire::{self, FieldInfo};
+use crate::reads::shadow::Shadow;
+
+/// Reported settings a shadow read pins on the secondary, so both sides format values alike.
+const SHADOW_SETTINGS: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
+
+/// The session's capture state, shared by its two directions.
+#[derive(Default)]
+pub struct Tracker {
+    queue: VecDeque<Expect>,
+    /// Types and formats of the current result's columns.
+    fields: Vec<FieldInfo>,
+    /// Changes of the statement in progress.
+    pending: Vec<Change>,
+    pub txn: TxnBuffer,
+    /// The value of the last `pg_current_xact_id()`.
+    pub xid: Option<i64>,
+    /// The status of a held ReadyForQuery, for the side that asked to hold it.
+    pub held: Option<u8>,
+    /// The transaction status of the last ReadyForQuery.
+    pub status: u8,
+    /// An ErrorResponse arrived since the last Sync.
+    pub batch_error: bool,
+    /// An extended-protocol request failed and its batch's Sync is not sent yet: the server
+    /// skips what is sent until then.
+    skipping: bool,
+    /// The server's reported settings (ParameterStatus).
+    pub settings: BTreeMap<String, String>,
+    /// Messages for the client, written before the next ReadyForQuery it gets.
+    pub before_ready: Vec<Bytes>,
+    /// The journal intent whose COMMIT completed last, for sync mode.
+    committed: Option<u64>,
+    /// Changes lost because the transaction ended without pgbridge's COMMIT (for a divergence).
+    pub lost: usize,
+    pub journal: Option<Arc<Journal>>,
+    pub sync: bool,
+    /// Divergences for the reply side to record.
+    pub records: Vec<crate::divergence::Divergence>,
+    /// The shadow executor, and the answer of the shadowed read in progress.
+    pub shadow: Option<Arc<Shadow>>,
+    shadow_result: Option<ResultSet>,
+    /// The size of the rows kept in `shadow_result`.
+    shadow_bytes: usize,
+    pub session: u64,
+    /// The open transaction may have written something (reads in it stay on the primary).
+    pub touched: bool,
+    /// The journal id of the session's last committed mirrored transaction (read-your-writes).
+    pub last_commit: Option<u64>,
+    /// The primary's descriptions of the client's prepared statements.
+    pub described: std::collections::HashMap<String, Described>,
+    /// The same, by statement text and declared parameter types.
+    pub described_texts: std::collections::HashMap<String, Described>,
+    /// The primary's row descriptions of simple-protocol reads, by query shape.
+    pub shapes: std::collections::HashMap<String, Option<Bytes>>,
+    /// pgbridge's injected statements prepared on the primary (their Parse succeeded).
+    pub injected: Vec<&'static str>,
+    /// Counts the client's DISCARDs and DEALLOCATEs: a Parse sent before one of them prepared
+    /// nothing that lasts.
+    pub injected_epoch: u64,
+}
+
+/// Query shapes whose row descriptions a session keeps.
+const SHAPES_KEPT: usize = 1024;
+
+impl Tracker {
+    pub fn new(journal: Option<Arc<Journal>>, sync: bool) -> Tracker {
+        Tracker {
+            journal,
+            sync,
+            status: b'I',
+            ..Default::default()
+        }
+    }
+
+    pub fn expect(&mut self, e: Expect) {
+        match e {
+            Expect::Sync { .. } => self.skipping = false,
+            // The server skips every message up to Sync after an error: no reply will come.
+            Expect::Served { .. } => {}
+            _ if self.skipping => return,
+            _ => {}
+        }
+        self.queue.push_back(e);
+    }
+
+    /// No reply is owed.
+    pub fn drained(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The replies owed (if any) cannot change the transaction status or bring changes: they
+    /// are Parse, Bind, Describe and Close replies only.
+    pub fn settled(&self) -> bool {
+        self.queue.iter().all(|e| {
+            matches!(
+                e,
+                Expect::Parse { .. }
+                    | Expect::InjectedParse { .. }
+                    | Expect::Bind { .. }
+                    | Expect::Describe { .. }
+                    | Expect::Close { .. }
+            )
+        })
+    }
+
+    /// The client's DISCARD or DEALLOCATE was sent: pgbridge's statements are parsed again.
+    pub fn forget_injected(&mut self) {
+        self.injected.clear();
+        self.injected_epoch += 1;
+    }
+
+    /// The step the next result rows belong to.
+    fn step(&self) -> Option<&Step> {
+        match self.queue.front()? {
+            Expect::Query { steps, .. } => Some(steps.front().unwrap_or(&Step::Pass)),
+            Expect::Describe { step, .. } | Expect::Execute { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
+    /// Whether a reply frame of type `tag` must be looked at (decided before its body arrives).
+    pub fn wants(&self, tag: u8) -> bool {
+        match tag {
+            b'D' => !matches!(
+                self.step(),
+                None | Some(Step::Pass | Step::Tx(_) | Step::Fallback(_))
+            ),
+            b'T' | b'C' | b'I' | b'E' | b'Z' | b'1' | b'2' | b'3' | b't' | b'n' | b's' | b'S' => {
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handles one whole reply frame.
+    pub fn on_frame(&mut self, frame: &[u8]) -> Action {
+        if let Some(action) = self.on_describe_frame(frame) {
+            return action;
+        }
+        match frame[0] {
+            b'S' => {
+                if let Some((name, at)) = wire::cstr(frame, 5) {
+                    if let Some((value, _)) = wire::cstr(frame, at) {
+                        self.settings.insert(name.to_string(), value.to_string());
+                    }
+                }
+                Action::Forward
+            }
+            b'T' => self.on_row_description(frame),
+            b'D' => self.on_data_row(frame),
+            b'C' => self.on_complete(frame),
+            b'I' | b's' => self.on_complete(frame),
+            b'E' => self.on_error(),
+            b'Z' => self.on_ready(frame),
+            b'1' | b'2' | b'3' | b't' | b'n' => self.on_simple_reply(frame[0]),
+            _ => Action::Forward,
+        }
+    }
+
+    /// The secondary's replies now due, with a ReadyForQuery where pgbridge answered a Sync;
+    /// and how many ReadyForQuery they hold.
+    pub fn take_served(&mut self) -> Option<(BytesMut, usize)> {
+        let mut out: Option<BytesMut> = None;
+        let mut readies = 0;
+        while let Some(Expect::Served { .. }) = self.queue.front() {
+            let Some(Expect::Served { bytes, ready }) = self.queue.pop_front() else {
+                unreachable!()
+            };
+            let buf = out.get_or_insert_with(BytesMut::new);
+            buf.extend_from_slice(&bytes);
+            if ready {
+                buf.extend_from_slice(&wire::ready(self.status));
+                readies += 1;
+            }
+        }
+        out.map(|b| (b, readies))
+    }
+
+    /// Whether a request for a read the secondary serves would be answered in its turn right
+    /// after the replies owed now: none of them is from an earlier request batch (whose
+    /// outcome, such as a failed transaction, the read must not skip ahead of).
+    pub fn may_serve(&self) -> bool {
+        self.status != b'E' && !self.batch_error && !self.touched && !self.requests_owed()
+    }
+
+    /// Replies owed to requests that end in a ReadyForQuery.
+    fn requests_owed(&self) -> bool {
+        self.queue.iter().any(|e| {
+            matches!(
+                e,
+                Expect::Query { .. }
+                    | Expect::Sync { .. }
+                    | Expect::Call
+                    | Expect::ShapeDescribe { .. }
+                    | Expect::Served { ready: true, .. }
+            )
+        })
+    }
+
+    fn forwarded(&self) -> bool {
+        match self.queue.front() {
+            Some(Expect::Query { steps, .. }) => !matches!(
+                steps.front(),
+                Some(
+                    Step::Swallow
+                        | Step::Xid
+                        | Step::HiddenCapture(_)
+                        | Step::Commit { forward: false, .. }
+                )
+            ),
+            Some(Expect::InjectedParse { .. }) => false,
+            Some(Expect::Parse { forward })
+            | Some(Expect::Bind { forward })
+            | Some(Expect::Close { forward })
+            | Some(Expect::Describe { forward, .. })
+            | Some(Expect::Execute { forward, .. }) => *forward,
+            _ => true,
+        }
+    }
+}
