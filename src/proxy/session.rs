@@ -1,36 +1,35 @@
 //! One client session, from its first byte to its last.
 //!
-//! 1. Negotiation: SSLRequest (TLS when `[tls]` is set, else `N`), GSSENCRequest (`N`),
-//!    CancelRequest (forwarded to the right backend, then the connection closes), and finally the
-//!    StartupMessage.
-//! 2. The connection to the primary, with the client's own StartupMessage bytes: the primary
+//! 1. Negotiation ([`super::negotiate`]): TLS, cancel requests, the StartupMessage.
+//! 2. Admission: the connection limit and the drain refuse with a SQLSTATE.
+//! 3. The connection to the primary, with the client's own StartupMessage bytes: the primary
 //!    authenticates the client itself, whatever the method, through the relay.
-//! 3. The relay ([`super::relay`]) until one side stops, then an orderly end: the client gets an
+//! 4. The relay ([`super::relay`]) until one side stops, then an orderly end: the client gets an
 //!    ErrorResponse with a SQLSTATE when pgbridge is the one ending the session, and a query the
 //!    client abandoned is cancelled on the primary so that its backend is released.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::negotiate::{negotiate, write_fatal, Negotiated, CANCEL_TIMEOUT};
 use super::relay::{self, ClientLimits, End, KeyExchange, Shared};
+use super::stream::SplitStream;
 use crate::capture;
 use crate::config::MirrorMode;
-use crate::instance::Instance;
+use crate::instance::{Instance, Migration};
 use crate::net::addr::ServerStream;
-use crate::net::cancel::{send_cancel, BackendTarget, Registration};
-use crate::protocol::messages::{error_response, sqlstate, CancelKey, Severity};
+use crate::net::cancel::{send_cancel, Alongside, BackendTarget, Registration};
+use crate::protocol::messages::{sqlstate, CancelKey};
 use crate::protocol::startup::StartupPacket;
-use crate::protocol::ProtocolError;
-
-/// How long a cancel forwarded to the primary may take.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::reads::secondary::{startup_settings, SessionServer};
 
 /// Serves one accepted connection. `permit` is `None` when the connection limit was reached: the
 /// client is then refused with SQLSTATE 53300 once it has said who it is.
@@ -67,164 +66,13 @@ pub async fn serve(
     .await
 }
 
-type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
-
-enum Negotiated {
-    /// A CancelRequest was handled, or the client gave up: nothing more to do.
-    Done,
-    Plain(TcpStream, StartupPacket),
-    Tls(Box<TlsStream>, StartupPacket),
-}
-
-async fn negotiate(instance: &Instance, mut tcp: TcpStream) -> std::io::Result<Negotiated> {
-    if let Some(acceptor) = &instance.tls {
-        // PostgreSQL 17 clients with sslnegotiation=direct open with a TLS ClientHello.
-        let mut first = [0u8; 1];
-        if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE {
-            let tls = acceptor.accept(tcp).await?;
-            if tls.get_ref().1.alpn_protocol() != Some(b"postgresql") {
-                let mut tls = tls;
-                let e = ProtocolError::violation("direct TLS without ALPN \"postgresql\"");
-                return refuse(&mut tls, &e).await.map(|_| Negotiated::Done);
-            }
-            return startup_inside_tls(instance, tls).await;
-        }
-    }
-    loop {
-        let packet = match read_startup(&mut tcp).await? {
-            Ok(p) => p,
-            Err(e) => return refuse(&mut tcp, &e).await.map(|_| Negotiated::Done),
-        };
-        match packet {
-            StartupPacket::SslRequest => match &instance.tls {
-                Some(acceptor) => {
-                    tcp.write_all(b"S").await?;
-                    let tls = acceptor.accept(tcp).await?;
-                    return startup_inside_tls(instance, tls).await;
-                }
-                None => tcp.write_all(b"N").await?,
-            },
-            StartupPacket::GssEncRequest => tcp.write_all(b"N").await?,
-            StartupPacket::Cancel(key) => {
-                forward_cancel(instance, &key).await;
-                return Ok(Negotiated::Done);
-            }
-            p @ StartupPacket::Startup { .. } => return Ok(Negotiated::Plain(tcp, p)),
-        }
-    }
-}
-
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
-
-async fn startup_inside_tls(
-    instance: &Instance,
-    mut tls: TlsStream,
-) -> std::io::Result<Negotiated> {
-    match read_startup(&mut tls).await? {
-        Ok(p @ StartupPacket::Startup { .. }) => Ok(Negotiated::Tls(Box::new(tls), p)),
-        Ok(StartupPacket::Cancel(key)) => {
-            forward_cancel(instance, &key).await;
-            Ok(Negotiated::Done)
-        }
-        Ok(_) => {
-            let e = ProtocolError::violation("SSL negotiation inside TLS");
-            refuse(&mut tls, &e).await.map(|_| Negotiated::Done)
-        }
-        Err(e) => refuse(&mut tls, &e).await.map(|_| Negotiated::Done),
-    }
-}
-
-/// Reads one startup-phase packet: the outer error is I/O, the inner a malformed packet.
-async fn read_startup<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> std::io::Result<Result<StartupPacket, ProtocolError>> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await?;
-    let len = match StartupPacket::declared_len(header) {
-        Ok(len) => len,
-        Err(e) => return Ok(Err(e)),
-    };
-    let mut raw = BytesMut::zeroed(len);
-    raw[..4].copy_from_slice(&header);
-    stream.read_exact(&mut raw[4..]).await?;
-    Ok(StartupPacket::decode(raw.freeze()))
-}
-
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ProtocolError) -> std::io::Result<()> {
-    warn!(error = %e.message, sqlstate = e.sqlstate, "refused client");
-    super::metrics::get().protocol_errors.increment(1);
-    write_fatal(stream, e.sqlstate, &e.message).await
-}
-
-async fn write_fatal<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    code: &str,
-    message: &str,
-) -> std::io::Result<()> {
-    stream
-        .write_all(&error_response(Severity::Fatal, code, message))
-        .await?;
-    stream.flush().await?;
-    stream.shutdown().await
-}
-
-async fn forward_cancel(instance: &Instance, key: &CancelKey) {
-    let metrics = super::metrics::get();
-    match instance.cancels.lookup(key) {
-        Some(targets) => {
-            metrics.cancels_forwarded.increment(1);
-            for target in targets {
-                if let Err(e) = send_cancel(&target, CANCEL_TIMEOUT).await {
-                    warn!(error = %e, server = %target.addr, "could not forward a cancel request");
-                }
-            }
-        }
-        None => {
-            metrics.cancels_unknown.increment(1);
-            debug!("cancel request with an unknown key ignored");
-        }
-    }
-}
-
-/// A stream that can be split into halves the two directions own.
-pub trait SplitStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    type Read: AsyncRead + Unpin + Send;
-    type Write: AsyncWrite + Unpin + Send;
-    fn split_halves(self) -> (Self::Read, Self::Write);
-}
-
-impl SplitStream for TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-    fn split_halves(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-impl SplitStream for tokio::net::UnixStream {
-    type Read = tokio::net::unix::OwnedReadHalf;
-    type Write = tokio::net::unix::OwnedWriteHalf;
-    fn split_halves(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-impl SplitStream for TlsStream {
-    type Read = tokio::io::ReadHalf<TlsStream>;
-    type Write = tokio::io::WriteHalf<TlsStream>;
-    fn split_halves(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
-    }
-}
-
 /// The primary's cancel key of this session, and the key handed to the client for it.
 struct Keys<'a> {
     instance: &'a Instance,
     registration: Option<Registration>,
     primary: Option<BackendTarget>,
     /// The session's connection to the secondary, when it has one.
-    alongside: crate::net::cancel::Alongside,
+    alongside: Alongside,
 }
 
 impl KeyExchange for Keys<'_> {
@@ -260,25 +108,11 @@ async fn session<C: SplitStream>(
         "database",
         params.get("database").map_or("", |s| s.as_str()),
     );
+    if let Err((code, message)) = admit(instance, permit.is_some()) {
+        let _ = write_fatal(&mut client, code, &message).await;
+        return;
+    }
     let metrics = super::metrics::get();
-    if permit.is_none() {
-        metrics.refused_limit.increment(1);
-        let limit = instance.config.limits.max_client_connections;
-        warn!(limit, "refused client: connection limit reached");
-        let message =
-            format!("too many connections to pgbridge (limits.max_client_connections = {limit})");
-        let _ = write_fatal(&mut client, sqlstate::TOO_MANY_CONNECTIONS, &message).await;
-        return;
-    }
-    if instance.is_draining() {
-        let _ = write_fatal(
-            &mut client,
-            sqlstate::ADMIN_SHUTDOWN,
-            "pgbridge is shutting down",
-        )
-        .await;
-        return;
-    }
     let addr = instance.config.primary.url.server_addr();
     let primary = match addr
         .connect(instance.config.limits.connect_timeout_secs)
@@ -294,111 +128,80 @@ async fn session<C: SplitStream>(
     };
     let started = Instant::now();
     let _active = metrics.session_started();
+    let relayed = Relayed {
+        instance,
+        startup: raw,
+        params: &params,
+        id: session_id,
+    };
     let (end, keys) = match primary {
-        ServerStream::Tcp(tcp) => {
-            relay_until_end(instance, client, tcp, raw, &params, session_id).await
-        }
-        ServerStream::Unix(unix) => {
-            relay_until_end(instance, client, unix, raw, &params, session_id).await
-        }
+        ServerStream::Tcp(tcp) => relayed.run(client, tcp).await,
+        ServerStream::Unix(unix) => relayed.run(client, unix).await,
     };
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
     drop(keys);
     drop(permit);
 }
 
-/// Relays until one side stops, then ends the session as that side requires. Returns why it
-/// ended, and the session's cancel key registration (dropped by the caller).
-async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
-    instance: &'p Instance,
-    client: C,
-    primary: P,
-    startup: Bytes,
-    params: &std::collections::BTreeMap<String, String>,
-    session_id: u64,
-) -> (End, Keys<'p>) {
-    let metrics = super::metrics::get();
-    let shared = Shared::new();
-    let mut keys = Keys {
-        instance,
-        registration: None,
-        primary: None,
-        alongside: Default::default(),
-    };
-    let (mut client_r, mut client_w) = client.split_halves();
-    let (mut primary_r, mut primary_w) = primary.split_halves();
-    if primary_w.write_all(&startup).await.is_err() {
-        let _ = write_fatal(
-            &mut client_w,
-            sqlstate::CONNECTION_FAILURE,
-            "the primary closed the connection during startup",
-        )
-        .await;
-        return (End::PrimaryClosed { reported: false }, keys);
+/// Whether a client that has said who it is may have a session now: not past the connection
+/// limit (`has_permit`), not while pgbridge drains.
+fn admit(instance: &Instance, has_permit: bool) -> Result<(), (&'static str, String)> {
+    if !has_permit {
+        super::metrics::get().refused_limit.increment(1);
+        let limit = instance.config.limits.max_client_connections;
+        warn!(limit, "refused client: connection limit reached");
+        let message =
+            format!("too many connections to pgbridge (limits.max_client_connections = {limit})");
+        return Err((sqlstate::TOO_MANY_CONNECTIONS, message));
     }
-    let limits = ClientLimits {
-        max_message_bytes: instance.config.limits.max_message_bytes,
-    };
-    let migration = instance.migration.as_ref();
-    let mirror = migration.and_then(|m| m.mirror.as_ref());
-    let capture_shared = capture::Shared::new(
-        mirror.map(|m| m.journal.clone()),
-        mirror.is_some_and(|m| m.mode == MirrorMode::Sync),
-    )
-    .with_shadow(migration.and_then(|m| m.shadow.clone()), session_id);
-    let mut driver = migration.map(|m| {
-        let driver = capture::Driver::new(
-            &capture_shared,
-            &m.analyzer,
-            mirror.map(|m| &m.journal),
-            &m.recorder,
-            session_id,
-        )
-        .with_routing(&m.reads, &m.shared);
-        match &m.serve {
-            Some(opts) => driver.with_serving(
-                crate::reads::secondary::SessionServer::new(
-                    opts.clone(),
-                    crate::reads::secondary::startup_settings(params.iter()),
-                    keys.alongside.clone(),
-                ),
-                mirror.map(|m| &m.applier),
-                params.get("user").cloned().unwrap_or_default(),
-            ),
-            None => driver,
+    if instance.is_draining() {
+        let message = "pgbridge is shutting down".to_string();
+        return Err((sqlstate::ADMIN_SHUTDOWN, message));
+    }
+    Ok(())
+}
+
+/// A session admitted and connected to the primary.
+struct Relayed<'p> {
+    instance: &'p Instance,
+    /// The client's StartupMessage, as it sent it.
+    startup: Bytes,
+    params: &'p BTreeMap<String, String>,
+    id: u64,
+}
+
+impl<'p> Relayed<'p> {
+    /// Relays until one side stops, then ends the session as that side requires. Returns why it
+    /// ended, and the session's cancel key registration (dropped by the caller).
+    async fn run<C: SplitStream, P: SplitStream>(&self, client: C, primary: P) -> (End, Keys<'p>) {
+        let shared = Shared::new();
+        let mut keys = Keys {
+            instance: self.instance,
+            registration: None,
+            primary: None,
+            alongside: Alongside::default(),
+        };
+        let (mut client_r, mut client_w) = client.split_halves();
+        let (mut primary_r, mut primary_w) = primary.split_halves();
+        if primary_w.write_all(&self.startup).await.is_err() {
+            let message = "the primary closed the connection during startup";
+            let _ = write_fatal(&mut client_w, sqlstate::CONNECTION_FAILURE, message).await;
+            return (End::PrimaryClosed { reported: false }, keys);
         }
-    });
-    let capture_ctx = migration.map(|m| capture::Replies {
-        shared: &capture_shared,
-        recorder: &m.recorder,
-        applier: mirror.map(|m| &m.applier),
-        sync_timeout: mirror.map_or(Duration::ZERO, |m| m.sync_timeout),
-        session: session_id,
-    });
-    let end = {
+        let migration = self.instance.migration.as_ref();
+        let state = migration.map(|m| capture_state(m, self.id));
+        let parts = migration.zip(state.as_ref());
+        let mut driver = parts.map(|(m, s)| self.driver(m, s, keys.alongside.clone()));
+        let replies = parts.map(|(m, s)| replies(m, s, self.id));
+        let metrics = super::metrics::get();
+        let limits = ClientLimits {
+            max_message_bytes: self.instance.config.limits.max_message_bytes,
+        };
         let up = async {
+            let (r, w, b) = (&mut client_r, &mut primary_w, &metrics.bytes_to_primary);
             match driver.as_mut() {
-                Some(d) => {
-                    relay::client_to_primary_capturing(
-                        &mut client_r,
-                        &mut primary_w,
-                        &shared,
-                        &limits,
-                        &metrics.bytes_to_primary,
-                        d,
-                    )
-                    .await
-                }
-                None => {
-                    relay::client_to_primary(
-                        &mut client_r,
-                        &mut primary_w,
-                        &shared,
-                        &limits,
-                        &metrics.bytes_to_primary,
-                    )
-                    .await
-                }
+                Some(d) => relay::client_to_primary_capturing(r, w, &shared, &limits, b, d).await,
+                None => relay::client_to_primary(r, w, &shared, &limits, b).await,
             }
         };
         let down = relay::primary_to_client(
@@ -407,31 +210,91 @@ async fn relay_until_end<'p, C: SplitStream, P: SplitStream>(
             &shared,
             &mut keys,
             &metrics.bytes_to_client,
-            capture_ctx.as_ref(),
+            replies.as_ref(),
         );
-        tokio::pin!(up, down);
-        let mut drain = instance.drain_signal();
-        let mut draining = false;
-        let mut deadline = None;
-        loop {
-            tokio::select! {
-                end = &mut up => break end,
-                end = &mut down => break end,
-                _ = drain.wait_for(|d| *d), if !draining => {
-                    draining = true;
-                    shared.start_draining();
-                    deadline = Some(tokio::time::Instant::now() + instance.config.limits.shutdown_timeout_secs);
-                    if shared.is_idle() && shared.established() {
-                        break End::Drained;
-                    }
+        let end = until_end(self.instance, &shared, up, down).await;
+        drop(driver);
+        finish(&end, &shared, &keys, &mut client_w, &mut primary_w).await;
+        (end, keys)
+    }
+
+    /// The capture's request side of this session, serving reads on the secondary when one is
+    /// configured.
+    fn driver<'a>(
+        &self,
+        m: &'a Migration,
+        state: &'a capture::Shared,
+        alongside: Alongside,
+    ) -> capture::Driver<'a> {
+        let mirror = m.mirror.as_ref();
+        let driver = capture::Driver::new(
+            state,
+            &m.analyzer,
+            mirror.map(|m| &m.journal),
+            &m.recorder,
+            self.id,
+        )
+        .with_routing(&m.reads, &m.shared);
+        let Some(opts) = &m.serve else {
+            return driver;
+        };
+        let server = SessionServer::new(
+            opts.clone(),
+            startup_settings(self.params.iter()),
+            alongside,
+        );
+        let user = self.params.get("user").cloned().unwrap_or_default();
+        driver.with_serving(server, mirror.map(|m| &m.applier), user)
+    }
+}
+
+/// The capture state a session's two directions share.
+fn capture_state(m: &Migration, session: u64) -> capture::Shared {
+    let mirror = m.mirror.as_ref();
+    capture::Shared::new(
+        mirror.map(|m| m.journal.clone()),
+        mirror.is_some_and(|m| m.mode == MirrorMode::Sync),
+    )
+    .with_shadow(m.shadow.clone(), session)
+}
+
+/// The capture's reply side of a session.
+fn replies<'a>(m: &'a Migration, state: &'a capture::Shared, session: u64) -> capture::Replies<'a> {
+    let mirror = m.mirror.as_ref();
+    capture::Replies {
+        shared: state,
+        recorder: &m.recorder,
+        applier: mirror.map(|m| &m.applier),
+        sync_timeout: mirror.map_or(Duration::ZERO, |m| m.sync_timeout),
+        session,
+    }
+}
+
+/// Runs both directions until one ends; once pgbridge drains, the session ends at its next
+/// idle point, or when `limits.shutdown_timeout_secs` runs out.
+async fn until_end(
+    instance: &Instance,
+    shared: &Shared,
+    up: impl std::future::Future<Output = End>,
+    down: impl std::future::Future<Output = End>,
+) -> End {
+    tokio::pin!(up, down);
+    let mut drain = instance.drain_signal();
+    let mut deadline = None;
+    loop {
+        tokio::select! {
+            end = &mut up => return end,
+            end = &mut down => return end,
+            _ = drain.wait_for(|d| *d), if deadline.is_none() => {
+                shared.start_draining();
+                deadline = Some(tokio::time::Instant::now() + instance.config.limits.shutdown_timeout_secs);
+                if shared.is_idle() && shared.established() {
+                    return End::Drained;
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => break End::Drained,
             }
+            _ = sleep_until(deadline), if deadline.is_some() => return End::Drained,
         }
-    };
-    drop(driver);
-    finish(&end, &shared, &keys, &mut client_w, &mut primary_w).await;
-    (end, keys)
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -452,7 +315,27 @@ async fn finish<CW, PW>(
     CW: AsyncWrite + Unpin,
     PW: AsyncWrite + Unpin,
 {
-    let to_client = match end {
+    if let Some((code, message)) = farewell(end) {
+        if shared.client_at_boundary() {
+            let _ = write_fatal(client, code, &message).await;
+        }
+    }
+    let _ = client.shutdown().await;
+    // A query still running for a client that is gone is cancelled, so that its backend is
+    // released now rather than when the query ends.
+    if shared.busy() && !matches!(end, End::PrimaryClosed { .. }) {
+        if let Some(target) = &keys.primary {
+            debug!("cancelling the query of a session that ended");
+            let _ = send_cancel(target, CANCEL_TIMEOUT).await;
+        }
+    }
+    let _ = primary.shutdown().await;
+}
+
+/// What the client is told when pgbridge ends its session (nothing when the client ended it,
+/// or the primary already said why).
+fn farewell(end: &End) -> Option<(&'static str, String)> {
+    match end {
         End::ClientClosed | End::ClientTerminated => None,
         End::ClientProtocol(e) => {
             super::metrics::get().protocol_errors.increment(1);
@@ -472,20 +355,5 @@ async fn finish<CW, PW>(
             sqlstate::ADMIN_SHUTDOWN,
             "pgbridge is shutting down".to_string(),
         )),
-    };
-    if let Some((code, message)) = to_client {
-        if shared.client_at_boundary() {
-            let _ = write_fatal(client, code, &message).await;
-        }
     }
-    let _ = client.shutdown().await;
-    // A query still running for a client that is gone is cancelled, so that its backend is
-    // released now rather than when the query ends.
-    if shared.busy() && !matches!(end, End::PrimaryClosed { .. }) {
-        if let Some(target) = &keys.primary {
-            debug!("cancelling the query of a session that ended");
-            let _ = send_cancel(target, CANCEL_TIMEOUT).await;
-        }
-    }
-    let _ = primary.shutdown().await;
 }
