@@ -15,31 +15,24 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
     if fields.len() != values.len() || values.len() < capture.extra {
         return None;
     }
-    let first = values.len() - capture.extra;
-    let value = |i: usize| Value {
-        type_oid: fields[i].type_oid,
-        format: fields[i].format as u8,
-        bytes: values[i].map(Bytes::copy_from_slice),
+    let mut columns = Columns {
+        fields,
+        values,
+        at: values.len() - capture.extra,
     };
-    let mut at = first;
-    let mut row = Row::with_capacity(capture.columns.len());
-    for column in &capture.columns {
-        row = row.with(column, value(at));
-        at += 1;
-    }
-    let in_filter = if capture.in_filter {
-        let v = boolean(fields[at], values[at]);
-        at += 1;
-        Some(v)
-    } else {
-        None
-    };
-    let mut old_key = Row::with_capacity(capture.old_key.len());
-    for column in &capture.old_key {
-        old_key = old_key.with(column, value(at));
-        at += 1;
-    }
-    let op = match capture.op {
+    let row = columns.row(&capture.columns);
+    let in_filter = capture.in_filter.then(|| columns.next_boolean());
+    let old_key = columns.row(&capture.old_key);
+    Some(Change {
+        table: capture.table.clone(),
+        op: op(capture, row, old_key, in_filter),
+    })
+}
+
+/// What the captured row says happened: the row image as a delete, an update of its key, or
+/// an upsert with the statement's effect.
+fn op(capture: &Capture, row: Row, old_key: Row, in_filter: Option<bool>) -> ChangeOp {
+    match capture.op {
         WriteOp::Delete => ChangeOp::Delete {
             key: row,
             in_filter,
@@ -59,11 +52,40 @@ pub fn change(capture: &Capture, fields: &[FieldInfo], values: &[Option<&[u8]>])
                 _ => None,
             },
         },
-    };
-    Some(Change {
-        table: capture.table.clone(),
-        op,
-    })
+    }
+}
+
+/// The capture's columns of one DataRow, read in order from `at`.
+struct Columns<'a> {
+    fields: &'a [FieldInfo],
+    values: &'a [Option<&'a [u8]>],
+    at: usize,
+}
+
+impl Columns<'_> {
+    /// The next `names.len()` columns as a row of those names.
+    fn row(&mut self, names: &[String]) -> Row {
+        let mut row = Row::with_capacity(names.len());
+        for name in names {
+            row = row.with(name, self.value(self.at));
+            self.at += 1;
+        }
+        row
+    }
+
+    fn next_boolean(&mut self) -> bool {
+        let v = boolean(self.fields[self.at], self.values[self.at]);
+        self.at += 1;
+        v
+    }
+
+    fn value(&self, i: usize) -> Value {
+        Value {
+            type_oid: self.fields[i].type_oid,
+            format: self.fields[i].format as u8,
+            bytes: self.values[i].map(Bytes::copy_from_slice),
+        }
+    }
 }
 
 /// The transaction id a captured DataRow carries last (an xid8, text or binary); `None` when

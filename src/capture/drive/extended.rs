@@ -14,7 +14,7 @@ use super::{rolled_back, single_step, Driver, REFUSED};
 use crate::mirror::{Row, Value};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::wire;
-use crate::sql::{injected, TxControl};
+use crate::sql::{injected, Analysis, TxControl};
 
 /// Bound parameters as a replayable row: the declared type (0 when the client left it to the
 /// server) and the client's format.
@@ -45,7 +45,7 @@ impl<'a> Driver<'a> {
         let bytes = if analysis.is_unrelated() {
             None
         } else {
-            self.steps(&analysis);
+            self.report_unmirrored_writes(&analysis);
             analysis
                 .capture_sql
                 .as_deref()
@@ -118,26 +118,49 @@ impl<'a> Driver<'a> {
         self.pass(frame);
     }
 
-    /// `described`: the portal of the client's Describe sent just before this Execute.
+    /// The client's Execute. `described`: the portal of the client's Describe sent just
+    /// before it.
     pub(super) async fn execute<W: AsyncWrite + Unpin>(
         &mut self,
         frame: &[u8],
         described: Option<&str>,
         primary: &mut W,
     ) -> std::io::Result<()> {
-        let analysis = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
+        let portal = wire::execute_portal(frame);
+        let analysis = portal.and_then(|p| self.portals.get(p).cloned());
         if let Some(a) = &analysis {
             self.forget_injected(a);
         }
-        let mut step = analysis.as_ref().map_or(Step::Pass, |a| single_step(a));
+        let step = self.execute_step(analysis.as_deref(), portal);
+        match &step {
+            Step::Tx(TxControl::Begin) => self.began = true,
+            // Changes may still be on their way (an Execute earlier in this batch).
+            Step::Tx(TxControl::Commit) if self.xid_asked || !self.shared.lock().txn.is_empty() => {
+                return self.execute_commit(frame, primary).await;
+            }
+            Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. } => {
+                self.begin_if_outside(primary).await?;
+                if matches!(step, Step::Capture(_)) && portal.is_some() && portal != described {
+                    // The types of the captured columns, for the journal (unless the client's
+                    // own Describe of this portal, answered just before the rows, gave them).
+                    self.describe_captured(portal.unwrap_or_default(), &step);
+                }
+            }
+            _ => {}
+        }
+        self.send_execute(frame, step)
+    }
+
+    /// The step of a portal's Execute: its statement's plan, with the bound parameters of a
+    /// replayed write; a read flagged `shadow`; or the record of a read the secondary failed.
+    fn execute_step(&mut self, analysis: Option<&Analysis>, portal: Option<&str>) -> Step {
+        let mut step = analysis.map_or(Step::Pass, single_step);
         if let Step::Statement { params, .. } = &mut step {
-            if let Some(bound) = wire::execute_portal(frame).and_then(|p| self.portal_params.get(p))
-            {
+            if let Some(bound) = portal.and_then(|p| self.portal_params.get(p)) {
                 *params = bound.clone();
             }
         }
-        if let (Step::Pass, Some(a), Some(portal)) = (&step, &analysis, wire::execute_portal(frame))
-        {
+        if let (Step::Pass, Some(a), Some(portal)) = (&step, analysis, portal) {
             if let Some(shadow) = self.portal_shadow(a, portal) {
                 // The answer's types and formats, for the comparison.
                 self.expect(Expect::Describe {
@@ -151,40 +174,35 @@ impl<'a> Driver<'a> {
         if let (Step::Pass, Some(d)) = (&step, self.take_fallback()) {
             step = Step::Fallback(Arc::new(d));
         }
-        match &step {
-            Step::Tx(TxControl::Begin) => self.began = true,
-            // Changes may still be on their way (an Execute earlier in this batch).
-            Step::Tx(TxControl::Commit) if self.xid_asked || !self.shared.lock().txn.is_empty() => {
-                return self.execute_commit(frame, primary).await;
-            }
-            Step::Capture(_) | Step::Truncate(_) | Step::Statement { .. } => {
-                if !self.began && !self.wrapped {
-                    if self.settled_status().is_none() {
-                        self.drain_extended(primary).await?;
-                    }
-                    if self.shared.lock().status == b'I' {
-                        self.inject("pgbridge_begin", injected::BEGIN, Step::Swallow, false);
-                        self.wrapped = true;
-                    }
-                }
-                let portal = wire::execute_portal(frame);
-                if let (Step::Capture(_), Some(p)) = (&step, portal) {
-                    if described == Some(p) {
-                        // The client's own Describe of this portal, answered just before the
-                        // rows, gave the captured columns' types already.
-                        return self.send_execute(frame, step);
-                    }
-                    // The types of the captured columns, for the journal.
-                    self.expect(Expect::Describe {
-                        step: step.clone(),
-                        forward: false,
-                    });
-                    self.out.extend_from_slice(&wire::describe_portal(p));
-                }
-            }
-            _ => {}
+        step
+    }
+
+    /// A change outside a transaction runs inside one pgbridge begins (and commits at Sync).
+    async fn begin_if_outside<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        if self.began || self.wrapped {
+            return Ok(());
         }
-        self.send_execute(frame, step)
+        if self.settled_status().is_none() {
+            self.drain_extended(primary).await?;
+        }
+        if self.shared.lock().status == b'I' {
+            self.inject("pgbridge_begin", injected::BEGIN, Step::Swallow, false);
+            self.wrapped = true;
+        }
+        Ok(())
+    }
+
+    /// pgbridge's Describe of the portal a captured write runs in: its RowDescription gives the
+    /// captured columns' types (the client never sees it).
+    fn describe_captured(&mut self, portal: &str, step: &Step) {
+        self.expect(Expect::Describe {
+            step: step.clone(),
+            forward: false,
+        });
+        self.out.extend_from_slice(&wire::describe_portal(portal));
     }
 
     /// Sends the client's Execute, and asks for the transaction's id behind its first change.
@@ -270,6 +288,8 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
+    /// The client's Sync: the end of a batch, where pgbridge commits a transaction it began
+    /// (once the changes are journaled), or rolls it back after an error.
     pub(super) async fn sync<W: AsyncWrite + Unpin>(
         &mut self,
         frame: &[u8],
@@ -282,34 +302,34 @@ impl<'a> Driver<'a> {
             return Ok(());
         }
         self.drain_extended(primary).await?;
-        let failed = self.shared.lock().batch_error;
-        if !failed {
-            match self.extended_intent(primary).await? {
-                Ok(id) => self.inject(
-                    "pgbridge_commit",
-                    injected::COMMIT,
-                    Step::Commit { id, forward: false },
-                    false,
-                ),
-                Err(message) => {
-                    self.shared.lock().before_ready.push(error_response(
-                        Severity::Error,
-                        REFUSED,
-                        &rolled_back(&message),
-                    ));
-                    self.inject(
-                        "pgbridge_rollback",
-                        injected::ROLLBACK,
-                        Step::Swallow,
-                        false,
-                    );
-                }
-            }
-            self.expect(Expect::Sync { hold: false });
-            self.pass(frame);
-            return Ok(());
+        if self.shared.lock().batch_error {
+            return self.end_failed_batch(frame, primary).await;
         }
-        // The batch failed inside pgbridge's transaction: end it as the implicit one would.
+        match self.extended_intent(primary).await? {
+            Ok(id) => self.inject(
+                "pgbridge_commit",
+                injected::COMMIT,
+                Step::Commit { id, forward: false },
+                false,
+            ),
+            Err(message) => {
+                let refusal = error_response(Severity::Error, REFUSED, &rolled_back(&message));
+                self.shared.lock().before_ready.push(refusal);
+                let rollback = injected::ROLLBACK;
+                self.inject("pgbridge_rollback", rollback, Step::Swallow, false);
+            }
+        }
+        self.expect(Expect::Sync { hold: false });
+        self.pass(frame);
+        Ok(())
+    }
+
+    /// The batch failed inside pgbridge's transaction: end it as the implicit one would.
+    async fn end_failed_batch<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
         self.expect(Expect::Sync { hold: true });
         self.pass(frame);
         self.drain(primary).await?;

@@ -157,33 +157,10 @@ impl<'a> Driver<'a> {
         }
         match frame[0] {
             b'Q' => self.query(frame, primary).await,
-            b'P' => {
-                self.parse(frame);
-                Ok(())
-            }
-            b'B' => {
-                self.bind(frame);
-                Ok(())
-            }
-            b'D' => {
-                self.describe(frame);
-                Ok(())
-            }
             b'E' => {
                 // A held Bind and Describe released by the serving side just now count too.
                 let described = self.described_portal.take().or(described);
                 self.execute(frame, described.as_deref(), primary).await
-            }
-            b'C' => {
-                if let Some((kind, name)) = wire::target(frame) {
-                    match kind {
-                        b'S' => self.statements.remove(name),
-                        _ => self.portals.remove(name),
-                    };
-                }
-                self.expect(Expect::Close { forward: true });
-                self.pass(frame);
-                Ok(())
             }
             b'S' => {
                 let done = self.sync(frame, primary).await;
@@ -191,16 +168,38 @@ impl<'a> Driver<'a> {
                 self.injected_parsed.clear();
                 done
             }
-            b'F' => {
-                self.expect(Expect::Call);
-                self.pass(frame);
-                Ok(())
-            }
             _ => {
-                self.pass(frame);
+                self.handle_unanswered(frame);
                 Ok(())
             }
         }
+    }
+
+    /// The request frames that need no reply from the primary before going on.
+    fn handle_unanswered(&mut self, frame: &[u8]) {
+        match frame[0] {
+            b'P' => self.parse(frame),
+            b'B' => self.bind(frame),
+            b'D' => self.describe(frame),
+            b'C' => self.close(frame),
+            b'F' => {
+                self.expect(Expect::Call);
+                self.pass(frame);
+            }
+            _ => self.pass(frame),
+        }
+    }
+
+    /// The client's Close of a statement or portal.
+    fn close(&mut self, frame: &[u8]) {
+        if let Some((kind, name)) = wire::target(frame) {
+            match kind {
+                b'S' => self.statements.remove(name),
+                _ => self.portals.remove(name),
+            };
+        }
+        self.expect(Expect::Close { forward: true });
+        self.pass(frame);
     }
 
     fn lookup(&self, kind: u8, name: &str) -> Option<Arc<Analysis>> {
@@ -238,16 +237,23 @@ impl<'a> Driver<'a> {
         Ok(self.shared.lock().held.take().unwrap_or(b'E'))
     }
 
-    /// The steps of a Query's statements; reports each write that is not mirrored.
+    /// The steps that carry out a Query's statements.
     fn steps(&self, analysis: &Analysis) -> Vec<Step> {
-        let mut steps = Vec::with_capacity(analysis.statements.len());
+        analysis
+            .statements
+            .iter()
+            .map(|s| step_of(&s.plan))
+            .collect()
+    }
+
+    /// Records every statement of a client's text that writes a migrated table without being
+    /// mirrored (once per Query or Parse).
+    fn report_unmirrored_writes(&self, analysis: &Analysis) {
         for s in &analysis.statements {
             if let Some(reason) = s.plan.unmirrored() {
                 self.report_unmirrored(s, analysis, reason.to_string());
             }
-            steps.push(step_of(&s.plan));
         }
-        steps
     }
 
     fn report_unmirrored(&self, s: &StatementInfo, analysis: &Analysis, reason: String) {

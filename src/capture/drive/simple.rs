@@ -13,9 +13,35 @@ use super::super::expect::{Expect, Step};
 use super::journal::Journaled;
 use super::Driver;
 use crate::protocol::wire;
-use crate::sql::{injected, Mirror};
+use crate::sql::{injected, Analysis, Mirror, QueryPlan};
+
+/// What becomes of a Query that leaves no changes.
+enum ReadSteps {
+    /// The secondary answered it: nothing goes to the primary.
+    Served,
+    /// It goes to the primary, with these steps.
+    Send(Vec<Step>),
+}
+
+impl ReadSteps {
+    fn or_served(self) -> Option<Vec<Step>> {
+        match self {
+            ReadSteps::Served => None,
+            ReadSteps::Send(steps) => Some(steps),
+        }
+    }
+}
+
+/// A Query whose steps are already decided (it leaves changes) goes to the primary as they are.
+impl From<Vec<Step>> for ReadSteps {
+    fn from(steps: Vec<Step>) -> Self {
+        ReadSteps::Send(steps)
+    }
+}
 
 impl<'a> Driver<'a> {
+    /// A client's Query: its text's plan carried out, or relayed as it is when the text
+    /// touches no migrated table.
     pub(super) async fn query<W: AsyncWrite + Unpin>(
         &mut self,
         frame: &[u8],
@@ -26,68 +52,114 @@ impl<'a> Driver<'a> {
         self.portals.remove("");
         let Some(text) = wire::query_text(frame) else {
             self.touch(None);
-            self.expect(Expect::Query {
-                steps: VecDeque::new(),
-                hold: false,
-            });
-            self.pass(frame);
+            self.pass_query(frame);
             return Ok(());
         };
         let analysis = self.analyzer.analyze(text);
         self.forget_injected(&analysis);
         self.touch(Some(&analysis));
         if analysis.is_unrelated() {
-            self.expect(Expect::Query {
-                steps: VecDeque::new(),
-                hold: false,
-            });
-            self.pass(frame);
+            self.pass_query(frame);
             return Ok(());
         }
-        if let [s] = analysis.statements.as_slice() {
-            if let Mirror::CopyFrom { table, name, .. } = &s.plan.mirror {
-                let text = text.to_string();
-                return self.copy(&text, name.clone(), table, primary).await;
-            }
+        if !matches!(analysis.statements.as_slice(), [s] if matches!(s.plan.mirror, Mirror::CopyFrom { .. }))
+        {
+            self.report_unmirrored_writes(&analysis);
         }
         let plan = analysis.query_plan();
-        let steps = self.steps(&analysis);
-        let pending = !self.shared.lock().txn.is_empty();
-        if let Some(k) = plan
-            .commit_at
-            .filter(|&k| pending || analysis.changes_before(k))
-        {
-            let start = analysis.statements[k].text.start;
-            let text = text.to_string();
-            return self.commit_split(&text, start, primary).await;
+        if self.run_changes(&analysis, &plan, text, primary).await? {
+            return Ok(());
         }
-        if plan.changes && !plan.begins && !plan.other_tx {
-            self.drain(primary).await?;
-            if self.shared.lock().status == b'I' {
-                let sql = analysis.capture_sql.as_deref().unwrap_or(text).to_string();
-                return self.autocommit(&sql, steps, plan.needs_xid, primary).await;
-            }
-        }
-        let mut steps = steps;
         if self.serving.is_some() {
             self.follow_settings(&analysis, text);
-            if !plan.changes {
-                match self.serve_query(&analysis, text).await {
-                    Ok(()) => return Ok(()),
-                    Err(Some(d)) => steps = vec![Step::Fallback(Arc::new(d))],
-                    Err(None) => {}
-                }
+        }
+        let steps = match plan.changes {
+            true => ReadSteps::from(self.steps(&analysis)),
+            false => self.read_steps(&analysis, text).await,
+        };
+        if let Some(steps) = steps.or_served() {
+            self.send_query(frame, &analysis, steps, plan.needs_xid);
+        }
+        Ok(())
+    }
+
+    /// A Query relayed as the client sent it.
+    fn pass_query(&mut self, frame: &[u8]) {
+        self.expect(Expect::Query {
+            steps: VecDeque::new(),
+            hold: false,
+        });
+        self.pass(frame);
+    }
+
+    /// The Queries whose changes take more than their own text: a COPY into a migrated table, a
+    /// COMMIT after changes (journaled first), a write outside a transaction (run in one
+    /// pgbridge commits). Returns whether `analysis` was one of them, and handled.
+    async fn run_changes<W: AsyncWrite + Unpin>(
+        &mut self,
+        analysis: &Analysis,
+        plan: &QueryPlan,
+        text: &str,
+        primary: &mut W,
+    ) -> std::io::Result<bool> {
+        if let [s] = analysis.statements.as_slice() {
+            if let Mirror::CopyFrom { table, name, .. } = &s.plan.mirror {
+                self.copy(text, name.clone(), table, primary).await?;
+                return Ok(true);
             }
         }
-        if !plan.changes {
-            if let Some(step) = self.shadow_step(&analysis, text) {
-                steps = vec![step];
+        let pending = !self.shared.lock().txn.is_empty();
+        let commit = plan
+            .commit_at
+            .filter(|&k| pending || analysis.changes_before(k));
+        if let Some(k) = commit {
+            let start = analysis.statements[k].text.start;
+            self.commit_split(text, start, primary).await?;
+            return Ok(true);
+        }
+        if !plan.changes || plan.begins || plan.other_tx {
+            return Ok(false);
+        }
+        self.drain(primary).await?;
+        if self.shared.lock().status != b'I' {
+            return Ok(false);
+        }
+        let sql = analysis.capture_sql.as_deref().unwrap_or(text);
+        let steps = self.steps(analysis);
+        self.autocommit(sql, steps, plan.needs_xid, primary).await?;
+        Ok(true)
+    }
+
+    /// The steps of a Query that leaves no changes: served by the secondary when the router
+    /// says so (nothing more to send), or its read shadowed, or its statements' own steps.
+    async fn read_steps(&mut self, analysis: &Analysis, text: &str) -> ReadSteps {
+        let mut steps = self.steps(analysis);
+        if self.serving.is_some() {
+            match self.serve_query(analysis, text).await {
+                Ok(()) => return ReadSteps::Served,
+                Err(Some(d)) => steps = vec![Step::Fallback(Arc::new(d))],
+                Err(None) => {}
             }
         }
+        if let Some(step) = self.shadow_step(analysis, text) {
+            steps = vec![step];
+        }
+        ReadSteps::Send(steps)
+    }
+
+    /// Sends the Query to the primary: the capture rewrite when a statement is captured, the
+    /// client's bytes otherwise.
+    fn send_query(
+        &mut self,
+        frame: &[u8],
+        analysis: &Analysis,
+        mut steps: Vec<Step>,
+        needs_xid: bool,
+    ) {
         let bytes = match &analysis.capture_sql {
             // The transaction's id comes back with its first captured statement, in the same
             // message, so that the COMMIT needs no round trip of its own to learn it.
-            Some(sql) if plan.needs_xid && self.shared.lock().xid.is_none() => {
+            Some(sql) if needs_xid && self.shared.lock().xid.is_none() => {
                 steps.push(Step::Xid);
                 wire::query(&injected::with_xid(sql))
             }
@@ -99,7 +171,6 @@ impl<'a> Driver<'a> {
             hold: false,
         });
         self.out.extend_from_slice(&bytes);
-        Ok(())
     }
 
     /// The Query's statements before `start` run first (their reply held), then the changes are
@@ -227,15 +298,7 @@ impl<'a> Driver<'a> {
             analysis.capture_sql.clone(),
             analysis.statements.first().and_then(|s| s.capture.clone()),
         ) else {
-            let reason = "COPY into a migrated table cannot be captured".to_string();
-            if let Some(s) = analysis.statements.first() {
-                self.report_unmirrored(s, &analysis, reason);
-            }
-            self.expect(Expect::Query {
-                steps: VecDeque::new(),
-                hold: false,
-            });
-            self.out.extend_from_slice(&wire::query(text));
+            self.copy_uncaptured(&analysis, text);
             return Ok(());
         };
         let mut sql = injected::copy_via_temp(text, table_at, table, &temp, &capture_sql);
@@ -252,5 +315,18 @@ impl<'a> Driver<'a> {
         self.pending_autocommit = autocommit;
         self.out.extend_from_slice(&wire::query(&sql));
         Ok(())
+    }
+
+    /// A COPY whose rows cannot be captured goes to the primary as it is, and is recorded.
+    fn copy_uncaptured(&mut self, insert: &Analysis, text: &str) {
+        let reason = "COPY into a migrated table cannot be captured".to_string();
+        if let Some(s) = insert.statements.first() {
+            self.report_unmirrored(s, insert, reason);
+        }
+        self.expect(Expect::Query {
+            steps: VecDeque::new(),
+            hold: false,
+        });
+        self.out.extend_from_slice(&wire::query(text));
     }
 }

@@ -106,6 +106,8 @@ impl Tracker {
         Action::Forward
     }
 
+    /// ReadyForQuery: the request it ends is done, and with it, when the session is idle
+    /// again, a transaction pgbridge did not journal.
     pub(super) fn on_ready(&mut self, frame: &[u8]) -> Action {
         let status = frame.get(5).copied().unwrap_or(b'I');
         self.status = status;
@@ -121,19 +123,7 @@ impl Tracker {
                 answer,
                 row,
                 failed: false,
-            }) => {
-                let mut out = BytesMut::new();
-                if let Some(row) = &row {
-                    out.extend_from_slice(row);
-                }
-                out.extend_from_slice(&answer);
-                out.extend_from_slice(frame);
-                if self.shapes.len() >= SHAPES_KEPT {
-                    self.shapes.clear();
-                }
-                self.shapes.insert(shape, row);
-                return Action::Replace(out.freeze());
-            }
+            }) => return self.served_after_description(frame, shape, &answer, row),
             _ => false,
         };
         if status == b'I' && !hold {
@@ -146,6 +136,35 @@ impl Tracker {
             self.held = Some(status);
             return Action::Drop;
         }
+        self.release_ready(frame)
+    }
+
+    /// A simple-protocol read the secondary served: its rows behind the primary's row
+    /// description of the text, before the primary's ReadyForQuery; the description is kept
+    /// for the query's shape.
+    fn served_after_description(
+        &mut self,
+        ready: &[u8],
+        shape: String,
+        answer: &[u8],
+        row: Option<Bytes>,
+    ) -> Action {
+        let mut out = BytesMut::new();
+        if let Some(row) = &row {
+            out.extend_from_slice(row);
+        }
+        out.extend_from_slice(answer);
+        out.extend_from_slice(ready);
+        if self.shapes.len() >= SHAPES_KEPT {
+            self.shapes.clear();
+        }
+        self.shapes.insert(shape, row);
+        Action::Replace(out.freeze())
+    }
+
+    /// The client's ReadyForQuery, after pgbridge's own messages for it, or once the applier
+    /// applied the transaction it ends (sync mode).
+    fn release_ready(&mut self, frame: &[u8]) -> Action {
         let committed = self.committed.take().filter(|_| self.sync);
         if !self.before_ready.is_empty() {
             let mut out = self.before_ready.concat();

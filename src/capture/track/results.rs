@@ -12,7 +12,7 @@ use crate::mirror::{Change, ChangeOp};
 use crate::protocol::wire;
 use crate::reads::shadow::ShadowJob;
 use crate::reads::MAX_COMPARED_BYTES;
-use crate::sql::TxControl;
+use crate::sql::{Capture, TxControl};
 
 impl Tracker {
     pub(super) fn on_row_description(&mut self, frame: &[u8]) -> Action {
@@ -54,20 +54,7 @@ impl Tracker {
             return Action::Forward;
         };
         match step {
-            Step::Capture(c) | Step::HiddenCapture(c) => {
-                let values = wire::row_values(frame).unwrap_or_default();
-                if let Some(change) = rows::change(&c, &self.fields, &values) {
-                    self.pending.push(change);
-                }
-                if self.xid.is_none() {
-                    self.xid = rows::xid(&self.fields, &values);
-                }
-                if !c.client_returning || !self.forwarded() {
-                    return Action::Drop;
-                }
-                let keep = values.len().saturating_sub(c.extra);
-                wire::truncate_data_row(frame, keep).map_or(Action::Forward, Action::Replace)
-            }
+            Step::Capture(c) | Step::HiddenCapture(c) => self.captured_row(frame, &c),
             Step::Xid => {
                 let values = wire::row_values(frame).unwrap_or_default();
                 self.xid = values
@@ -80,27 +67,45 @@ impl Tracker {
             }
             Step::Swallow => Action::Drop,
             Step::Shadow(plan) => {
-                self.shadow_bytes += frame.len();
-                if self.shadow_bytes > MAX_COMPARED_BYTES {
-                    // Too large to keep for a comparison: served as always, not compared.
-                    if self.shadow_result.take().is_some() {
-                        metrics::counter!("pgbridge_shadow_reads_total",
-                            "table" => plan.table.clone(), "result" => "too_large")
-                        .increment(1);
-                    }
-                }
-                if let Some(result) = &mut self.shadow_result {
-                    let values = wire::row_values(frame).unwrap_or_default();
-                    result.rows.push(
-                        values
-                            .iter()
-                            .map(|v| v.map(Bytes::copy_from_slice))
-                            .collect(),
-                    );
-                }
+                self.shadow_row(frame, &plan);
                 Action::Forward
             }
             _ => Action::Forward,
+        }
+    }
+
+    /// A row of a captured write: a change of the open transaction (and its id); the client
+    /// gets its own columns, or nothing when it asked for no RETURNING.
+    fn captured_row(&mut self, frame: &[u8], c: &Capture) -> Action {
+        let values = wire::row_values(frame).unwrap_or_default();
+        if let Some(change) = rows::change(c, &self.fields, &values) {
+            self.pending.push(change);
+        }
+        if self.xid.is_none() {
+            self.xid = rows::xid(&self.fields, &values);
+        }
+        if !c.client_returning || !self.forwarded() {
+            return Action::Drop;
+        }
+        let keep = values.len().saturating_sub(c.extra);
+        wire::truncate_data_row(frame, keep).map_or(Action::Forward, Action::Replace)
+    }
+
+    /// A row of a shadowed read, kept for the comparison up to [`MAX_COMPARED_BYTES`].
+    fn shadow_row(&mut self, frame: &[u8], plan: &ShadowPlan) {
+        self.shadow_bytes += frame.len();
+        if self.shadow_bytes > MAX_COMPARED_BYTES {
+            // Too large to keep for a comparison: served as always, not compared.
+            if self.shadow_result.take().is_some() {
+                metrics::counter!("pgbridge_shadow_reads_total",
+                    "table" => plan.table.clone(), "result" => "too_large")
+                .increment(1);
+            }
+        }
+        if let Some(result) = &mut self.shadow_result {
+            let values = wire::row_values(frame).unwrap_or_default();
+            let row = values.iter().map(|v| v.map(Bytes::copy_from_slice));
+            result.rows.push(row.collect());
         }
     }
 

@@ -1,0 +1,235 @@
+//! The driver's half of reads served by the secondary ([`crate::reads::secondary`]): what the
+//! session's reads there need (its settings, its user's privileges, its own writes applied), and
+//! what becomes of a read the secondary failed.
+//!
+//! - [`simple`]: a simple-protocol Query served there.
+//! - [`extended`]: a Bind held back and its Execute served there.
+//!
+//! The secondary's answer joins the replies to the client in its turn ([`Expect::Served`]).
+
+mod extended;
+mod simple;
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use super::drive::Driver;
+use super::expect::Expect;
+use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind};
+use crate::mirror::ApplierHandle;
+use crate::reads::secondary::{settings_script, Failure, SessionServer};
+use crate::reads::Route;
+use crate::sql::{Analysis, Kind, SessionOp, SetKind};
+
+/// Reported settings the secondary's session follows.
+const REPORTED: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
+
+/// The session's reads served by the secondary.
+pub struct Serving<'a> {
+    server: SessionServer,
+    applier: Option<&'a ApplierHandle>,
+    /// A Bind of the unnamed portal held back for the secondary.
+    held: Option<Held>,
+    /// Messages of this batch went to the primary.
+    batch_sent: bool,
+    /// Messages of this batch were answered by the secondary.
+    batch_served: bool,
+    /// The session's `SET`s, by setting name, in order.
+    sets: Vec<(String, String)>,
+    /// The record of a read the secondary failed, for the primary's Execute of it.
+    fallback: Option<Divergence>,
+    /// The session's user, whose privileges on the primary a read needs.
+    user: String,
+    /// The session changed its role or authorization: its privileges are the primary's to
+    /// check, and its reads stay there.
+    role_changed: bool,
+}
+
+pub(super) struct Held {
+    analysis: Arc<Analysis>,
+    bind: Bytes,
+    stmt: String,
+    sql: Arc<str>,
+    table: String,
+    text: Arc<str>,
+    describe: bool,
+}
+
+impl<'a> Serving<'a> {
+    pub fn new(
+        server: SessionServer,
+        applier: Option<&'a ApplierHandle>,
+        user: String,
+    ) -> Serving<'a> {
+        Serving {
+            user,
+            role_changed: false,
+            server,
+            applier,
+            held: None,
+            batch_sent: false,
+            batch_served: false,
+            sets: Vec::new(),
+            fallback: None,
+        }
+    }
+}
+
+impl<'a> Driver<'a> {
+    /// Reads the router sends to the secondary are served there.
+    pub fn with_serving(
+        mut self,
+        server: SessionServer,
+        applier: Option<&'a ApplierHandle>,
+        user: String,
+    ) -> Self {
+        self.serving = Some(Serving::new(server, applier, user));
+        self
+    }
+
+    /// Whether the session's user may read every table `analysis` reads, as the primary says.
+    async fn may_read(&mut self, analysis: &Analysis) -> bool {
+        let s = self.serving();
+        if s.role_changed {
+            return false;
+        }
+        let tables: Vec<_> = analysis
+            .statements
+            .iter()
+            .flat_map(|st| st.reads.iter().chain(&st.others))
+            .collect();
+        let access = s.server.options().access.clone();
+        let user = s.user.clone();
+        let ok = access.may_read(&user, &tables).await;
+        if !ok {
+            served("no_privilege");
+        }
+        ok
+    }
+
+    fn serving(&mut self) -> &mut Serving<'a> {
+        self.serving.as_mut().expect("serving is set")
+    }
+
+    /// The read rewrite of `analysis` when the router sends it to the secondary now.
+    fn secondary_route<'x>(&self, analysis: &'x Analysis) -> Option<&'x str> {
+        let (reads, shared) = self.routing?;
+        let in_write_txn = !self.shared.lock().txn.is_empty();
+        match crate::reads::route(analysis, &reads.load(), shared, in_write_txn) {
+            Route::Secondary { sql } => Some(sql),
+            _ => None,
+        }
+    }
+
+    /// Marks the open transaction as one that may have written when a statement sent (`None`:
+    /// one pgbridge cannot see into) may write: anything but reads of migrated tables,
+    /// transaction control and session settings.
+    pub(super) fn touch(&self, analysis: Option<&Analysis>) {
+        if self.serving.is_none() {
+            return;
+        }
+        if analysis.is_none_or(Analysis::may_write) {
+            self.shared.lock().touched = true;
+        }
+    }
+
+    /// Queues replies the secondary gave, to be written to the client in their turn;
+    /// `ready`: a ReadyForQuery of the session's status follows them.
+    fn queue_served(&mut self, bytes: Bytes, ready: bool) {
+        self.expect(Expect::Served { bytes, ready });
+        self.shared.served.notify_one();
+    }
+
+    /// Follows the session's `SET`, `RESET` and `DISCARD`, for the secondary's session.
+    pub(super) fn follow_settings(&mut self, analysis: &Analysis, text: &str) {
+        for s in &analysis.statements {
+            let Kind::Session(op) = &s.kind else { continue };
+            let stmt = text.get(s.text.clone()).unwrap_or_default().trim();
+            let serving = self.serving();
+            let sets = &mut serving.sets;
+            match op {
+                SessionOp::Set(SetKind::Role) => serving.role_changed = true,
+                SessionOp::Set(SetKind::Setting(name)) => {
+                    sets.retain(|(n, _)| n != name);
+                    sets.push((name.clone(), stmt.to_string()));
+                }
+                SessionOp::Reset(None) | SessionOp::Discard { all: true } => sets.clear(),
+                SessionOp::Reset(Some(name)) => sets.retain(|(n, _)| n != name),
+                _ => {}
+            }
+        }
+    }
+
+    fn settings_script(&mut self) -> String {
+        let reported: Vec<(&'static str, String)> = {
+            let t = self.shared.lock();
+            REPORTED
+                .iter()
+                .filter_map(|k| t.settings.get(*k).map(|v| (*k, v.clone())))
+                .collect()
+        };
+        let sets = &self.serving().sets;
+        settings_script(
+            sets.iter().map(|(_, s)| s.as_str()),
+            reported.iter().map(|(k, v)| (*k, v.as_str())),
+        )
+    }
+
+    /// Read-your-writes: false when the session's last mirrored commit is not applied on the
+    /// secondary within `[reads] read_your_writes_ms`.
+    async fn read_your_writes(&mut self) -> bool {
+        let Some(id) = self.shared.lock().last_commit else {
+            return true;
+        };
+        let s = self.serving();
+        let Some(applier) = s.applier else {
+            return true;
+        };
+        if applier.applied() >= id {
+            return true;
+        }
+        let wait = s.server.options().read_your_writes;
+        let applied = applier.wait_applied(id, wait).await.is_ok();
+        if !applied {
+            served("read_your_writes");
+        }
+        applied
+    }
+
+    /// The secondary failed a read: it goes to the primary. A connection failure is recorded
+    /// at once; an error is returned, to be recorded only if the primary answers the read
+    /// without one (a division by zero fails on both sides alike, and is no divergence).
+    fn fell_back(&self, failure: Failure, table: &str, text: &str) -> Option<Divergence> {
+        let (secondary, reason, error) = match failure {
+            Failure::Resting => {
+                served("resting");
+                return None;
+            }
+            Failure::TooLarge => {
+                served("too_large");
+                return None;
+            }
+            Failure::Unavailable(reason) => ("connection".to_string(), reason, false),
+            Failure::Error {
+                sqlstate, message, ..
+            } => (sqlstate, message, true),
+        };
+        served("fallback");
+        tracing::warn!(session = self.session, table, %reason, "a read for the secondary is served by the primary");
+        let mut d = Divergence::new(DivergenceKind::SecondaryError, table);
+        d.query = normalize_query(text);
+        d.secondary = secondary;
+        d.detail = serde_json::json!({ "reason": reason, "served_by": "primary" });
+        d.session = Some(self.session);
+        if error {
+            return Some(d);
+        }
+        self.recorder.record(d);
+        None
+    }
+}
+
+/// Counts a read the router sent to the secondary, by what became of it.
+pub(super) fn served(result: &'static str) {
+    metrics::counter!("pgbridge_secondary_reads_total", "result" => result).increment(1);
+}
