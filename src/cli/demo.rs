@@ -11,7 +11,6 @@
 //!
 //! [`pgcluster`]: crate::pgcluster
 
-use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
@@ -107,20 +106,7 @@ fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
     check_free(listen)?;
     let admin = pick_admin_addr(listen)?;
 
-    eprintln!(
-        "pgbridge demo: starting two PostgreSQL servers from this machine's PostgreSQL server \
-         binaries (Debian: postgresql-15; initdb takes a few seconds)..."
-    );
-    let primary = PgServer::start(&PgOptions::default()).map_err(|source| DemoError::Server {
-        role: "primary",
-        source,
-    })?;
-    let secondary = PgServer::start(&PgOptions::default()).map_err(|source| DemoError::Server {
-        role: "secondary",
-        source,
-    })?;
-    load_schemas(&primary, &secondary)?;
-
+    let (primary, secondary) = start_servers()?;
     let dir = tempfile::Builder::new()
         .prefix("pgbridge-demo-")
         .tempdir()
@@ -146,6 +132,20 @@ fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
         token,
     };
     Ok((demo, config))
+}
+
+/// The primary and the secondary, each with its schema loaded.
+fn start_servers() -> Result<(PgServer, PgServer), DemoError> {
+    eprintln!(
+        "pgbridge demo: starting two PostgreSQL servers from this machine's PostgreSQL server \
+         binaries (Debian: postgresql-15; initdb takes a few seconds)..."
+    );
+    let start = |role| {
+        PgServer::start(&PgOptions::default()).map_err(|source| DemoError::Server { role, source })
+    };
+    let (primary, secondary) = (start("primary")?, start("secondary")?);
+    load_schemas(&primary, &secondary)?;
+    Ok((primary, secondary))
 }
 
 fn check_free(addr: SocketAddr) -> Result<(), DemoError> {
@@ -265,73 +265,50 @@ fn random_token() -> String {
 }
 
 fn print_banner(demo: &Demo, config: &Config) {
+    // The banner is the demo's output proper, so stdout; progress and logs go to stderr.
+    print!("{}", banner(demo, config));
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
+/// What the demo prints once it runs: how to connect, the servers behind, the admin API, the
+/// files.
+fn banner(demo: &Demo, config: &Config) -> String {
     let psql =
         |port: u16| format!("psql \"host=127.0.0.1 port={port} user=postgres dbname={DBNAME}\"");
-    let listen = config.listen;
-    let mut b = String::new();
-    // Writing to a String cannot fail.
-    let _ = writeln!(b);
-    let _ = writeln!(
-        b,
-        "pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed)."
-    );
-    let _ = writeln!(b);
-    let _ = writeln!(b, "  Connect through pgbridge:");
-    let _ = writeln!(
-        b,
-        "    psql \"host={} port={} user=postgres dbname={DBNAME}\"",
-        listen.ip(),
-        listen.port()
-    );
-    let _ = writeln!(b);
-    let _ = writeln!(
-        b,
-        "  The servers behind it (PostgreSQL, trust auth on loopback):"
-    );
-    let _ = writeln!(
-        b,
-        "    primary   (legacy schema: derived_data_bars, instruments)"
-    );
-    let _ = writeln!(b, "      {}", psql(demo.primary.port()));
-    let _ = writeln!(b, "    secondary (new schema: data_bars, instruments)");
-    let _ = writeln!(b, "      {}", psql(demo.secondary.port()));
-    let _ = writeln!(b);
-    let admin_url = format!("http://{}", demo.admin);
-    let _ = writeln!(
-        b,
-        "  Admin API and metrics: {admin_url}/api/status  {admin_url}/metrics"
-    );
-    let ctl_admin = if demo.admin.port() == 9187 && demo.admin.ip().is_loopback() {
-        String::new()
+    let (ip, port) = (config.listen.ip(), config.listen.port());
+    let admin = format!("http://{}", demo.admin);
+    let ctl = if demo.admin.port() == 9187 && demo.admin.ip().is_loopback() {
+        "pgbridge ctl".to_string()
     } else {
-        format!(" --admin {admin_url}")
+        format!("pgbridge ctl --admin {admin}")
     };
-    let _ = writeln!(b, "    pgbridge ctl{ctl_admin} status");
-    let _ = writeln!(
-        b,
-        "    pgbridge ctl{ctl_admin} --token {} reads derived_data_bars shadow --reason \"compare\"",
-        demo.token
-    );
-    let _ = writeln!(
-        b,
-        "    pgbridge ctl{ctl_admin} --token {} reads derived_data_bars secondary --reason \"cut over\"",
-        demo.token
-    );
-    let _ = writeln!(b);
-    let _ = writeln!(b, "  Files: {}", demo.dir.path().display());
-    let _ = writeln!(
-        b,
-        "    pgbridge.toml, rules/dxy.toml, divergences.jsonl, pgbridge-journal/"
-    );
-    let _ = writeln!(
-        b,
-        "    server logs: {}/postgres.log and {}/postgres.log",
-        demo.primary.dir().display(),
-        demo.secondary.dir().display()
-    );
-    // The banner is the demo's output proper, so stdout; progress and logs go to stderr.
-    print!("{b}");
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let (token, dir) = (&demo.token, demo.dir.path().display());
+    let (primary, secondary) = (psql(demo.primary.port()), psql(demo.secondary.port()));
+    let (primary_dir, secondary_dir) =
+        (demo.primary.dir().display(), demo.secondary.dir().display());
+    format!(
+        "
+pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed).
+
+  Connect through pgbridge:
+    psql \"host={ip} port={port} user=postgres dbname={DBNAME}\"
+
+  The servers behind it (PostgreSQL, trust auth on loopback):
+    primary   (legacy schema: derived_data_bars, instruments)
+      {primary}
+    secondary (new schema: data_bars, instruments)
+      {secondary}
+
+  Admin API and metrics: {admin}/api/status  {admin}/metrics
+    {ctl} status
+    {ctl} --token {token} reads derived_data_bars shadow --reason \"compare\"
+    {ctl} --token {token} reads derived_data_bars secondary --reason \"cut over\"
+
+  Files: {dir}
+    pgbridge.toml, rules/dxy.toml, divergences.jsonl, pgbridge-journal/
+    server logs: {primary_dir}/postgres.log and {secondary_dir}/postgres.log
+"
+    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use crate::divergence::Recorder;
 use crate::mirror::apply::ApplierConfig;
 use crate::mirror::resolve::{resolve_at_startup, spawn_resolver, ResolveConfig};
 use crate::mirror::{Applier, ApplierHandle, Journal, JournalOptions};
-use crate::reads::shadow::Shadow;
+use crate::reads::secondary::ServeOptions;
+use crate::reads::shadow::{Shadow, ShadowOptions};
 use crate::reads::{FlagOptions, MirrorProbe, ReadFlags, SharedTables};
 use crate::rules::reload::Loader;
 use crate::rules::{RuleSet, RulesError};
@@ -79,7 +80,7 @@ pub struct Migration {
     /// Shadow reads; `None` without a secondary.
     pub shadow: Option<Arc<Shadow>>,
     /// How sessions serve reads from the secondary; `None` without a secondary.
-    pub serve: Option<Arc<crate::reads::secondary::ServeOptions>>,
+    pub serve: Option<Arc<ServeOptions>>,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -107,43 +108,16 @@ impl Migration {
                 (Some(m), Some(r))
             }
             None => {
-                if rules
-                    .load()
-                    .rules()
-                    .iter()
-                    .any(|r| r.mirror != crate::rules::MirrorMode::Off)
-                {
-                    warn!("no [secondary]: writes to migrated tables are not mirrored");
-                }
+                warn_unmirrored(&rules.load());
                 (None, None)
             }
         };
-        let probe: Option<MirrorProbe> = mirror.as_ref().map(|m| {
-            let journal = m.journal.clone();
-            let stats = m.applier.stats().clone();
-            Arc::new(move || stats.report(&journal)) as MirrorProbe
-        });
-        let reads = Arc::new(ReadFlags::new(
-            rules.clone(),
-            FlagOptions::from_config(config),
-            recorder.clone(),
-            probe,
-        ));
-        let shadow = config.secondary.as_ref().map(|secondary| {
-            Arc::new(Shadow::new(
-                crate::reads::shadow::ShadowOptions::new(&config.shadow, secondary.url.pg_config()),
-                recorder.clone(),
-                rules.clone(),
-                mirror.as_ref().map(|m| m.applier.subscribe()),
-            ))
-        });
-        let serve = config.secondary.as_ref().map(|secondary| {
-            Arc::new(crate::reads::secondary::ServeOptions::new(
-                &config.reads,
-                &secondary.url,
-                config.primary.url.pg_config(),
-            ))
-        });
+        let reads = read_flags(config, &rules, &recorder, mirror.as_ref());
+        let (shadow, serve) = config
+            .secondary
+            .as_ref()
+            .map(|s| secondary_reads(config, s, &rules, &recorder, mirror.as_ref()))
+            .unzip();
         Ok(Some(Migration {
             serve,
             rules,
@@ -159,50 +133,107 @@ impl Migration {
     }
 }
 
+/// Without a secondary, the rules that mirror writes mirror nothing: say so once.
+fn warn_unmirrored(rules: &RuleSet) {
+    if rules
+        .rules()
+        .iter()
+        .any(|r| r.mirror != crate::rules::MirrorMode::Off)
+    {
+        warn!("no [secondary]: writes to migrated tables are not mirrored");
+    }
+}
+
+/// Each table's read flag, its gate asking the mirror for its figures.
+fn read_flags(
+    config: &Config,
+    rules: &Arc<ArcSwap<RuleSet>>,
+    recorder: &Arc<Recorder>,
+    mirror: Option<&Mirror>,
+) -> Arc<ReadFlags> {
+    let probe: Option<MirrorProbe> = mirror.map(|m| {
+        let journal = m.journal.clone();
+        let stats = m.applier.stats().clone();
+        Arc::new(move || stats.report(&journal)) as MirrorProbe
+    });
+    let opts = FlagOptions::from_config(config);
+    Arc::new(ReadFlags::new(rules.clone(), opts, recorder.clone(), probe))
+}
+
+/// Shadow reads and reads served by the secondary.
+fn secondary_reads(
+    config: &Config,
+    secondary: &crate::config::SecondaryConfig,
+    rules: &Arc<ArcSwap<RuleSet>>,
+    recorder: &Arc<Recorder>,
+    mirror: Option<&Mirror>,
+) -> (Arc<Shadow>, Arc<ServeOptions>) {
+    let shadow = Shadow::new(
+        ShadowOptions::new(&config.shadow, secondary.url.pg_config()),
+        recorder.clone(),
+        rules.clone(),
+        mirror.map(|m| m.applier.subscribe()),
+    );
+    let serve = ServeOptions::new(
+        &config.reads,
+        &secondary.url,
+        config.primary.url.pg_config(),
+    );
+    (Arc::new(shadow), Arc::new(serve))
+}
+
+/// The journal (its in-doubt transactions resolved against the primary first), the applier
+/// and the resolver of in-doubt transactions to come.
 async fn start_mirror(
     config: &Config,
     secondary: &crate::config::SecondaryConfig,
     rules: &Arc<ArcSwap<RuleSet>>,
     recorder: &Arc<Recorder>,
 ) -> Result<(Mirror, JoinHandle<()>), StartError> {
-    let journal = Journal::open(JournalOptions::from_config(&config.mirror)).map_err(|source| {
-        StartError::Journal {
-            dir: config.mirror.journal_dir.clone(),
-            source,
-        }
-    })?;
     let resolve = ResolveConfig {
         primary: config.primary.url.pg_config().clone(),
         min_age: Duration::ZERO,
         assume_committed_without_xid: config.mirror.assume_committed_without_xid,
     };
-    let resolved = resolve_at_startup(&journal, &resolve, recorder)
-        .await
-        .map_err(StartError::Resolve)?;
-    info!(?resolved, last = journal.last_id(), "journal opened");
+    let journal = open_journal(config, &resolve, recorder).await?;
     let applier = Applier::spawn(
         journal.clone(),
         rules.clone(),
         recorder.clone(),
         ApplierConfig::new(secondary.url.pg_config().clone(), &config.mirror),
     );
-    let resolver = spawn_resolver(
-        journal.clone(),
-        ResolveConfig {
-            min_age: config.mirror.resolve_after_secs,
-            ..resolve
-        },
-        recorder.clone(),
-        applier.stats().clone(),
-        Duration::from_secs(1),
-    );
-    Ok((
-        Mirror {
-            journal,
-            applier,
-            mode: config.mirror.mode,
-            sync_timeout: config.mirror.sync_timeout_secs,
-        },
-        resolver,
-    ))
+    let later = ResolveConfig {
+        min_age: config.mirror.resolve_after_secs,
+        ..resolve
+    };
+    let stats = applier.stats().clone();
+    let every = Duration::from_secs(1);
+    let resolver = spawn_resolver(journal.clone(), later, recorder.clone(), stats, every);
+    let mirror = Mirror {
+        journal,
+        applier,
+        mode: config.mirror.mode,
+        sync_timeout: config.mirror.sync_timeout_secs,
+    };
+    Ok((mirror, resolver))
+}
+
+/// Opens the journal and resolves the intents a previous process left in doubt, before the
+/// applier starts: it never waits on an intent whose session died with that process.
+async fn open_journal(
+    config: &Config,
+    resolve: &ResolveConfig,
+    recorder: &Recorder,
+) -> Result<Arc<Journal>, StartError> {
+    let journal = Journal::open(JournalOptions::from_config(&config.mirror)).map_err(|source| {
+        StartError::Journal {
+            dir: config.mirror.journal_dir.clone(),
+            source,
+        }
+    })?;
+    let resolved = resolve_at_startup(&journal, resolve, recorder)
+        .await
+        .map_err(StartError::Resolve)?;
+    info!(?resolved, last = journal.last_id(), "journal opened");
+    Ok(journal)
 }

@@ -113,15 +113,9 @@ async fn session<C: SplitStream>(
         return;
     }
     let metrics = super::metrics::get();
-    let addr = instance.config.primary.url.server_addr();
-    let primary = match addr
-        .connect(instance.config.limits.connect_timeout_secs)
-        .await
-    {
+    let primary = match connect_primary(instance).await {
         Ok(p) => p,
         Err(message) => {
-            metrics.primary_connect_errors.increment(1);
-            warn!(error = %message, "could not connect to the primary");
             let _ = write_fatal(&mut client, sqlstate::CONNECTION_FAILURE, &message).await;
             return;
         }
@@ -141,6 +135,16 @@ async fn session<C: SplitStream>(
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
     drop(keys);
     drop(permit);
+}
+
+/// The session's own connection to the primary; the error names the address.
+async fn connect_primary(instance: &Instance) -> Result<ServerStream, String> {
+    let addr = instance.config.primary.url.server_addr();
+    let timeout = instance.config.limits.connect_timeout_secs;
+    addr.connect(timeout).await.inspect_err(|message| {
+        super::metrics::get().primary_connect_errors.increment(1);
+        warn!(error = %message, "could not connect to the primary");
+    })
 }
 
 /// Whether a client that has said who it is may have a session now: not past the connection
