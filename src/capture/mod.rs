@@ -1,15 +1,19 @@
-//! Capturing committed writes to migrated tables, inside a session (DESIGN.md, principles 5–7).
+//! Carrying out each statement's plan inside a session (docs/DESIGN.md, principles 5 to 7).
 //!
 //! A session with rules runs its requests through a [`drive::Driver`] and its replies through a
 //! [`track::Tracker`]: writes to a migrated table go to the primary with RETURNING spliced in,
 //! the returned row images are stripped from the client's reply and buffered per transaction
 //! ([`txn::TxnBuffer`], savepoints honoured), and a transaction's changes are appended to the
-//! journal before its COMMIT reaches the primary; the COMMIT's outcome follows.
+//! journal before its COMMIT reaches the primary; the COMMIT's outcome follows. Reads the
+//! router sends to the secondary are held back and answered from there ([`secondary`]).
 //!
+//! - [`expect`]: what each request sent expects back, and what to do with a reply frame.
+//! - [`drive`]: requests, as the capture needs them sent (simple and extended protocol).
+//! - [`track`]: replies matched to requests.
+//! - [`reply`]: the reply side, as the relay calls it.
 //! - [`rows`]: a captured row as a change.
 //! - [`txn`]: the open transaction's changes.
-//! - [`track`]: replies matched to requests.
-//! - [`drive`]: requests, as the capture needs them sent.
+//! - [`secondary`]: reads served by the secondary, the driver's half.
 
 pub mod drive;
 pub mod expect;

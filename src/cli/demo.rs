@@ -28,8 +28,8 @@ const DXY_RULES: &str = include_str!("../../rules/dxy.toml");
 /// The database the demo creates on both servers, as in docker/compose.yaml.
 const DBNAME: &str = "trading";
 
-/// Why the demo could not start. Each variant knows its exit code (CONTRACT.md: 1 for the user's
-/// input, 2 for something that could not be reached or started).
+/// Why the demo could not start. Each variant knows its exit code: 1 for the user's input, 2 for
+/// something that could not be reached or started.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("--listen {listen:?} is not an address and port such as 127.0.0.1:6432")]

@@ -4,7 +4,7 @@
 //! the [`Expect`] that tells the other direction what the reply is for and queues the bytes for
 //! the primary. Statements that write a migrated table go out with RETURNING spliced in. Where a
 //! transaction ends in a commit with captured changes, the driver first makes the changes durable
-//! (DESIGN.md, principle 7): it waits until every earlier reply arrived, asks the primary for the
+//! (docs/DESIGN.md, principle 7): it waits until every earlier reply arrived, asks the primary for the
 //! transaction id, appends the journal intent, and only then lets the COMMIT go. A statement that
 //! would commit on its own (autocommit) is run inside a transaction pgbridge begins and commits.
 
