@@ -245,8 +245,11 @@ mod tests {
         framed(b'B', &body)
     }
 
+    /// A Bind's names, parameters and result formats.
+    type BindParts<'a> = ((&'a str, &'a str), Vec<Param<'a>>, Vec<u16>);
+
     /// The whole of a Bind, read in order.
-    fn read_bind<'a>(r: &mut Reader<'a>) -> Option<((&'a str, &'a str), Vec<Param<'a>>, Vec<u16>)> {
+    fn read_bind<'a>(r: &mut Reader<'a>) -> Option<BindParts<'a>> {
         let names = (r.cstr()?, r.cstr()?);
         let params = read_params(r)?;
         Some((names, params, read_formats(r)?))

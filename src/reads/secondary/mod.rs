@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::protocol::messages::{error_code, error_text};
 use crate::protocol::wire;
 use crate::rules::quote_literal;
 use conn::{Conn, ConnError};
@@ -297,14 +298,10 @@ impl SessionServer {
                     }
                     out.extend_from_slice(&frame)
                 }
-                b'E' if apply && readies == 2 => settings_failed = Some(conn::error_text(&frame)),
+                b'E' if apply && readies == 2 => settings_failed = Some(error_text(&frame)),
                 b'E' => {
                     error.get_or_insert_with(|| {
-                        (
-                            conn::error_code(&frame),
-                            conn::error_text(&frame),
-                            frame.clone(),
-                        )
+                        (error_code(&frame), error_text(&frame), frame.clone())
                     });
                 }
                 b'Z' => readies -= 1,
