@@ -158,11 +158,32 @@ pub fn query(sql: &str) -> Bytes {
 
 /// A Parse of `sql` as statement `name`, its parameter types left to the server.
 pub fn parse(name: &str, sql: &str) -> Bytes {
+    parse_typed(name, sql, &[])
+}
+
+/// A Parse of `sql` as statement `name`, with parameter types `types` (0: left to the server).
+pub fn parse_typed(name: &str, sql: &str, types: &[u32]) -> Bytes {
     let mut body = BytesMut::new();
     put_cstr(&mut body, name);
     put_cstr(&mut body, sql);
-    body.put_u16(0);
+    body.put_u16(types.len() as u16);
+    for t in types {
+        body.put_u32(*t);
+    }
     framed(b'P', &body)
+}
+
+/// The client's Bind `frame`, to the unnamed portal of statement `stmt`; the rest (parameters,
+/// their formats, result formats) as the client sent it.
+pub fn bind_to_statement(frame: &[u8], stmt: &str) -> Option<Bytes> {
+    let mut r = Reader::body(frame);
+    r.cstr()?;
+    r.cstr()?;
+    let mut body = BytesMut::with_capacity(frame.len());
+    put_cstr(&mut body, "");
+    put_cstr(&mut body, stmt);
+    body.extend_from_slice(r.rest());
+    Some(framed(b'B', &body))
 }
 
 /// Bind without parameters, text results.
@@ -325,6 +346,38 @@ mod tests {
     }
 
     #[test]
+    fn a_typed_parse_roundtrips() {
+        let p = parse_typed("pgbridge_s1", "SELECT $1, $2", &[23, 0]);
+        let want = ("pgbridge_s1", "SELECT $1, $2", vec![23, 0]);
+        roundtrip!(
+            p,
+            b'P',
+            |r| Some((r.cstr()?, r.cstr()?, read_oids(r))),
+            want
+        );
+        assert_eq!(parse_param_types(&p), vec![23, 0]);
+        assert_eq!(parse_typed("s", "SELECT 1", &[]), parse("s", "SELECT 1"));
+    }
+
+    #[test]
+    fn a_bind_is_pointed_at_another_statement() {
+        let bind = client_bind(
+            ("client_portal", "client_stmt"),
+            &[1],
+            &[Some(b"\0\x07")],
+            &[1],
+        );
+        let out = bind_to_statement(&bind, "pgbridge_s1").unwrap();
+        let want = (
+            ("", "pgbridge_s1"),
+            vec![(1, Some(&b"\0\x07"[..]))],
+            vec![1],
+        );
+        roundtrip!(out, b'B', |r| read_bind(r), want);
+        assert_eq!(bind_to_statement(&bind[..12], "s"), None);
+    }
+
+    #[test]
     fn an_execute_names_its_row_limit() {
         let mut body = BytesMut::new();
         body.extend_from_slice(b"\0");
@@ -383,6 +436,7 @@ mod tests {
                 let _ = (bind_result_formats(f), extend_bind_formats(f, 2));
                 let _ = (execute_portal(f), execute_max_rows(f), target(f));
                 let _ = (bind_params(f), replace_parse_query(f, "SELECT 2"));
+                let _ = bind_to_statement(f, "s");
             }
         }
         // Decoders that read a frame to its end need every byte of it.
