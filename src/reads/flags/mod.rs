@@ -6,14 +6,14 @@
 //! `ArcSwap`, replaced whole on each change, so a change applies to the next statement of every
 //! session. Changes go through one mutex, the safety gate and the audit log.
 //!
-//! The safety gate ([`gate`], docs/DESIGN.md, principle 10): a switch to `secondary` is refused while the mirror
-//! lags (`[admin] gate_max_lag_seconds`, `gate_max_lag_transactions`), has parked transactions,
-//! is halted or not connected, while the rule does not mirror the table, or while divergences
-//! were recorded for the table since its last switch; `force` overrides all but a missing
-//! secondary. A switch to `primary` is always allowed: the way back stays open. Any switch
-//! (to `shadow` too) re-arms the divergence count, so the evidence for `secondary` is the
-//! divergences recorded since then. Every switch made is a line of the audit log ([`audit`])
-//! first.
+//! The safety gate ([`gate`], docs/DESIGN.md, principle 10): a switch to `secondary` is refused
+//! while the mirror lags (`[admin] gate_max_lag_seconds`, `gate_max_lag_transactions`), has
+//! parked transactions, is halted or not connected, while the rule does not mirror the table,
+//! or while divergences were recorded for the table since its last switch; `force` overrides
+//! all but a missing secondary. A switch to `primary` is always allowed: the way back stays
+//! open. Any switch (to `shadow` too) re-arms the divergence count, so the evidence for
+//! `secondary` is the divergences recorded since then. Every switch made is first a line of
+//! the audit log ([`audit`]).
 //!
 //! Rules hot reload ([`reload`]): a reload keeps the runtime flag of every table that still
 //! exists; a new table starts at its rule's `reads`; a removed table's flag goes. When a rule
