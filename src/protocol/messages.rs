@@ -1,8 +1,8 @@
 //! The few messages pgbridge writes itself or reads the fields of.
 //!
 //! pgwire's codec encodes and decodes them. Its strings are decoded lossily, so a decoded frame is
-//! never re-encoded for forwarding unless pgbridge means to change it (docs/DESIGN.md,
-//! principle 2).
+//! never re-encoded for forwarding unless pgbridge means to change it
+//! (docs/DESIGN.md, principle 2).
 
 use bytes::{Buf, Bytes, BytesMut};
 use pgwire::messages::response::ErrorResponse;
