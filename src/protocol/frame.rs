@@ -76,43 +76,13 @@ impl FrameScanner {
         if let Some(total) = self.pending {
             return Ok(self.inspect_at(buf, start, total));
         }
-        let mut pos = start;
-        if self.skip > 0 {
-            let take = self.skip.min(buf.len() - pos);
-            self.skip -= take;
-            pos += take;
-        }
-        while buf.len() - pos >= HEADER_LEN {
-            let tag = buf[pos];
-            let len = u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]);
-            if !(4..=i32::MAX as u32).contains(&len) {
-                return Err(ProtocolError::violation(format!(
-                    "invalid message length {} for message type {}",
-                    len as i32,
-                    printable(tag)
-                )));
-            }
+        let mut pos = start + self.skip_within(buf.len() - start);
+        while let Some((tag, len)) = header_at(buf, pos)? {
             self.last_tag = tag;
             let total = 1 + len as usize;
             match classify(tag, len)? {
-                Disposition::Pass => {
-                    let have = buf.len() - pos;
-                    if have >= total {
-                        pos += total;
-                    } else {
-                        self.skip = total - have;
-                        pos = buf.len();
-                    }
-                }
-                Disposition::Inspect => {
-                    self.pending = Some(total);
-                    if pos > start {
-                        // Report what precedes the frame first.
-                        self.pos = pos;
-                        return Ok(Event::Forward { end: pos });
-                    }
-                    return Ok(self.inspect_at(buf, pos, total));
-                }
+                Disposition::Pass => pos = self.pass(buf.len(), pos, total),
+                Disposition::Inspect => return Ok(self.inspect(buf, start, pos, total)),
             }
         }
         self.pos = pos;
@@ -121,6 +91,39 @@ impl FrameScanner {
         } else {
             Ok(Event::NeedMore { need: HEADER_LEN })
         }
+    }
+
+    /// Passes over what is left of a passed-through frame, within the `have` bytes buffered
+    /// after the scan position; returns how many bytes that was.
+    #[inline]
+    fn skip_within(&mut self, have: usize) -> usize {
+        let take = self.skip.min(have);
+        self.skip -= take;
+        take
+    }
+
+    /// Passes a frame of `total` bytes at `pos` through; returns where scanning goes on (the end
+    /// of the buffer when the frame goes on past it).
+    #[inline]
+    fn pass(&mut self, buffered: usize, pos: usize, total: usize) -> usize {
+        let have = buffered - pos;
+        if have >= total {
+            pos + total
+        } else {
+            self.skip = total - have;
+            buffered
+        }
+    }
+
+    /// A frame to inspect at `pos`: what precedes it is reported first.
+    #[inline]
+    fn inspect(&mut self, buf: &[u8], start: usize, pos: usize, total: usize) -> Event {
+        self.pending = Some(total);
+        if pos > start {
+            self.pos = pos;
+            return Event::Forward { end: pos };
+        }
+        self.inspect_at(buf, pos, total)
     }
 
     fn inspect_at(&mut self, buf: &[u8], pos: usize, total: usize) -> Event {
@@ -146,6 +149,24 @@ impl FrameScanner {
     pub fn scanned(&self) -> usize {
         self.pos
     }
+}
+
+/// The type byte and declared length of the frame header at `pos`, once it is buffered; a
+/// length that cannot be (under 4, or over `i32::MAX`) is a protocol violation.
+#[inline]
+fn header_at(buf: &[u8], pos: usize) -> Result<Option<(u8, u32)>, ProtocolError> {
+    let Some(h) = buf.get(pos..pos + HEADER_LEN) else {
+        return Ok(None);
+    };
+    let (tag, len) = (h[0], u32::from_be_bytes([h[1], h[2], h[3], h[4]]));
+    if !(4..=i32::MAX as u32).contains(&len) {
+        return Err(ProtocolError::violation(format!(
+            "invalid message length {} for message type {}",
+            len as i32,
+            printable(tag)
+        )));
+    }
+    Ok(Some((tag, len)))
 }
 
 /// A type byte for an error message: the character when printable, else its number.

@@ -1,13 +1,16 @@
 //! The few messages pgbridge writes itself or reads the fields of.
 //!
 //! pgwire's codec encodes and decodes them. Its strings are decoded lossily, so a decoded frame is
-//! never re-encoded for forwarding unless pgbridge means to change it (DESIGN.md, principle 2).
+//! never re-encoded for forwarding unless pgbridge means to change it
+//! (docs/DESIGN.md, principle 2).
 
 use bytes::{Buf, Bytes, BytesMut};
 use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 use pgwire::messages::Message;
 use pgwire::messages::{DecodeContext, ProtocolVersion};
+
+use super::wire::Reader;
 
 /// The SQLSTATEs pgbridge reports itself.
 pub mod sqlstate {
@@ -50,13 +53,53 @@ pub fn error_response(severity: Severity, sqlstate: &str, message: &str) -> Byte
     buf.freeze()
 }
 
-/// The fields of an ErrorResponse or NoticeResponse frame (whole frame, header included).
+/// The fields of an ErrorResponse or NoticeResponse frame (whole frame, header included); none
+/// when the frame is not one.
 pub fn error_fields(frame: &[u8]) -> Vec<(u8, String)> {
+    if !fields_terminated(frame) {
+        // pgwire's decoder reads past the end of such a body and panics.
+        return Vec::new();
+    }
     let mut buf = BytesMut::from(frame);
     match ErrorResponse::decode(&mut buf, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0)) {
         Ok(Some(e)) => e.fields,
         _ => Vec::new(),
     }
+}
+
+/// Whether the fields of an ErrorResponse body (a code byte and a NUL-terminated string each)
+/// end with the terminating NUL inside the frame.
+fn fields_terminated(frame: &[u8]) -> bool {
+    let mut r = Reader::body(frame);
+    loop {
+        match r.u8() {
+            None => return false,
+            Some(0) => return true,
+            Some(_) if r.cstr_bytes().is_none() => return false,
+            Some(_) => {}
+        }
+    }
+}
+
+/// `SQLSTATE: message` of an ErrorResponse frame.
+pub fn error_text(frame: &[u8]) -> String {
+    let fields = error_fields(frame);
+    let get = |c: u8| {
+        fields
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    format!("{}: {}", get(b'C'), get(b'M'))
+}
+
+/// The SQLSTATE of an ErrorResponse frame.
+pub fn error_code(frame: &[u8]) -> String {
+    error_fields(frame)
+        .into_iter()
+        .find(|(k, _)| *k == b'C')
+        .map(|(_, v)| v)
+        .unwrap_or_default()
 }
 
 /// The transaction status byte of a ReadyForQuery frame: `I` idle, `T` in a transaction,
@@ -144,6 +187,31 @@ mod tests {
         assert!(fields.contains(&(b'C', "08006".to_string())));
         assert!(fields.contains(&(b'S', "FATAL".to_string())));
         assert!(fields.contains(&(b'M', "primary gone".to_string())));
+        assert_eq!(error_code(&frame), "08006");
+        assert_eq!(error_text(&frame), "08006: primary gone");
+    }
+
+    #[test]
+    fn an_error_response_roundtrips_with_nothing_left_over() {
+        let frame = error_response(Severity::Error, "54000", "too big");
+        let mut buf = BytesMut::from(&frame[..]);
+        let ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+        let decoded = ErrorResponse::decode(&mut buf, &ctx).unwrap().unwrap();
+        assert!(buf.is_empty(), "left over: {buf:?}");
+        let want = [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', "54000"),
+            (b'M', "too big"),
+        ];
+        let want: Vec<(u8, String)> = want.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(decoded.fields, want);
+        // Not an ErrorResponse, cut short, or without its terminator: no fields, and no panic.
+        assert_eq!(error_fields(&frame[..frame.len() - 1]), Vec::new());
+        let unterminated = crate::protocol::wire::framed(b'E', b"M\0");
+        assert_eq!(error_fields(&unterminated), Vec::new());
+        assert_eq!(error_code(b"Z\0\0\0\x05I"), "");
+        assert_eq!(error_text(b""), ": ");
     }
 
     #[test]
@@ -154,7 +222,12 @@ mod tests {
                 secret: Bytes::from(secret),
             };
             let frame = key.to_backend_key_data();
+            assert_eq!(frame[0], b'K');
+            let declared = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+            assert_eq!(declared as usize, frame.len() - 1);
             assert_eq!(CancelKey::from_backend_key_data(&frame), Some(key.clone()));
+            // Cut short, it is no key.
+            assert_eq!(CancelKey::from_backend_key_data(&frame[..12]), None);
             let req = key.to_cancel_request();
             assert_eq!(req.len(), 12 + key.secret.len());
             assert_eq!(&req[4..8], &80877102u32.to_be_bytes());

@@ -2,9 +2,14 @@
 //!
 //! - [`frame`] finds frame boundaries in a byte stream without copying it.
 //! - [`startup`] reads the packets that come before the first typed frame (SSLRequest,
-//!   GSSENCRequest, CancelRequest, StartupMessage).
-//! - [`messages`] builds the few messages pgbridge writes itself and decodes the few it reads.
+//!   GSSENCRequest, CancelRequest, StartupMessage), and writes pgbridge's own StartupMessage.
+//! - [`auth`] answers a server's Authentication requests for pgbridge's own logins.
+//! - [`messages`] the few messages pgbridge writes itself or reads the fields of (ErrorResponse,
+//!   BackendKeyData and the SASL offer through pgwire's codec; CancelRequest).
+//! - [`wire`] the messages of a session the capture and the secondary's reads decode, edit or
+//!   write, by direction: `wire/frontend.rs` (F), `wire/backend.rs` (B).
 
+pub mod auth;
 pub mod frame;
 pub mod messages;
 pub mod startup;

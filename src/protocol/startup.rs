@@ -1,11 +1,12 @@
 //! The packets a client sends before the first typed frame.
 //!
 //! They have no type byte: a length (counting itself) and a 32-bit code, which is either a
-//! protocol version (a StartupMessage) or one of the special request codes.
+//! protocol version (a StartupMessage) or one of the special request codes. Clients' packets are
+//! decoded here; pgbridge's own StartupMessage (to the secondary) is encoded here.
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::messages::CancelKey;
 use super::ProtocolError;
@@ -13,6 +14,8 @@ use super::ProtocolError;
 pub const SSL_REQUEST_CODE: u32 = 80877103;
 pub const GSSENC_REQUEST_CODE: u32 = 80877104;
 pub const CANCEL_REQUEST_CODE: u32 = 80877102;
+/// Protocol version 3.0, as a StartupMessage's code.
+pub const PROTOCOL_3_0: u32 = 196_608;
 /// PostgreSQL refuses longer startup packets (MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
@@ -74,6 +77,23 @@ impl StartupPacket {
     }
 }
 
+/// A StartupMessage of protocol 3.0 with `params` (name, value), in their order.
+pub fn startup_message<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u32(PROTOCOL_3_0);
+    for (name, value) in params {
+        for s in [name, value] {
+            body.extend_from_slice(s.as_bytes());
+            body.put_u8(0);
+        }
+    }
+    body.put_u8(0);
+    let mut packet = BytesMut::with_capacity(body.len() + 4);
+    packet.put_u32(body.len() as u32 + 4);
+    packet.extend_from_slice(&body);
+    packet.freeze()
+}
+
 /// `name\0value\0 ... \0`, strictly: a StartupMessage that does not end so is refused, as
 /// PostgreSQL refuses it.
 fn parse_params(mut body: &[u8]) -> Result<BTreeMap<String, String>, ProtocolError> {
@@ -126,6 +146,47 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn pgbridges_startup_message_roundtrips() {
+        let packet = startup_message([("user", "bridge"), ("database", "db"), ("TimeZone", "UTC")]);
+        let len = StartupPacket::declared_len(packet[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, packet.len());
+        let StartupPacket::Startup {
+            raw,
+            version,
+            params,
+        } = StartupPacket::decode(packet.clone()).unwrap()
+        else {
+            panic!("not a StartupMessage");
+        };
+        assert_eq!((raw, version), (packet, (3, 0)));
+        let want = [("TimeZone", "UTC"), ("database", "db"), ("user", "bridge")];
+        let want = want.map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(params, BTreeMap::from(want));
+        let empty = startup_message([]);
+        assert_eq!(&empty[..], &[0, 0, 0, 9, 0, 3, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_cancel_request_roundtrips() {
+        let key = CancelKey {
+            pid: 4242,
+            secret: Bytes::from_static(&[9; 32]),
+        };
+        let packet = key.to_cancel_request();
+        let len = StartupPacket::declared_len(packet[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, packet.len());
+        assert_eq!(
+            StartupPacket::decode(packet).unwrap(),
+            StartupPacket::Cancel(key)
+        );
+        let too_long = CancelKey {
+            pid: 1,
+            secret: Bytes::from(vec![1; 257]),
+        };
+        assert!(StartupPacket::decode(too_long.to_cancel_request()).is_err());
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub enum Route<'a> {
     Secondary { sql: &'a str },
 }
 
-/// CONTRACT.md's rule for one statement text: served by the secondary only when it is one read
+/// The rule for one statement text: served by the secondary only when it is one read
 /// that writes nothing (`may_write` false), outside a transaction that has written, and every
 /// table it reads is served there (migrated tables flagged `secondary`, unmigrated ones shared).
 /// Shadowed when some migrated table it reads is flagged `shadow` and every other is flagged

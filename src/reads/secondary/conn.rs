@@ -4,16 +4,19 @@
 //! own Bind, with its parameter and result formats) and come back as frames that are passed to
 //! the client as they are, so this connection speaks the protocol itself rather than through a
 //! client library: startup with pgbridge's credentials from `[secondary] url` (trust,
-//! cleartext, md5 or SCRAM-SHA-256, the SCRAM exchange from `postgres-protocol`), then whole
-//! request batches answered up to their ReadyForQuery.
+//! cleartext, md5 or SCRAM-SHA-256, the exchange in [`crate::protocol::auth`]), then whole
+//! request batches answered up to their ReadyForQuery. This file only does the I/O.
 
 use std::time::Duration;
 
-use crate::net::addr::{ServerAddr, ServerStream};
-use crate::protocol::messages::{error_fields, CancelKey};
-use bytes::{BufMut, Bytes, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::net::addr::{ServerAddr, ServerStream};
+use crate::protocol::auth::{AuthError, ClientAuth, Step};
+use crate::protocol::messages::{error_text, CancelKey};
+use crate::protocol::startup::startup_message;
+use crate::protocol::wire::declared_len;
 
 /// Largest frame accepted from the secondary (a result row of 1 GB is PostgreSQL's own limit).
 const MAX_FRAME: usize = 1 << 30;
@@ -34,6 +37,15 @@ pub enum ConnError {
     Protocol(String),
     #[error("the answer is larger than pgbridge keeps")]
     TooLarge,
+}
+
+impl From<AuthError> for ConnError {
+    fn from(e: AuthError) -> ConnError {
+        match e {
+            AuthError::Malformed(what) => ConnError::Protocol(what.into()),
+            e => ConnError::Login(e.to_string()),
+        }
+    }
 }
 
 /// One open connection to the secondary.
@@ -70,94 +82,27 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Sends the StartupMessage and answers the Authentication requests ([`ClientAuth`] says
+    /// how), up to the first ReadyForQuery; keeps the backend's cancel key.
     async fn login(
         &mut self,
         config: &tokio_postgres::Config,
         params: &[(String, String)],
     ) -> Result<(), ConnError> {
         let user = config.get_user().unwrap_or("postgres");
-        let password = config.get_password().unwrap_or_default().to_vec();
-        let mut body = BytesMut::new();
-        body.put_u32(196_608);
-        let mut put = |k: &str, v: &str| {
-            body.extend_from_slice(k.as_bytes());
-            body.put_u8(0);
-            body.extend_from_slice(v.as_bytes());
-            body.put_u8(0);
-        };
-        put("user", user);
-        put("database", config.get_dbname().unwrap_or(user));
-        for (k, v) in params {
-            put(k, v);
-        }
-        body.put_u8(0);
-        let mut startup = BytesMut::new();
-        startup.put_u32(body.len() as u32 + 4);
-        startup.extend_from_slice(&body);
-        self.send(&startup).await?;
-        let mut scram: Option<ScramSha256> = None;
+        let database = config.get_dbname().unwrap_or(user);
+        let startup = [("user", user), ("database", database)]
+            .into_iter()
+            .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.send(&startup_message(startup)).await?;
+        let mut auth = ClientAuth::new(user, config.get_password().unwrap_or_default());
         loop {
             let frame = self.frame().await?;
             match frame[0] {
-                b'R' => {
-                    let code = be_u32(&frame, 5)?;
-                    let data = &frame[9..];
-                    match code {
-                        0 => {}
-                        3 => self.send(&password_message(&password)).await?,
-                        5 => {
-                            let salt: [u8; 4] = data
-                                .get(..4)
-                                .and_then(|s| s.try_into().ok())
-                                .ok_or_else(|| ConnError::Protocol("short md5 salt".into()))?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                user.as_bytes(),
-                                &password,
-                                salt,
-                            );
-                            self.send(&password_message(hash.as_bytes())).await?
-                        }
-                        10 => {
-                            let offered = data
-                                .split(|&b| b == 0)
-                                .any(|m| m == SCRAM_SHA_256.as_bytes());
-                            if !offered {
-                                return Err(ConnError::Login(
-                                    "no supported SASL mechanism offered".into(),
-                                ));
-                            }
-                            let s = ScramSha256::new(&password, ChannelBinding::unsupported());
-                            let mut body = BytesMut::new();
-                            body.extend_from_slice(SCRAM_SHA_256.as_bytes());
-                            body.put_u8(0);
-                            body.put_u32(s.message().len() as u32);
-                            body.extend_from_slice(s.message());
-                            self.send(&framed(b'p', &body)).await?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| {
-                                ConnError::Protocol("SASLContinue without SASL".into())
-                            })?;
-                            s.update(data)
-                                .map_err(|e| ConnError::Login(e.to_string()))?;
-                            let reply = framed(b'p', s.message());
-                            self.send(&reply).await?;
-                        }
-                        12 => {
-                            let mut s = scram.take().ok_or_else(|| {
-                                ConnError::Protocol("SASLFinal without SASL".into())
-                            })?;
-                            s.finish(data)
-                                .map_err(|e| ConnError::Login(e.to_string()))?;
-                        }
-                        other => {
-                            return Err(ConnError::Login(format!(
-                                "unsupported authentication request {other}"
-                            )))
-                        }
-                    }
-                }
+                b'R' => match auth.step(&frame)? {
+                    Step::Send(reply) => self.send(&reply).await?,
+                    Step::Verified | Step::Done => {}
+                },
                 b'E' => return Err(ConnError::Login(error_text(&frame))),
                 b'K' => self.key = CancelKey::from_backend_key_data(&frame),
                 b'Z' => return Ok(()),
@@ -175,8 +120,8 @@ impl Conn {
     /// The next whole frame (type byte and length included).
     pub async fn frame(&mut self) -> Result<Bytes, ConnError> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = be_u32(&self.buf, 1)? as usize;
+            if let Some(len) = declared_len(&self.buf) {
+                let len = len as usize;
                 if !(4..=MAX_FRAME).contains(&len) {
                     return Err(ConnError::Protocol(format!("frame length {len}")));
                 }
@@ -192,42 +137,4 @@ impl Conn {
             }
         }
     }
-}
-
-fn be_u32(b: &[u8], at: usize) -> Result<u32, ConnError> {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| ConnError::Protocol("short frame".into()))
-}
-
-fn framed(tag: u8, body: &[u8]) -> Bytes {
-    crate::protocol::wire::framed(tag, body)
-}
-
-fn password_message(password: &[u8]) -> Bytes {
-    let mut body = password.to_vec();
-    body.push(0);
-    framed(b'p', &body)
-}
-
-/// `SQLSTATE: message` of an ErrorResponse frame.
-pub fn error_text(frame: &[u8]) -> String {
-    let fields = error_fields(frame);
-    let get = |c: u8| {
-        fields
-            .iter()
-            .find(|(k, _)| *k == c)
-            .map_or("", |(_, v)| v.as_str())
-    };
-    format!("{}: {}", get(b'C'), get(b'M'))
-}
-
-/// The SQLSTATE of an ErrorResponse frame.
-pub fn error_code(frame: &[u8]) -> String {
-    error_fields(frame)
-        .into_iter()
-        .find(|(k, _)| *k == b'C')
-        .map(|(_, v)| v)
-        .unwrap_or_default()
 }

@@ -1,4 +1,5 @@
-//! Reads served by the secondary (CONTRACT.md, "Reads": `secondary`).
+//! Reads served by the secondary: a read of tables flagged `secondary` (or shared with it) is
+//! answered there, not by the primary.
 //!
 //! A session whose read the router sends to the secondary ([`crate::reads::Route::Secondary`])
 //! runs the read rewrite on a connection of its own to the secondary ([`conn::Conn`], pgbridge's
@@ -24,19 +25,25 @@
 //! `[reads] secondary_timeout_ms`, or an error) is served by the primary instead, and the
 //! session records a `secondary_error` divergence; after a connection failure the session's
 //! reads stay on the primary for `[reads] retry_after_ms` before the secondary is tried again.
+//!
+//! [`conn`] is the connection's I/O, [`statements`] what it has prepared, [`answer`] collects
+//! the answer to one batch; [`access`] asks the primary whether the user may read the tables.
 
 pub mod access;
+mod answer;
 pub mod conn;
+mod statements;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::protocol::wire;
 use crate::rules::quote_literal;
+use answer::Answer;
 use conn::{Conn, ConnError};
+use statements::Statements;
 
 /// How long connecting and logging in to the secondary may take at most.
 const CONNECT_TIMEOUT_MS: u64 = 3000;
@@ -107,21 +114,14 @@ pub fn startup_settings<'a>(
         .collect()
 }
 
-/// A prepared statement of the client's, as prepared on the secondary.
-struct Prepared {
-    name: String,
-    sql: Arc<str>,
-}
-
 /// One session's reads served by the secondary.
 pub struct SessionServer {
     opts: Arc<ServeOptions>,
     startup: Vec<(String, String)>,
     conn: Option<Conn>,
     resting_until: Option<Instant>,
-    /// Client statement name to its statement on the secondary.
-    prepared: HashMap<String, Prepared>,
-    next_name: u64,
+    /// What the connection has prepared.
+    statements: Statements,
     /// The settings script the connection has applied.
     applied: String,
     /// The connection's cancel key, for the session's cancel requests.
@@ -140,8 +140,7 @@ impl SessionServer {
             startup,
             conn: None,
             resting_until: None,
-            prepared: HashMap::new(),
-            next_name: 0,
+            statements: Statements::default(),
             applied: String::new(),
         }
     }
@@ -168,34 +167,8 @@ impl SessionServer {
         settings: &str,
     ) -> Result<BytesMut, Failure> {
         let mut request = BytesMut::new();
-        let known = self
-            .prepared
-            .get(stmt)
-            .filter(|p| !stmt.is_empty() && p.sql == *sql);
-        let name = match known {
-            Some(p) => p.name.clone(),
-            None => {
-                let name = if stmt.is_empty() {
-                    String::new()
-                } else {
-                    self.next_name += 1;
-                    format!("pgbridge_s{}", self.next_name)
-                };
-                if let Some(old) = self.prepared.remove(stmt).filter(|p| !p.name.is_empty()) {
-                    request.extend_from_slice(&wire::close(b'S', &old.name));
-                }
-                request.extend_from_slice(&parse(&name, sql, types));
-                self.prepared.insert(
-                    stmt.to_string(),
-                    Prepared {
-                        name: name.clone(),
-                        sql: sql.clone(),
-                    },
-                );
-                name
-            }
-        };
-        let Some(bind) = rebind(bind, &name) else {
+        let name = self.statements.prepare(stmt, sql, types, &mut request);
+        let Some(bind) = wire::bind_to_statement(bind, &name) else {
             return Err(Failure::Error {
                 sqlstate: "08P01".into(),
                 message: "malformed Bind".into(),
@@ -208,7 +181,7 @@ impl SessionServer {
         let answer = self.exchange(settings, &request).await;
         if matches!(answer, Err(Failure::Error { .. })) {
             // Whether the Parse took is unknown: parse again next time.
-            self.prepared.remove(stmt);
+            self.statements.forget(stmt);
         }
         answer
     }
@@ -217,7 +190,7 @@ impl SessionServer {
     fn close(&mut self) {
         self.conn = None;
         self.set_alongside(None);
-        self.prepared.clear();
+        self.statements.clear();
         self.applied.clear();
     }
 
@@ -233,18 +206,11 @@ impl SessionServer {
         let timeout = self.opts.timeout;
         let result = tokio::time::timeout(timeout, self.exchange_inner(settings, request)).await;
         let failure = match result {
-            Ok(Ok(Ok(answer))) => return Ok(answer),
+            Ok(Ok(answer)) => return answer,
             Ok(Err(ConnError::TooLarge)) => {
                 // The rest of the answer is on its way: this connection is done for.
                 self.close();
                 return Err(Failure::TooLarge);
-            }
-            Ok(Ok(Err((sqlstate, message, frame)))) => {
-                return Err(Failure::Error {
-                    sqlstate,
-                    message,
-                    frame,
-                })
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!(
@@ -257,11 +223,31 @@ impl SessionServer {
         Err(Failure::Unavailable(failure))
     }
 
+    /// The exchange itself: the read's answer or refusal, or why the connection failed.
     async fn exchange_inner(
         &mut self,
         settings: &str,
         request: &[u8],
-    ) -> Result<Result<BytesMut, (String, String, Bytes)>, ConnError> {
+    ) -> Result<Result<BytesMut, Failure>, ConnError> {
+        let apply = self.applied != settings;
+        let conn = self.connection().await?;
+        let mut batch = BytesMut::new();
+        if apply {
+            batch.extend_from_slice(&wire::query(settings));
+        }
+        batch.extend_from_slice(request);
+        conn.send(&batch).await?;
+        let mut answer = Answer::new(apply);
+        while !answer.take(&conn.frame().await?)? {}
+        if answer.settings_applied() {
+            self.applied = settings.to_string();
+        }
+        Ok(answer.into_result())
+    }
+
+    /// The connection to the secondary, opened (and its cancel key registered) when there is
+    /// none.
+    async fn connection(&mut self) -> Result<&mut Conn, ConnError> {
         if self.conn.is_none() {
             let c = Conn::connect(
                 &self.opts.addr,
@@ -276,83 +262,8 @@ impl SessionServer {
             }));
             self.conn = Some(c);
         }
-        let apply = self.applied != settings;
-        let conn = self.conn.as_mut().expect("connected above");
-        let mut batch = BytesMut::new();
-        if apply {
-            batch.extend_from_slice(&wire::query(settings));
-        }
-        batch.extend_from_slice(request);
-        conn.send(&batch).await?;
-        let mut readies = if apply { 2 } else { 1 };
-        let mut out = BytesMut::new();
-        let mut error: Option<(String, String, Bytes)> = None;
-        let mut settings_failed = None;
-        while readies > 0 {
-            let frame = conn.frame().await?;
-            match frame[0] {
-                b'D' | b'C' | b'I' if !(apply && readies == 2) => {
-                    if out.len() + frame.len() > crate::reads::MAX_COMPARED_BYTES {
-                        return Err(ConnError::TooLarge);
-                    }
-                    out.extend_from_slice(&frame)
-                }
-                b'E' if apply && readies == 2 => settings_failed = Some(conn::error_text(&frame)),
-                b'E' => {
-                    error.get_or_insert_with(|| {
-                        (
-                            conn::error_code(&frame),
-                            conn::error_text(&frame),
-                            frame.clone(),
-                        )
-                    });
-                }
-                b'Z' => readies -= 1,
-                _ => {}
-            }
-        }
-        if let Some(e) = settings_failed {
-            return Ok(Err((
-                "22023".into(),
-                format!("the session's settings could not be applied on the secondary: {e}"),
-                Bytes::new(),
-            )));
-        }
-        if apply {
-            self.applied = settings.to_string();
-        }
-        Ok(match error {
-            Some(e) => Err(e),
-            None => Ok(out),
-        })
+        Ok(self.conn.as_mut().expect("connected above"))
     }
-}
-
-/// A Parse of `sql` as `name`, with parameter types `types`.
-fn parse(name: &str, sql: &str, types: &[u32]) -> Bytes {
-    let mut body = BytesMut::new();
-    body.extend_from_slice(name.as_bytes());
-    body.put_u8(0);
-    body.extend_from_slice(sql.as_bytes());
-    body.put_u8(0);
-    body.put_u16(types.len() as u16);
-    for t in types {
-        body.put_u32(*t);
-    }
-    wire::framed(b'P', &body)
-}
-
-/// The client's Bind, to the unnamed portal of statement `stmt`; the rest (parameters, their
-/// formats, result formats) as the client sent it.
-fn rebind(bind: &[u8], stmt: &str) -> Option<Bytes> {
-    let (_, at) = wire::cstr(bind, 5)?;
-    let (_, rest) = wire::cstr(bind, at)?;
-    let mut body = BytesMut::with_capacity(bind.len());
-    body.put_u8(0);
-    body.extend_from_slice(stmt.as_bytes());
-    body.put_u8(0);
-    body.extend_from_slice(&bind[rest..]);
-    Some(wire::framed(b'B', &body))
 }
 
 /// The settings script that makes a secondary session format values as the client's does:
@@ -375,21 +286,6 @@ pub fn settings_script<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bind_is_pointed_at_the_secondarys_statement() {
-        let mut body = BytesMut::new();
-        body.extend_from_slice(b"\0client_stmt\0");
-        body.extend_from_slice(&[0, 1, 0, 1, 0, 1, 0, 0, 0, 2, 0, 7, 0, 1, 0, 1]);
-        let bind = wire::framed(b'B', &body);
-        let out = rebind(&bind, "pgbridge_s1").unwrap();
-        assert_eq!(wire::bind_names(&out), Some(("", "pgbridge_s1")));
-        assert_eq!(
-            wire::bind_params(&out).unwrap(),
-            wire::bind_params(&bind).unwrap()
-        );
-        assert!(out.ends_with(&[0, 1, 0, 1]));
-    }
 
     #[test]
     fn the_settings_script_resets_then_sets() {

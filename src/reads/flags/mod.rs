@@ -6,23 +6,28 @@
 //! `ArcSwap`, replaced whole on each change, so a change applies to the next statement of every
 //! session. Changes go through one mutex, the safety gate and the audit log.
 //!
-//! The safety gate (DESIGN.md, principle 10): a switch to `secondary` is refused while the mirror
-//! lags (`[admin] gate_max_lag_seconds`, `gate_max_lag_transactions`), has parked transactions,
-//! is halted or not connected, while the rule does not mirror the table, or while divergences
-//! were recorded for the table since its last switch; `force` overrides all but a missing
-//! secondary. A switch to `primary` is always allowed: the way back stays open. Any switch
-//! (to `shadow` too) re-arms the divergence count, so the evidence for `secondary` is the
-//! divergences recorded since then.
+//! The safety gate ([`gate`], docs/DESIGN.md, principle 10): a switch to `secondary` is refused
+//! while the mirror lags (`[admin] gate_max_lag_seconds`, `gate_max_lag_transactions`), has
+//! parked transactions, is halted or not connected, while the rule does not mirror the table,
+//! or while divergences were recorded for the table since its last switch; `force` overrides
+//! all but a missing secondary. A switch to `primary` is always allowed: the way back stays
+//! open. Any switch (to `shadow` too) re-arms the divergence count, so the evidence for
+//! `secondary` is the divergences recorded since then. Every switch made is first a line of
+//! the audit log ([`audit`]).
 //!
-//! Rules hot reload: a reload keeps the runtime flag of every table that still exists; a new
-//! table starts at its rule's `reads`; a removed table's flag goes. When a rule file's own
-//! `reads` value changed since the last load, the rule file wins (through the same gate, not
-//! forced; a refused change is logged and the flag stays): the DBA's edit is a switch too.
+//! Rules hot reload ([`reload`]): a reload keeps the runtime flag of every table that still
+//! exists; a new table starts at its rule's `reads`; a removed table's flag goes. When a rule
+//! file's own `reads` value changed since the last load, the rule file wins (through the same
+//! gate, not forced; a refused change is logged and the flag stays): the DBA's edit is a switch
+//! too.
 //!
 //! [`super::route`] is the pure decision the session makes per statement, with these flags.
 
+mod audit;
+mod gate;
+mod reload;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -122,6 +127,30 @@ pub struct TableState {
     pub ts: String,
 }
 
+impl TableState {
+    /// A switch of `table` from `from` to `to`, proposed now; not made yet.
+    fn proposed(
+        table: &TableName,
+        target: String,
+        (from, to): (ReadSource, ReadSource),
+        reason: &str,
+        who: &str,
+    ) -> TableState {
+        TableState {
+            source: table.to_string(),
+            target,
+            reads: to.as_str().into(),
+            previous: from.as_str().into(),
+            changed: false,
+            forced: false,
+            overridden: Vec::new(),
+            reason: reason.to_string(),
+            who: who.to_string(),
+            ts: rfc3339(SystemTime::now()),
+        }
+    }
+}
+
 /// The gate's bounds and the audit log.
 #[derive(Debug, Clone)]
 pub struct FlagOptions {
@@ -163,18 +192,6 @@ impl std::fmt::Debug for ReadFlags {
             .field("version", &self.flags.load().version)
             .finish()
     }
-}
-
-#[derive(Serialize)]
-struct AuditLine<'a> {
-    ts: &'a str,
-    table: String,
-    from: &'static str,
-    to: &'static str,
-    reason: &'a str,
-    forced: bool,
-    overridden: &'a [String],
-    who: &'a str,
 }
 
 impl ReadFlags {
@@ -252,37 +269,15 @@ impl ReadFlags {
         let name = TableName::parse(table).ok_or_else(unknown)?;
         let flag = current.tables.get(&name).ok_or_else(unknown)?;
         let rule = current.rules.get(&name).ok_or_else(unknown)?;
-        let ts = rfc3339(SystemTime::now());
-        let mut state = TableState {
-            source: name.to_string(),
-            target: rule.target.to_string(),
-            reads: to.as_str().into(),
-            previous: flag.source.as_str().into(),
-            changed: false,
-            forced: false,
-            overridden: Vec::new(),
-            reason: reason.to_string(),
-            who: who.to_string(),
-            ts,
-        };
+        let target = rule.target.to_string();
+        let mut state = TableState::proposed(&name, target, (flag.source, to), reason, who);
         if flag.source == to {
             return Ok(state);
         }
-        if to != ReadSource::Primary && !self.opts.has_secondary {
-            return Err(FlagError::Refused(
-                "no [secondary] is configured: reads can only be served by the primary".into(),
-            ));
-        }
-        let refusals = self.gate(&name, flag, to, rule.mirror);
-        if !refusals.is_empty() && !force {
-            warn!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason,
-                  who, refused = %refusals.join("; "), "read switch refused");
-            return Err(FlagError::Refused(refusals.join("; ")));
-        }
+        state.overridden = self.admit(&name, flag, to, rule.mirror, force, &state)?;
         state.changed = true;
         state.forced = force;
-        state.overridden = refusals;
-        if let Err(e) = self.audit(&state) {
+        if let Err(e) = audit::append(&self.opts.audit_log, &state) {
             // Without its audit line a switch does not happen, except the way back.
             if to != ReadSource::Primary {
                 return Err(e);
@@ -291,6 +286,38 @@ impl ReadFlags {
         }
         info!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason, who,
               forced = force, overridden = ?state.overridden, "reads switched");
+        self.store_switch(&current, &name, flag, to);
+        Ok(state)
+    }
+
+    /// Whether the switch `state` proposes may be made: the gate's reasons that `force`
+    /// overrides, or the refusal. Without a secondary, only `primary` can be chosen at all.
+    fn admit(
+        &self,
+        name: &TableName,
+        flag: &TableFlag,
+        to: ReadSource,
+        mirror: MirrorMode,
+        force: bool,
+        state: &TableState,
+    ) -> Result<Vec<String>, FlagError> {
+        if to != ReadSource::Primary && !self.opts.has_secondary {
+            return Err(FlagError::Refused(
+                "no [secondary] is configured: reads can only be served by the primary".into(),
+            ));
+        }
+        let refusals = self.gate(name, flag, to, mirror);
+        if !refusals.is_empty() && !force {
+            let (reason, who) = (state.reason.as_str(), state.who.as_str());
+            warn!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason,
+                  who, refused = %refusals.join("; "), "read switch refused");
+            return Err(FlagError::Refused(refusals.join("; ")));
+        }
+        Ok(refusals)
+    }
+
+    /// Makes the switch of `name` to `to`: new flags, the table's divergence count re-armed.
+    fn store_switch(&self, current: &Flags, name: &TableName, flag: &TableFlag, to: ReadSource) {
         let mut tables = current.tables.clone();
         tables.insert(
             name.clone(),
@@ -305,200 +332,33 @@ impl ReadFlags {
             tables,
             version: current.version + 1,
         }));
-        Ok(state)
     }
 
-    /// Why a switch to `to` must be refused; empty when it may go ahead.
+    /// Why a switch to `to` must be refused ([`gate::refusals`]); empty when it may go ahead.
     fn gate(
         &self,
         table: &TableName,
         flag: &TableFlag,
         to: ReadSource,
-        mirror: MirrorMode,
+        mirror_mode: MirrorMode,
     ) -> Vec<String> {
-        let mut why = Vec::new();
         if to != ReadSource::Secondary {
-            return why;
+            return Vec::new();
         }
-        if mirror == MirrorMode::Off {
-            why.push("the rule does not mirror writes (mirror = \"off\")".into());
-        }
-        match &self.mirror {
-            None => why.push("the mirror is not running".into()),
-            Some(probe) => {
-                let m = probe();
-                if m.lag_seconds > self.opts.max_lag_seconds {
-                    why.push(format!(
-                        "the mirror lags {:.1}s (gate_max_lag_seconds = {})",
-                        m.lag_seconds, self.opts.max_lag_seconds
-                    ));
-                }
-                if m.lag_transactions > self.opts.max_lag_transactions {
-                    why.push(format!(
-                        "{} transactions wait to be applied (gate_max_lag_transactions = {})",
-                        m.lag_transactions, self.opts.max_lag_transactions
-                    ));
-                }
-                if m.parked > 0 {
-                    why.push(format!("{} parked transactions", m.parked));
-                }
-                if m.halted {
-                    why.push("the mirror applier is halted".into());
-                }
-                if !m.connected {
-                    why.push("the mirror applier is not connected to the secondary".into());
-                }
-            }
-        }
+        let report = self.mirror.as_ref().map(|probe| probe());
         let seen = self.recorder.count_table(&table.to_string());
-        if seen > flag.baseline {
-            why.push(format!(
-                "{} divergences recorded for {table} since its last switch",
-                seen - flag.baseline
-            ));
-        }
-        why
-    }
-
-    fn audit(&self, s: &TableState) -> Result<(), FlagError> {
-        let line = AuditLine {
-            ts: &s.ts,
-            table: s.source.clone(),
-            from: source_word(&s.previous),
-            to: source_word(&s.reads),
-            reason: &s.reason,
-            forced: s.forced,
-            overridden: &s.overridden,
-            who: &s.who,
+        let evidence = gate::Evidence {
+            mirror_mode,
+            mirror: report.as_ref(),
+            divergences: seen.saturating_sub(flag.baseline),
         };
-        let path = &self.opts.audit_log;
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
-            text.push('\n');
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_data()
-        };
-        write().map_err(|source| FlagError::Audit {
-            path: path.clone(),
-            source,
-        })
+        gate::refusals(table, to, &evidence, &self.opts)
     }
-
-    /// The flags, reconciled with the live rules; the caller holds `change`.
-    fn load_locked(&self) -> Arc<Flags> {
-        let flags = self.flags.load_full();
-        if Arc::ptr_eq(&flags.rules, &self.rules.load()) {
-            return flags;
-        }
-        self.reconcile_locked(flags)
-    }
-
-    fn reconcile(&self) {
-        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
-        let flags = self.flags.load_full();
-        if !Arc::ptr_eq(&flags.rules, &self.rules.load()) {
-            self.reconcile_locked(flags);
-        }
-    }
-
-    /// Follows a rules reload (see the module docs).
-    fn reconcile_locked(&self, old: Arc<Flags>) -> Arc<Flags> {
-        let rules = self.rules.load_full();
-        let mut tables = HashMap::new();
-        for rule in rules.rules() {
-            let name = &rule.source;
-            let flag = match old.tables.get(name) {
-                None => {
-                    info!(table = %name, reads = rule.reads.as_str(), "new migrated table");
-                    TableFlag {
-                        source: rule.reads,
-                        rule_reads: rule.reads,
-                        baseline: self.recorder.count_table(&name.to_string()),
-                    }
-                }
-                Some(f) if f.rule_reads == rule.reads || f.source == rule.reads => TableFlag {
-                    rule_reads: rule.reads,
-                    ..f.clone()
-                },
-                Some(f) => self.rule_switch(name, f, rule.reads, rule.mirror),
-            };
-            tables.insert(name.clone(), flag);
-        }
-        for name in old.tables.keys().filter(|n| !tables.contains_key(*n)) {
-            info!(table = %name, "table no longer migrated: its read flag is dropped");
-        }
-        let new = Arc::new(Flags {
-            rules,
-            tables,
-            version: old.version + 1,
-        });
-        self.flags.store(new.clone());
-        new
-    }
-
-    /// A rule file's `reads` that changed: the DBA's switch, gated and audited like any other.
-    fn rule_switch(
-        &self,
-        name: &TableName,
-        f: &TableFlag,
-        to: ReadSource,
-        mirror: MirrorMode,
-    ) -> TableFlag {
-        let keep = TableFlag {
-            rule_reads: to,
-            ..f.clone()
-        };
-        let mut refusals = self.gate(name, f, to, mirror);
-        if to != ReadSource::Primary && !self.opts.has_secondary {
-            refusals.push("no [secondary] is configured".into());
-        }
-        if !refusals.is_empty() {
-            error!(table = %name, from = f.source.as_str(), to = to.as_str(),
-                   refused = %refusals.join("; "),
-                   "the rule file's new `reads` is refused by the safety gate; the flag stays");
-            return keep;
-        }
-        let state = TableState {
-            source: name.to_string(),
-            target: String::new(),
-            reads: to.as_str().into(),
-            previous: f.source.as_str().into(),
-            changed: true,
-            forced: false,
-            overridden: Vec::new(),
-            reason: "the rule file's `reads` changed".into(),
-            who: "rules".into(),
-            ts: rfc3339(SystemTime::now()),
-        };
-        if let Err(e) = self.audit(&state) {
-            if to != ReadSource::Primary {
-                error!(table = %name, error = %e, "the rule file's new `reads` is not applied");
-                return keep;
-            }
-        }
-        info!(table = %name, from = f.source.as_str(), to = to.as_str(), who = "rules",
-              "reads switched by the rule file");
-        TableFlag {
-            source: to,
-            rule_reads: to,
-            baseline: self.recorder.count_table(&name.to_string()),
-        }
-    }
-}
-
-fn source_word(s: &str) -> &'static str {
-    ReadSource::parse(s).map_or("primary", ReadSource::as_str)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::gate::tests::healthy;
     use super::*;
 
     struct Setup {
@@ -507,29 +367,6 @@ mod tests {
         recorder: Arc<Recorder>,
         report: Arc<Mutex<MirrorReport>>,
         dir: tempfile::TempDir,
-    }
-
-    fn healthy() -> MirrorReport {
-        MirrorReport {
-            journal_seq: 5,
-            applied_seq: 5,
-            lag_seconds: 0.0,
-            lag_transactions: 0,
-            parked: 0,
-            applied_per_second: 0.0,
-            retries: 0,
-            in_doubt: 0,
-            in_progress: 0,
-            journal_bytes: 0,
-            journal_segments: 1,
-            journal_full: false,
-            disk_full: false,
-            halted: false,
-            connected: true,
-            fsyncs: 0,
-            appends: 0,
-            last_error: None,
-        }
     }
 
     fn setup() -> Setup {
