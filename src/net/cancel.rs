@@ -1,9 +1,11 @@
 //! Cancel keys.
 //!
 //! A client cancels a query by opening a new connection and sending the key it got in
-//! BackendKeyData. pgbridge hands each client a key of its own (so that a client cannot learn, or
-//! guess from pgbridge's numbering, the primary's process ids) and keeps the map from its keys to
-//! the primary's; a CancelRequest with a known key is forwarded to the primary with the real one.
+//! BackendKeyData. pgbridge hands each client the primary's own process id (so that
+//! `PQbackendPID()`, a notification's sender pid, `pg_terminate_backend` and `pg_stat_activity`
+//! mean what they mean directly) with a secret of its own, and keeps the map from those keys to
+//! the primary's; a CancelRequest with a known key is forwarded to the primary with the real
+//! secret, and to the session's connection to the secondary when it has one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,13 +29,13 @@ pub struct BackendTarget {
 /// served there), set while it exists: a cancel goes to it too.
 pub type Alongside = Arc<Mutex<Option<BackendTarget>>>;
 
-/// A live session's secret, its primary backend and the backend alongside.
-type Entry = (Bytes, BackendTarget, Option<Alongside>);
+/// A live session's primary backend and the backend alongside.
+type Entry = (BackendTarget, Option<Alongside>);
 
-/// The keys of the live sessions, by the process id pgbridge handed out.
+/// The keys of the live sessions: the primary's process id and the secret pgbridge handed out.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, Entry>>,
+    sessions: Mutex<HashMap<(i32, Bytes), Entry>>,
 }
 
 /// Keeps a key registered for as long as its session lives.
@@ -46,7 +48,7 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut map) = self.registry.sessions.lock() {
-            map.remove(&self.client_key.pid);
+            map.remove(&(self.client_key.pid, self.client_key.secret.clone()));
         }
     }
 }
@@ -57,24 +59,25 @@ impl CancelRegistry {
     }
 
     /// Registers the primary's key of a new session and returns the key to hand to the client:
-    /// a fresh random process id and a random secret as long as the primary's.
+    /// the primary's process id with a random secret as long as the primary's (protocol 3.2's
+    /// long keys included).
     pub fn register(
         self: &Arc<Self>,
         target: BackendTarget,
         alongside: Option<Alongside>,
     ) -> Registration {
         let mut rng = rand::rng();
-        let mut secret = vec![0u8; target.key.secret.len()];
-        rng.fill(&mut secret[..]);
-        let secret = Bytes::from(secret);
+        let pid = target.key.pid;
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = loop {
-            let pid = rng.random_range(1..i32::MAX);
-            if !map.contains_key(&pid) {
-                break pid;
+        let secret = loop {
+            let mut secret = vec![0u8; target.key.secret.len()];
+            rng.fill(&mut secret[..]);
+            let secret = Bytes::from(secret);
+            if !map.contains_key(&(pid, secret.clone())) {
+                break secret;
             }
         };
-        map.insert(pid, (secret.clone(), target, alongside));
+        map.insert((pid, secret.clone()), (target, alongside));
         Registration {
             registry: Arc::clone(self),
             client_key: CancelKey { pid, secret },
@@ -85,10 +88,7 @@ impl CancelRegistry {
     /// has a connection there), if the key is one pgbridge handed out and still live.
     pub fn lookup(&self, client_key: &CancelKey) -> Option<Vec<BackendTarget>> {
         let map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let (secret, target, alongside) = map.get(&client_key.pid)?;
-        if *secret != client_key.secret {
-            return None;
-        }
+        let (target, alongside) = map.get(&(client_key.pid, client_key.secret.clone()))?;
         let mut targets = vec![target.clone()];
         if let Some(other) = alongside
             .as_ref()
@@ -147,9 +147,14 @@ mod tests {
         let alongside: Alongside = Arc::new(Mutex::new(None));
         let reg = registry.register(target(&[1, 2, 3, 4]), Some(alongside.clone()));
         assert_eq!(reg.client_key.secret.len(), 4);
-        assert_ne!(
+        assert_eq!(
             reg.client_key.pid, 77,
-            "pgbridge hands out its own process id"
+            "the client sees the primary's own process id"
+        );
+        assert_ne!(
+            &reg.client_key.secret[..],
+            &[1, 2, 3, 4],
+            "but a secret of pgbridge's"
         );
         let found = registry.lookup(&reg.client_key).expect("registered");
         assert_eq!(found.len(), 1);
@@ -160,8 +165,11 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert_eq!(&found[1].key.secret[..], &[9, 9, 9, 9]);
         let mut wrong = reg.client_key.clone();
-        wrong.secret = Bytes::from_static(&[0, 0, 0, 0]);
-        assert!(registry.lookup(&wrong).is_none());
+        wrong.secret = Bytes::from_static(&[1, 2, 3, 4]);
+        assert!(
+            registry.lookup(&wrong).is_none(),
+            "the primary's own secret cancels nothing through pgbridge"
+        );
         let key = reg.client_key.clone();
         drop(reg);
         assert!(registry.lookup(&key).is_none());
@@ -173,5 +181,19 @@ mod tests {
         let registry = CancelRegistry::new();
         let reg = registry.register(target(&[5; 32]), None);
         assert_eq!(reg.client_key.secret.len(), 32);
+    }
+
+    #[test]
+    fn a_process_id_seen_twice_is_told_apart_by_the_secret() {
+        // A backend's pid may be reused by a new session before the old one is dropped.
+        let registry = CancelRegistry::new();
+        let old = registry.register(target(&[1; 4]), None);
+        let new = registry.register(target(&[2; 4]), None);
+        assert_eq!(old.client_key.pid, new.client_key.pid);
+        let secret_of = |k: &CancelKey| registry.lookup(k).map(|t| t[0].key.secret.clone());
+        assert_eq!(secret_of(&old.client_key).as_deref(), Some(&[1u8; 4][..]));
+        assert_eq!(secret_of(&new.client_key).as_deref(), Some(&[2u8; 4][..]));
+        drop(old);
+        assert_eq!(secret_of(&new.client_key).as_deref(), Some(&[2u8; 4][..]));
     }
 }

@@ -347,6 +347,7 @@ pub fn lock(server: &Mutex<PgServer>) -> MutexGuard<'_, PgServer> {
 }
 
 pub mod dxy;
+pub mod python;
 pub mod wire;
 
 /// tokio-postgres connected through `conn`, with its notices and notifications sent to the
