@@ -827,30 +827,6 @@ async fn shadow_reads_of_the_extended_protocol_carry_their_parameters() {
     }
 }
 
-/// The divergence records the bridge wrote, once there are `n` of them.
-fn divergence_records(bridge: &Bridge, n: usize) -> Vec<serde_json::Value> {
-    let config = std::fs::read_to_string(bridge.dir.path().join("pgbridge.toml")).unwrap();
-    let config: toml::Table = config.parse().unwrap();
-    let log = config["divergence"]["log"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let records: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if records.len() >= n {
-            return records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} record(s), not {n}: {records:#?}",
-            records.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `pgbridge_divergences_total{kind="write_mismatch"}` (the tests write one table only).
 fn write_mismatches(bridge: &Bridge) -> f64 {
     metric(

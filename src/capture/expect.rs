@@ -20,8 +20,18 @@ pub enum Step {
     Swallow,
     /// A captured write: its rows become changes of the open transaction.
     Capture(Arc<Capture>),
-    /// pgbridge's own captured write (the INSERT ... SELECT behind a COPY): captured, never shown.
+    /// pgbridge's own captured write (the INSERT ... SELECT behind a COPY): captured, never shown;
+    /// once it succeeded, the client's held CommandComplete is released in its place.
     HiddenCapture(Arc<Capture>),
+    /// The client's statement whose CommandComplete waits for the next step to succeed (the
+    /// COPY into the temporary table, whose rows the INSERT ... SELECT still has to move): it
+    /// reaches the client then, or never, when that step fails.
+    HoldComplete,
+    /// The client's COPY run again by pgbridge, into the table itself, after its INSERT ...
+    /// SELECT failed: the client gets its error (the primary's own for that COPY), nothing else.
+    Replay,
+    /// pgbridge's own statement, its error too kept from the client.
+    Hidden,
     /// TRUNCATE of a migrated table.
     Truncate(TableName),
     /// A write of a `mirror = "statements"` table, rewritten to the target, with its parameters.

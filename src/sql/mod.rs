@@ -16,6 +16,7 @@
 //! - [`statements`]: writes rewritten to the target for `mirror = "statements"`.
 //! - [`plan`]: what the capture does with each statement, decided once per analysis.
 //! - [`injected`]: the statements pgbridge itself sends on a client's session.
+//! - [`copy`]: COPY FROM into a migrated table, through a temporary table.
 //! - [`cache`]: the bounded LRU of analyses; [`shape`]: analyses shared by texts that differ
 //!   only in their literals; [`analyzer`]: the entry point; `pipeline`: the uncached path it
 //!   runs once per text (or per shape).
@@ -25,6 +26,7 @@ pub mod apply;
 pub mod cache;
 pub mod capture;
 pub mod classify;
+pub mod copy;
 pub mod injected;
 pub mod keywords;
 pub mod lex;

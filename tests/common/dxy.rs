@@ -101,3 +101,27 @@ pub fn set_reads(bridge: &Bridge, source: &str) {
     );
     assert_eq!(code, 200, "{answer}");
 }
+
+/// The divergence records of `bridge`'s log, once there are at least `n` (waits up to 10 s).
+pub fn divergence_records(bridge: &Bridge, n: usize) -> Vec<serde_json::Value> {
+    let config = std::fs::read_to_string(bridge.dir.path().join("pgbridge.toml")).unwrap();
+    let config: toml::Table = config.parse().unwrap();
+    let log = config["divergence"]["log"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} record(s), not {n}: {records:#?}",
+            records.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

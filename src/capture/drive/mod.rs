@@ -8,6 +8,7 @@
 //! transaction id, appends the journal intent, and only then lets the COMMIT go. A statement that
 //! would commit on its own (autocommit) is run inside a transaction pgbridge begins and commits.
 
+mod copy;
 mod extended;
 mod inject;
 mod journal;
@@ -63,10 +64,8 @@ pub struct Driver<'a> {
     /// Extended protocol: the request just before was the client's Describe of this portal (its
     /// RowDescription gives the captured columns' types to the Execute that follows).
     described_portal: Option<String>,
-    /// A COPY outside a transaction was sent; its held reply finishes it.
-    pending_autocommit: bool,
-    /// COPY temp tables made in this session.
-    copies: u64,
+    /// A COPY into a migrated table not done with yet ([`copy`]).
+    copy: Option<copy::PendingCopy>,
     /// Read flags and shared tables, for shadow reads.
     pub(super) routing: Option<(&'a crate::reads::ReadFlags, &'a crate::reads::SharedTables)>,
     /// Reads served by the secondary ([`super::secondary`]).
@@ -102,8 +101,7 @@ impl<'a> Driver<'a> {
             began: false,
             xid_asked: false,
             described_portal: None,
-            pending_autocommit: false,
-            copies: 0,
+            copy: None,
             routing: None,
             serving: None,
             injected_parsed: Vec::new(),
@@ -121,8 +119,12 @@ impl<'a> Driver<'a> {
         self
     }
 
-    /// Bytes that need no decision (COPY data, Terminate, passwords) go out in order.
+    /// Bytes that need no decision (COPY data, Terminate, passwords) go out in order; a COPY
+    /// into a migrated table keeps its data, in case it must run again.
     pub fn pass(&mut self, bytes: &[u8]) {
+        if let Some(copy) = &mut self.copy {
+            copy.keep(bytes);
+        }
         self.out.extend_from_slice(bytes);
     }
 
@@ -151,6 +153,11 @@ impl<'a> Driver<'a> {
         frame: &[u8],
         primary: &mut W,
     ) -> std::io::Result<()> {
+        if self.copy.is_some() {
+            // A request pipelined after a COPY waits until pgbridge is done with it, as it
+            // would have waited for the COPY's own end.
+            self.finish_pending(primary).await?;
+        }
         let described = self.described_portal.take();
         if self.serving.is_some() && self.serve_extended(frame).await {
             return Ok(());

@@ -230,34 +230,6 @@ impl<'a> Driver<'a> {
         self.finish_autocommit(status).await
     }
 
-    /// Whether an autocommit waits for its held reply while the client streams (COPY).
-    pub fn continuation_pending(&self) -> bool {
-        self.pending_autocommit
-    }
-
-    /// Resolves when the reply a pending autocommit waits for has arrived. Cancel safe.
-    pub async fn continuation_ready(&self) {
-        loop {
-            let notified = self.shared.progress.notified();
-            if self.shared.lock().held.is_some() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Finishes a pending autocommit whose reply arrived.
-    pub async fn continue_pending(&mut self) -> std::io::Result<()> {
-        let held = self.shared.lock().held.take();
-        match held {
-            Some(status) => {
-                self.pending_autocommit = false;
-                self.finish_autocommit(status).await
-            }
-            None => Ok(()),
-        }
-    }
-
     /// The second half of an autocommit: journal and COMMIT, or ROLLBACK after an error.
     pub(super) async fn finish_autocommit(&mut self, status: u8) -> std::io::Result<()> {
         let changed = !self.shared.lock().txn.is_empty();
@@ -276,57 +248,5 @@ impl<'a> Driver<'a> {
         });
         self.out.extend_from_slice(&wire::query(sql));
         Ok(())
-    }
-
-    /// COPY FROM into a migrated table: COPY has no RETURNING, so the rows go into a temporary
-    /// copy of the table first and from there into the table with INSERT ... SELECT, whose
-    /// RETURNING is captured. The client sees the replies of its COPY only; outside a
-    /// transaction the whole runs in one pgbridge commits once the rows are journaled.
-    pub(super) async fn copy<W: AsyncWrite + Unpin>(
-        &mut self,
-        text: &str,
-        table_at: std::ops::Range<usize>,
-        table: &crate::rules::TableName,
-        primary: &mut W,
-    ) -> std::io::Result<()> {
-        self.drain(primary).await?;
-        self.copies += 1;
-        let temp = injected::copy_temp(self.copies);
-        let insert = injected::copy_insert(table, &temp);
-        let analysis = self.analyzer.analyze(&insert);
-        let (Some(capture_sql), Some(capture)) = (
-            analysis.capture_sql.clone(),
-            analysis.statements.first().and_then(|s| s.capture.clone()),
-        ) else {
-            self.copy_uncaptured(&analysis, text);
-            return Ok(());
-        };
-        let mut sql = injected::copy_via_temp(text, table_at, table, &temp, &capture_sql);
-        let mut steps = vec![Step::Swallow, Step::Pass, Step::HiddenCapture(capture)];
-        let autocommit = self.shared.lock().status == b'I';
-        if autocommit {
-            sql = injected::in_transaction(&sql);
-            steps.insert(0, Step::Swallow);
-        }
-        self.expect(Expect::Query {
-            steps: steps.into(),
-            hold: autocommit,
-        });
-        self.pending_autocommit = autocommit;
-        self.out.extend_from_slice(&wire::query(&sql));
-        Ok(())
-    }
-
-    /// A COPY whose rows cannot be captured goes to the primary as it is, and is recorded.
-    fn copy_uncaptured(&mut self, insert: &Analysis, text: &str) {
-        let reason = "COPY into a migrated table cannot be captured".to_string();
-        if let Some(s) = insert.statements.first() {
-            self.report_unmirrored(s, insert, reason);
-        }
-        self.expect(Expect::Query {
-            steps: VecDeque::new(),
-            hold: false,
-        });
-        self.out.extend_from_slice(&wire::query(text));
     }
 }

@@ -68,8 +68,20 @@ impl Tracker {
         self.txn.clear();
     }
 
-    pub(super) fn on_error(&mut self) -> Action {
+    pub(super) fn on_error(&mut self, frame: &[u8]) -> Action {
         self.pending.clear();
+        // What the failed step was to vouch for never happened.
+        self.held_complete = None;
+        let action = match self.step() {
+            // A COPY's INSERT ... SELECT: its error is not the one the client's COPY would get;
+            // the driver gets the primary's own (`capture/drive/copy.rs`).
+            Some(Step::HiddenCapture(_)) => {
+                self.copy_error = Some(Bytes::copy_from_slice(frame));
+                Action::Drop
+            }
+            Some(Step::Hidden) => Action::Drop,
+            _ => Action::Forward,
+        };
         self.shadow_result = None;
         self.batch_error = true;
         match self.queue.front_mut() {
@@ -103,7 +115,7 @@ impl Tracker {
                 }
             }
         }
-        Action::Forward
+        action
     }
 
     /// ReadyForQuery: the request it ends is done, and with it, when the session is idle

@@ -46,6 +46,10 @@ pub struct Tracker {
     skipping: bool,
     /// The server's reported settings (ParameterStatus).
     pub settings: BTreeMap<String, String>,
+    /// The client's CommandComplete held until pgbridge's next step succeeded ([`Step::HoldComplete`]).
+    held_complete: Option<Bytes>,
+    /// A COPY's INSERT ... SELECT failed: its error, kept from the client.
+    pub copy_error: Option<Bytes>,
     /// Messages for the client, written before the next ReadyForQuery it gets.
     pub before_ready: Vec<Bytes>,
     /// The journal intent whose COMMIT completed last, for sync mode.
@@ -148,6 +152,8 @@ impl Tracker {
             b'T' | b'C' | b'I' | b'E' | b'Z' | b'1' | b'2' | b'3' | b't' | b'n' | b's' | b'S' => {
                 true
             }
+            // The CopyInResponse of the COPY pgbridge runs again.
+            b'G' => matches!(self.step(), Some(Step::Replay)),
             _ => false,
         }
     }
@@ -170,9 +176,10 @@ impl Tracker {
             b'D' => self.on_data_row(frame),
             b'C' => self.on_complete(frame),
             b'I' | b's' => self.on_complete(frame),
-            b'E' => self.on_error(),
+            b'E' => self.on_error(frame),
             b'Z' => self.on_ready(frame),
             b'1' | b'2' | b'3' | b't' | b'n' => self.on_simple_reply(frame[0]),
+            b'G' => Action::Drop,
             _ => Action::Forward,
         }
     }
@@ -225,6 +232,8 @@ impl Tracker {
                     Step::Swallow
                         | Step::Xid
                         | Step::HiddenCapture(_)
+                        | Step::HoldComplete
+                        | Step::Hidden
                         | Step::Commit { forward: false, .. }
                 )
             ),

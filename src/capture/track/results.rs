@@ -65,7 +65,7 @@ impl Tracker {
                     .and_then(|s| s.parse().ok());
                 Action::Drop
             }
-            Step::Swallow => Action::Drop,
+            Step::Swallow | Step::Hidden => Action::Drop,
             Step::Shadow(plan) => {
                 self.shadow_row(frame, &plan);
                 Action::Forward
@@ -125,7 +125,21 @@ impl Tracker {
         } else {
             ""
         };
-        self.apply(step, tag);
+        match step {
+            Step::HoldComplete => {
+                self.held_complete = Some(Bytes::copy_from_slice(frame));
+                return Action::Drop;
+            }
+            Step::HiddenCapture(_) => {
+                self.apply(step, tag);
+                return self
+                    .held_complete
+                    .take()
+                    .map_or(Action::Drop, Action::Replace);
+            }
+            Step::Replay => return Action::Drop,
+            _ => self.apply(step, tag),
+        }
         if forward {
             Action::Forward
         } else {

@@ -235,6 +235,11 @@ pub fn sync() -> Bytes {
     framed(b'S', &[])
 }
 
+/// CopyDone: the end of the data of a COPY FROM STDIN.
+pub fn copy_done() -> Bytes {
+    framed(b'c', &[])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
