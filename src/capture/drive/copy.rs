@@ -240,11 +240,7 @@ impl<'a> Driver<'a> {
             }
             return self.finish_autocommit(status).await;
         }
-        self.expect(Expect::Served {
-            bytes: error.unwrap_or_default(),
-            ready: true,
-        });
-        self.shared.served.notify_one();
+        self.queue_served(error.unwrap_or_default(), true);
         Ok(())
     }
 }

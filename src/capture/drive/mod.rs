@@ -18,7 +18,7 @@ mod simple;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::expect::{Expect, Step};
@@ -145,6 +145,14 @@ impl<'a> Driver<'a> {
 
     pub(super) fn expect(&mut self, e: Expect) {
         self.shared.lock().expect(e);
+    }
+
+    /// Queues replies pgbridge gives itself (the secondary's answer, a ReadyForQuery the
+    /// primary does not send), written to the client in their turn; `ready`: a ReadyForQuery of
+    /// the session's transaction status follows them.
+    pub(in crate::capture) fn queue_served(&mut self, bytes: Bytes, ready: bool) {
+        self.expect(Expect::Served { bytes, ready });
+        self.shared.served.notify_one();
     }
 
     /// Handles one whole request frame from the client.

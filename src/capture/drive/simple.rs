@@ -187,7 +187,12 @@ impl<'a> Driver<'a> {
             let a = self.analyzer.analyze(before);
             let steps = self.steps(&a);
             let sql = a.capture_sql.as_deref().unwrap_or(before).to_string();
-            self.held_query(&sql, steps, primary).await?;
+            if self.held_query(&sql, steps, primary).await? == b'E' {
+                // A statement failed: the rest of the client's Query, its COMMIT included,
+                // never runs, as in one Query; the client gets the failed transaction's status.
+                self.queue_served(Bytes::new(), true);
+                return Ok(());
+            }
         }
         let a = self.analyzer.analyze(rest);
         let mut steps = self.steps(&a);

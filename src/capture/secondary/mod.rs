@@ -14,7 +14,6 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use super::drive::Driver;
-use super::expect::Expect;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind};
 use crate::mirror::ApplierHandle;
 use crate::reads::secondary::{settings_script, Failure, SessionServer};
@@ -131,13 +130,6 @@ impl<'a> Driver<'a> {
         if analysis.is_none_or(Analysis::may_write) {
             self.shared.lock().touched = true;
         }
-    }
-
-    /// Queues replies the secondary gave, to be written to the client in their turn;
-    /// `ready`: a ReadyForQuery of the session's status follows them.
-    fn queue_served(&mut self, bytes: Bytes, ready: bool) {
-        self.expect(Expect::Served { bytes, ready });
-        self.shared.served.notify_one();
     }
 
     /// Follows the session's `SET`, `RESET` and `DISCARD`, for the secondary's session.
