@@ -39,14 +39,14 @@ impl Fixture {
     fn set(&self, source: ReadSource) {
         // No mirror runs here: the gate would refuse secondary.
         self.flags
-            .set("derived_data_bars", source, "test", "test", true)
+            .set("derived_data_bars", source, 100, "test", "test", true)
             .unwrap();
     }
 
     fn route(&self, sql: &str, shared: &SharedTables, in_write_txn: bool) -> String {
         let analysis = self.analyzer.analyze(sql);
         let flags = self.flags.load();
-        match route(&analysis, &flags, shared, in_write_txn) {
+        match route(&analysis, &flags, shared, in_write_txn, 0) {
             Route::Primary => "primary".into(),
             Route::Shadow { sql, table } => {
                 assert_eq!(*table, TableName::new("public", "derived_data_bars"));

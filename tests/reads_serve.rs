@@ -508,3 +508,70 @@ async fn a_session_reads_its_own_writes() {
     assert_eq!(close(writer.query(read, &[]).await.unwrap()), "42.000000");
     assert_eq!(metric(&bridge, SERVED, "result=\"served\""), served + 1.0);
 }
+
+/// With reads of the table on the secondary for a share of the sessions, that share (within
+/// statistical bounds) is served there, each session always by the same side; raising the
+/// share keeps every session that was on the secondary there.
+#[tokio::test]
+async fn a_percent_ramp_sends_a_sticky_share_of_the_sessions_to_the_secondary() {
+    let (bridge, db) = with_bars("serve_ramp", cluster().secondary_port, 5, "").await;
+    // A value only the secondary holds tells which side answered.
+    psql_on(
+        cluster().secondary_port,
+        &db,
+        "UPDATE data_bars SET close_px = 777 WHERE ts = '2026-01-05 10:00+00'",
+    );
+    const SESSIONS: usize = 200;
+    let mut clients = Vec::new();
+    for _ in 0..SESSIONS {
+        clients.push(connect(&bridge.conn_str("postgres", "", &db)).await);
+    }
+    set_reads_percent(&bridge, "secondary", 25);
+    let first = sides(&clients).await;
+    for _ in 0..2 {
+        assert_eq!(sides(&clients).await, first, "a session changed sides");
+    }
+    let quarter = first.iter().filter(|&&s| s).count();
+    // 25% of 200: 50, sd 6.1; four of them either way.
+    assert!(
+        (26..=74).contains(&quarter),
+        "{quarter} of {SESSIONS} sessions on the secondary"
+    );
+    set_reads_percent(&bridge, "secondary", 50);
+    let second = sides(&clients).await;
+    for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+        assert!(
+            !a || *b,
+            "session {i} left the secondary when the share was raised"
+        );
+    }
+    let half = second.iter().filter(|&&s| s).count();
+    assert!(
+        (72..=128).contains(&half),
+        "{half} of {SESSIONS} sessions on the secondary"
+    );
+    assert!(half > quarter);
+    let status = status(&bridge);
+    assert_eq!(status["tables"][0]["reads_percent"], 50);
+    assert!(
+        metric(&bridge, "pgbridge_reads_total", "side=\"secondary\"")
+            >= (quarter * 3 + half) as f64
+    );
+    assert!(metric(&bridge, "pgbridge_reads_total", "side=\"primary\"") > 0.0);
+}
+
+/// Whether the secondary answered `client`'s read of the bar whose close only the secondary has.
+async fn served_by_the_secondary(client: &tokio_postgres::Client) -> bool {
+    let read =
+        "SELECT close FROM derived_data_bars WHERE symbol = 'DXY' AND ts = '2026-01-05 10:00+00'";
+    let rows = client.simple_query(read).await.unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    value.as_deref() == Some("777.000000")
+}
+
+async fn sides(clients: &[tokio_postgres::Client]) -> Vec<bool> {
+    futures_util::future::join_all(clients.iter().map(served_by_the_secondary)).await
+}

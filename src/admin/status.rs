@@ -23,6 +23,8 @@ pub struct TableStatus {
     pub source: String,
     pub target: String,
     pub reads: String,
+    /// The share of sessions whose reads go to `reads` (the others' stay on the primary).
+    pub reads_percent: u8,
     pub mirror: String,
 }
 
@@ -58,6 +60,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
                 source: r.source.to_string(),
                 target: r.target.to_string(),
                 reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
+                reads_percent: flags.percent(&r.source).unwrap_or(100),
                 mirror: r.mirror.as_str().to_string(),
             })
             .collect();

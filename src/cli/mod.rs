@@ -1,14 +1,70 @@
-//! The commands behind `pgbridge`'s command line (clap lives in `main.rs`): each returns
-//! [`crate::CliError`], whose code is the process's exit code.
+//! The commands behind `pgbridge`'s command line: each returns [`crate::CliError`], whose code
+//! is the process's exit code.
 //!
+//! - [`args`]: the command line, as clap reads it.
 //! - [`serve`]: `pgbridge serve`, the proxy and its admin API.
 //! - [`rules`]: `pgbridge rules check`.
 //! - [`demo`]: `pgbridge demo`, two throwaway servers and the proxy in front of them.
 //! - `pgbridge ctl` is the admin API's client, [`crate::admin::ctl`].
 
+pub mod args;
 pub mod demo;
 pub mod rules;
 pub mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::admin::ctl::Ctl;
+use crate::config::Config;
+use crate::CliError;
+use args::{Cli, Command, CtlCommand, RulesCommand};
+
+/// `pgbridge` itself: parses the command line, runs the command, and returns its exit code
+/// (printing the error, if any, on stderr).
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("pgbridge: {}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve { config } => Config::load(&config)
+            .map_err(CliError::user)
+            .and_then(serve::run),
+        Command::Rules {
+            command: RulesCommand::Check { config, offline },
+        } => rules::check(&config, offline),
+        Command::Ctl {
+            admin,
+            token,
+            json,
+            command,
+        } => ctl(&Ctl { admin, token, json }, command),
+        Command::Demo { listen } => demo::run(&listen),
+    }
+}
+
+fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
+    match command {
+        CtlCommand::Status => ctl.status(),
+        CtlCommand::Reads {
+            table,
+            source,
+            percent,
+            reason,
+            force,
+        } => ctl.set_reads(&table, &source, percent, reason.as_deref(), force),
+    }
+}
 
 /// Logs to stderr; `RUST_LOG` (or `PGBRIDGE_LOG`) sets the filter, `info` by default.
 pub fn init_logging() {

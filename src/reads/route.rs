@@ -65,12 +65,14 @@ pub enum Route<'a> {
 /// table it reads is served there (migrated tables flagged `secondary`, unmigrated ones shared).
 /// Shadowed when some migrated table it reads is flagged `shadow` and every other is flagged
 /// `shadow` or `secondary` or is shared. Everything else, including what could not be parsed or
-/// rewritten, goes to the primary.
+/// rewritten, goes to the primary. A table flagged for a share of the sessions is served (or
+/// compared) that way for sessions whose `bucket` (0 to 99, one per session) falls in it.
 pub fn route<'a>(
     analysis: &'a Analysis,
     flags: &Flags,
     shared: &SharedTables,
     in_write_txn: bool,
+    bucket: u8,
 ) -> Route<'a> {
     if in_write_txn {
         return Route::Primary;
@@ -86,7 +88,7 @@ pub fn route<'a>(
     }
     let mut shadowed = None;
     for table in &stmt.reads {
-        match flags.get(table) {
+        match flags.source_for(table, bucket) {
             Some(ReadSource::Secondary) => {}
             Some(ReadSource::Shadow) => {
                 shadowed.get_or_insert(table);
@@ -136,7 +138,15 @@ mod tests {
         let shared = SharedTables::new(&["instruments".into()]);
         let a = read(&["a", "b"], &["instruments"]);
         let sql = "SELECT rewritten";
-        let r = |fa, fb| route(&a, &Flags::fixed(&[("a", fa), ("b", fb)]), &shared, false);
+        let r = |fa, fb| {
+            route(
+                &a,
+                &Flags::fixed(&[("a", fa), ("b", fb)]),
+                &shared,
+                false,
+                0,
+            )
+        };
         assert_eq!(r(Secondary, Secondary), Route::Secondary { sql });
         assert_eq!(r(Secondary, Primary), Route::Primary);
         let b = TableName::parse("b").unwrap();
@@ -144,11 +154,11 @@ mod tests {
         assert_eq!(r(Primary, Shadow), Route::Primary);
         let none = SharedTables::None;
         let f = Flags::fixed(&[("a", Secondary), ("b", Secondary)]);
-        assert_eq!(route(&a, &f, &none, false), Route::Primary);
+        assert_eq!(route(&a, &f, &none, false, 0), Route::Primary);
         assert_eq!(
-            route(&a, &f, &SharedTables::new(&["*".into()]), false),
+            route(&a, &f, &SharedTables::new(&["*".into()]), false, 0),
             Route::Secondary { sql }
         );
-        assert_eq!(route(&a, &f, &shared, true), Route::Primary);
+        assert_eq!(route(&a, &f, &shared, true, 0), Route::Primary);
     }
 }

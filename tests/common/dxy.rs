@@ -91,7 +91,14 @@ pub fn metric(bridge: &Bridge, name: &str, label: &str) -> f64 {
 
 /// Switches where reads of the DXY table are served (forced past the safety gate).
 pub fn set_reads(bridge: &Bridge, source: &str) {
-    let body = format!("{{\"source\":\"{source}\",\"reason\":\"test\",\"force\":true}}");
+    set_reads_percent(bridge, source, 100);
+}
+
+/// Switches where reads of the DXY table are served for `percent` of the sessions.
+pub fn set_reads_percent(bridge: &Bridge, source: &str, percent: u8) {
+    let body = format!(
+        "{{\"source\":\"{source}\",\"percent\":{percent},\"reason\":\"test\",\"force\":true}}"
+    );
     let (code, answer) = http(
         bridge.admin_port,
         "PUT",

@@ -54,9 +54,10 @@ pub fn start_server() -> PgServer {
         .iter()
         .map(|(user, _, method)| format!("host all {user} 127.0.0.1/32 {method}"))
         .collect();
+    // Room for the tests that open a few hundred sessions through pgbridge at once.
     let server = PgServer::start(&PgOptions {
         hba,
-        settings: vec![],
+        settings: vec![("max_connections".into(), "300".into())],
     })
     .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"));
     let mut sql = String::new();

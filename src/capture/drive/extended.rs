@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
 use super::super::expect::{Expect, Step};
-use super::{rolled_back, single_step, Driver, REFUSED};
+use super::{rolled_back, single_step, Driver, Side, REFUSED};
 use crate::mirror::{Row, Value};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::wire;
@@ -173,6 +173,13 @@ impl<'a> Driver<'a> {
         }
         if let (Step::Pass, Some(d)) = (&step, self.take_fallback()) {
             step = Step::Fallback(Arc::new(d));
+        }
+        if let Some(a) = analysis {
+            let side = match step {
+                Step::Shadow(_) => Side::Shadow,
+                _ => Side::Primary,
+            };
+            self.count_read(a, side);
         }
         step
     }

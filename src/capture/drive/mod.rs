@@ -12,8 +12,10 @@ mod copy;
 mod extended;
 mod inject;
 mod journal;
-mod shadow;
+mod route;
 mod simple;
+
+pub(in crate::capture) use route::Side;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +68,9 @@ pub struct Driver<'a> {
     described_portal: Option<String>,
     /// A COPY into a migrated table not done with yet ([`copy`]).
     copy: Option<copy::PendingCopy>,
+    /// This session's side of a percent ramp: a number from 0 to 99, drawn once, sticky for
+    /// the session's life ([`crate::reads::Flags::source_for`]).
+    bucket: u8,
     /// Read flags and shared tables, for shadow reads.
     pub(super) routing: Option<(&'a crate::reads::ReadFlags, &'a crate::reads::SharedTables)>,
     /// Reads served by the secondary ([`super::secondary`]).
@@ -102,6 +107,7 @@ impl<'a> Driver<'a> {
             xid_asked: false,
             described_portal: None,
             copy: None,
+            bucket: rand::random_range(0..100),
             routing: None,
             serving: None,
             injected_parsed: Vec::new(),

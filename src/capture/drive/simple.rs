@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 
 use super::super::expect::{Expect, Step};
 use super::journal::Journaled;
-use super::Driver;
+use super::{Driver, Side};
 use crate::protocol::wire;
 use crate::sql::{injected, Analysis, Mirror, QueryPlan};
 
@@ -136,14 +136,22 @@ impl<'a> Driver<'a> {
         let mut steps = self.steps(analysis);
         if self.serving.is_some() {
             match self.serve_query(analysis, text).await {
-                Ok(()) => return ReadSteps::Served,
+                Ok(()) => {
+                    self.count_read(analysis, Side::Secondary);
+                    return ReadSteps::Served;
+                }
                 Err(Some(d)) => steps = vec![Step::Fallback(Arc::new(d))],
                 Err(None) => {}
             }
         }
-        if let Some(step) = self.shadow_step(analysis, text) {
-            steps = vec![step];
-        }
+        let side = match self.shadow_step(analysis, text) {
+            Some(step) => {
+                steps = vec![step];
+                Side::Shadow
+            }
+            None => Side::Primary,
+        };
+        self.count_read(analysis, side);
         ReadSteps::Send(steps)
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::{served, Held};
-use crate::capture::drive::Driver;
+use crate::capture::drive::{Driver, Side};
 use crate::capture::expect::Expect;
 use crate::divergence::Divergence;
 use crate::protocol::wire;
@@ -137,6 +137,7 @@ impl<'a> Driver<'a> {
                 self.queue_served(bytes, false);
                 self.serving().batch_served = true;
                 served("served");
+                self.count_read(&held.analysis, Side::Secondary);
                 true
             }
             Some(Err(f)) => {

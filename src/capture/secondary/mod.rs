@@ -112,9 +112,7 @@ impl<'a> Driver<'a> {
 
     /// The read rewrite of `analysis` when the router sends it to the secondary now.
     fn secondary_route<'x>(&self, analysis: &'x Analysis) -> Option<&'x str> {
-        let (reads, shared) = self.routing?;
-        let in_write_txn = !self.shared.lock().txn.is_empty();
-        match crate::reads::route(analysis, &reads.load(), shared, in_write_txn) {
+        match self.route(analysis) {
             Route::Secondary { sql } => Some(sql),
             _ => None,
         }

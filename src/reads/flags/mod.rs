@@ -45,6 +45,9 @@ use crate::rules::{MirrorMode, ReadSource, RuleSet, TableName};
 #[derive(Debug, Clone)]
 pub struct TableFlag {
     pub source: ReadSource,
+    /// The share of sessions (1 to 100) whose reads go to `source`; the others' stay on the
+    /// primary. A session keeps its side for its whole life ([`Flags::source_for`]).
+    pub percent: u8,
     /// The rule file's `reads` at the last load: a reload that changes it wins.
     rule_reads: ReadSource,
     /// Divergences recorded for the table when it was last switched.
@@ -66,6 +69,23 @@ impl Flags {
         self.tables.get(table).map(|f| f.source)
     }
 
+    /// The share of sessions whose reads of `table` go to its read source.
+    pub fn percent(&self, table: &TableName) -> Option<u8> {
+        self.tables.get(table).map(|f| f.percent)
+    }
+
+    /// Where the reads of `table` go for a session of `bucket` (0 to 99, drawn once per
+    /// session): the table's read source for the first `percent` buckets, the primary for the
+    /// rest. Raising the percent only adds buckets, so no session changes sides but to join.
+    pub fn source_for(&self, table: &TableName, bucket: u8) -> Option<ReadSource> {
+        let f = self.tables.get(table)?;
+        Some(if bucket < f.percent {
+            f.source
+        } else {
+            ReadSource::Primary
+        })
+    }
+
     /// The rules these flags follow.
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
@@ -79,6 +99,7 @@ impl Flags {
             .map(|(t, s)| {
                 let flag = TableFlag {
                     source: *s,
+                    percent: 100,
                     rule_reads: *s,
                     baseline: 0,
                 };
@@ -101,6 +122,8 @@ pub enum FlagError {
     /// Refused by the safety gate; the message says why (every reason).
     #[error("refused: {0}")]
     Refused(String),
+    #[error("percent must be from 1 to 100, not {0}")]
+    Percent(u8),
     #[error("cannot write the audit log {path}: {source}")]
     Audit {
         path: PathBuf,
@@ -116,7 +139,10 @@ pub struct TableState {
     pub target: String,
     /// Where its reads are served now.
     pub reads: String,
+    /// The share of sessions whose reads go there (the others' stay on the primary).
+    pub percent: u8,
     pub previous: String,
+    pub previous_percent: u8,
     /// False when the table already had this read source (nothing done, nothing audited).
     pub changed: bool,
     pub forced: bool,
@@ -132,15 +158,17 @@ impl TableState {
     fn proposed(
         table: &TableName,
         target: String,
-        (from, to): (ReadSource, ReadSource),
+        (from, to): ((ReadSource, u8), (ReadSource, u8)),
         reason: &str,
         who: &str,
     ) -> TableState {
         TableState {
             source: table.to_string(),
             target,
-            reads: to.as_str().into(),
-            previous: from.as_str().into(),
+            reads: to.0.as_str().into(),
+            percent: to.1,
+            previous: from.0.as_str().into(),
+            previous_percent: from.1,
             changed: false,
             forced: false,
             overridden: Vec::new(),
@@ -209,6 +237,7 @@ impl ReadFlags {
             .map(|r| {
                 let flag = TableFlag {
                     source: r.reads,
+                    percent: 100,
                     rule_reads: r.reads,
                     baseline: 0,
                 };
@@ -253,12 +282,14 @@ impl ReadFlags {
             .collect()
     }
 
-    /// Changes where reads of `table` are served. Refused by the safety gate unless `force`
-    /// (a switch to `primary` is never refused). The change is logged and audited.
+    /// Changes where reads of `table` are served, for `percent` of the sessions (1 to 100; the
+    /// others' stay on the primary). Refused by the safety gate unless `force` (a switch to
+    /// `primary` is never refused, nor a lower share). The change is logged and audited.
     pub fn set(
         &self,
         table: &str,
         to: ReadSource,
+        percent: u8,
         reason: &str,
         who: &str,
         force: bool,
@@ -269,12 +300,22 @@ impl ReadFlags {
         let name = TableName::parse(table).ok_or_else(unknown)?;
         let flag = current.tables.get(&name).ok_or_else(unknown)?;
         let rule = current.rules.get(&name).ok_or_else(unknown)?;
+        if !(1..=100).contains(&percent) {
+            return Err(FlagError::Percent(percent));
+        }
+        // The primary serves everyone: a share of it means nothing.
+        let percent = if to == ReadSource::Primary {
+            100
+        } else {
+            percent
+        };
         let target = rule.target.to_string();
-        let mut state = TableState::proposed(&name, target, (flag.source, to), reason, who);
-        if flag.source == to {
+        let moves = ((flag.source, flag.percent), (to, percent));
+        let mut state = TableState::proposed(&name, target, moves, reason, who);
+        if moves.0 == moves.1 {
             return Ok(state);
         }
-        state.overridden = self.admit(&name, flag, to, rule.mirror, force, &state)?;
+        state.overridden = self.admit(&name, flag, (to, percent), rule.mirror, force, &state)?;
         state.changed = true;
         state.forced = force;
         if let Err(e) = audit::append(&self.opts.audit_log, &state) {
@@ -284,9 +325,9 @@ impl ReadFlags {
             }
             error!(error = %e, "read switch to primary made without its audit line");
         }
-        info!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason, who,
+        info!(table = %name, from = flag.source.as_str(), to = to.as_str(), percent, reason, who,
               forced = force, overridden = ?state.overridden, "reads switched");
-        self.store_switch(&current, &name, flag, to);
+        self.store_switch(&current, &name, flag, (to, percent));
         Ok(state)
     }
 
@@ -296,7 +337,7 @@ impl ReadFlags {
         &self,
         name: &TableName,
         flag: &TableFlag,
-        to: ReadSource,
+        (to, percent): (ReadSource, u8),
         mirror: MirrorMode,
         force: bool,
         state: &TableState,
@@ -306,7 +347,13 @@ impl ReadFlags {
                 "no [secondary] is configured: reads can only be served by the primary".into(),
             ));
         }
-        let refusals = self.gate(name, flag, to, mirror);
+        // More of the reads on the secondary is a switch to it; fewer is a way back.
+        let more = to == ReadSource::Secondary
+            && (flag.source != ReadSource::Secondary || percent > flag.percent);
+        let refusals = match more {
+            true => self.gate(name, flag, to, mirror),
+            false => Vec::new(),
+        };
         if !refusals.is_empty() && !force {
             let (reason, who) = (state.reason.as_str(), state.who.as_str());
             warn!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason,
@@ -317,12 +364,19 @@ impl ReadFlags {
     }
 
     /// Makes the switch of `name` to `to`: new flags, the table's divergence count re-armed.
-    fn store_switch(&self, current: &Flags, name: &TableName, flag: &TableFlag, to: ReadSource) {
+    fn store_switch(
+        &self,
+        current: &Flags,
+        name: &TableName,
+        flag: &TableFlag,
+        (to, percent): (ReadSource, u8),
+    ) {
         let mut tables = current.tables.clone();
         tables.insert(
             name.clone(),
             TableFlag {
                 source: to,
+                percent,
                 rule_reads: flag.rule_reads,
                 baseline: self.recorder.count_table(&name.to_string()),
             },
@@ -414,7 +468,7 @@ mod tests {
         s.report.lock().unwrap().parked = 2;
         let e = s
             .flags
-            .set("derived_data_bars", Secondary, "go", "op", false)
+            .set("derived_data_bars", Secondary, 100, "go", "op", false)
             .unwrap_err();
         let msg = e.to_string();
         assert!(
@@ -424,11 +478,11 @@ mod tests {
         assert_eq!(s.flags.load().get(&t), Some(Primary));
         // Shadow is not gated; forced secondary is, but goes through and says what it overrode.
         s.flags
-            .set("derived_data_bars", Shadow, "compare", "op", false)
+            .set("derived_data_bars", Shadow, 100, "compare", "op", false)
             .unwrap();
         let st = s
             .flags
-            .set("Derived_Data_Bars", Secondary, "go", "op", true)
+            .set("Derived_Data_Bars", Secondary, 100, "go", "op", true)
             .unwrap();
         assert!(
             st.changed && st.forced && st.overridden.len() == 2,
@@ -437,7 +491,7 @@ mod tests {
         assert_eq!(s.flags.load().get(&t), Some(Secondary));
         // Rollback is never refused.
         s.flags
-            .set("derived_data_bars", Primary, "back", "op", false)
+            .set("derived_data_bars", Primary, 100, "back", "op", false)
             .unwrap();
         let lines = audit_lines(&s);
         assert_eq!(lines.len(), 3);
@@ -447,16 +501,77 @@ mod tests {
         assert_eq!(lines[1]["reason"], "go");
         assert_eq!(lines[2]["to"], "primary");
         assert!(matches!(
-            s.flags.set("nope", Primary, "", "", false),
+            s.flags.set("nope", Primary, 100, "", "", false),
             Err(FlagError::UnknownTable(_))
         ));
         // Setting the same source again changes and audits nothing.
         let st = s
             .flags
-            .set("derived_data_bars", Primary, "again", "op", false)
+            .set("derived_data_bars", Primary, 100, "again", "op", false)
             .unwrap();
         assert!(!st.changed);
         assert_eq!(audit_lines(&s).len(), 3);
+    }
+
+    #[test]
+    fn a_share_of_the_sessions_is_served_by_the_secondary_and_raising_it_only_adds_sessions() {
+        use ReadSource::*;
+        let s = setup();
+        let t = TableName::parse("derived_data_bars").unwrap();
+        let st = s
+            .flags
+            .set("derived_data_bars", Secondary, 25, "ramp", "op", false)
+            .unwrap();
+        assert_eq!((st.percent, st.previous_percent), (25, 100));
+        let sides = |f: &Flags| -> Vec<ReadSource> {
+            (0..100).map(|b| f.source_for(&t, b).unwrap()).collect()
+        };
+        let quarter = sides(&s.flags.load());
+        assert_eq!(quarter.iter().filter(|&&x| x == Secondary).count(), 25);
+        // Raising the share is gated like a switch: a lagging mirror refuses it.
+        s.report.lock().unwrap().parked = 1;
+        let e = s
+            .flags
+            .set("derived_data_bars", Secondary, 50, "ramp", "op", false);
+        assert!(matches!(e, Err(FlagError::Refused(_))), "{e:?}");
+        // Lowering it is a way back: never refused.
+        s.flags
+            .set("derived_data_bars", Secondary, 10, "back", "op", false)
+            .unwrap();
+        s.report.lock().unwrap().parked = 0;
+        s.flags
+            .set("derived_data_bars", Secondary, 50, "ramp", "op", false)
+            .unwrap();
+        let half = sides(&s.flags.load());
+        for (b, side) in quarter.iter().enumerate() {
+            if *side == Secondary {
+                assert_eq!(half[b], Secondary, "bucket {b} left the secondary");
+            }
+        }
+        assert_eq!(half.iter().filter(|&&x| x == Secondary).count(), 50);
+        for bad in [0, 101] {
+            let e = s
+                .flags
+                .set("derived_data_bars", Secondary, bad, "", "op", false);
+            assert!(matches!(e, Err(FlagError::Percent(_))), "{e:?}");
+        }
+        let lines = audit_lines(&s);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            (
+                lines[0]["percent"].as_u64(),
+                lines[0]["from_percent"].as_u64()
+            ),
+            (Some(25), Some(100))
+        );
+        assert_eq!(lines[2]["percent"], 50);
+        // The primary serves everyone.
+        let st = s
+            .flags
+            .set("derived_data_bars", Primary, 30, "", "op", false)
+            .unwrap();
+        assert_eq!(st.percent, 100);
+        assert!(sides(&s.flags.load()).iter().all(|&x| x == Primary));
     }
 
     #[test]
@@ -464,7 +579,7 @@ mod tests {
         use ReadSource::*;
         let s = setup();
         s.flags
-            .set("derived_data_bars", Shadow, "", "op", false)
+            .set("derived_data_bars", Shadow, 100, "", "op", false)
             .unwrap();
         s.recorder.record(crate::divergence::Divergence::new(
             crate::divergence::Kind::ReadMismatch,
@@ -472,18 +587,18 @@ mod tests {
         ));
         let e = s
             .flags
-            .set("derived_data_bars", Secondary, "", "op", false)
+            .set("derived_data_bars", Secondary, 100, "", "op", false)
             .unwrap_err();
         assert!(e.to_string().contains("1 divergences"), "{e}");
         // Re-arming: a switch (back to shadow after fixing) starts the count again.
         s.flags
-            .set("derived_data_bars", Primary, "fixing", "op", false)
+            .set("derived_data_bars", Primary, 100, "fixing", "op", false)
             .unwrap();
         s.flags
-            .set("derived_data_bars", Shadow, "fixed", "op", false)
+            .set("derived_data_bars", Shadow, 100, "fixed", "op", false)
             .unwrap();
         s.flags
-            .set("derived_data_bars", Secondary, "clean", "op", false)
+            .set("derived_data_bars", Secondary, 100, "clean", "op", false)
             .unwrap();
     }
 
@@ -493,7 +608,7 @@ mod tests {
         let s = setup();
         let t = TableName::parse("derived_data_bars").unwrap();
         s.flags
-            .set("derived_data_bars", Shadow, "", "op", false)
+            .set("derived_data_bars", Shadow, 100, "", "op", false)
             .unwrap();
         let v = s.flags.load().version;
         // The same rules, reloaded: the runtime flag stays.
@@ -510,7 +625,7 @@ mod tests {
         assert_eq!(audit_lines(&s).last().unwrap()["who"], "rules");
         // A runtime switch back, then the same rule file again: the runtime flag stays.
         s.flags
-            .set("derived_data_bars", Primary, "", "op", false)
+            .set("derived_data_bars", Primary, 100, "", "op", false)
             .unwrap();
         s.rules.store(Arc::new(RuleSet::new(vec![rule])));
         assert_eq!(s.flags.load().get(&t), Some(Primary));

@@ -41,6 +41,7 @@ impl ReadFlags {
                     info!(table = %name, reads = rule.reads.as_str(), "new migrated table");
                     TableFlag {
                         source: rule.reads,
+                        percent: 100,
                         rule_reads: rule.reads,
                         baseline: self.recorder.count_table(&name.to_string()),
                     }
@@ -88,7 +89,13 @@ impl ReadFlags {
             return keep;
         }
         let reason = "the rule file's `reads` changed";
-        let mut state = TableState::proposed(name, String::new(), (f.source, to), reason, "rules");
+        let mut state = TableState::proposed(
+            name,
+            String::new(),
+            ((f.source, f.percent), (to, 100)),
+            reason,
+            "rules",
+        );
         state.changed = true;
         if let Err(e) = audit::append(&self.opts.audit_log, &state) {
             if to != ReadSource::Primary {
@@ -100,6 +107,7 @@ impl ReadFlags {
               "reads switched by the rule file");
         TableFlag {
             source: to,
+            percent: 100,
             rule_reads: to,
             baseline: self.recorder.count_table(&name.to_string()),
         }

@@ -1,5 +1,7 @@
-//! The shadow step of a read whose tables are flagged `shadow`: what runs on the secondary
-//! and what it is recorded as, sampled when the session plans the read.
+//! Where a session's read goes: the router's decision with the flags of this moment and the
+//! session's bucket (its side of a percent ramp, drawn once), the shadow step of a read whose
+//! tables are flagged `shadow` (sampled when the session plans the read), and the count of
+//! reads by the side that served them.
 
 use std::sync::Arc;
 
@@ -7,9 +9,46 @@ use super::super::expect::{ShadowPlan, Step};
 use super::Driver;
 use crate::divergence::normalize_query;
 use crate::mirror::Value;
-use crate::sql::Analysis;
+use crate::reads::Route;
+use crate::sql::{Analysis, Kind};
+
+/// Which side served a read of a migrated table, for `pgbridge_reads_total{side}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::capture) enum Side {
+    Primary,
+    /// Served by the primary, compared on the secondary.
+    Shadow,
+    Secondary,
+}
 
 impl<'a> Driver<'a> {
+    /// Where `analysis` goes now, for this session (the primary when reads are not routed).
+    pub(in crate::capture) fn route<'x>(&self, analysis: &'x Analysis) -> Route<'x> {
+        let Some((reads, shared)) = self.routing else {
+            return Route::Primary;
+        };
+        let in_write_txn = !self.shared.lock().txn.is_empty();
+        crate::reads::route(analysis, &reads.load(), shared, in_write_txn, self.bucket)
+    }
+
+    /// Counts a read of a migrated table by the side that serves it; statements that read no
+    /// migrated table are not counted.
+    pub(in crate::capture) fn count_read(&self, analysis: &Analysis, side: Side) {
+        let [s] = analysis.statements.as_slice() else {
+            return;
+        };
+        if s.kind != Kind::Read || s.reads.is_empty() {
+            return;
+        }
+        let side = match side {
+            Side::Primary => "primary",
+            Side::Shadow => "shadow",
+            Side::Secondary => "secondary",
+        };
+        metrics::counter!("pgbridge_reads_total", "table" => analysis.first_read(), "side" => side)
+            .increment(1);
+    }
+
     /// The step of a read that the flags say to shadow, if this one is.
     pub(super) fn shadow_step(&self, analysis: &Analysis, text: &str) -> Option<Step> {
         self.shadow_plan(analysis, text, Vec::new())
@@ -21,11 +60,8 @@ impl<'a> Driver<'a> {
         text: &str,
         params: Vec<Value>,
     ) -> Option<Step> {
-        let (reads, shared) = self.routing?;
-        let in_write_txn = !self.shared.lock().txn.is_empty();
-        let flags = reads.load();
-        match crate::reads::route(analysis, &flags, shared, in_write_txn) {
-            crate::reads::Route::Shadow { sql, table } => {
+        match self.route(analysis) {
+            Route::Shadow { sql, table } => {
                 // Not sampled: served as any read, nothing kept.
                 let shadow = self.shared.lock().shadow.clone()?;
                 if !shadow.sampled() {

@@ -1,0 +1,87 @@
+//! The command line, as clap reads it: every command, its arguments and their help.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pgbridge",
+    version,
+    about = "A transparent PostgreSQL proxy for zero-downtime migrations"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The config file.
+        #[arg(long, env = "PGBRIDGE_CONFIG", default_value = "pgbridge.toml")]
+        config: PathBuf,
+    },
+    /// Work with the rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Talk to a running proxy through its admin API.
+    Ctl {
+        /// The admin API of the proxy.
+        #[arg(long, env = "PGBRIDGE_ADMIN", default_value = "http://127.0.0.1:9187")]
+        admin: String,
+        /// The admin token (needed for changes).
+        #[arg(long, env = "PGBRIDGE_TOKEN")]
+        token: Option<String>,
+        /// Print the admin API's JSON answer as it is.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+    /// Start two throwaway local PostgreSQL servers and the proxy in front of them.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Validate the rules; without --offline also against the live schemas of both databases.
+    Check {
+        /// The config file.
+        #[arg(long, env = "PGBRIDGE_CONFIG", default_value = "pgbridge.toml")]
+        config: PathBuf,
+        /// Check the files only; connect to no database.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// The state of the proxy: tables, read sources, mirror lag, divergences, sessions.
+    Status,
+    /// Change where reads of a table are served from.
+    Reads {
+        /// The source table, as the rules name it.
+        table: String,
+        /// primary, shadow or secondary.
+        source: String,
+        /// The share of sessions (1 to 100, sticky per session) whose reads go that way; the
+        /// others' stay on the primary.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: u8,
+        /// Why: recorded with the change.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Switch even when the safety gate refuses (mirror lag, unresolved divergences).
+        #[arg(long)]
+        force: bool,
+    },
+}
