@@ -575,3 +575,35 @@ async fn served_by_the_secondary(client: &tokio_postgres::Client) -> bool {
 async fn sides(clients: &[tokio_postgres::Client]) -> Vec<bool> {
     futures_util::future::join_all(clients.iter().map(served_by_the_secondary)).await
 }
+
+/// A `SET` the session's transaction rolled back (explicitly, by an error in its Query, or by
+/// a ROLLBACK TO SAVEPOINT) is not the session's setting: its reads on the secondary answer as
+/// the primary would, and they are the secondary's.
+#[tokio::test]
+async fn settings_rolled_back_do_not_follow_reads_to_the_secondary() {
+    let (bridge, db) = with_bars("serve_sets", cluster().secondary_port, 3, "").await;
+    set_reads(&bridge, "secondary");
+    let read = "SELECT close::float8 + 1 / 3::float8 FROM derived_data_bars WHERE symbol = 'DXY' AND ts = '2026-01-05 10:01+00'";
+    let mut req = Vec::new();
+    for sql in [
+        "SET extra_float_digits = -2".to_string(),
+        format!("BEGIN; SET extra_float_digits = 3; {read}; ROLLBACK"),
+        read.to_string(),
+        format!("SET extra_float_digits = 2; SELECT 1/0"),
+        read.to_string(),
+        format!("BEGIN; SET extra_float_digits = 1; SAVEPOINT s; SET extra_float_digits = 3; ROLLBACK TO s; {read}; COMMIT"),
+        read.to_string(),
+    ] {
+        req.extend(wire::query(&sql));
+    }
+    let before = metric(&bridge, SERVED, "result=\"served\"");
+    let via = exchange(bridge.port, &db, &req);
+    let direct = exchange(cluster().primary_port, &db, &req);
+    assert_eq!(
+        String::from_utf8_lossy(&via),
+        String::from_utf8_lossy(&direct),
+        "the answers through pgbridge differ from the primary's"
+    );
+    // The three reads in Queries of their own were the secondary's.
+    assert_eq!(metric(&bridge, SERVED, "result=\"served\"") - before, 3.0);
+}

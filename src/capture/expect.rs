@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::mirror::Row;
 use crate::rules::TableName;
-use crate::sql::{Capture, TxControl};
+use crate::sql::{Capture, SessionOp, TxControl};
 
 /// What the results of one statement get.
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub enum Step {
     Xid,
     /// The client's transaction control, followed in the buffer when it succeeds.
     Tx(TxControl),
+    /// The client's `SET`, `RESET` or `DISCARD` (`text`): the session's settings follow it
+    /// once it completed.
+    Set { op: SessionOp, text: Arc<str> },
     /// A COMMIT whose journal intent is `id`: its outcome goes to the journal.
     Commit { id: u64, forward: bool },
     /// A read of a table flagged `shadow`: the client's answer is also kept, and compared with

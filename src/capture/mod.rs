@@ -13,6 +13,7 @@
 //! - [`reply`]: the reply side, as the relay calls it.
 //! - [`rows`]: a captured row as a change.
 //! - [`txn`]: the open transaction's changes.
+//! - [`settings`]: the session's own `SET`s, following its transactions.
 //! - [`secondary`]: reads served by the secondary, the driver's half.
 
 pub mod drive;
@@ -20,6 +21,7 @@ pub mod expect;
 pub mod reply;
 pub mod rows;
 pub mod secondary;
+pub mod settings;
 pub mod track;
 pub mod txn;
 

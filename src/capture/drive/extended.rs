@@ -14,7 +14,7 @@ use super::{rolled_back, single_step, Driver, Side, REFUSED};
 use crate::mirror::{Row, Value};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::wire;
-use crate::sql::{injected, Analysis, TxControl};
+use crate::sql::{injected, Analysis, Kind, TxControl};
 
 /// Bound parameters as a replayable row: the declared type (0 when the client left it to the
 /// server) and the client's format.
@@ -54,7 +54,9 @@ impl<'a> Driver<'a> {
         if !analysis.is_unrelated() {
             self.param_types
                 .insert(name.clone(), wire::parse_param_types(frame));
-            if analysis.read_rewrite().is_some() {
+            let session =
+                matches!(analysis.statements.as_slice(), [s] if matches!(s.kind, Kind::Session(_)));
+            if analysis.read_rewrite().is_some() || session {
                 self.texts.insert(name.clone(), Arc::from(query));
             }
         }
@@ -155,6 +157,11 @@ impl<'a> Driver<'a> {
     /// replayed write; a read flagged `shadow`; or the record of a read the secondary failed.
     fn execute_step(&mut self, analysis: Option<&Analysis>, portal: Option<&str>) -> Step {
         let mut step = analysis.map_or(Step::Pass, single_step);
+        if let (Some(a), Some(portal)) = (analysis, portal) {
+            if let Some(set) = self.portal_set(a, portal) {
+                step = set;
+            }
+        }
         if let Step::Statement { params, .. } = &mut step {
             if let Some(bound) = portal.and_then(|p| self.portal_params.get(p)) {
                 *params = bound.clone();
@@ -182,6 +189,15 @@ impl<'a> Driver<'a> {
             self.count_read(a, side);
         }
         step
+    }
+
+    /// The step of a portal running a prepared `SET`, `RESET` or `DISCARD`.
+    fn portal_set(&self, analysis: &Analysis, portal: &str) -> Option<Step> {
+        let stmt = self.portal_statements.get(portal)?;
+        let text = self.texts.get(stmt)?;
+        Some(self.steps(analysis, text).pop())
+            .flatten()
+            .filter(|s| matches!(s, Step::Set { .. }))
     }
 
     /// A change outside a transaction runs inside one pgbridge begins (and commits at Sync).

@@ -28,7 +28,7 @@ use super::Shared;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
 use crate::mirror::{Journal, Row};
 use crate::protocol::wire;
-use crate::sql::{Analysis, Analyzer, Mirror, Plan, StatementInfo};
+use crate::sql::{Analysis, Analyzer, Kind, Mirror, Plan, SessionOp, StatementInfo};
 
 /// The SQLSTATE of a transaction pgbridge rolls back because the journal could not take it
 /// (disk_full: the journal is full, or its disk).
@@ -259,11 +259,14 @@ impl<'a> Driver<'a> {
     }
 
     /// The steps that carry out a Query's statements.
-    fn steps(&self, analysis: &Analysis) -> Vec<Step> {
+    pub(super) fn steps(&self, analysis: &Analysis, text: &str) -> Vec<Step> {
         analysis
             .statements
             .iter()
-            .map(|s| step_of(&s.plan))
+            .map(|s| match &s.kind {
+                Kind::Session(op) => session_step(op, text.get(s.text.clone()).unwrap_or(text)),
+                _ => step_of(&s.plan),
+            })
             .collect()
     }
 
@@ -291,6 +294,18 @@ impl<'a> Driver<'a> {
 /// The step of a one-statement analysis (a prepared statement's).
 fn single_step(a: &Analysis) -> Step {
     a.single_plan().map_or(Step::Pass, step_of)
+}
+
+/// The step of a session statement: a `SET`, `RESET` or `DISCARD` the session's settings
+/// follow once it completed (`text` is its own).
+fn session_step(op: &SessionOp, text: &str) -> Step {
+    match op {
+        SessionOp::Set(_) | SessionOp::Reset(_) | SessionOp::Discard { .. } => Step::Set {
+            op: op.clone(),
+            text: Arc::from(text.trim()),
+        },
+        _ => Step::Pass,
+    }
 }
 
 /// The step that carries out a statement's plan.

@@ -71,10 +71,10 @@ impl<'a> Driver<'a> {
             return Ok(());
         }
         if self.serving.is_some() {
-            self.follow_settings(&analysis, text);
+            self.follow_settings(&analysis);
         }
         let steps = match plan.changes {
-            true => ReadSteps::from(self.steps(&analysis)),
+            true => ReadSteps::from(self.steps(&analysis, text)),
             false => self.read_steps(&analysis, text).await,
         };
         if let Some(steps) = steps.or_served() {
@@ -125,7 +125,7 @@ impl<'a> Driver<'a> {
             return Ok(false);
         }
         let sql = analysis.capture_sql.as_deref().unwrap_or(text);
-        let steps = self.steps(analysis);
+        let steps = self.steps(analysis, text);
         self.autocommit(sql, steps, plan.needs_xid, primary).await?;
         Ok(true)
     }
@@ -133,7 +133,7 @@ impl<'a> Driver<'a> {
     /// The steps of a Query that leaves no changes: served by the secondary when the router
     /// says so (nothing more to send), or its read shadowed, or its statements' own steps.
     async fn read_steps(&mut self, analysis: &Analysis, text: &str) -> ReadSteps {
-        let mut steps = self.steps(analysis);
+        let mut steps = self.steps(analysis, text);
         if self.serving.is_some() {
             match self.serve_query(analysis, text).await {
                 Ok(()) => {
@@ -193,7 +193,7 @@ impl<'a> Driver<'a> {
         let (before, rest) = text.split_at(start);
         if !before.trim().trim_matches(';').trim().is_empty() {
             let a = self.analyzer.analyze(before);
-            let steps = self.steps(&a);
+            let steps = self.steps(&a, before);
             let sql = a.capture_sql.as_deref().unwrap_or(before).to_string();
             if self.held_query(&sql, steps, primary).await? == b'E' {
                 // A statement failed: the rest of the client's Query, its COMMIT included,
@@ -203,7 +203,7 @@ impl<'a> Driver<'a> {
             }
         }
         let a = self.analyzer.analyze(rest);
-        let mut steps = self.steps(&a);
+        let mut steps = self.steps(&a, rest);
         let sql = a.capture_sql.as_deref().unwrap_or(rest).to_string();
         match self.journal_open_transaction(primary).await? {
             Journaled::Nothing => {}

@@ -33,8 +33,6 @@ pub struct Serving<'a> {
     batch_sent: bool,
     /// Messages of this batch were answered by the secondary.
     batch_served: bool,
-    /// The session's `SET`s, by setting name, in order.
-    sets: Vec<(String, String)>,
     /// The record of a read the secondary failed, for the primary's Execute of it.
     fallback: Option<Divergence>,
     /// The session's user, whose privileges on the primary a read needs.
@@ -68,7 +66,6 @@ impl<'a> Serving<'a> {
             held: None,
             batch_sent: false,
             batch_served: false,
-            sets: Vec::new(),
             fallback: None,
         }
     }
@@ -130,39 +127,27 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Follows the session's `SET`, `RESET` and `DISCARD`, for the secondary's session.
-    pub(super) fn follow_settings(&mut self, analysis: &Analysis, text: &str) {
-        for s in &analysis.statements {
-            let Kind::Session(op) = &s.kind else { continue };
-            let stmt = text.get(s.text.clone()).unwrap_or_default().trim();
-            let serving = self.serving();
-            let sets = &mut serving.sets;
-            match op {
-                SessionOp::Set(SetKind::Role) => serving.role_changed = true,
-                SessionOp::Set(SetKind::Setting(name)) => {
-                    sets.retain(|(n, _)| n != name);
-                    sets.push((name.clone(), stmt.to_string()));
-                }
-                SessionOp::Reset(None) | SessionOp::Discard { all: true } => sets.clear(),
-                SessionOp::Reset(Some(name)) => sets.retain(|(n, _)| n != name),
-                _ => {}
-            }
+    /// Notes a `SET ROLE` or `SET SESSION AUTHORIZATION` the session sends: its reads stay on
+    /// the primary from then on. (Its other settings follow it once they completed,
+    /// [`crate::capture::settings`].)
+    pub(in crate::capture) fn follow_settings(&mut self, analysis: &Analysis) {
+        let role = analysis
+            .statements
+            .iter()
+            .any(|s| s.kind == Kind::Session(SessionOp::Set(SetKind::Role)));
+        if role {
+            self.serving().role_changed = true;
         }
     }
 
     fn settings_script(&mut self) -> String {
-        let reported: Vec<(&'static str, String)> = {
-            let t = self.shared.lock();
-            REPORTED
-                .iter()
-                .filter_map(|k| t.settings.get(*k).map(|v| (*k, v.clone())))
-                .collect()
-        };
-        let sets = &self.serving().sets;
-        settings_script(
-            sets.iter().map(|(_, s)| s.as_str()),
-            reported.iter().map(|(k, v)| (*k, v.as_str())),
-        )
+        let t = self.shared.lock();
+        let reported: Vec<(&'static str, &str)> = REPORTED
+            .iter()
+            .filter_map(|k| t.settings.get(*k).map(|v| (*k, v.as_str())))
+            .collect();
+        let sets = t.sets.effective();
+        settings_script(sets.iter().map(String::as_str), reported)
     }
 
     /// Read-your-writes: false when the session's last mirrored commit is not applied on the

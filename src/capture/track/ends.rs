@@ -70,6 +70,7 @@ impl Tracker {
 
     pub(super) fn on_error(&mut self, frame: &[u8]) -> Action {
         self.pending.clear();
+        self.sets.error();
         // What the failed step was to vouch for never happened.
         self.held_complete = None;
         let action = match self.step() {
@@ -124,6 +125,7 @@ impl Tracker {
         let status = frame.get(5).copied().unwrap_or(b'I');
         self.status = status;
         self.batch_error = false;
+        self.sets.ready(status);
         let popped = self.queue.pop_front();
         if status == b'I' && !self.requests_owed() {
             self.touched = false;

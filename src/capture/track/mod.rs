@@ -15,6 +15,7 @@ mod ends;
 mod results;
 
 use super::expect::{Action, Described, Expect, Step};
+use super::settings::SessionSets;
 use super::txn::TxnBuffer;
 use crate::divergence::compare::ResultSet;
 use crate::mirror::{Change, Journal};
@@ -46,6 +47,8 @@ pub struct Tracker {
     skipping: bool,
     /// The server's reported settings (ParameterStatus).
     pub settings: BTreeMap<String, String>,
+    /// The session's own `SET`s, following its transactions.
+    pub sets: SessionSets,
     /// The client's CommandComplete held until pgbridge's next step succeeded ([`Step::HoldComplete`]).
     held_complete: Option<Bytes>,
     /// A COPY's INSERT ... SELECT failed: its error, kept from the client.

@@ -163,11 +163,22 @@ impl Tracker {
                     tag: Some(tag.to_string()),
                 },
             }]),
-            Step::Tx(TxControl::Savepoint(n)) => self.txn.savepoint(&n),
-            Step::Tx(TxControl::RollbackTo(n)) => self.txn.rollback_to(&n),
-            Step::Tx(TxControl::Release(n)) => self.txn.release(&n),
+            Step::Set { op, text } => self.sets.completed(&op, &text),
+            Step::Tx(TxControl::Savepoint(n)) => {
+                self.txn.savepoint(&n);
+                self.sets.savepoint(&n);
+            }
+            Step::Tx(TxControl::RollbackTo(n)) => {
+                self.txn.rollback_to(&n);
+                self.sets.rollback_to(&n);
+            }
+            Step::Tx(TxControl::Release(n)) => {
+                self.txn.release(&n);
+                self.sets.release(&n);
+            }
             Step::Tx(TxControl::Rollback) => {
                 self.txn.clear();
+                self.sets.rollback();
                 // AND CHAIN starts a transaction with an id of its own.
                 self.xid = None;
             }
