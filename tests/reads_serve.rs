@@ -589,7 +589,7 @@ async fn settings_rolled_back_do_not_follow_reads_to_the_secondary() {
         "SET extra_float_digits = -2".to_string(),
         format!("BEGIN; SET extra_float_digits = 3; {read}; ROLLBACK"),
         read.to_string(),
-        format!("SET extra_float_digits = 2; SELECT 1/0"),
+        "SET extra_float_digits = 2; SELECT 1/0".to_string(),
         read.to_string(),
         format!("BEGIN; SET extra_float_digits = 1; SAVEPOINT s; SET extra_float_digits = 3; ROLLBACK TO s; {read}; COMMIT"),
         read.to_string(),
