@@ -607,3 +607,69 @@ async fn settings_rolled_back_do_not_follow_reads_to_the_secondary() {
     // The three reads in Queries of their own were the secondary's.
     assert_eq!(metric(&bridge, SERVED, "result=\"served\"") - before, 3.0);
 }
+
+/// A read whose columns on the primary are no longer those the secondary answers with (the
+/// source table altered through pgbridge, or behind its back) is the primary's: the client gets
+/// the primary's columns, never a row description of the day before.
+#[tokio::test]
+async fn a_read_after_the_source_changed_its_columns_is_the_primarys() {
+    let (bridge, db) = with_bars("serve_ddl", cluster().secondary_port, 3, "").await;
+    set_reads(&bridge, "secondary");
+    let read = "SELECT * FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts";
+    let served = || metric(&bridge, SERVED, "result=\"served\"");
+    let before = served();
+    let first = exchange(bridge.port, &db, &wire::query(read));
+    assert_eq!(served() - before, 1.0, "the first read is the secondary's");
+    assert_eq!(
+        first,
+        exchange(cluster().primary_port, &db, &wire::query(read))
+    );
+
+    // Through pgbridge: the next read knows at once.
+    let mut req = wire::query("ALTER TABLE derived_data_bars ADD COLUMN note text DEFAULT 'n'");
+    req.extend(wire::query(read));
+    let before = served();
+    let via = exchange(bridge.port, &db, &req);
+    let direct_read = exchange(cluster().primary_port, &db, &wire::query(read));
+    assert!(
+        via.ends_with(&direct_read),
+        "after ALTER TABLE through pgbridge the read differs from the primary's"
+    );
+    assert_eq!(
+        served() - before,
+        0.0,
+        "the secondary answered with old columns"
+    );
+
+    // Behind pgbridge's back: a session asks again once the description it keeps is stale.
+    let primary = cluster().primary_port;
+    psql_on(
+        primary,
+        &db,
+        "ALTER TABLE derived_data_bars DROP COLUMN note",
+    );
+    let mut session = Wire::connect(bridge.port);
+    session.startup("postgres", &db);
+    let mut ask = |before: f64| {
+        session.send(&wire::query(read));
+        let got = wire::encode(&session.frames_until_ready(1));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&exchange(primary, &db, &wire::query(read))),
+        );
+        served() - before
+    };
+    assert_eq!(
+        ask(served()),
+        1.0,
+        "the columns match again: the secondary's"
+    );
+    psql_on(
+        primary,
+        &db,
+        "ALTER TABLE derived_data_bars ADD COLUMN extra int",
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(ask(served()), 0.0, "a stale description was served");
+    assert_eq!(ask(served()), 0.0, "a stale description was served");
+}

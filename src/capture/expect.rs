@@ -117,10 +117,13 @@ pub enum Expect {
     },
     /// A simple-protocol read served by the secondary whose row description the primary gives:
     /// pgbridge's Parse, Describe and Sync of the text. `answer` (the secondary's rows and tag)
-    /// follows the primary's row description to the client, before the primary's ReadyForQuery.
+    /// follows the primary's row description to the client, before the primary's ReadyForQuery,
+    /// when the secondary described the same columns (`secondary`); otherwise the driver has the
+    /// primary run the read after all.
     ShapeDescribe {
         shape: String,
         answer: Bytes,
+        secondary: Option<Bytes>,
         row: Option<Bytes>,
         failed: bool,
     },

@@ -71,3 +71,18 @@ impl Shared {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// Goes up whenever a session sends DDL through pgbridge: the row
+/// descriptions sessions keep (of the primary's answers to reads the secondary serves) are
+/// asked for again.
+static SCHEMA_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The schema epoch now ([`SCHEMA_EPOCH`]).
+pub fn schema_epoch() -> u64 {
+    SCHEMA_EPOCH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A DDL statement was sent through pgbridge.
+pub(crate) fn schema_changed() {
+    SCHEMA_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
 use super::super::expect::{Expect, Step};
-use super::Driver;
+use super::{Driver, Pending};
 use crate::protocol::wire;
 use crate::rules::TableName;
 use crate::sql::copy;
@@ -27,7 +27,7 @@ use crate::sql::{injected, Analysis};
 const REPLAY_MAX_BYTES: usize = 16 << 20;
 
 /// A COPY the driver is not done with.
-pub(super) struct PendingCopy {
+pub(in crate::capture) struct PendingCopy {
     table: TableName,
     /// The client's COPY statement, as it sent it.
     text: String,
@@ -97,13 +97,13 @@ impl<'a> Driver<'a> {
             steps.insert(0, Step::Swallow);
         }
         self.send_held(&text, steps);
-        self.copy = Some(PendingCopy {
+        self.pending = Some(Pending::Copy(PendingCopy {
             table: table.clone(),
             text: text_of_client.to_string(),
             data: Some(BytesMut::new()),
             autocommit,
             stage: Stage::Sent,
-        });
+        }));
         Ok(())
     }
 
@@ -141,43 +141,12 @@ impl<'a> Driver<'a> {
         self.out.extend_from_slice(&wire::query(sql));
     }
 
-    /// Whether a COPY waits for its held reply while the client streams or waits.
-    pub fn continuation_pending(&self) -> bool {
-        self.copy.is_some()
-    }
-
-    /// Resolves when the reply a pending COPY waits for has arrived. Cancel safe.
-    pub async fn continuation_ready(&self) {
-        loop {
-            let notified = self.shared.progress.notified();
-            if self.shared.lock().held.is_some() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Waits for the held reply of a pending COPY and takes its next stages, until it is done.
-    pub(super) async fn finish_pending<W: AsyncWrite + Unpin>(
+    /// Takes the next stage of a pending COPY whose held reply (of status `status`) arrived.
+    pub(super) async fn continue_copy(
         &mut self,
-        primary: &mut W,
+        mut pending: PendingCopy,
+        status: u8,
     ) -> std::io::Result<()> {
-        while self.copy.is_some() {
-            self.flush(primary).await?;
-            self.continuation_ready().await;
-            self.continue_pending().await?;
-        }
-        Ok(())
-    }
-
-    /// Takes the next stage of a pending COPY whose held reply arrived.
-    pub async fn continue_pending(&mut self) -> std::io::Result<()> {
-        let Some(status) = self.shared.lock().held.take() else {
-            return Ok(());
-        };
-        let Some(mut pending) = self.copy.take() else {
-            return Ok(());
-        };
         match std::mem::replace(&mut pending.stage, Stage::Sent) {
             Stage::Sent => self.copied(pending, status).await,
             Stage::Replay { error } => self.replayed(&pending, status, error).await,
@@ -195,7 +164,7 @@ impl<'a> Driver<'a> {
         self.send_held(&sql, vec![Step::Hidden, Step::Hidden, Step::Replay]);
         self.out.extend_from_slice(&data);
         pending.stage = Stage::Replay { error };
-        self.copy = Some(pending);
+        self.pending = Some(Pending::Copy(pending));
         Ok(())
     }
 

@@ -42,6 +42,7 @@ impl<'a> Driver<'a> {
         let name = name.to_string();
         let analysis = self.analyzer.analyze(query);
         self.forget_injected(&analysis);
+        super::note_schema_change(&analysis);
         let bytes = if analysis.is_unrelated() {
             None
         } else {

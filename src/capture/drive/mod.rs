@@ -24,11 +24,86 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::expect::{Expect, Step};
+use super::track::ShapeCheck;
 use super::Shared;
 use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind, Recorder};
 use crate::mirror::{Journal, Row};
 use crate::protocol::wire;
 use crate::sql::{Analysis, Analyzer, Kind, Mirror, Plan, SessionOp, StatementInfo};
+
+/// What the driver waits for a held reply to go on with.
+pub(in crate::capture) enum Pending {
+    /// A COPY into a migrated table ([`copy`]).
+    Copy(copy::PendingCopy),
+    /// A read the secondary answered, its columns to be checked against the primary's
+    /// description of the text: if they differ, the client's Query (`query`) goes to the
+    /// primary after all.
+    Shape {
+        query: Bytes,
+        table: String,
+        text: String,
+    },
+}
+
+impl<'a> Driver<'a> {
+    /// Whether the driver waits for a held reply while the client streams or waits.
+    pub fn continuation_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Resolves when the reply the driver waits for has arrived. Cancel safe.
+    pub async fn continuation_ready(&self) {
+        loop {
+            let notified = self.shared.progress.notified();
+            {
+                let t = self.shared.lock();
+                if t.held.is_some() || t.shape_checked.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for the held reply of what is pending and goes on with it, until nothing is.
+    pub(super) async fn finish_pending<W: AsyncWrite + Unpin>(
+        &mut self,
+        primary: &mut W,
+    ) -> std::io::Result<()> {
+        while self.pending.is_some() {
+            self.flush(primary).await?;
+            self.continuation_ready().await;
+            self.continue_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// Goes on with what is pending, its held reply having arrived.
+    pub async fn continue_pending(&mut self) -> std::io::Result<()> {
+        let (held, checked) = {
+            let mut t = self.shared.lock();
+            (t.held.take(), t.shape_checked.take())
+        };
+        match self.pending.take() {
+            Some(Pending::Copy(copy)) => match held {
+                Some(status) => self.continue_copy(copy, status).await,
+                None => {
+                    self.pending = Some(Pending::Copy(copy));
+                    Ok(())
+                }
+            },
+            Some(Pending::Shape { query, table, text }) => {
+                match checked {
+                    Some(ShapeCheck::Differs) => self.unserved_read(&query, &table, &text),
+                    Some(ShapeCheck::Same | ShapeCheck::Refused) => {}
+                    None => self.pending = Some(Pending::Shape { query, table, text }),
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
 
 /// The SQLSTATE of a transaction pgbridge rolls back because the journal could not take it
 /// (disk_full: the journal is full, or its disk).
@@ -66,8 +141,8 @@ pub struct Driver<'a> {
     /// Extended protocol: the request just before was the client's Describe of this portal (its
     /// RowDescription gives the captured columns' types to the Execute that follows).
     described_portal: Option<String>,
-    /// A COPY into a migrated table not done with yet ([`copy`]).
-    copy: Option<copy::PendingCopy>,
+    /// What the driver still has to do once a held reply arrives.
+    pub(in crate::capture) pending: Option<Pending>,
     /// This session's side of a percent ramp: a number from 0 to 99, drawn once, sticky for
     /// the session's life ([`crate::reads::Flags::source_for`]).
     bucket: u8,
@@ -106,7 +181,7 @@ impl<'a> Driver<'a> {
             began: false,
             xid_asked: false,
             described_portal: None,
-            copy: None,
+            pending: None,
             bucket: rand::random_range(0..100),
             routing: None,
             serving: None,
@@ -128,7 +203,7 @@ impl<'a> Driver<'a> {
     /// Bytes that need no decision (COPY data, Terminate, passwords) go out in order; a COPY
     /// into a migrated table keeps its data, in case it must run again.
     pub fn pass(&mut self, bytes: &[u8]) {
-        if let Some(copy) = &mut self.copy {
+        if let Some(Pending::Copy(copy)) = &mut self.pending {
             copy.keep(bytes);
         }
         self.out.extend_from_slice(bytes);
@@ -167,9 +242,9 @@ impl<'a> Driver<'a> {
         frame: &[u8],
         primary: &mut W,
     ) -> std::io::Result<()> {
-        if self.copy.is_some() {
-            // A request pipelined after a COPY waits until pgbridge is done with it, as it
-            // would have waited for the COPY's own end.
+        if self.pending.is_some() {
+            // A request pipelined after a COPY (or a read whose columns are being checked)
+            // waits until pgbridge is done with it, as it would have waited for its own end.
             self.finish_pending(primary).await?;
         }
         let described = self.described_portal.take();
@@ -288,6 +363,14 @@ impl<'a> Driver<'a> {
         d.session = Some(self.session);
         tracing::warn!(session = self.session, reason = %d.detail, "a write to a migrated table is not mirrored");
         self.recorder.record(d);
+    }
+}
+
+/// DDL on a migrated table changes what the primary describes: the descriptions every session
+/// keeps are asked for again.
+fn note_schema_change(analysis: &Analysis) {
+    if analysis.statements.iter().any(|s| s.kind == Kind::Ddl) {
+        crate::capture::schema_changed();
     }
 }
 

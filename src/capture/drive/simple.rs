@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 
 use super::super::expect::{Expect, Step};
 use super::journal::Journaled;
-use super::{Driver, Side};
+use super::{note_schema_change, Driver, Side};
 use crate::protocol::wire;
 use crate::sql::{injected, Analysis, Mirror, QueryPlan};
 
@@ -58,6 +58,7 @@ impl<'a> Driver<'a> {
         let analysis = self.analyzer.analyze(text);
         self.forget_injected(&analysis);
         self.touch(Some(&analysis));
+        note_schema_change(&analysis);
         if analysis.is_unrelated() {
             self.pass_query(frame);
             return Ok(());

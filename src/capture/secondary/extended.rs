@@ -97,7 +97,8 @@ impl<'a> Driver<'a> {
             return false;
         }
         {
-            let t = self.shared.lock();
+            let mut t = self.shared.lock();
+            t.refresh_descriptions();
             if !t.may_serve() || t.described.get(stmt).is_none_or(|d| d.row.is_none()) {
                 return false;
             }
@@ -180,16 +181,27 @@ impl<'a> Driver<'a> {
                 &script,
             )
             .await;
-        Some(answer.map(|rows| {
-            let mut bytes =
-                BytesMut::with_capacity(rows.len() + 5 + row.as_ref().map_or(0, |r| r.len()));
-            bytes.extend_from_slice(&wire::framed(b'2', &[]));
-            if let Some(row) = &row {
-                bytes.extend_from_slice(row);
-            }
-            bytes.extend_from_slice(&rows);
-            bytes.freeze()
-        }))
+        let served = match answer {
+            Ok(served) => served,
+            Err(f) => return Some(Err(f)),
+        };
+        // The statement's columns when the client prepared it, and the secondary's now.
+        let same = served.description.as_deref().is_some_and(|theirs| {
+            wire::same_columns(described.row.as_deref().unwrap_or_default(), theirs)
+        });
+        if !same {
+            self.shared.lock().described.remove(&held.stmt);
+            return Some(Err(Failure::Columns));
+        }
+        let rows = served.rows;
+        let mut bytes =
+            BytesMut::with_capacity(rows.len() + 5 + row.as_ref().map_or(0, |r| r.len()));
+        bytes.extend_from_slice(&wire::framed(b'2', &[]));
+        if let Some(row) = &row {
+            bytes.extend_from_slice(row);
+        }
+        bytes.extend_from_slice(&rows);
+        Some(Ok(bytes.freeze()))
     }
 
     /// The record of the read the secondary just failed, if any, for its Execute.

@@ -185,6 +185,11 @@ impl<'a> Driver<'a> {
                 return None;
             }
             Failure::Unavailable(reason) => ("connection".to_string(), reason, false),
+            Failure::Columns => (
+                "columns".to_string(),
+                "the secondary's columns are not the primary's".to_string(),
+                false,
+            ),
             Failure::Error {
                 sqlstate, message, ..
             } => (sqlstate, message, true),

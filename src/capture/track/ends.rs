@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::super::expect::{Action, Described, Expect, Step};
-use super::{Tracker, SHAPES_KEPT};
+use super::{Kept, ShapeCheck, Tracker, SHAPES_KEPT};
 use crate::protocol::wire;
 
 impl Tracker {
@@ -135,9 +135,14 @@ impl Tracker {
             Some(Expect::ShapeDescribe {
                 shape,
                 answer,
+                secondary,
                 row,
                 failed: false,
-            }) => return self.served_after_description(frame, shape, &answer, row),
+            }) => return self.served_after_description(frame, shape, &answer, secondary, row),
+            Some(Expect::ShapeDescribe { failed: true, .. }) => {
+                self.shape_checked = Some(ShapeCheck::Refused);
+                false
+            }
             _ => false,
         };
         if status == b'I' && !hold {
@@ -161,8 +166,23 @@ impl Tracker {
         ready: &[u8],
         shape: String,
         answer: &[u8],
+        secondary: Option<Bytes>,
         row: Option<Bytes>,
     ) -> Action {
+        let same = match (&row, &secondary) {
+            (Some(ours), Some(theirs)) => wire::same_columns(ours, theirs),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            // The driver has the primary run the read; the client gets its answer instead.
+            self.shape_checked = Some(ShapeCheck::Differs);
+            self.held = Some(ready.get(5).copied().unwrap_or(b'I'));
+            return Action::Drop;
+        }
+        self.shape_checked = Some(ShapeCheck::Same);
+        // Counted before the client has the rows, as the driver counts what it serves at once.
+        crate::capture::secondary::served("served");
         let mut out = BytesMut::new();
         if let Some(row) = &row {
             out.extend_from_slice(row);
@@ -172,7 +192,7 @@ impl Tracker {
         if self.shapes.len() >= SHAPES_KEPT {
             self.shapes.clear();
         }
-        self.shapes.insert(shape, row);
+        self.shapes.insert(shape, Kept::new(row));
         Action::Replace(out.freeze())
     }
 

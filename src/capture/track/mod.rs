@@ -78,12 +78,57 @@ pub struct Tracker {
     /// The same, by statement text and declared parameter types.
     pub described_texts: std::collections::HashMap<String, Described>,
     /// The primary's row descriptions of simple-protocol reads, by query shape.
-    pub shapes: std::collections::HashMap<String, Option<Bytes>>,
+    pub shapes: std::collections::HashMap<String, Kept<Option<Bytes>>>,
+    /// The schema epoch the kept descriptions were given under.
+    described_under: u64,
+    /// The columns of a read the secondary answered, checked against the primary's fresh
+    /// description of its text.
+    pub shape_checked: Option<ShapeCheck>,
     /// pgbridge's injected statements prepared on the primary (their Parse succeeded).
     pub injected: Vec<&'static str>,
     /// Counts the client's DISCARDs and DEALLOCATEs: a Parse sent before one of them prepared
     /// nothing that lasts.
     pub injected_epoch: u64,
+}
+
+/// How long a row description the primary gave is trusted before it is asked again: a table
+/// changed where pgbridge does not see it (DDL on the primary's own connections) is noticed
+/// by then.
+pub const DESCRIPTION_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How the primary's description of a read the secondary answered came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeCheck {
+    /// The same columns: the client got the secondary's rows.
+    Same,
+    /// Other columns: the ReadyForQuery is held, the primary is to run the read.
+    Differs,
+    /// The primary refused the text: the client got its error, as it would directly.
+    Refused,
+}
+
+/// Something the primary said, kept with when and under which schema epoch.
+#[derive(Debug, Clone)]
+pub struct Kept<T> {
+    pub value: T,
+    at: std::time::Instant,
+    epoch: u64,
+}
+
+impl<T: Clone> Kept<T> {
+    pub fn new(value: T) -> Kept<T> {
+        Kept {
+            value,
+            at: std::time::Instant::now(),
+            epoch: super::schema_epoch(),
+        }
+    }
+
+    /// The value, unless it is older than [`DESCRIPTION_TTL`] or a schema change came since.
+    pub fn fresh(&self) -> Option<T> {
+        let fresh = self.epoch == super::schema_epoch() && self.at.elapsed() < DESCRIPTION_TTL;
+        fresh.then(|| self.value.clone())
+    }
 }
 
 /// Query shapes whose row descriptions a session keeps.
@@ -95,6 +140,7 @@ impl Tracker {
             journal,
             sync,
             status: b'I',
+            described_under: super::schema_epoch(),
             ..Default::default()
         }
     }
@@ -185,6 +231,25 @@ impl Tracker {
             b'G' => Action::Drop,
             _ => Action::Forward,
         }
+    }
+
+    /// Forgets the primary's row descriptions kept, when DDL on a migrated table went through
+    /// pgbridge since they were given. (The secondary's columns are compared with them at
+    /// every read, so a rule reloaded needs nothing here.)
+    pub fn refresh_descriptions(&mut self) {
+        let now = super::schema_epoch();
+        if self.described_under != now {
+            self.described.clear();
+            self.described_texts.clear();
+            self.shapes.clear();
+            self.described_under = now;
+        }
+    }
+
+    /// The primary's row description of a simple-protocol read of `shape`, when one is kept
+    /// and fresh (`Some(None)`: the read returns no rows).
+    pub fn fresh_shape(&self, shape: &str) -> Option<Option<Bytes>> {
+        self.shapes.get(shape)?.fresh()
     }
 
     /// The secondary's replies now due, with a ReadyForQuery where pgbridge answered a Sync;

@@ -77,6 +77,38 @@ pub fn row_fields(frame: &[u8]) -> Option<Vec<FieldInfo>> {
         .collect()
 }
 
+/// The first OID of objects a database creates itself: below it, the built-in types every
+/// server numbers alike.
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// Whether two RowDescription frames (of two servers) describe the same columns: as many, of
+/// the same names, and of the same built-in types and type modifiers (a type a database made
+/// itself has an OID of that database's: not compared).
+pub fn same_columns(a: &[u8], b: &[u8]) -> bool {
+    let (Some(fa), Some(fb)) = (field_spans(a), field_spans(b)) else {
+        return false;
+    };
+    if fa.len() != fb.len() || row_names(a) != row_names(b) {
+        return false;
+    }
+    let tail = |frame: &[u8], end: usize| {
+        let mut r = Reader::at(frame, end - 12);
+        let oid = r.u32()?;
+        r.bytes(2)?;
+        let typmod = r.u32()?;
+        Some((oid, typmod))
+    };
+    fa.iter()
+        .zip(&fb)
+        .all(|(&(_, ea), &(_, eb))| match (tail(a, ea), tail(b, eb)) {
+            (Some((oa, ma)), Some((ob, mb))) if oa < FIRST_NORMAL_OID || ob < FIRST_NORMAL_OID => {
+                (oa, ma) == (ob, mb)
+            }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        })
+}
+
 /// The column names of a RowDescription frame.
 pub fn row_names(frame: &[u8]) -> Vec<String> {
     field_spans(frame)
@@ -192,6 +224,25 @@ mod tests {
             }
         }
         framed(b'D', &body)
+    }
+
+    #[test]
+    fn two_servers_describe_the_same_columns_or_not() {
+        let primary = row_description(&[("ts", 1184, 0), ("close", 1700, 0), ("kind", 16390, 0)]);
+        // A type of the database's own has another OID there.
+        let secondary = row_description(&[("ts", 1184, 1), ("close", 1700, 1), ("kind", 17001, 0)]);
+        assert!(
+            same_columns(&primary, &secondary),
+            "formats are the client's: not compared"
+        );
+        let renamed =
+            row_description(&[("ts", 1184, 0), ("close_px", 1700, 0), ("kind", 16390, 0)]);
+        assert!(!same_columns(&primary, &renamed));
+        let retyped = row_description(&[("ts", 1114, 0), ("close", 1700, 0), ("kind", 16390, 0)]);
+        assert!(!same_columns(&primary, &retyped));
+        let fewer = row_description(&[("ts", 1184, 0), ("close", 1700, 0)]);
+        assert!(!same_columns(&primary, &fewer));
+        assert!(!same_columns(&primary, b"T\0\0"));
     }
 
     fn parameter_description(types: &[u32]) -> Bytes {

@@ -33,8 +33,8 @@ pub mod backend;
 pub mod frontend;
 
 pub use backend::{
-    command_tag, parameter_types, ready, row_fields, row_names, row_values, truncate_data_row,
-    truncate_row_description, with_formats, FieldInfo,
+    command_tag, parameter_types, ready, row_fields, row_names, row_values, same_columns,
+    truncate_data_row, truncate_row_description, with_formats, FieldInfo,
 };
 pub use frontend::{
     bind, bind_names, bind_params, bind_result_formats, bind_to_statement, close, copy_done,

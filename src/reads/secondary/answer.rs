@@ -1,7 +1,8 @@
 //! What the secondary answered one batch, collected frame by frame up to its last
 //! ReadyForQuery: the settings script's answer first when the batch carries the script (its
-//! error fails the read; nothing else of it is kept), then the read's DataRows, CommandComplete
-//! or EmptyQueryResponse, and its first error. Pure: the connection reads the frames.
+//! error fails the read; nothing else of it is kept), then the read's RowDescription (to hold
+//! against the primary's), DataRows, CommandComplete or EmptyQueryResponse, and its first
+//! error. Pure: the connection reads the frames.
 
 use bytes::{Bytes, BytesMut};
 
@@ -12,6 +13,15 @@ use crate::protocol::messages::{error_code, error_text};
 /// The SQLSTATE reported when the session's settings could not be applied (invalid_parameter_value).
 const SETTINGS_FAILED: &str = "22023";
 
+/// A read the secondary answered.
+#[derive(Debug)]
+pub struct Rows {
+    /// Its DataRows and CommandComplete, as the client gets them.
+    pub rows: BytesMut,
+    /// Its RowDescription (`None` for a portal not described, or a statement without rows).
+    pub description: Option<Bytes>,
+}
+
 /// One batch's answer, as far as it came.
 #[derive(Debug)]
 pub(super) struct Answer {
@@ -20,6 +30,8 @@ pub(super) struct Answer {
     /// The batch began with the settings script.
     with_settings: bool,
     rows: BytesMut,
+    /// The read's RowDescription, as the secondary gave it.
+    description: Option<Bytes>,
     /// The read's first ErrorResponse.
     error: Option<Failure>,
     /// The settings script's error, as `SQLSTATE: message`.
@@ -33,6 +45,7 @@ impl Answer {
             readies: if with_settings { 2 } else { 1 },
             with_settings,
             rows: BytesMut::new(),
+            description: None,
             error: None,
             settings_failed: None,
         }
@@ -49,6 +62,7 @@ impl Answer {
                 }
                 self.rows.extend_from_slice(frame)
             }
+            Some(b'T') if !in_settings => self.description = Some(frame.clone()),
             Some(b'E') if in_settings => self.settings_failed = Some(error_text(frame)),
             Some(b'E') => {
                 self.error.get_or_insert_with(|| Failure::Error {
@@ -68,8 +82,8 @@ impl Answer {
         self.with_settings && self.settings_failed.is_none()
     }
 
-    /// The read's DataRows and CommandComplete, or why it failed.
-    pub(super) fn into_result(self) -> Result<BytesMut, Failure> {
+    /// The read's DataRows and CommandComplete (and its RowDescription), or why it failed.
+    pub(super) fn into_result(self) -> Result<Rows, Failure> {
         if let Some(e) = self.settings_failed {
             return Err(Failure::Error {
                 sqlstate: SETTINGS_FAILED.into(),
@@ -81,7 +95,10 @@ impl Answer {
         }
         match self.error {
             Some(e) => Err(e),
-            None => Ok(self.rows),
+            None => Ok(Rows {
+                rows: self.rows,
+                description: self.description,
+            }),
         }
     }
 }
@@ -125,7 +142,7 @@ mod tests {
         ];
         assert_eq!(feed(&mut answer, &frames), 5);
         assert!(!answer.settings_applied());
-        let rows = answer.into_result().unwrap();
+        let rows = answer.into_result().unwrap().rows;
         assert_eq!(
             &rows[..],
             &[&row(b"7")[..], &complete("SELECT 1")[..]].concat()
@@ -140,7 +157,7 @@ mod tests {
         assert_eq!(feed(&mut answer, &[&settings[..], &read[..]].concat()), 6);
         assert!(answer.settings_applied());
         assert_eq!(
-            answer.into_result().unwrap().len(),
+            answer.into_result().unwrap().rows.len(),
             read[0].len() + read[1].len()
         );
 

@@ -42,6 +42,7 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::wire;
 use crate::rules::quote_literal;
 use answer::Answer;
+pub use answer::Rows;
 use conn::{Conn, ConnError};
 use statements::Statements;
 
@@ -99,6 +100,9 @@ pub enum Failure {
     /// The answer is larger than pgbridge keeps ([`crate::reads::MAX_COMPARED_BYTES`]):
     /// the primary, which streams, serves it.
     TooLarge,
+    /// The secondary's columns are not the primary's (a schema changed on one side): the
+    /// primary serves the read.
+    Columns,
 }
 
 /// The client startup parameters that are session settings (not who or where).
@@ -149,15 +153,16 @@ impl SessionServer {
         &self.opts
     }
 
-    /// Runs a simple-protocol read; returns its DataRows and CommandComplete.
-    pub async fn simple(&mut self, sql: &str, settings: &str) -> Result<BytesMut, Failure> {
+    /// Runs a simple-protocol read; returns its DataRows and CommandComplete, and its
+    /// RowDescription.
+    pub async fn simple(&mut self, sql: &str, settings: &str) -> Result<Rows, Failure> {
         let request = wire::query(sql);
         self.exchange(settings, &request).await
     }
 
     /// Runs the client's Bind `bind` of statement `stmt` (whose read rewrite is `sql`, with
     /// parameter types `types` as the primary inferred them) on the unnamed portal, executed to
-    /// the end; returns its DataRows and CommandComplete.
+    /// the end; returns its DataRows and CommandComplete, and its RowDescription.
     pub async fn portal(
         &mut self,
         stmt: &str,
@@ -165,7 +170,7 @@ impl SessionServer {
         types: &[u32],
         bind: &[u8],
         settings: &str,
-    ) -> Result<BytesMut, Failure> {
+    ) -> Result<Rows, Failure> {
         let mut request = BytesMut::new();
         let name = self.statements.prepare(stmt, sql, types, &mut request);
         let Some(bind) = wire::bind_to_statement(bind, &name) else {
@@ -176,6 +181,8 @@ impl SessionServer {
             });
         };
         request.extend_from_slice(&bind);
+        // The secondary's description of the rows, to hold against the primary's.
+        request.extend_from_slice(&wire::describe_portal(""));
         request.extend_from_slice(&wire::execute(""));
         request.extend_from_slice(&wire::sync());
         let answer = self.exchange(settings, &request).await;
@@ -199,7 +206,7 @@ impl SessionServer {
     }
 
     /// Sends `request` (after the settings script when it changed) and collects its answer.
-    async fn exchange(&mut self, settings: &str, request: &[u8]) -> Result<BytesMut, Failure> {
+    async fn exchange(&mut self, settings: &str, request: &[u8]) -> Result<Rows, Failure> {
         if self.resting_until.is_some_and(|t| Instant::now() < t) {
             return Err(Failure::Resting);
         }
@@ -228,7 +235,7 @@ impl SessionServer {
         &mut self,
         settings: &str,
         request: &[u8],
-    ) -> Result<Result<BytesMut, Failure>, ConnError> {
+    ) -> Result<Result<Rows, Failure>, ConnError> {
         let apply = self.applied != settings;
         let conn = self.connection().await?;
         let mut batch = BytesMut::new();
