@@ -4,7 +4,8 @@
 //! view over the target that presents the source's exact columns and rows ([`super::view`]).
 //! The reference keeps its name as the view's alias, so `b.close`, `derived_data_bars.close` and
 //! unqualified columns resolve as before. A `WITH derived_data_bars AS (...)` shadows the table
-//! and is left alone. Statements for the secondary may be re-rendered (DESIGN.md, principle 3).
+//! and is left alone. Statements for the secondary may be re-rendered (docs/DESIGN.md,
+//! principle 3).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -15,6 +16,7 @@ use sqlparser::ast::{
 };
 
 use super::view::{fold, resolve};
+use super::SqlError;
 use crate::rules::{RuleSet, TableName};
 
 /// The inline view SQL of each source table whose rule has known columns, with the index that
@@ -120,33 +122,21 @@ pub fn rewrite(
     views: &Views,
     reads: &[TableName],
     rules: &RuleSet,
-) -> Result<(String, Vec<(usize, String)>), String> {
+) -> Result<(String, Vec<(usize, String)>), SqlError> {
     let Statement::Query(_) = stmt else {
-        return Err("only plain queries are served by the secondary".into());
+        return Err(SqlError::NotAQuery);
     };
     if let Some(t) = reads.iter().find(|t| !views.contains_key(t)) {
-        return Err(format!(
-            "the columns of `{t}` are unknown: rules were not checked online"
-        ));
+        return Err(SqlError::ReadColumnsUnknown(t.clone()));
     }
     if sql.contains(PLACEHOLDER) {
-        return Err(format!(
-            "the statement uses pgbridge's own name {PLACEHOLDER}"
-        ));
+        return Err(SqlError::ReservedName(PLACEHOLDER));
     }
-    let params = match coverage(stmt, rules) {
-        Ok(params) => params,
-        Err(t) => {
-            return Err(format!(
-                "the read of `{t}` is not restricted to its rule's `where`: the secondary holds \
-                 only the migrated rows"
-            ))
-        }
-    };
+    let params = coverage(stmt, rules).map_err(SqlError::BeyondWhere)?;
     let mut stmt = stmt.clone();
     render_with_views(&mut stmt, views)
         .map(|sql| (sql, params))
-        .ok_or_else(|| "no source table reference could be rewritten".to_string())
+        .ok_or(SqlError::NothingToRewrite)
 }
 
 /// Whether the query reads every source table of a rule with a `where` only within that
@@ -205,14 +195,9 @@ impl Coverage<'_> {
         }
     }
 
+    /// Each source table with a `where` that `select` names must be read within it.
     fn select(&mut self, select: &Select) -> ControlFlow<()> {
-        let mut factors = Vec::new();
-        for t in &select.from {
-            collect_factors(&t.relation, &mut factors);
-            for j in &t.joins {
-                collect_factors(&j.relation, &mut factors);
-            }
-        }
+        let factors = factors(select);
         let alone = factors.len() == 1;
         for factor in &factors {
             let TableFactor::Table { name, alias, .. } = factor else {
@@ -235,40 +220,56 @@ impl Coverage<'_> {
                 .flat_map(|w| conjuncts(w))
                 .filter_map(|c| canonical(c, &qualifier, alone))
                 .collect();
-            let Ok(f) = crate::rules::check::parse_expression(&filter) else {
-                self.found = Some(table);
-                return ControlFlow::Break(());
-            };
-            for c in conjuncts(&f) {
-                let Some(c) = canonical(c, "", true) else {
+            match restriction(&filter, &have) {
+                Some(params) => self.params.extend(params),
+                None => {
                     self.found = Some(table);
                     return ControlFlow::Break(());
-                };
-                if have.contains(&c) {
-                    continue;
-                }
-                // `col = 'v'` met by a `col = $n` of the query.
-                let bound = c.split_once(" = '").and_then(|(col, v)| {
-                    let v = v.strip_suffix('\'')?;
-                    let n = have.iter().find_map(|h| {
-                        h.strip_prefix(col)?
-                            .strip_prefix(" = $")?
-                            .parse::<usize>()
-                            .ok()
-                    })?;
-                    (!v.contains('\'')).then(|| (n, v.to_string()))
-                });
-                match bound {
-                    Some(p) => self.params.push(p),
-                    None => {
-                        self.found = Some(table);
-                        return ControlFlow::Break(());
-                    }
                 }
             }
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The parameters that keep a SELECT whose conditions are `have` (canonical) within the
+/// rule's `where` (`filter`): empty when each condition of `filter` is one of `have`; `None`
+/// when one is neither there nor met by a bound parameter.
+fn restriction(filter: &str, have: &[String]) -> Option<Vec<(usize, String)>> {
+    let f = crate::rules::check::parse_expression(filter).ok()?;
+    let mut params = Vec::new();
+    for c in conjuncts(&f) {
+        let c = canonical(c, "", true)?;
+        if !have.contains(&c) {
+            params.push(bound_param(&c, have)?);
+        }
+    }
+    Some(params)
+}
+
+/// A condition `col = 'v'` met by a `col = $n` of the query: `(n, v)`.
+fn bound_param(c: &str, have: &[String]) -> Option<(usize, String)> {
+    let (col, v) = c.split_once(" = '")?;
+    let v = v.strip_suffix('\'')?;
+    let n = have.iter().find_map(|h| {
+        h.strip_prefix(col)?
+            .strip_prefix(" = $")?
+            .parse::<usize>()
+            .ok()
+    })?;
+    (!v.contains('\'')).then(|| (n, v.to_string()))
+}
+
+/// The table references of a SELECT's FROM, joins and nested joins included.
+fn factors(select: &Select) -> Vec<&TableFactor> {
+    let mut factors = Vec::new();
+    for t in &select.from {
+        collect_factors(&t.relation, &mut factors);
+        for j in &t.joins {
+            collect_factors(&j.relation, &mut factors);
+        }
+    }
+    factors
 }
 
 fn collect_factors<'a>(f: &'a TableFactor, out: &mut Vec<&'a TableFactor>) {
