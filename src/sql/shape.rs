@@ -75,59 +75,102 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
     if memchr::memchr(1, b).is_some() || memchr::memmem::find(b, MARK.as_bytes()).is_some() {
         return None;
     }
-    let mut spans = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let next = b.get(i + 1).copied();
-        match b[i] {
-            b'-' if next == Some(b'-') => i = lex::comment_end(b, i)?,
-            b'/' if next == Some(b'*') => i = lex::block_comment_end(b, i)?,
-            b'"' => i = lex::quoted_end(b, i, b'"', false)?,
-            b'\'' => {
-                let prefix = i.checked_sub(1).map(|p| b[p]);
-                let escaped = matches!(prefix, Some(b'e' | b'E'));
-                let end = lex::quoted_end(b, i, b'\'', escaped)?;
-                // E'', N'', B'', X'', U&'': not rendered as written.
-                let prefixed = prefix.is_some_and(|p| lex::is_ident(p) || p == b'&');
-                if !prefixed {
-                    // sqlparser renders a value holding two quotes in a row as if it were
-                    // already escaped: not how the client wrote it.
-                    let inner = &b[i + 1..end - 1];
-                    if inner.contains(&b'\\') || memchr::memmem::find(inner, b"''''").is_some() {
-                        return None;
-                    }
-                    if !keep.contains(&sql[i..end]) {
-                        spans.push((i..end, Lit::Str));
-                    }
-                }
-                i = end;
-            }
-            b'$' => i = skip_dollar(b, i)?,
-            b'.' if next.is_some_and(|c| c.is_ascii_digit()) => return None,
-            c if c.is_ascii_digit() => {
-                let start = i;
-                i += b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
-                    i += 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                }
-                // 1e5, 1., 1_000, 0x1F, 12abc: not plain.
-                if b.get(i).is_some_and(|&c| lex::is_ident(c) || c == b'.') {
-                    return None;
-                }
-                if !keep.contains(&sql[start..i]) {
-                    spans.push((start..i, Lit::Num));
-                }
-            }
-            c if lex::is_ident(c) => i += b[i..].iter().take_while(|&&c| lex::is_ident(c)).count(),
-            _ => i += 1,
-        }
+    let spans = Scan {
+        sql,
+        keep,
+        spans: Vec::new(),
     }
+    .run()?;
     if spans.is_empty() || spans.len() >= MAX_LITERALS {
         return None;
     }
+    Some(Normalized {
+        key: key(sql, &spans),
+        spans,
+    })
+}
+
+/// The lexer pass over one text, collecting the spans of its plain literals.
+struct Scan<'a> {
+    sql: &'a str,
+    keep: &'a HashSet<String>,
+    spans: Vec<(Range<usize>, Lit)>,
+}
+
+impl Scan<'_> {
+    /// The spans of every plain literal not kept; `None` when the lexer is unsure of the text.
+    fn run(mut self) -> Option<Vec<(Range<usize>, Lit)>> {
+        let b = self.sql.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let next = b.get(i + 1).copied();
+            i = match b[i] {
+                b'-' if next == Some(b'-') => lex::comment_end(b, i)?,
+                b'/' if next == Some(b'*') => lex::block_comment_end(b, i)?,
+                b'"' => lex::quoted_end(b, i, b'"', false)?,
+                b'\'' => self.string(i)?,
+                b'$' => skip_dollar(b, i)?,
+                b'.' if next.is_some_and(|c| c.is_ascii_digit()) => return None,
+                c if c.is_ascii_digit() => self.number(i)?,
+                c if lex::is_ident(c) => {
+                    i + b[i..].iter().take_while(|&&c| lex::is_ident(c)).count()
+                }
+                _ => i + 1,
+            };
+        }
+        Some(self.spans)
+    }
+
+    /// The index after the string starting at `i`, recorded when it is a plain literal;
+    /// `None` when it is left open or sqlparser would not render it as written.
+    fn string(&mut self, i: usize) -> Option<usize> {
+        let b = self.sql.as_bytes();
+        let prefix = i.checked_sub(1).map(|p| b[p]);
+        let escaped = matches!(prefix, Some(b'e' | b'E'));
+        let end = lex::quoted_end(b, i, b'\'', escaped)?;
+        // E'', N'', B'', X'', U&'': not rendered as written.
+        if prefix.is_some_and(|p| lex::is_ident(p) || p == b'&') {
+            return Some(end);
+        }
+        // sqlparser renders a value holding two quotes in a row as if it were already
+        // escaped: not how the client wrote it.
+        let inner = &b[i + 1..end - 1];
+        if inner.contains(&b'\\') || memchr::memmem::find(inner, b"''''").is_some() {
+            return None;
+        }
+        self.record(i..end, Lit::Str);
+        Some(end)
+    }
+
+    /// The index after the number starting at `start`, recorded; `None` when it is not plain.
+    fn number(&mut self, start: usize) -> Option<usize> {
+        let b = self.sql.as_bytes();
+        let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let mut i = start + digits(start);
+        if b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+            i += 1 + digits(i + 1);
+        }
+        // 1e5, 1., 1_000, 0x1F, 12abc: not plain.
+        if b.get(i).is_some_and(|&c| lex::is_ident(c) || c == b'.') {
+            return None;
+        }
+        self.record(start..i, Lit::Num);
+        Some(i)
+    }
+
+    /// Keeps the literal at `r` for the key, unless the rules' `where` names it.
+    fn record(&mut self, r: Range<usize>, lit: Lit) {
+        if !self.keep.contains(&self.sql[r.clone()]) {
+            self.spans.push((r, lit));
+        }
+    }
+}
+
+/// The text with each literal span replaced by its marker.
+fn key(sql: &str, spans: &[(Range<usize>, Lit)]) -> String {
     let mut key = String::with_capacity(sql.len());
     let mut at = 0;
-    for (r, lit) in &spans {
+    for (r, lit) in spans {
         key.push_str(&sql[at..r.start]);
         key.push_str(match lit {
             Lit::Str => "\x01s",
@@ -136,7 +179,7 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
         at = r.end;
     }
     key.push_str(&sql[at..]);
-    Some(Normalized { key, spans })
+    key
 }
 
 /// The literal tokens of the rules' `where` expressions, to keep in shape keys.
