@@ -147,8 +147,9 @@ fn replay(table: &TableName, r: &StatementRewrite) -> Mirror {
     }
 }
 
-/// A `rows` COPY FROM: mirrored through a temporary table when its table name can be found in
-/// the client's text (the simple protocol), unmirrored for `reason` otherwise.
+/// A `rows` COPY FROM: where its table name is in the client's text (for the simple protocol's
+/// temporary table) and `reason`, why it is unmirrored elsewhere; unmirrored when the name
+/// cannot be found.
 fn copy_from(s: &StatementInfo, text: &str, table: &TableName, reason: String) -> Mirror {
     match copy_target(text.get(s.text.clone()).unwrap_or_default()) {
         Some(name) => Mirror::CopyFrom {
