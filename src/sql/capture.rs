@@ -284,3 +284,88 @@ fn old_key_sql(prefix: &str, keys: &[String], table: &str, cond: Option<&str>) -
         keys.join(", ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::splice::{self, tokens};
+    use crate::sql::view::tests::dxy_rule;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    /// The client's text with the capture spliced in, or why it cannot be.
+    fn captured(sql: &str, op: WriteOp) -> Result<(String, Capture), SqlError> {
+        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        let toks = tokens(sql).unwrap();
+        let range = 0..toks.len();
+        let (mut edits, c) = capture(sql, &stmt, op, &dxy_rule(), &toks, range)?;
+        Ok((splice::apply(sql, &mut edits), c))
+    }
+
+    #[test]
+    fn a_delete_returns_its_key_and_the_transaction() {
+        let (sql, c) = captured(
+            "DELETE FROM derived_data_bars /* c */ WHERE ts < now()",
+            WriteOp::Delete,
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            "DELETE FROM derived_data_bars /* c */ WHERE ts < now() RETURNING \
+             derived_data_bars.symbol, derived_data_bars.ts, (derived_data_bars.symbol = 'DXY'), \
+             pg_current_xact_id()"
+        );
+        assert_eq!(
+            (c.columns.len(), c.extra, c.client_returning),
+            (2, 4, false)
+        );
+    }
+
+    #[test]
+    fn a_key_change_reads_the_old_key_locked() {
+        let (sql, c) = captured(
+            "UPDATE derived_data_bars b SET ts = ts + interval '1 day' WHERE b.close > 1 RETURNING b.close",
+            WriteOp::Update,
+        )
+        .unwrap();
+        assert!(
+            sql.starts_with(
+                "UPDATE derived_data_bars b SET ts = ts + interval '1 day' FROM (SELECT ctid AS \
+                 pgbridge_ctid, symbol AS pgbridge_k0, ts AS pgbridge_k1 FROM derived_data_bars b \
+                 WHERE b.close > 1 FOR UPDATE) AS pgbridge_old WHERE b.ctid = \
+                 pgbridge_old.pgbridge_ctid RETURNING b.close, b.symbol,"
+            ),
+            "{sql}"
+        );
+        assert!(sql.ends_with(
+            ", pgbridge_old.pgbridge_k0, pgbridge_old.pgbridge_k1, pg_current_xact_id()"
+        ));
+        assert_eq!(c.old_key, ["symbol", "ts"]);
+        assert!(c.client_returning);
+    }
+
+    #[test]
+    fn what_cannot_be_captured_says_why() {
+        let err = |sql: &str, op| captured(sql, op).unwrap_err().to_string();
+        assert_eq!(
+            err(
+                "UPDATE derived_data_bars SET ts = now() RETURNING *",
+                WriteOp::Update
+            ),
+            "RETURNING * with a key change cannot capture the old key"
+        );
+        assert_eq!(
+            err(
+                "UPDATE derived_data_bars SET symbol = 'x' FROM t WHERE t.a = 1",
+                WriteOp::Update
+            ),
+            "an UPDATE ... FROM that changes key columns cannot capture the old key"
+        );
+        assert_eq!(
+            err("TRUNCATE derived_data_bars", WriteOp::Truncate),
+            "Truncate cannot be captured row by row"
+        );
+    }
+}

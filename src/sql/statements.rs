@@ -260,3 +260,60 @@ fn on_conflict(on: Option<&OnInsert>) -> Result<&'static str, SqlError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::view::tests::dxy_rule;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    fn rewritten(sql: &str) -> Result<StatementRewrite, SqlError> {
+        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        rewrite(&stmt, &dxy_rule())
+    }
+
+    #[test]
+    fn an_insert_goes_to_the_target_columns_within_the_where() {
+        let r = rewritten(
+            "INSERT INTO derived_data_bars (symbol, ts, close) VALUES ('DXY', now(), 1.5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .unwrap();
+        assert_eq!(
+            r.sql,
+            "INSERT INTO public.data_bars (symbol, ts, close_px, timeframe, is_synthetic) SELECT \
+             CASE pgbridge_s.symbol::text WHEN 'DXY' THEN 'DXY.IDX' ELSE pgbridge_s.symbol::text END, \
+             pgbridge_s.ts::timestamp with time zone, pgbridge_s.close::numeric(18,6), '1m', true \
+             FROM (VALUES ('DXY', now(), 1.5)) AS pgbridge_s (symbol, ts, close) \
+             WHERE (symbol = 'DXY') ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            r.warnings,
+            ["now() is evaluated again on the secondary and may differ"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_replayed_says_why() {
+        let err = |sql: &str| rewritten(sql).unwrap_err().to_string();
+        assert_eq!(
+            err("INSERT INTO derived_data_bars (symbol) VALUES ('x') ON CONFLICT (symbol) DO UPDATE SET ts = now()"),
+            "INSERT ... ON CONFLICT DO UPDATE cannot be rewritten; use mirror = \"rows\""
+        );
+        assert_eq!(
+            err("INSERT INTO derived_data_bars (nope) VALUES (1)"),
+            "`nope` is not a source column"
+        );
+        assert_eq!(
+            err("DELETE FROM derived_data_bars USING t WHERE t.a = 1"),
+            "DELETE ... USING cannot be rewritten; use mirror = \"rows\""
+        );
+        assert_eq!(
+            err("SELECT 1"),
+            "only INSERT, UPDATE, DELETE and TRUNCATE can be rewritten; use mirror = \"rows\""
+        );
+    }
+}
