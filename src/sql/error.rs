@@ -17,15 +17,19 @@ pub enum SqlError {
     /// A read of a table whose rule's columns were never read from the database.
     #[error("the columns of `{0}` are unknown: rules were not checked online")]
     ReadColumnsUnknown(TableName),
-    /// The rule's `where` (or the client's WHERE, re-read) is no valid expression.
+    /// The rule's `where` (or the client's WHERE, read again) is no valid expression: the
+    /// parser's message.
     #[error("{0}")]
     Expression(String),
 
-    /// Reads.
+    // The read rewrite.
+    /// Only a plain query can be served by the secondary.
     #[error("only plain queries are served by the secondary")]
     NotAQuery,
+    /// The client's text holds the name pgbridge gives its views' placeholders.
     #[error("the statement uses pgbridge's own name {0}")]
     ReservedName(&'static str),
+    /// The read asks for rows of the table beyond its rule's `where`.
     #[error(
         "the read of `{0}` is not restricted to its rule's `where`: the secondary holds only \
          the migrated rows"
@@ -34,7 +38,11 @@ pub enum SqlError {
     #[error("no source table reference could be rewritten")]
     NothingToRewrite,
 
-    /// Writes, in general.
+    // Parsing a text, and a write in general.
+    /// The parser rejected the text: its message.
+    #[error("{0}")]
+    Parse(String),
+    /// The parser's statements do not match the text's `;`-separated ones.
     #[error("statement boundaries are ambiguous")]
     AmbiguousBoundaries,
     #[error("the statement could not be tokenized")]
@@ -44,7 +52,8 @@ pub enum SqlError {
     #[error("a write inside a CTE or another statement cannot be mirrored")]
     NestedWrite,
 
-    /// The capture (`mirror = "rows"`).
+    // The capture (`mirror = "rows"`).
+    /// A write other than INSERT, UPDATE and DELETE (TRUNCATE, COPY).
     #[error("{0:?} cannot be captured row by row")]
     NotCapturable(WriteOp),
     #[error("the written table cannot be named in RETURNING")]
@@ -53,14 +62,17 @@ pub enum SqlError {
     NotAnUpdate,
     #[error("no SET")]
     NoSet,
+    /// The old key's subquery cannot be joined back beside the client's FROM.
     #[error("an UPDATE ... FROM that changes key columns cannot capture the old key")]
     KeyChangeWithFrom,
+    /// The old key's columns would come back among the client's own.
     #[error("RETURNING * with a key change cannot capture the old key")]
     KeyChangeReturningAll,
+    /// WHERE CURRENT OF belongs to UPDATE and DELETE; the old key's subquery cannot take it.
     #[error("WHERE CURRENT OF with a key change cannot capture the old key")]
     KeyChangeWhereCurrentOf,
 
-    /// The replay (`mirror = "statements"`) and the apply statements.
+    // The replay (`mirror = "statements"`) and the apply statements.
     #[error("only INSERT, UPDATE, DELETE and TRUNCATE can be rewritten; use mirror = \"rows\"")]
     NotReplayable,
     /// A form of INSERT, UPDATE or DELETE the replay cannot put in the target's terms.

@@ -39,13 +39,13 @@ pub(super) fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
         sql,
         toks: std::cell::OnceCell::new(),
     };
-    let (ranges, parsed) = parse(sql, &tokens);
+    let Parsed { ranges, stmts } = parse(sql, &tokens);
     let mut analysis = Analysis {
         seen,
         ..Analysis::default()
     };
-    let stmts = parsed.unwrap_or_else(|e| {
-        analysis.parse_error = Some(e);
+    let stmts = stmts.unwrap_or_else(|e| {
+        analysis.parse_error = Some(e.to_string());
         Vec::new()
     });
     let mut edits = Vec::new();
@@ -66,13 +66,17 @@ pub(super) fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
     analysis
 }
 
-/// The token range of each statement (`None` for a text holding one: its range is computed
-/// only if a capture needs it) and the parsed statements, one for each range; `Err` holds the
-/// parse error, or says the parser's statements do not match the text's.
-fn parse(
-    sql: &str,
-    tokens: &Tokens,
-) -> (Vec<Option<Range<usize>>>, Result<Vec<Statement>, String>) {
+/// A text's statements as the parser read them, and where each is in the text.
+struct Parsed {
+    /// The token range of each statement; `None` for a text holding one (its range is computed
+    /// only if a capture needs it).
+    ranges: Vec<Option<Range<usize>>>,
+    /// One for each range: `Err` when the parser rejected the text, or its statements do not
+    /// match the text's.
+    stmts: Result<Vec<Statement>, SqlError>,
+}
+
+fn parse(sql: &str, tokens: &Tokens) -> Parsed {
     let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
     let single = matches!(&parsed, Ok(s) if s.len() == 1) && !has_more_statements(sql);
     let ranges: Vec<Option<Range<usize>>> = if single {
@@ -85,10 +89,10 @@ fn parse(
     };
     let stmts = match parsed {
         Ok(stmts) if stmts.len() == ranges.len() => Ok(stmts),
-        Ok(_) => Err(SqlError::AmbiguousBoundaries.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(_) => Err(SqlError::AmbiguousBoundaries),
+        Err(e) => Err(SqlError::Parse(e.to_string())),
     };
-    (ranges, stmts)
+    Parsed { ranges, stmts }
 }
 
 /// The bytes of a text holding one statement, without surrounding space and the final `;`.
