@@ -66,41 +66,9 @@ impl PgServer {
             .prefix(&format!("pgbridge-pg-{}-", std::process::id()))
             .tempdir()?;
         let owner = postgres_owner()?;
-        let data = dir.path().join("data");
-        fs::create_dir(&data)?;
-        if let Some((uid, gid)) = owner {
-            chown(dir.path(), uid, gid)?;
-            chown(&data, uid, gid)?;
-        }
-        let out = run_as(
-            Command::new(bin.join("initdb"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
-                .arg("--no-sync"),
-            owner,
-        )
-        .output()?;
-        if !out.status.success() {
-            return Err(failed("initdb", String::from_utf8_lossy(&out.stderr)));
-        }
+        let data = init_data(&bin, dir.path(), owner)?;
         let port = free_port()?;
-        let mut conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n\
-             max_prepared_transactions = 20\nshared_buffers = 64MB\nlogging_collector = off\n\
-             log_min_messages = warning\n",
-            dir.path().display()
-        );
-        for (k, v) in &opts.settings {
-            conf.push_str(&format!("{k} = {v}\n"));
-        }
-        append(&data.join("postgresql.conf"), &conf)?;
-        let mut hba = opts.hba.join("\n");
-        hba.push_str(
-            "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
-        );
-        fs::write(data.join("pg_hba.conf"), hba)?;
+        configure(&data, dir.path(), port, opts)?;
         let mut server = PgServer {
             bin,
             dir,
@@ -209,6 +177,51 @@ impl Drop for PgServer {
             let _ = child.wait();
         }
     }
+}
+
+/// A new data directory in `dir` (owned by `owner` when set), made by `initdb`.
+fn init_data(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, PgClusterError> {
+    let data = dir.join("data");
+    fs::create_dir(&data)?;
+    if let Some((uid, gid)) = owner {
+        chown(dir, uid, gid)?;
+        chown(&data, uid, gid)?;
+    }
+    let out = run_as(
+        Command::new(bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
+            .arg("--no-sync"),
+        owner,
+    )
+    .output()?;
+    if !out.status.success() {
+        return Err(failed("initdb", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(data)
+}
+
+/// The settings of a throwaway server (loopback `port`, its socket in `dir`, durability off)
+/// and `opts`' own, and pg_hba.conf with `opts.hba` before the default `trust` lines.
+fn configure(data: &Path, dir: &Path, port: u16, opts: &PgOptions) -> Result<(), PgClusterError> {
+    let mut conf = format!(
+        "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+         fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n\
+         max_prepared_transactions = 20\nshared_buffers = 64MB\nlogging_collector = off\n\
+         log_min_messages = warning\n",
+        dir.display()
+    );
+    for (k, v) in &opts.settings {
+        conf.push_str(&format!("{k} = {v}\n"));
+    }
+    append(&data.join("postgresql.conf"), &conf)?;
+    let mut hba = opts.hba.join("\n");
+    hba.push_str(
+        "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+    );
+    fs::write(data.join("pg_hba.conf"), hba)?;
+    Ok(())
 }
 
 /// The directory holding `initdb` and `postgres`: PGBRIDGE_PG_BIN, else the newest

@@ -44,67 +44,76 @@ fn replace_literals(sql: &str, mut placeholder: impl FnMut(&mut String, Literal<
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     while i < b.len() {
-        let c = b[i];
         let prev_ident =
             i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
-        match c {
+        i = match b[i] {
             b'-' | b'/' if lex::comment_end(b, i).is_some() => {
-                let end = lex::comment_end(b, i).unwrap_or(b.len());
-                out.push_str(&sql[i..end]);
-                i = end;
+                copy(&mut out, sql, i, lex::comment_end(b, i).unwrap_or(b.len()))
             }
-            b'"' => {
-                let end = quoted_end(b, i, b'"');
-                out.push_str(&sql[i..end]);
-                i = end;
-            }
+            b'"' => copy(&mut out, sql, i, quoted_end(b, i, b'"')),
             b'\'' => {
                 // A prefix E, B, X or U& belongs to the literal.
                 let prefix = strip_prefix(&mut out, sql, i);
-                i = quoted_end(b, i, b'\'');
                 placeholder(&mut out, Literal::Text(prefix));
+                quoted_end(b, i, b'\'')
             }
-            b'$' if !prev_ident => {
-                if let Some(tag_len) = lex::dollar_tag(&b[i..]) {
-                    let tag = &sql[i..i + tag_len];
-                    let body = i + tag_len;
-                    let end = sql[body..]
-                        .find(tag)
-                        .map_or(b.len(), |n| body + n + tag_len);
+            b'$' if !prev_ident => match lex::dollar_tag(&b[i..]) {
+                Some(tag_len) => {
                     placeholder(&mut out, Literal::Text("$"));
-                    i = end;
-                } else {
-                    // A parameter $n: keep it.
-                    let end = i + 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                    out.push_str(&sql[i..end]);
-                    i = end;
+                    dollar_end(sql, i, tag_len)
                 }
-            }
+                // A parameter $n: keep it.
+                None => copy(&mut out, sql, i, i + 1 + digits(&b[i + 1..])),
+            },
             b'0'..=b'9' | b'.' if !prev_ident && starts_number(&b[i..]) => {
-                let mut j = i;
-                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.' || b[j] == b'_') {
-                    j += 1;
-                }
-                if j < b.len() && (b[j] == b'e' || b[j] == b'E') {
-                    let k = j + 1 + usize::from(matches!(b.get(j + 1), Some(b'+' | b'-')));
-                    if b.get(k).is_some_and(u8::is_ascii_digit) {
-                        j = k;
-                        while j < b.len() && b[j].is_ascii_digit() {
-                            j += 1;
-                        }
-                    }
-                }
-                placeholder(&mut out, Literal::Number(&sql[i..j]));
-                i = j;
+                let end = number_end(b, i);
+                placeholder(&mut out, Literal::Number(&sql[i..end]));
+                end
             }
             _ => {
                 let ch = sql[i..].chars().next().unwrap_or(' ');
                 out.push(ch);
-                i += ch.len_utf8();
+                i + ch.len_utf8()
             }
-        }
+        };
     }
     out
+}
+
+/// Copies `sql[start..end]` to `out` as it is; returns `end`.
+fn copy(out: &mut String, sql: &str, start: usize, end: usize) -> usize {
+    out.push_str(&sql[start..end]);
+    end
+}
+
+/// How many ASCII digits `b` starts with.
+fn digits(b: &[u8]) -> usize {
+    b.iter().take_while(|c| c.is_ascii_digit()).count()
+}
+
+/// The end of the dollar-quoted string at `start` whose tag is `tag_len` bytes long (the end
+/// of the text for one left open).
+fn dollar_end(sql: &str, start: usize, tag_len: usize) -> usize {
+    let tag = &sql[start..start + tag_len];
+    let body = start + tag_len;
+    sql[body..]
+        .find(tag)
+        .map_or(sql.len(), |n| body + n + tag_len)
+}
+
+/// The end of the number starting at `start`: digits, dots and underscores, then an exponent.
+fn number_end(b: &[u8], start: usize) -> usize {
+    let mut j = start;
+    while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.' || b[j] == b'_') {
+        j += 1;
+    }
+    if j < b.len() && (b[j] == b'e' || b[j] == b'E') {
+        let k = j + 1 + usize::from(matches!(b.get(j + 1), Some(b'+' | b'-')));
+        if b.get(k).is_some_and(u8::is_ascii_digit) {
+            j = k + digits(&b[k..]);
+        }
+    }
+    j
 }
 
 fn starts_number(b: &[u8]) -> bool {

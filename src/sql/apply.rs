@@ -1,4 +1,5 @@
-//! Apply statements: the SQL that writes a captured row to the target (DESIGN.md, principle 6).
+//! Apply statements: the SQL that writes a captured row to the target (docs/DESIGN.md,
+//! principle 6).
 //!
 //! Each is parameterized; the applier binds the captured values (as text, in the order below), so
 //! no value is ever spliced into SQL. Upserts and key-addressed deletes are idempotent: applying
@@ -6,7 +7,8 @@
 //! the backfill's `ON CONFLICT DO NOTHING` can run in any order with the mirror.
 
 use super::view::{target_value, values_condition};
-use crate::rules::{quote_ident, Rule};
+use super::SqlError;
+use crate::rules::{quote_ident, Column, Rule};
 
 /// The statements that mirror one rule's rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,62 +27,78 @@ pub struct ApplyPlan {
 
 impl ApplyPlan {
     /// Builds the plan; needs the rule checked online (its columns and conflict key).
-    pub fn for_rule(rule: &Rule) -> Result<ApplyPlan, String> {
+    pub fn build(rule: &Rule) -> Result<ApplyPlan, SqlError> {
         let cols = rule
             .source_columns
             .as_ref()
-            .ok_or("the source's columns are unknown: rules were not checked online")?;
-        let target = rule.target.quoted();
-        let mut names = Vec::new();
-        let mut values = Vec::new();
-        for (i, c) in cols.iter().enumerate() {
-            names.push(quote_ident(rule.target_column(&c.name)));
-            values.push(target_value(
-                rule,
-                &c.name,
-                &format!("${}::text::{}", i + 1, c.type_name),
-            ));
-        }
-        for (c, v) in &rule.values {
-            names.push(quote_ident(c));
-            values.push(v.clone());
-        }
-        let conflict = rule
-            .conflict_key
-            .clone()
-            .unwrap_or_else(|| rule.target_key());
-        let updates: Vec<String> = names
-            .iter()
-            .filter(|n| !conflict.iter().any(|k| quote_ident(k) == **n))
-            .map(|n| format!("{n} = EXCLUDED.{n}"))
-            .collect();
-        let action = if updates.is_empty() {
-            "NOTHING".to_string()
-        } else {
-            format!("UPDATE SET {}", updates.join(", "))
-        };
-        let conflict: Vec<String> = conflict.iter().map(|k| quote_ident(k)).collect();
-        let upsert = format!(
-            "INSERT INTO {target} ({}) VALUES ({}) ON CONFLICT ({}) DO {action} RETURNING (xmax = 0)",
-            names.join(", "),
-            values.join(", "),
-            conflict.join(", ")
-        );
+            .ok_or(SqlError::SourceColumnsUnknown)?;
         Ok(ApplyPlan {
-            upsert,
+            upsert: upsert_sql(rule, cols),
             delete: delete_sql(rule, cols)?,
             truncate: truncate_sql(rule),
         })
     }
+
+    /// [`ApplyPlan::build`] with the error as its message: the applier's plan error
+    /// (src/mirror/apply/plan.rs) holds the text.
+    pub fn for_rule(rule: &Rule) -> Result<ApplyPlan, String> {
+        ApplyPlan::build(rule).map_err(|e| e.to_string())
+    }
 }
 
-fn delete_sql(rule: &Rule, cols: &[crate::rules::Column]) -> Result<String, String> {
+/// The upsert of one row image: every source column mapped to the target, the rule's `values`,
+/// and on conflict every column but the conflict key updated.
+fn upsert_sql(rule: &Rule, cols: &[Column]) -> String {
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for (i, c) in cols.iter().enumerate() {
+        names.push(quote_ident(rule.target_column(&c.name)));
+        values.push(target_value(
+            rule,
+            &c.name,
+            &format!("${}::text::{}", i + 1, c.type_name),
+        ));
+    }
+    for (c, v) in &rule.values {
+        names.push(quote_ident(c));
+        values.push(v.clone());
+    }
+    let conflict = rule
+        .conflict_key
+        .clone()
+        .unwrap_or_else(|| rule.target_key());
+    let action = conflict_action(&names, &conflict);
+    let conflict: Vec<String> = conflict.iter().map(|k| quote_ident(k)).collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO {action} RETURNING (xmax = 0)",
+        rule.target.quoted(),
+        names.join(", "),
+        values.join(", "),
+        conflict.join(", ")
+    )
+}
+
+/// `UPDATE SET` of every column outside the conflict key; `NOTHING` when there is none.
+fn conflict_action(names: &[String], conflict: &[String]) -> String {
+    let updates: Vec<String> = names
+        .iter()
+        .filter(|n| !conflict.iter().any(|k| quote_ident(k) == **n))
+        .map(|n| format!("{n} = EXCLUDED.{n}"))
+        .collect();
+    if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    }
+}
+
+fn delete_sql(rule: &Rule, cols: &[Column]) -> Result<String, SqlError> {
     let mut conds = Vec::new();
     for (i, k) in rule.key.iter().enumerate() {
         let col = cols
             .iter()
             .find(|c| &c.name == k)
-            .ok_or_else(|| format!("key column `{k}` is not a source column"))?;
+            .ok_or_else(|| SqlError::KeyNotASourceColumn(k.clone()))?;
         let value = target_value(rule, k, &format!("${}::text::{}", i + 1, col.type_name));
         conds.push(format!("{} = {value}", quote_ident(rule.target_column(k))));
     }

@@ -7,6 +7,7 @@
 //! - [`prefilter`]: the cheap scan for migrated table names.
 //! - [`lex`]: comments, quotes and names, for the scans that run without the parser.
 //! - [`keywords`]: transaction control and session state from the leading words.
+//! - [`SqlError`]: why a statement could not be rewritten (a statement's `note`).
 //! - [`splice`]: byte positions in the client's text, for edits that keep it byte for byte.
 //! - [`classify`]: reads, writes and DDL of migrated tables in a parsed statement.
 //! - [`view`]: one rule's mapping as SQL, shared by every rewrite.
@@ -27,6 +28,7 @@ pub mod cache;
 pub mod capture;
 pub mod classify;
 pub mod copy;
+mod error;
 pub mod injected;
 pub mod keywords;
 pub mod lex;
@@ -45,6 +47,7 @@ pub use analyzer::Analyzer;
 pub use apply::ApplyPlan;
 pub use capture::Capture;
 pub use classify::{Write, WriteOp};
+pub use error::SqlError;
 pub use keywords::{SessionOp, SetKind, TxControl};
 pub use plan::{Mirror, Plan, QueryPlan};
 pub use statements::StatementRewrite;

@@ -11,12 +11,12 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::analyzer::{has_more_statements, Snapshot};
-use super::classify::{self, WriteOp};
+use super::classify::{self, Found, WriteOp};
 use super::keywords::{self, Leading};
 use super::read;
 use super::splice::{self, Edit, Tok};
-use super::{capture, statements, Analysis, Kind, StatementInfo};
-use crate::rules::{MirrorMode, TableName};
+use super::{capture, statements, Analysis, Kind, SqlError, StatementInfo, StatementRewrite};
+use crate::rules::{MirrorMode, Rule, TableName};
 
 /// The text's tokens, computed only when needed: a single statement that is not captured needs
 /// none beyond the parser's own.
@@ -39,31 +39,15 @@ pub(super) fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
         sql,
         toks: std::cell::OnceCell::new(),
     };
-    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
-    let single = matches!(&parsed, Ok(s) if s.len() == 1) && !has_more_statements(sql);
-    let ranges: Vec<Option<Range<usize>>> = if single {
-        vec![None]
-    } else {
-        splice::statements(tokens.get())
-            .into_iter()
-            .map(Some)
-            .collect()
-    };
+    let Parsed { ranges, stmts } = parse(sql, &tokens);
     let mut analysis = Analysis {
         seen,
         ..Analysis::default()
     };
-    let stmts = match parsed {
-        Ok(stmts) if stmts.len() == ranges.len() => stmts,
-        Ok(_) => {
-            analysis.parse_error = Some("statement boundaries are ambiguous".into());
-            Vec::new()
-        }
-        Err(e) => {
-            analysis.parse_error = Some(e.to_string());
-            Vec::new()
-        }
-    };
+    let stmts = stmts.unwrap_or_else(|e| {
+        analysis.parse_error = Some(e.to_string());
+        Vec::new()
+    });
     let mut edits = Vec::new();
     for (i, range) in ranges.into_iter().enumerate() {
         let text = match &range {
@@ -80,6 +64,35 @@ pub(super) fn analyze_uncached(sql: &str, snap: &Snapshot) -> Analysis {
         analysis.capture_sql = Some(splice::apply(sql, &mut edits));
     }
     analysis
+}
+
+/// A text's statements as the parser read them, and where each is in the text.
+struct Parsed {
+    /// The token range of each statement; `None` for a text holding one (its range is computed
+    /// only if a capture needs it).
+    ranges: Vec<Option<Range<usize>>>,
+    /// One for each range: `Err` when the parser rejected the text, or its statements do not
+    /// match the text's.
+    stmts: Result<Vec<Statement>, SqlError>,
+}
+
+fn parse(sql: &str, tokens: &Tokens) -> Parsed {
+    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql);
+    let single = matches!(&parsed, Ok(s) if s.len() == 1) && !has_more_statements(sql);
+    let ranges: Vec<Option<Range<usize>>> = if single {
+        vec![None]
+    } else {
+        splice::statements(tokens.get())
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    let stmts = match parsed {
+        Ok(stmts) if stmts.len() == ranges.len() => Ok(stmts),
+        Ok(_) => Err(SqlError::AmbiguousBoundaries),
+        Err(e) => Err(SqlError::Parse(e.to_string())),
+    };
+    Parsed { ranges, stmts }
 }
 
 /// The bytes of a text holding one statement, without surrounding space and the final `;`.
@@ -120,37 +133,59 @@ fn statement(
         return StatementInfo::new(Kind::Transaction(t), text);
     }
     let found = classify::walk(stmt, &snap.rules);
-    let kind = match (&leading, stmt) {
-        (Some(Leading::Session(s)), _) => Kind::Session(s.clone()),
-        (_, Statement::Explain { analyze: false, .. }) => Kind::Other,
-        _ if !found.writes.is_empty() => Kind::Write,
-        _ if classify::is_ddl(stmt) && !seen_tables(&sql[text.clone()], snap).is_empty() => {
-            Kind::Ddl
-        }
-        _ if !found.reads.is_empty() => Kind::Read,
-        _ => Kind::Other,
-    };
+    let kind = kind(&sql[text.clone()], leading, stmt, &found, snap);
     let mut info = StatementInfo::new(kind, text);
     info.reads = found.reads;
     info.others = found.others;
     info.writes = found.writes;
     info.may_write = found.may_write;
-    match info.kind {
-        Kind::Read => match read::rewrite(sql, stmt, &snap.views, &info.reads, &snap.rules) {
-            Ok((r, params)) => {
-                info.read_rewrite = Some(r);
-                info.read_params = params;
-                info.ordered = matches!(stmt, Statement::Query(q) if q.order_by.is_some());
-            }
-            Err(e) => info.note = Some(e),
-        },
+    let rewritten = match info.kind {
+        Kind::Read => read_rewrite(sql, stmt, snap, &mut info),
         Kind::Write => write_rewrites(sql, stmt, toks, range, snap, &mut info, edits),
         Kind::Ddl if info.reads.is_empty() => {
-            info.reads = seen_tables(&sql[info.text.clone()], snap)
+            info.reads = seen_tables(&sql[info.text.clone()], snap);
+            Ok(())
         }
-        _ => {}
+        _ => Ok(()),
+    };
+    // Why a rewrite the statement needs is missing: reported with it.
+    if let Err(e) = rewritten {
+        info.note = Some(e.to_string());
     }
     info
+}
+
+/// What a parsed statement (`text`, not transaction control) is, from its leading words and
+/// what the walk found.
+fn kind(
+    text: &str,
+    leading: Option<Leading>,
+    stmt: &Statement,
+    found: &Found,
+    snap: &Snapshot,
+) -> Kind {
+    match (leading, stmt) {
+        (Some(Leading::Session(s)), _) => Kind::Session(s),
+        (_, Statement::Explain { analyze: false, .. }) => Kind::Other,
+        _ if !found.writes.is_empty() => Kind::Write,
+        _ if classify::is_ddl(stmt) && !seen_tables(text, snap).is_empty() => Kind::Ddl,
+        _ if !found.reads.is_empty() => Kind::Read,
+        _ => Kind::Other,
+    }
+}
+
+/// A read's rewrite for the secondary.
+fn read_rewrite(
+    sql: &str,
+    stmt: &Statement,
+    snap: &Snapshot,
+    info: &mut StatementInfo,
+) -> Result<(), SqlError> {
+    let (r, params) = read::rewrite(sql, stmt, &snap.views, &info.reads, &snap.rules)?;
+    info.read_rewrite = Some(r);
+    info.read_params = params;
+    info.ordered = matches!(stmt, Statement::Query(q) if q.order_by.is_some());
+    Ok(())
 }
 
 /// The migrated tables the pre-filter sees in `sql`.
@@ -163,16 +198,17 @@ pub(super) fn seen_tables(sql: &str, snap: &Snapshot) -> Vec<TableName> {
 }
 
 /// The token range of the statement to capture (the text's only one when not yet known).
-fn capture_range(tokens: &Tokens, range: Option<Range<usize>>) -> Result<Range<usize>, String> {
+fn capture_range(tokens: &Tokens, range: Option<Range<usize>>) -> Result<Range<usize>, SqlError> {
     match range {
         Some(r) => Ok(r),
         None => splice::statements(tokens.get())
             .into_iter()
             .next()
-            .ok_or_else(|| "the statement could not be tokenized".to_string()),
+            .ok_or(SqlError::Untokenized),
     }
 }
 
+/// A write's rewrites under its rule's mirror mode.
 fn write_rewrites(
     sql: &str,
     stmt: &Statement,
@@ -181,43 +217,47 @@ fn write_rewrites(
     snap: &Snapshot,
     info: &mut StatementInfo,
     edits: &mut Vec<Edit>,
-) {
+) -> Result<(), SqlError> {
     let [write] = info.writes.as_slice() else {
-        info.note = Some("a statement writing several migrated tables cannot be mirrored".into());
-        return;
+        return Err(SqlError::SeveralTables);
     };
     let Some(rule) = snap.rules.get(&write.table) else {
-        return;
+        return Ok(());
     };
     if write.nested {
-        info.note = Some("a write inside a CTE or another statement cannot be mirrored".into());
-        return;
+        return Err(SqlError::NestedWrite);
     }
+    let op = write.op;
     match rule.mirror {
         MirrorMode::Off => {}
-        MirrorMode::Rows => match capture_range(tokens, range)
-            .and_then(|r| capture::capture(sql, stmt, write.op, rule, tokens.get(), r))
-        {
-            Ok((e, c)) => {
-                edits.extend(e);
-                info.capture = Some(std::sync::Arc::new(c));
-            }
-            Err(e) if write.op != WriteOp::Truncate => info.note = Some(e),
-            Err(_) => {} // TRUNCATE: the applier runs the rule's truncate statement.
-        },
-        MirrorMode::Statements => match statements::rewrite(stmt, rule) {
-            Ok(mut r) => {
-                if let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &r.sql) {
-                    if let Some(text) = parsed
-                        .first_mut()
-                        .and_then(|s| read::render_with_views(s, &snap.views))
-                    {
-                        r.sql = text;
-                    }
+        MirrorMode::Rows => {
+            let captured = capture_range(tokens, range)
+                .and_then(|r| capture::capture(sql, stmt, op, rule, tokens.get(), r));
+            match captured {
+                Ok((e, c)) => {
+                    edits.extend(e);
+                    info.capture = Some(std::sync::Arc::new(c));
                 }
-                info.statement_rewrite = Some(r);
+                Err(_) if op == WriteOp::Truncate => {} // The applier runs the rule's truncate.
+                Err(e) => return Err(e),
             }
-            Err(e) => info.note = Some(e),
-        },
+        }
+        MirrorMode::Statements => info.statement_rewrite = Some(replay(stmt, rule, snap)?),
     }
+    Ok(())
+}
+
+/// The write rewritten to the target for `mirror = "statements"`, with any read of a source
+/// table inside it (`INSERT ... SELECT ... FROM source`) reading the target through its view.
+fn replay(stmt: &Statement, rule: &Rule, snap: &Snapshot) -> Result<StatementRewrite, SqlError> {
+    let mut r = statements::rewrite(stmt, rule)?;
+    if let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, &r.sql) {
+        if let Some(text) = parsed
+            .first_mut()
+            .and_then(|s| read::render_with_views(s, &snap.views))
+        {
+            r.sql = text;
+        }
+    }
+    Ok(r)
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::classify::WriteOp;
 use super::keywords::{SessionOp, TxControl};
-use super::{lex, Analysis, Capture, Kind, StatementInfo};
+use super::{lex, Analysis, Capture, Kind, StatementInfo, StatementRewrite};
 use crate::rules::{MirrorMode, RuleSet, TableName};
 
 /// How one statement's write of a migrated table reaches the mirror.
@@ -126,28 +126,38 @@ fn write(s: &StatementInfo, text: &str, rules: &RuleSet) -> Mirror {
         return Mirror::Unmirrored(reason());
     };
     match (mode(rules, &w.table), w.op, &s.statement_rewrite) {
-        (Some(MirrorMode::Statements), _, Some(r)) => {
-            for warning in &r.warnings {
-                tracing::warn!(table = %w.table, warning = %warning,
-                    "a replayed statement may not reproduce the primary's rows");
-            }
-            Mirror::Replay {
-                table: w.table.clone(),
-                sql: Arc::from(r.sql.as_str()),
-            }
-        }
+        (Some(MirrorMode::Statements), _, Some(r)) => replay(&w.table, r),
         (Some(MirrorMode::Rows), WriteOp::Truncate, _) => Mirror::Truncate(w.table.clone()),
         (Some(MirrorMode::Rows), WriteOp::CopyFrom, _) if s.writes.len() == 1 => {
-            match copy_target(text.get(s.text.clone()).unwrap_or_default()) {
-                Some(name) => Mirror::CopyFrom {
-                    table: w.table.clone(),
-                    name: s.text.start + name.start..s.text.start + name.end,
-                    reason: reason(),
-                },
-                None => Mirror::Unmirrored(reason()),
-            }
+            copy_from(s, text, &w.table, reason())
         }
         _ => Mirror::Unmirrored(reason()),
+    }
+}
+
+/// A `statements` write: its rewrite, replayed; a rewrite that may not be exact is logged.
+fn replay(table: &TableName, r: &StatementRewrite) -> Mirror {
+    for warning in &r.warnings {
+        tracing::warn!(table = %table, warning = %warning,
+            "a replayed statement may not reproduce the primary's rows");
+    }
+    Mirror::Replay {
+        table: table.clone(),
+        sql: Arc::from(r.sql.as_str()),
+    }
+}
+
+/// A `rows` COPY FROM: where its table name is in the client's text (for the simple protocol's
+/// temporary table) and `reason`, why it is unmirrored elsewhere; unmirrored when the name
+/// cannot be found.
+fn copy_from(s: &StatementInfo, text: &str, table: &TableName, reason: String) -> Mirror {
+    match copy_target(text.get(s.text.clone()).unwrap_or_default()) {
+        Some(name) => Mirror::CopyFrom {
+            table: table.clone(),
+            name: s.text.start + name.start..s.text.start + name.end,
+            reason,
+        },
+        None => Mirror::Unmirrored(reason),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The pre-filter: can this statement mention a migrated table at all?
 //!
-//! Most traffic never touches a migrated table and must not pay for the parser (DESIGN.md,
+//! Most traffic never touches a migrated table and must not pay for the parser (docs/DESIGN.md,
 //! principle 4). The scan looks for the bare source table names, case-insensitively and at
 //! identifier boundaries, so `Derived_Data_Bars`, `"derived_data_bars"` and
 //! `public.derived_data_bars` are all seen. It errs only one way: a name inside a string or a

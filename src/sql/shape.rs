@@ -75,6 +75,20 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
     if memchr::memchr(1, b).is_some() || memchr::memmem::find(b, MARK.as_bytes()).is_some() {
         return None;
     }
+    let spans = literal_spans(sql, keep)?;
+    if spans.is_empty() || spans.len() >= MAX_LITERALS {
+        return None;
+    }
+    Some(Normalized {
+        key: key(sql, &spans),
+        spans,
+    })
+}
+
+/// The lexer pass: the spans of the plain literals of `sql` not in `keep`; `None` when the
+/// lexer is unsure of the text.
+fn literal_spans(sql: &str, keep: &HashSet<String>) -> Option<Vec<(Range<usize>, Lit)>> {
+    let b = sql.as_bytes();
     let mut spans = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -84,50 +98,65 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
             b'/' if next == Some(b'*') => i = lex::block_comment_end(b, i)?,
             b'"' => i = lex::quoted_end(b, i, b'"', false)?,
             b'\'' => {
-                let prefix = i.checked_sub(1).map(|p| b[p]);
-                let escaped = matches!(prefix, Some(b'e' | b'E'));
-                let end = lex::quoted_end(b, i, b'\'', escaped)?;
-                // E'', N'', B'', X'', U&'': not rendered as written.
-                let prefixed = prefix.is_some_and(|p| lex::is_ident(p) || p == b'&');
-                if !prefixed {
-                    // sqlparser renders a value holding two quotes in a row as if it were
-                    // already escaped: not how the client wrote it.
-                    let inner = &b[i + 1..end - 1];
-                    if inner.contains(&b'\\') || memchr::memmem::find(inner, b"''''").is_some() {
-                        return None;
-                    }
-                    if !keep.contains(&sql[i..end]) {
-                        spans.push((i..end, Lit::Str));
-                    }
+                let (end, plain) = string_end(b, i)?;
+                if plain && !keep.contains(&sql[i..end]) {
+                    spans.push((i..end, Lit::Str));
                 }
                 i = end;
             }
             b'$' => i = skip_dollar(b, i)?,
             b'.' if next.is_some_and(|c| c.is_ascii_digit()) => return None,
             c if c.is_ascii_digit() => {
-                let start = i;
-                i += b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
-                    i += 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                let end = number_end(b, i)?;
+                if !keep.contains(&sql[i..end]) {
+                    spans.push((i..end, Lit::Num));
                 }
-                // 1e5, 1., 1_000, 0x1F, 12abc: not plain.
-                if b.get(i).is_some_and(|&c| lex::is_ident(c) || c == b'.') {
-                    return None;
-                }
-                if !keep.contains(&sql[start..i]) {
-                    spans.push((start..i, Lit::Num));
-                }
+                i = end;
             }
             c if lex::is_ident(c) => i += b[i..].iter().take_while(|&&c| lex::is_ident(c)).count(),
             _ => i += 1,
         }
     }
-    if spans.is_empty() || spans.len() >= MAX_LITERALS {
+    Some(spans)
+}
+
+/// The index after the string starting at `i`, and whether it is a plain literal (not `E''`,
+/// `N''`, `B''`, `X''` or `U&''`, which are not rendered as written); `None` when it is left
+/// open, or sqlparser would not render it as the client wrote it.
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let prefix = i.checked_sub(1).map(|p| b[p]);
+    let escaped = matches!(prefix, Some(b'e' | b'E'));
+    let end = lex::quoted_end(b, i, b'\'', escaped)?;
+    if prefix.is_some_and(|p| lex::is_ident(p) || p == b'&') {
+        return Some((end, false));
+    }
+    // sqlparser renders a value holding two quotes in a row as if it were already escaped.
+    let inner = &b[i + 1..end - 1];
+    if inner.contains(&b'\\') || memchr::memmem::find(inner, b"''''").is_some() {
         return None;
     }
+    Some((end, true))
+}
+
+/// The index after the number starting at `start`; `None` when it is not plain.
+fn number_end(b: &[u8], start: usize) -> Option<usize> {
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = start + digits(start);
+    if b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+        i += 1 + digits(i + 1);
+    }
+    // 1e5, 1., 1_000, 0x1F, 12abc: not plain.
+    if b.get(i).is_some_and(|&c| lex::is_ident(c) || c == b'.') {
+        return None;
+    }
+    Some(i)
+}
+
+/// The text with each literal span replaced by its marker.
+fn key(sql: &str, spans: &[(Range<usize>, Lit)]) -> String {
     let mut key = String::with_capacity(sql.len());
     let mut at = 0;
-    for (r, lit) in &spans {
+    for (r, lit) in spans {
         key.push_str(&sql[at..r.start]);
         key.push_str(match lit {
             Lit::Str => "\x01s",
@@ -136,7 +165,7 @@ pub fn normalize_keeping(sql: &str, keep: &HashSet<String>) -> Option<Normalized
         at = r.end;
     }
     key.push_str(&sql[at..]);
-    Some(Normalized { key, spans })
+    key
 }
 
 /// The literal tokens of the rules' `where` expressions, to keep in shape keys.
@@ -277,6 +306,18 @@ mod tests {
             n.sentinel_text("UPDATE t SET a = 'x' WHERE b = 10"),
             "UPDATE t SET a = '97319040000' WHERE b = 97319040001"
         );
+    }
+
+    #[test]
+    fn strings_and_numbers_end_where_their_tokens_end() {
+        assert_eq!(string_end(b"'a''b' x", 0), Some((6, true)));
+        assert_eq!(string_end(b"E'a\\'b' x", 1), Some((7, false)));
+        assert_eq!(string_end(b"U&'x'", 2), Some((5, false)));
+        assert_eq!(string_end(b"'a\\b'", 0), None);
+        assert_eq!(number_end(b"12.5)", 0), Some(4));
+        assert_eq!(number_end(b"7 ", 0), Some(1));
+        assert_eq!(number_end(b"1.e", 0), None);
+        assert_eq!(number_end(b"0x1F", 0), None);
     }
 
     #[test]

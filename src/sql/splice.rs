@@ -1,7 +1,7 @@
 //! Byte positions in the client's own text, for edits that must leave the rest of it untouched.
 //!
 //! sqlparser's Display re-renders a statement: comments go, syntax is normalized. A statement
-//! bound for the primary is edited by splicing into the original text instead (DESIGN.md,
+//! bound for the primary is edited by splicing into the original text instead (docs/DESIGN.md,
 //! principle 3). The tokenizer knows each token's line and column; this module turns them into
 //! byte ranges and finds each statement's significant tokens.
 

@@ -13,6 +13,7 @@ use sqlparser::ast::{
 };
 
 use super::view::{source_value, target_value, values_condition};
+use super::SqlError;
 use crate::rules::check::parse_expression as check_expr;
 use crate::rules::{quote_ident, Column, Rule};
 
@@ -92,14 +93,14 @@ fn owned_rows(
     cols: &[Column],
     client: Option<&Expr>,
     refs: &[String],
-) -> Result<String, String> {
+) -> Result<String, SqlError> {
     let mut conds: Vec<String> = values_condition(rule, "pgbridge_t.").into_iter().collect();
     for text in client
         .map(|e| e.to_string())
         .into_iter()
         .chain(rule.filter.clone())
     {
-        let mut e = check_expr(&text)?;
+        let mut e = check_expr(&text).map_err(SqlError::Expression)?;
         map_columns(&mut e, rule, cols, refs);
         conds.push(format!("({e})"));
     }
@@ -111,23 +112,19 @@ fn owned_rows(
 }
 
 /// Rewrites a write to `rule.source` into the same write on `rule.target`.
-pub fn rewrite(stmt: &Statement, rule: &Rule) -> Result<StatementRewrite, String> {
+pub fn rewrite(stmt: &Statement, rule: &Rule) -> Result<StatementRewrite, SqlError> {
     let cols = rule
         .source_columns
         .as_deref()
-        .ok_or("the source's columns are unknown: rules were not checked online")?;
+        .ok_or(SqlError::SourceColumnsUnknown)?;
     let mut warnings = warnings(stmt);
-    let sql =
-        match stmt {
-            Statement::Update(u) => update(u, rule, cols)?,
-            Statement::Delete(d) => delete(d, rule, cols)?,
-            Statement::Insert(i) => insert(i, rule, cols, &mut warnings)?,
-            Statement::Truncate(_) => super::apply::truncate_sql(rule),
-            _ => return Err(
-                "only INSERT, UPDATE, DELETE and TRUNCATE can be rewritten; use mirror = \"rows\""
-                    .into(),
-            ),
-        };
+    let sql = match stmt {
+        Statement::Update(u) => update(u, rule, cols)?,
+        Statement::Delete(d) => delete(d, rule, cols)?,
+        Statement::Insert(i) => insert(i, rule, cols, &mut warnings)?,
+        Statement::Truncate(_) => super::apply::truncate_sql(rule),
+        _ => return Err(SqlError::NotReplayable),
+    };
     Ok(StatementRewrite { sql, warnings })
 }
 
@@ -149,15 +146,15 @@ fn references(rule: &Rule, factor: Option<&TableFactor>) -> Vec<String> {
     refs
 }
 
-fn update(u: &Update, rule: &Rule, cols: &[Column]) -> Result<String, String> {
+fn update(u: &Update, rule: &Rule, cols: &[Column]) -> Result<String, SqlError> {
     if u.from.is_some() {
-        return Err("UPDATE ... FROM cannot be rewritten; use mirror = \"rows\"".into());
+        return Err(SqlError::UnreplayableForm("UPDATE ... FROM"));
     }
     let refs = references(rule, Some(&u.table.relation));
     let mut sets = Vec::new();
     for a in &u.assignments {
         let AssignmentTarget::ColumnName(name) = &a.target else {
-            return Err("a tuple assignment cannot be rewritten; use mirror = \"rows\"".into());
+            return Err(SqlError::UnreplayableForm("a tuple assignment"));
         };
         let col = column_of(name);
         let mut value = a.value.clone();
@@ -176,9 +173,9 @@ fn update(u: &Update, rule: &Rule, cols: &[Column]) -> Result<String, String> {
     ))
 }
 
-fn delete(d: &Delete, rule: &Rule, cols: &[Column]) -> Result<String, String> {
+fn delete(d: &Delete, rule: &Rule, cols: &[Column]) -> Result<String, SqlError> {
     if d.using.is_some() {
-        return Err("DELETE ... USING cannot be rewritten; use mirror = \"rows\"".into());
+        return Err(SqlError::UnreplayableForm("DELETE ... USING"));
     }
     let (FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t)) = &d.from;
     let refs = references(rule, t.first().map(|t| &t.relation));
@@ -194,24 +191,14 @@ fn insert(
     rule: &Rule,
     cols: &[Column],
     warnings: &mut Vec<String>,
-) -> Result<String, String> {
-    let source = i.source.as_ref().ok_or("INSERT without a query")?;
+) -> Result<String, SqlError> {
+    let source = i.source.as_ref().ok_or(SqlError::InsertWithoutQuery)?;
     let listed: Vec<String> = if i.columns.is_empty() {
         cols.iter().map(|c| c.name.clone()).collect()
     } else {
         i.columns.iter().map(column_of).collect()
     };
-    let mut names = Vec::new();
-    let mut values = Vec::new();
-    for name in &listed {
-        let c = cols
-            .iter()
-            .find(|c| &c.name == name)
-            .ok_or_else(|| format!("`{name}` is not a source column"))?;
-        names.push(quote_ident(rule.target_column(name)));
-        let v = format!("pgbridge_s.{}::{}", quote_ident(name), c.type_name);
-        values.push(target_value(rule, name, &v));
-    }
+    let (names, values) = inserted(rule, cols, &listed)?;
     for c in cols
         .iter()
         .filter(|c| c.has_default && !listed.contains(&c.name))
@@ -220,10 +207,6 @@ fn insert(
             "column {} takes its default on each side and may differ",
             c.name
         ));
-    }
-    for (c, v) in &rule.values {
-        names.push(quote_ident(c));
-        values.push(v.clone());
     }
     let aliases: Vec<String> = listed.iter().map(|n| quote_ident(n)).collect();
     let mut sql = format!(
@@ -236,17 +219,101 @@ fn insert(
     if let Some(filter) = &rule.filter {
         sql.push_str(&format!(" WHERE ({filter})"));
     }
-    match &i.on {
-        None => {}
-        Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoNothing) => {
-            sql.push_str(" ON CONFLICT DO NOTHING");
-        }
-        Some(_) => {
-            return Err(
-                "INSERT ... ON CONFLICT DO UPDATE cannot be rewritten; use mirror = \"rows\""
-                    .into(),
-            )
-        }
-    }
+    sql.push_str(on_conflict(i.on.as_ref())?);
     Ok(sql)
+}
+
+/// The target columns an INSERT of the `listed` source columns writes, and their values from
+/// the inserted rows (`pgbridge_s`); the rule's `values` last.
+fn inserted(
+    rule: &Rule,
+    cols: &[Column],
+    listed: &[String],
+) -> Result<(Vec<String>, Vec<String>), SqlError> {
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for name in listed {
+        let c = cols
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| SqlError::NotASourceColumn(name.clone()))?;
+        names.push(quote_ident(rule.target_column(name)));
+        let v = format!("pgbridge_s.{}::{}", quote_ident(name), c.type_name);
+        values.push(target_value(rule, name, &v));
+    }
+    for (c, v) in &rule.values {
+        names.push(quote_ident(c));
+        values.push(v.clone());
+    }
+    Ok((names, values))
+}
+
+/// The replay's ON CONFLICT: DO NOTHING carries over, DO UPDATE does not.
+fn on_conflict(on: Option<&OnInsert>) -> Result<&'static str, SqlError> {
+    match on {
+        None => Ok(""),
+        Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoNothing) => {
+            Ok(" ON CONFLICT DO NOTHING")
+        }
+        Some(_) => Err(SqlError::UnreplayableForm(
+            "INSERT ... ON CONFLICT DO UPDATE",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::view::tests::dxy_rule;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    fn rewritten(sql: &str) -> Result<StatementRewrite, SqlError> {
+        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        rewrite(&stmt, &dxy_rule())
+    }
+
+    #[test]
+    fn an_insert_goes_to_the_target_columns_within_the_where() {
+        let r = rewritten(
+            "INSERT INTO derived_data_bars (symbol, ts, close) VALUES ('DXY', now(), 1.5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .unwrap();
+        assert_eq!(
+            r.sql,
+            "INSERT INTO public.data_bars (symbol, ts, close_px, timeframe, is_synthetic) SELECT \
+             CASE pgbridge_s.symbol::text WHEN 'DXY' THEN 'DXY.IDX' ELSE pgbridge_s.symbol::text END, \
+             pgbridge_s.ts::timestamp with time zone, pgbridge_s.close::numeric(18,6), '1m', true \
+             FROM (VALUES ('DXY', now(), 1.5)) AS pgbridge_s (symbol, ts, close) \
+             WHERE (symbol = 'DXY') ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(
+            r.warnings,
+            ["now() is evaluated again on the secondary and may differ"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_replayed_says_why() {
+        let err = |sql: &str| rewritten(sql).unwrap_err().to_string();
+        assert_eq!(
+            err("INSERT INTO derived_data_bars (symbol) VALUES ('x') ON CONFLICT (symbol) DO UPDATE SET ts = now()"),
+            "INSERT ... ON CONFLICT DO UPDATE cannot be rewritten; use mirror = \"rows\""
+        );
+        assert_eq!(
+            err("INSERT INTO derived_data_bars (nope) VALUES (1)"),
+            "`nope` is not a source column"
+        );
+        assert_eq!(
+            err("DELETE FROM derived_data_bars USING t WHERE t.a = 1"),
+            "DELETE ... USING cannot be rewritten; use mirror = \"rows\""
+        );
+        assert_eq!(
+            err("SELECT 1"),
+            "only INSERT, UPDATE, DELETE and TRUNCATE can be rewritten; use mirror = \"rows\""
+        );
+    }
 }

@@ -131,44 +131,56 @@ fn to_target(rule: &Rule, e: &Expr) -> Option<String> {
             to_target(rule, left)?,
             to_target(rule, right)?
         )),
-        Expr::BinaryOp { left, op, right } => {
-            let (Expr::Identifier(col), Expr::Value(v)) = (left.as_ref(), right.as_ref()) else {
-                return None;
-            };
-            match op {
-                BinaryOperator::Eq => equal_to(rule, col, &[&v.value]),
-                BinaryOperator::NotEq
-                | BinaryOperator::Lt
-                | BinaryOperator::LtEq
-                | BinaryOperator::Gt
-                | BinaryOperator::GtEq => {
-                    let target = plain_target(rule, col)?;
-                    rule.translation(&fold(col))
-                        .is_none()
-                        .then(|| format!("{} {op} {}", quote_ident(target), v.value))
-                }
-                _ => None,
-            }
-        }
+        Expr::BinaryOp { left, op, right } => comparison_to_target(rule, left, op, right),
         Expr::InList {
             expr,
             list,
             negated: false,
-        } => {
-            let Expr::Identifier(col) = expr.as_ref() else {
-                return None;
-            };
-            let values: Option<Vec<&Value>> = list
-                .iter()
-                .map(|e| match e {
-                    Expr::Value(v) => Some(&v.value),
-                    _ => None,
-                })
-                .collect();
-            equal_to(rule, col, &values?)
+        } => in_list_to_target(rule, expr, list),
+        _ => None,
+    }
+}
+
+/// `col op value` in the target's terms: an equality through the translation, an order only
+/// where no translation changes the values.
+fn comparison_to_target(
+    rule: &Rule,
+    left: &Expr,
+    op: &BinaryOperator,
+    right: &Expr,
+) -> Option<String> {
+    let (Expr::Identifier(col), Expr::Value(v)) = (left, right) else {
+        return None;
+    };
+    match op {
+        BinaryOperator::Eq => equal_to(rule, col, &[&v.value]),
+        BinaryOperator::NotEq
+        | BinaryOperator::Lt
+        | BinaryOperator::LtEq
+        | BinaryOperator::Gt
+        | BinaryOperator::GtEq => {
+            let target = plain_target(rule, col)?;
+            rule.translation(&fold(col))
+                .is_none()
+                .then(|| format!("{} {op} {}", quote_ident(target), v.value))
         }
         _ => None,
     }
+}
+
+/// `col IN (values...)` in the target's terms.
+fn in_list_to_target(rule: &Rule, expr: &Expr, list: &[Expr]) -> Option<String> {
+    let Expr::Identifier(col) = expr else {
+        return None;
+    };
+    let values: Option<Vec<&Value>> = list
+        .iter()
+        .map(|e| match e {
+            Expr::Value(v) => Some(&v.value),
+            _ => None,
+        })
+        .collect();
+    equal_to(rule, col, &values?)
 }
 
 /// The target column of source column `col` when the view passes it on without a cast.
