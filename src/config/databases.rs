@@ -212,4 +212,68 @@ mod tests {
         let two = "host=a,b dbname=x".parse::<PgUrl>().unwrap_err();
         assert_eq!(two.to_string(), "give exactly one host");
     }
+
+    #[test]
+    fn tls_keys_are_read_in_both_forms_and_kept_from_tokio_postgres() {
+        let pki = crate::net::tls::testing::Pki::new();
+        let ca = pki.ca.display();
+        let u: PgUrl = format!(
+            "postgres://pgbridge@db.example:5433/trading?application_name=x&sslmode=verify-full&sslrootcert={ca}"
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(u.tls().mode(), SslMode::VerifyFull);
+        assert_eq!(u.tls().check(), crate::net::tls::Check::Full);
+        assert_eq!(u.pg_config().get_application_name(), Some("x"));
+        assert_eq!(
+            u.pg_config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let kv: PgUrl = format!(
+            "host=db.example dbname=trading sslmode=verify-ca sslrootcert='{ca}' \
+             sslcert={} sslkey={}",
+            pki.client_cert.display(),
+            pki.client_key.display()
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(kv.tls().check(), crate::net::tls::Check::Chain);
+        assert_eq!(kv.dbname(), Some("trading"));
+        let allow: PgUrl = "host=h sslmode=allow".parse().unwrap();
+        assert_eq!(
+            allow.pg_config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        // libpq ignores sslmode over a Unix-domain socket.
+        let unix: PgUrl = "host=/run/postgresql sslmode=verify-full".parse().unwrap();
+        assert!(!unix.tls().may_encrypt());
+        let direct = "host=h sslnegotiation=direct".parse::<PgUrl>().unwrap_err();
+        assert!(
+            direct.to_string().starts_with("sslnegotiation: "),
+            "{direct}"
+        );
+        "host=h sslnegotiation=postgres channel_binding=require"
+            .parse::<PgUrl>()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_bad_tls_key_names_the_file_line_and_key() {
+        let err = parse("[primary]\nurl = \"postgres://h/db?sslmode=verify-fulll\"\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "pgbridge.toml:2:7: primary.url: sslmode: unknown value \"verify-fulll\""
+            ),
+            "{err}"
+        );
+        let text = "[primary]\nurl = \"postgres://h/db\"\n[secondary]\n\
+                    url = \"host=h sslmode=verify-ca sslrootcert=/nonexistent/ca.pem\"\n";
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.starts_with(
+                "pgbridge.toml:4:7: secondary.url: sslrootcert: cannot read /nonexistent/ca.pem: "
+            ),
+            "{err}"
+        );
+    }
 }

@@ -290,3 +290,189 @@ pub(super) fn root_store(certs: Vec<CertificateDer<'static>>) -> RootCertStore {
     store.add_parsable_certificates(certs);
     store
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::tls::testing::{write_key, Pki};
+    use crate::net::tls::Attempt;
+
+    fn settings(mode: Option<SslMode>, rootcert: Option<&Path>) -> TlsSettings {
+        TlsSettings {
+            mode,
+            rootcert: rootcert.map(|p| p.display().to_string()),
+            ..TlsSettings::default()
+        }
+    }
+
+    fn build(s: &TlsSettings, home: Option<&Path>) -> Result<ClientTls, String> {
+        ClientTls::with_home(s, Some("db.example"), home).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_mode_makes_libpqs_attempts_and_checks() {
+        let pki = Pki::new();
+        let cases = [
+            (
+                SslMode::Disable,
+                None,
+                &[Attempt::Plain][..],
+                Check::Nothing,
+            ),
+            (
+                SslMode::Allow,
+                None,
+                &[Attempt::Plain, Attempt::TlsRequired],
+                Check::Nothing,
+            ),
+            (
+                SslMode::Prefer,
+                None,
+                &[Attempt::TlsIfOffered, Attempt::Plain],
+                Check::Nothing,
+            ),
+            (
+                SslMode::Require,
+                None,
+                &[Attempt::TlsRequired],
+                Check::Nothing,
+            ),
+            // With a root certificate file, the weaker modes check the chain (libpq's rule).
+            (
+                SslMode::Require,
+                Some(&pki.ca),
+                &[Attempt::TlsRequired],
+                Check::Chain,
+            ),
+            (
+                SslMode::VerifyCa,
+                Some(&pki.ca),
+                &[Attempt::TlsRequired],
+                Check::Chain,
+            ),
+            (
+                SslMode::VerifyFull,
+                Some(&pki.ca),
+                &[Attempt::TlsRequired],
+                Check::Full,
+            ),
+        ];
+        for (mode, root, attempts, check) in cases {
+            let tls = build(&settings(Some(mode), root.map(|p| p.as_path())), None).unwrap();
+            assert_eq!(tls.attempts(), attempts, "{mode}");
+            assert_eq!(tls.check(), check, "{mode}");
+        }
+        // libpq's default is prefer; over a Unix-domain socket sslmode is ignored.
+        assert_eq!(
+            build(&TlsSettings::default(), None).unwrap().mode(),
+            SslMode::Prefer
+        );
+        let full = settings(Some(SslMode::VerifyFull), None);
+        let unix = ClientTls::with_home(&full, None, None).unwrap();
+        assert_eq!(unix.attempts(), &[Attempt::Plain]);
+        assert!(!unix.may_encrypt());
+    }
+
+    #[test]
+    fn the_default_files_are_libpqs() {
+        let pki = Pki::new();
+        let home = tempfile::tempdir().unwrap();
+        let verify = settings(Some(SslMode::VerifyCa), None);
+        let err = build(&verify, Some(home.path())).unwrap_err();
+        let default = home.path().join(".postgresql/root.crt");
+        assert!(
+            err.starts_with("sslrootcert: root certificate file "),
+            "{err}"
+        );
+        assert!(err.contains(&default.display().to_string()), "{err}");
+        // Once ~/.postgresql/root.crt exists, it is used, and checks the chain even for prefer.
+        std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+        std::fs::copy(&pki.ca, &default).unwrap();
+        assert_eq!(
+            build(&verify, Some(home.path())).unwrap().check(),
+            Check::Chain
+        );
+        let prefer = build(&TlsSettings::default(), Some(home.path())).unwrap();
+        assert_eq!(prefer.check(), Check::Chain);
+        // A client certificate there needs its key there too.
+        let dir = home.path().join(".postgresql");
+        std::fs::copy(&pki.client_cert, dir.join("postgresql.crt")).unwrap();
+        let err = build(&TlsSettings::default(), Some(home.path())).unwrap_err();
+        assert!(
+            err.starts_with("sslkey: certificate present, but not private key file "),
+            "{err}"
+        );
+        std::fs::copy(&pki.client_key, dir.join("postgresql.key")).unwrap();
+        build(&TlsSettings::default(), Some(home.path())).unwrap();
+    }
+
+    #[test]
+    fn files_named_in_the_url_must_be_usable() {
+        let pki = Pki::new();
+        let missing = pki.dir.path().join("missing.pem");
+        let err = build(&settings(Some(SslMode::Require), Some(&missing)), None).unwrap_err();
+        assert!(
+            err.starts_with(&format!("sslrootcert: cannot read {}: ", missing.display())),
+            "{err}"
+        );
+        let not_pem = pki.dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let err = build(&settings(Some(SslMode::VerifyFull), Some(&not_pem)), None).unwrap_err();
+        assert!(err.ends_with("holds no PEM certificate"), "{err}");
+        // A private key others may read is refused, as libpq refuses it.
+        let mut with_cert = TlsSettings {
+            cert: Some(pki.client_cert.clone()),
+            key: Some(pki.client_key.clone()),
+            ..TlsSettings::default()
+        };
+        build(&with_cert, None).unwrap();
+        let open_key = pki.dir.path().join("open.key");
+        std::fs::copy(&pki.client_key, &open_key).unwrap();
+        std::fs::set_permissions(
+            &open_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        with_cert.key = Some(open_key);
+        let err = build(&with_cert, None).unwrap_err();
+        assert!(err.contains("has group or world access"), "{err}");
+        // A key that is not the certificate's.
+        let other_key = pki.dir.path().join("other.key");
+        write_key(
+            &other_key,
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+        with_cert.key = Some(other_key);
+        let err = build(&with_cert, None).unwrap_err();
+        assert!(
+            err.starts_with("sslcert: the certificate and key cannot be used"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn system_roots_go_with_verify_full_only() {
+        let system = TlsSettings {
+            mode: Some(SslMode::Require),
+            rootcert: Some("system".into()),
+            ..TlsSettings::default()
+        };
+        let err = build(&system, None).unwrap_err();
+        assert_eq!(
+            err,
+            "sslmode: weak sslmode \"require\" may not be used with sslrootcert=system (use \"verify-full\")"
+        );
+        assert_eq!("verify-fulll".parse::<SslMode>().unwrap_err().to_string(),
+            "sslmode: unknown value \"verify-fulll\" (disable, allow, prefer, require, verify-ca or verify-full)");
+        for mode in [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ] {
+            assert_eq!(mode.parse::<SslMode>().unwrap().as_str(), mode);
+        }
+    }
+}

@@ -190,7 +190,11 @@ pub(super) fn describe(inner: &Connector, e: &std::io::Error) -> String {
             CertificateError::NotValidForNameContext { presented, .. } => format!(
                 "the server certificate is not valid for host {} (it is for {})",
                 inner.host,
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|n| bare_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 "the server certificate has expired".to_string()
@@ -204,5 +208,162 @@ pub(super) fn describe(inner: &Connector, e: &std::io::Error) -> String {
             "the server requires a client certificate (sslcert and sslkey)".to_string()
         }
         other => format!("the TLS handshake failed: {other}"),
+    }
+}
+
+/// A name as rustls lists it (`DnsName("db.example")`), without the wrapping.
+fn bare_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, inner)| inner.strip_suffix(')'))
+        .map_or(presented, |inner| inner.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::net::tls::testing::Pki;
+    use crate::net::tls::TlsSettings;
+
+    /// A server that answers the SSLRequest with `answer`, then (for `S`) accepts TLS with a
+    /// certificate for `names` and says hello.
+    fn server(pki: &Pki, names: &[&str], answer: u8) -> tokio::io::DuplexStream {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let acceptor = pki.acceptor(names);
+        tokio::spawn(async move {
+            let mut request = [0u8; 8];
+            server.read_exact(&mut request).await.unwrap();
+            assert_eq!(&request[4..], &SSL_REQUEST_CODE.to_be_bytes());
+            server.write_all(&[answer]).await.unwrap();
+            if answer == b'S' {
+                if let Ok(mut tls) = acceptor.accept(server).await {
+                    let _ = tls.write_all(b"hello").await;
+                    let _ = tls.flush().await;
+                }
+            }
+        });
+        client
+    }
+
+    fn tls(mode: SslMode, root: &Path) -> ClientTls {
+        let settings = TlsSettings {
+            mode: Some(mode),
+            rootcert: Some(root.display().to_string()),
+            ..TlsSettings::default()
+        };
+        ClientTls::with_home(&settings, Some("db.example"), None).unwrap()
+    }
+
+    async fn try_mode(mode: SslMode, root: &Path, pki: &Pki, names: &[&str]) -> Result<(), String> {
+        let stream = server(pki, names, b'S');
+        let attempt = tls(mode, root).attempts()[0];
+        match tls(mode, root).secure(stream, attempt).await {
+            Ok(Secured::Tls(mut s)) => {
+                let mut hello = [0u8; 5];
+                s.read_exact(&mut hello).await.unwrap();
+                assert_eq!(&hello, b"hello");
+                Ok(())
+            }
+            Ok(Secured::Plain(_)) => Err("plain".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_certificate_is_checked_as_far_as_the_mode_says() {
+        let pki = Pki::new();
+        // The server's certificate is for another host.
+        let other = ["other.example"];
+        let err = try_mode(SslMode::VerifyFull, &pki.ca, &pki, &other)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "the server certificate is not valid for host db.example (it is for other.example)"
+        );
+        try_mode(SslMode::VerifyCa, &pki.ca, &pki, &other)
+            .await
+            .unwrap();
+        try_mode(SslMode::VerifyFull, &pki.ca, &pki, &["db.example"])
+            .await
+            .unwrap();
+        // Signed by a CA that sslrootcert does not hold.
+        let err = try_mode(SslMode::VerifyCa, &pki.other_ca, &pki, &other)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "the server certificate is not trusted: no root certificate (sslrootcert {}) signed it",
+                pki.other_ca.display()
+            )
+        );
+        // require without a root certificate file trusts any certificate.
+        let require = ClientTls::with_home(
+            &TlsSettings {
+                mode: Some(SslMode::Require),
+                ..TlsSettings::default()
+            },
+            Some("db.example"),
+            None,
+        )
+        .unwrap();
+        let secured = require
+            .secure(server(&pki, &other, b'S'), Attempt::TlsRequired)
+            .await;
+        assert!(matches!(secured, Ok(Secured::Tls(_))));
+    }
+
+    #[tokio::test]
+    async fn a_server_without_ssl_is_refused_or_used_plain_as_the_mode_says() {
+        let pki = Pki::new();
+        let require = tls(SslMode::Require, &pki.ca);
+        let err = require
+            .secure(server(&pki, &[], b'N'), Attempt::TlsRequired)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the server does not support SSL, but sslmode=require requires it"
+        );
+        let prefer = tls(SslMode::Prefer, &pki.ca);
+        let plain = prefer
+            .secure(server(&pki, &[], b'N'), Attempt::TlsIfOffered)
+            .await;
+        assert!(matches!(plain, Ok(Secured::Plain(_))));
+        let odd = prefer
+            .secure(server(&pki, &[], b'E'), Attempt::TlsIfOffered)
+            .await;
+        assert!(matches!(odd, Err(HandshakeError::Unexpected(b'E'))));
+    }
+
+    #[test]
+    fn names_lose_rustls_wrapping() {
+        assert_eq!(bare_name("DnsName(\"db.example\")"), "db.example");
+        assert_eq!(bare_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(bare_name("plain"), "plain");
+    }
+
+    #[test]
+    fn the_next_attempt_follows_libpqs_rules() {
+        assert!(
+            retry_after(Attempt::Plain, false, true),
+            "allow: refused plain, try TLS"
+        );
+        assert!(!retry_after(Attempt::Plain, false, false));
+        assert!(
+            retry_after(Attempt::TlsIfOffered, true, false),
+            "prefer: TLS failed, try plain"
+        );
+        assert!(
+            !retry_after(Attempt::TlsIfOffered, false, true),
+            "prefer got N: it was plain"
+        );
+        assert!(!retry_after(Attempt::TlsRequired, true, true));
     }
 }

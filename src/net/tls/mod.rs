@@ -25,6 +25,8 @@ mod files;
 pub mod handshake;
 pub mod pem;
 pub mod postgres;
+#[cfg(test)]
+pub(crate) mod testing;
 mod verify;
 
 pub use accept::{acceptor, TlsError};
