@@ -72,7 +72,7 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     fn shadow(&self, config: ShadowConfig, url: &str) -> Shadow {
-        let pg: tokio_postgres::Config = url.parse().unwrap();
+        let pg: pgbridge::config::PgUrl = url.parse().unwrap();
         Shadow::new(
             ShadowOptions::new(&config, &pg),
             self.recorder.clone(),
@@ -342,7 +342,7 @@ async fn an_unreachable_secondary_is_recorded_and_a_full_queue_drops() {
 async fn a_lagging_mirror_is_waited_for_then_skipped() {
     let f = fixture().await;
     let (tx, rx) = tokio::sync::watch::channel(3u64);
-    let pg: tokio_postgres::Config = sql_support::url(&f.secondary_db).parse().unwrap();
+    let pg: pgbridge::config::PgUrl = sql_support::url(&f.secondary_db).parse().unwrap();
     let shadow = Shadow::new(
         ShadowOptions::new(
             &ShadowConfig {

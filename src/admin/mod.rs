@@ -22,6 +22,7 @@ use axum::routing::{get, put};
 use axum::Json;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::error;
 
@@ -72,9 +73,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, S
     };
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(token) {
+        .and_then(|v| v.to_str().ok());
+    if !bearer_matches(token, given) {
         return Err((
             StatusCode::UNAUTHORIZED,
             "missing or wrong admin token".into(),
@@ -83,6 +83,38 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, S
     Ok(())
 }
 
+/// Whether an Authorization header value carries `Bearer <token>`. The comparison takes as long
+/// whatever the header holds (SHA-256 digests compared in constant time), so its timing tells
+/// nothing of the token, not even its length.
+fn bearer_matches(token: &str, authorization: Option<&str>) -> bool {
+    let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    digest(given).as_ref().ct_eq(digest(token).as_ref()).into()
+}
+
 fn problem(code: StatusCode, message: String) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_matches;
+
+    #[test]
+    fn only_the_exact_bearer_token_authorizes() {
+        assert!(bearer_matches("s3cret", Some("Bearer s3cret")));
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cret ",
+            "Bearer S3cret",
+            "s3cret",
+            "Basic s3cret",
+            "",
+        ] {
+            assert!(!bearer_matches("s3cret", Some(wrong)), "{wrong:?}");
+        }
+        assert!(!bearer_matches("s3cret", None));
+    }
 }

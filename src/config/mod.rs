@@ -7,12 +7,14 @@
 //! resolved against the directory that holds the file, so a config means the same thing whatever
 //! the current directory of the process is.
 //!
-//! - [`databases`]: `[primary]`, `[secondary]` and the [`PgUrl`] connection strings.
+//! - [`databases`]: `[primary]`, `[secondary]` and the [`PgUrl`] connection strings, with
+//!   `conninfo.rs` taking their TLS keys out for pgbridge to read itself.
 //! - [`mirror`]: `[mirror]`, the journal and the applier.
 //! - [`reads`]: `[reads]` and `[shadow]`, the secondary's part in reads.
 //! - [`ops`]: `[admin]`, `[limits]`, `[tls]` and `[divergence]`, running the proxy itself.
 //! - [`load`]: reading the file, the checks between keys, `FILE:LINE:COL: key: message` errors.
 
+mod conninfo;
 pub mod databases;
 mod de;
 pub mod load;

@@ -169,16 +169,12 @@ fn secondary_reads(
     mirror: Option<&Mirror>,
 ) -> (Arc<Shadow>, Arc<ServeOptions>) {
     let shadow = Shadow::new(
-        ShadowOptions::new(&config.shadow, secondary.url.pg_config()),
+        ShadowOptions::new(&config.shadow, &secondary.url),
         recorder.clone(),
         rules.clone(),
         mirror.map(|m| m.applier.subscribe()),
     );
-    let serve = ServeOptions::new(
-        &config.reads,
-        &secondary.url,
-        config.primary.url.pg_config(),
-    );
+    let serve = ServeOptions::new(&config.reads, &secondary.url, &config.primary.url);
     (Arc::new(shadow), Arc::new(serve))
 }
 
@@ -191,7 +187,7 @@ async fn start_mirror(
     recorder: &Arc<Recorder>,
 ) -> Result<(Mirror, JoinHandle<()>), StartError> {
     let resolve = ResolveConfig {
-        primary: config.primary.url.pg_config().clone(),
+        primary: config.primary.url.clone(),
         min_age: Duration::ZERO,
         assume_committed_without_xid: config.mirror.assume_committed_without_xid,
     };
@@ -200,7 +196,7 @@ async fn start_mirror(
         journal.clone(),
         rules.clone(),
         recorder.clone(),
-        ApplierConfig::new(secondary.url.pg_config().clone(), &config.mirror),
+        ApplierConfig::new(secondary.url.clone(), &config.mirror),
     );
     let later = ResolveConfig {
         min_age: config.mirror.resolve_after_secs,

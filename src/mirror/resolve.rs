@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::parked::{self, ParkedInfo};
@@ -36,7 +36,7 @@ pub struct Resolved {
 /// How in-doubt intents are resolved.
 #[derive(Debug, Clone)]
 pub struct ResolveConfig {
-    pub primary: tokio_postgres::Config,
+    pub primary: crate::config::PgUrl,
     /// Only intents without an outcome for this long (0 at startup: all of them).
     pub min_age: Duration,
     /// Apply intents that have no xid (else park them).
@@ -180,7 +180,7 @@ pub async fn resolve_at_startup(
     if journal.in_doubt().is_empty() {
         return Ok(Resolved::default());
     }
-    let (client, conn) = cfg.primary.connect(NoTls).await?;
+    let (client, conn) = cfg.primary.connect().await?;
     let conn = tokio::spawn(conn);
     let cfg = ResolveConfig {
         min_age: Duration::ZERO,
@@ -259,7 +259,7 @@ impl Resolver {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return true;
         }
-        match self.cfg.primary.connect(NoTls).await {
+        match self.cfg.primary.connect().await {
             Ok((c, conn)) => {
                 tokio::spawn(conn.in_current_span());
                 self.client = Some(c);

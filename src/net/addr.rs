@@ -1,12 +1,18 @@
 //! Where the primary is, and connecting to it: TCP, or a Unix-domain socket when the url's host
 //! is a directory (as libpq reads `host=/var/run/postgresql`), which costs the relay far less
-//! than loopback TCP when pgbridge runs beside the primary.
+//! than loopback TCP when pgbridge runs beside the primary. TLS on top is `tls/handshake.rs`'s.
 
 use std::fmt;
+use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+use super::tls::ClientTlsStream;
 
 /// The address of a PostgreSQL server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +38,7 @@ impl fmt::Display for ServerAddr {
 pub enum ServerStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<ClientTlsStream<TcpStream>>),
 }
 
 impl ServerAddr {
@@ -61,5 +68,51 @@ impl ServerAddr {
 
     fn failure(&self, what: &str, e: &dyn fmt::Display) -> String {
         format!("pgbridge could not connect to the {what} at {self}: {e}")
+    }
+}
+
+// A server stream reads and writes whatever it is, for the few exchanges pgbridge has with a
+// server before handing the concrete stream on (the startup, a cancel request).
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

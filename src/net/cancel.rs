@@ -5,7 +5,8 @@
 //! `PQbackendPID()`, a notification's sender pid, `pg_terminate_backend` and `pg_stat_activity`
 //! mean what they mean directly) with a secret of its own, and keeps the map from those keys to
 //! the primary's; a CancelRequest with a known key is forwarded to the primary with the real
-//! secret, and to the session's connection to the secondary when it has one.
+//! secret, and to the session's connection to the secondary when it has one, over TLS when the
+//! server's url asks for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,13 +16,15 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::addr::{ServerAddr, ServerStream};
+use super::addr::ServerAddr;
+use super::tls::{Attempt, ClientTls};
 use crate::protocol::messages::CancelKey;
 
-/// Where a session's backend lives and the key that cancels its query.
+/// Where a session's backend lives, how TLS is used there, and the key that cancels its query.
 #[derive(Debug, Clone)]
 pub struct BackendTarget {
     pub addr: ServerAddr,
+    pub tls: ClientTls,
     pub key: CancelKey,
 }
 
@@ -112,11 +115,20 @@ impl CancelRegistry {
 /// nothing; it closes the connection.
 pub async fn send_cancel(target: &BackendTarget, timeout: Duration) -> std::io::Result<()> {
     let request = target.key.to_cancel_request();
-    match target.addr.connect(timeout).await {
-        Ok(ServerStream::Tcp(mut s)) => write_and_close(&mut s, &request).await,
-        Ok(ServerStream::Unix(mut s)) => write_and_close(&mut s, &request).await,
-        Err(e) => Err(std::io::Error::other(e)),
+    // A cancel has no login to be refused: the first attempt that connects is the one, and
+    // after a failed `prefer` handshake, a plain one.
+    for &attempt in target.tls.attempts() {
+        match target
+            .tls
+            .open(&target.addr, "primary", attempt, timeout)
+            .await
+        {
+            Ok(mut stream) => return write_and_close(&mut stream, &request).await,
+            Err(e) if e.handshake_failed() && attempt == Attempt::TlsIfOffered => continue,
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
     }
+    Err(std::io::Error::other("no connection attempt left"))
 }
 
 async fn write_and_close<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
@@ -134,6 +146,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 5432,
             },
+            tls: ClientTls::disabled(),
             key: CancelKey {
                 pid: 77,
                 secret: Bytes::from_static(secret),

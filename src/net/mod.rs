@@ -2,7 +2,7 @@
 //!
 //! - [`addr`]: where a server is (TCP, or a Unix-domain socket) and connecting to it.
 //! - [`cancel`]: the cancel keys pgbridge hands out and the backends behind them.
-//! - [`tls`]: the certificate and key for TLS termination.
+//! - [`tls`]: TLS for clients (termination) and to the databases (sslmode, certificates).
 
 pub mod addr;
 pub mod cancel;

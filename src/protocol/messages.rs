@@ -10,7 +10,7 @@ use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 use pgwire::messages::Message;
 use pgwire::messages::{DecodeContext, ProtocolVersion};
 
-use super::wire::Reader;
+use super::wire::{declared_len, Reader};
 
 /// The SQLSTATEs pgbridge reports itself.
 pub mod sqlstate {
@@ -155,13 +155,28 @@ impl CancelKey {
     }
 }
 
-/// The SASL mechanisms of an AuthenticationSASL frame, or `None` for another request.
+/// The Authentication request code of AuthenticationSASL.
+const AUTH_SASL: u32 = 10;
+
+/// The SASL mechanisms of an AuthenticationSASL frame, or `None` for another request, or for a
+/// frame that is not whole and well formed (read field by field: pgwire's decoder reads past
+/// the end of a short frame and panics).
 pub fn sasl_mechanisms(frame: &[u8]) -> Option<Vec<String>> {
-    let mut buf = BytesMut::from(frame);
-    match Authentication::decode(&mut buf, &DecodeContext::new(ProtocolVersion::PROTOCOL3_0)) {
-        Ok(Some(Authentication::SASL(mechs))) => Some(mechs),
-        _ => None,
+    if frame.first() != Some(&b'R') || declared_len(frame)? as usize + 1 != frame.len() {
+        return None;
     }
+    let mut r = Reader::body(frame);
+    if r.u32()? != AUTH_SASL {
+        return None;
+    }
+    let mut mechanisms = Vec::new();
+    loop {
+        match r.cstr()? {
+            "" => break,
+            m => mechanisms.push(m.to_string()),
+        }
+    }
+    (r.left() == 0).then_some(mechanisms)
 }
 
 /// An AuthenticationSASL frame offering `mechanisms`.
@@ -171,6 +186,31 @@ pub fn sasl_offer(mechanisms: Vec<String>) -> Bytes {
     msg.encode(&mut buf)
         .expect("a list of mechanism names encodes");
     buf.freeze()
+}
+
+/// The AuthenticationSASL frame to send a client instead of `frame` when `frame` offers
+/// mechanisms with channel binding (`SCRAM-SHA-256-PLUS`): the offer without them. A client's
+/// TLS session ends at pgbridge, so it could never complete them with the primary.
+pub fn sasl_offer_without_channel_binding(frame: &[u8]) -> Option<Bytes> {
+    let mechanisms = sasl_mechanisms(frame)?;
+    if !mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+        return None;
+    }
+    let kept = mechanisms.into_iter().filter(|m| !m.ends_with("-PLUS"));
+    Some(sasl_offer(kept.collect()))
+}
+
+/// The channel binding flag that opens the client-first message of a SASLInitialResponse
+/// (`n`: the client does not support channel binding; `y`: it does, but thinks the server does
+/// not; `p`: it requires it), or `None` for another frame.
+pub fn sasl_channel_binding_flag(frame: &[u8]) -> Option<u8> {
+    if frame.first() != Some(&b'p') {
+        return None;
+    }
+    let mut r = Reader::body(frame);
+    r.cstr_bytes()?;
+    let len = r.i32()?;
+    (len > 0).then(|| r.u8()).flatten()
 }
 
 #[cfg(test)]
@@ -247,6 +287,59 @@ mod tests {
         let mut md5 = vec![b'R', 0, 0, 0, 12, 0, 0, 0, 5];
         md5.extend_from_slice(b"salt");
         assert_eq!(sasl_mechanisms(&md5), None);
+    }
+
+    #[test]
+    fn a_short_or_lying_sasl_offer_is_no_offer() {
+        let offer = sasl_offer(vec!["SCRAM-SHA-256".into()]);
+        for cut in 0..offer.len() {
+            assert_eq!(sasl_mechanisms(&offer[..cut]), None, "cut at {cut}");
+        }
+        // The length says more than there is; the list is not terminated; bytes follow it.
+        let mut lying = offer.to_vec();
+        lying[4] += 1;
+        assert_eq!(sasl_mechanisms(&lying), None);
+        let unterminated = crate::protocol::wire::framed(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0");
+        assert_eq!(sasl_mechanisms(&unterminated), None);
+        let trailing = crate::protocol::wire::framed(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0x");
+        assert_eq!(sasl_mechanisms(&trailing), None);
+        assert_eq!(sasl_offer_without_channel_binding(&offer[..7]), None);
+    }
+
+    #[test]
+    fn channel_binding_is_taken_out_of_an_offer() {
+        let both = sasl_offer(vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()]);
+        let rewritten = sasl_offer_without_channel_binding(&both).expect("PLUS was offered");
+        assert_eq!(rewritten, sasl_offer(vec!["SCRAM-SHA-256".into()]));
+        assert_eq!(
+            &rewritten[..],
+            b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0",
+            "byte for byte what the primary sends without TLS"
+        );
+        // Without PLUS the primary's own frame goes on.
+        assert_eq!(sasl_offer_without_channel_binding(&rewritten), None);
+        let md5 = [b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4];
+        assert_eq!(sasl_offer_without_channel_binding(&md5), None);
+    }
+
+    #[test]
+    fn the_channel_binding_flag_of_a_sasl_initial_response() {
+        let response = |flag: &[u8]| {
+            let mut body = b"SCRAM-SHA-256\0".to_vec();
+            let message = [flag, b",,n=,r=abc"].concat();
+            body.extend_from_slice(&(message.len() as i32).to_be_bytes());
+            body.extend_from_slice(&message);
+            crate::protocol::wire::framed(b'p', &body)
+        };
+        assert_eq!(sasl_channel_binding_flag(&response(b"y")), Some(b'y'));
+        assert_eq!(sasl_channel_binding_flag(&response(b"n")), Some(b'n'));
+        let plus = response(b"p=tls-server-end-point");
+        assert_eq!(sasl_channel_binding_flag(&plus), Some(b'p'));
+        // No data (-1), cut short, another message: no flag.
+        let empty = crate::protocol::wire::framed(b'p', b"SCRAM-SHA-256\0\xff\xff\xff\xff");
+        assert_eq!(sasl_channel_binding_flag(&empty), None);
+        assert_eq!(sasl_channel_binding_flag(&plus[..20]), None);
+        assert_eq!(sasl_channel_binding_flag(b"Q\0\0\0\x05"), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! 1. Negotiation ([`super::negotiate`]): TLS, cancel requests, the StartupMessage.
 //! 2. Admission: the connection limit and the drain refuse with a SQLSTATE.
-//! 3. The connection to the primary, with the client's own StartupMessage bytes: the primary
-//!    authenticates the client itself, whatever the method, through the relay.
+//! 3. The connection to the primary ([`super::primary`], TLS as its url says), with the
+//!    client's own StartupMessage bytes: the primary authenticates the client itself, whatever
+//!    the method, through the relay.
 //! 4. The relay ([`super::relay`]) until one side stops, then an orderly end: the client gets an
 //!    ErrorResponse with a SQLSTATE when pgbridge is the one ending the session, and a query the
 //!    client abandoned is cancelled on the primary so that its backend is released.
@@ -14,12 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::negotiate::{negotiate, write_fatal, Negotiated, CANCEL_TIMEOUT};
+use super::primary::{self, Opened};
 use super::relay::{self, ClientLimits, End, KeyExchange, Shared};
 use super::stream::SplitStream;
 use crate::capture;
@@ -77,8 +79,10 @@ struct Keys<'a> {
 
 impl KeyExchange for Keys<'_> {
     fn exchange(&mut self, primary_key: CancelKey) -> Bytes {
+        let url = &self.instance.config.primary.url;
         let target = BackendTarget {
-            addr: self.instance.config.primary.url.server_addr().clone(),
+            addr: url.server_addr().clone(),
+            tls: url.tls().clone(),
             key: primary_key,
         };
         let registration = self
@@ -113,10 +117,12 @@ async fn session<C: SplitStream>(
         return;
     }
     let metrics = super::metrics::get();
-    let primary = match connect_primary(instance).await {
-        Ok(p) => p,
-        Err(message) => {
-            let _ = write_fatal(&mut client, sqlstate::CONNECTION_FAILURE, &message).await;
+    let Opened { stream, first } = match primary::open(instance, &raw).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            metrics.primary_connect_errors.increment(1);
+            warn!(error = %e, "could not connect to the primary");
+            let _ = write_fatal(&mut client, sqlstate::CONNECTION_FAILURE, &e.to_string()).await;
             return;
         }
     };
@@ -124,27 +130,18 @@ async fn session<C: SplitStream>(
     let _active = metrics.session_started();
     let relayed = Relayed {
         instance,
-        startup: raw,
+        first,
         params: &params,
         id: session_id,
     };
-    let (end, keys) = match primary {
+    let (end, keys) = match stream {
         ServerStream::Tcp(tcp) => relayed.run(client, tcp).await,
         ServerStream::Unix(unix) => relayed.run(client, unix).await,
+        ServerStream::Tls(tls) => relayed.run(client, *tls).await,
     };
     info!(end = ?end, secs = started.elapsed().as_secs_f64(), "session ended");
     drop(keys);
     drop(permit);
-}
-
-/// The session's own connection to the primary; the error names the address.
-async fn connect_primary(instance: &Instance) -> Result<ServerStream, String> {
-    let addr = instance.config.primary.url.server_addr();
-    let timeout = instance.config.limits.connect_timeout_secs;
-    addr.connect(timeout).await.inspect_err(|message| {
-        super::metrics::get().primary_connect_errors.increment(1);
-        warn!(error = %message, "could not connect to the primary");
-    })
 }
 
 /// Whether a client that has said who it is may have a session now: not past the connection
@@ -168,8 +165,8 @@ fn admit(instance: &Instance, has_permit: bool) -> Result<(), (&'static str, Str
 /// A session admitted and connected to the primary.
 struct Relayed<'p> {
     instance: &'p Instance,
-    /// The client's StartupMessage, as it sent it.
-    startup: Bytes,
+    /// What the primary sent already (read to decide on another TLS attempt).
+    first: Bytes,
     params: &'p BTreeMap<String, String>,
     id: u64,
 }
@@ -186,12 +183,8 @@ impl<'p> Relayed<'p> {
             alongside: Alongside::default(),
         };
         let (mut client_r, mut client_w) = client.split_halves();
-        let (mut primary_r, mut primary_w) = primary.split_halves();
-        if primary_w.write_all(&self.startup).await.is_err() {
-            let message = "the primary closed the connection during startup";
-            let _ = write_fatal(&mut client_w, sqlstate::CONNECTION_FAILURE, message).await;
-            return (End::PrimaryClosed { reported: false }, keys);
-        }
+        let (primary_r, mut primary_w) = primary.split_halves();
+        let mut primary_r = std::io::Cursor::new(self.first.clone()).chain(primary_r);
         let migration = self.instance.migration.as_ref();
         let state = migration.map(|m| capture_state(m, self.id));
         let parts = migration.zip(state.as_ref());
@@ -336,6 +329,12 @@ async fn finish<CW, PW>(
     let _ = primary.shutdown().await;
 }
 
+/// Why a client on TLS that supports channel binding cannot log in with SCRAM through pgbridge
+/// to a primary on TLS, and what to do.
+const CHANNEL_BINDING: &str = "SCRAM channel binding negotiation error: the client's TLS \
+    session ends at pgbridge, so channel binding cannot reach the primary (pgbridge does not \
+    offer SCRAM-SHA-256-PLUS); connect with channel_binding=disable";
+
 /// What the client is told when pgbridge ends its session (nothing when the client ended it,
 /// or the primary already said why).
 fn farewell(end: &End) -> Option<(&'static str, String)> {
@@ -359,5 +358,9 @@ fn farewell(end: &End) -> Option<(&'static str, String)> {
             sqlstate::ADMIN_SHUTDOWN,
             "pgbridge is shutting down".to_string(),
         )),
+        End::ChannelBinding => {
+            warn!("refused a client that wants SCRAM channel binding through pgbridge");
+            Some((sqlstate::PROTOCOL_VIOLATION, CHANNEL_BINDING.to_string()))
+        }
     }
 }

@@ -59,7 +59,7 @@ use plan::LivePlan;
 /// How the applier runs (from `[mirror]` and `[secondary]`).
 #[derive(Debug, Clone)]
 pub struct ApplierConfig {
-    pub secondary: tokio_postgres::Config,
+    pub secondary: crate::config::PgUrl,
     pub on_error: OnError,
     /// Journal transactions per secondary transaction, at most.
     pub batch: usize,
@@ -74,7 +74,7 @@ pub struct ApplierConfig {
 }
 
 impl ApplierConfig {
-    pub fn new(secondary: tokio_postgres::Config, mirror: &MirrorConfig) -> ApplierConfig {
+    pub fn new(secondary: crate::config::PgUrl, mirror: &MirrorConfig) -> ApplierConfig {
         ApplierConfig {
             secondary,
             on_error: mirror.on_error,

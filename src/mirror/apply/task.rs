@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::{Applier, ApplyError};
@@ -73,7 +73,7 @@ impl Applier {
 
     /// Connects, makes sure the position table exists, and reads the position.
     async fn connect(&mut self) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = self.cfg.secondary.connect(NoTls).await?;
+        let (client, conn) = self.cfg.secondary.connect().await?;
         let conn = async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "secondary connection ended");

@@ -1,18 +1,20 @@
 //! Primary to client: the primary's bytes forwarded as they came, except BackendKeyData
-//! (pgbridge's own key instead) and, with rules, what the capture's tracker says to drop,
-//! replace or hold; the secondary's answers to reads it served join the stream in their turn.
+//! (pgbridge's own key instead), an AuthenticationSASL offering SCRAM-SHA-256-PLUS (offered
+//! without it) and, with rules, what the capture's tracker says to drop, replace or hold; the
+//! secondary's answers to reads it served join the stream in their turn.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{Buf, BytesMut};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tracing::debug;
 
 use super::{write, End, KeyExchange, Shared, READ_CHUNK};
 use crate::capture::expect::Action;
 use crate::capture::{Replies, Served};
 use crate::protocol::frame::{Disposition, Event, FrameScanner};
-use crate::protocol::messages::{ready_status, CancelKey};
+use crate::protocol::messages::{ready_status, sasl_offer_without_channel_binding, CancelKey};
 use crate::protocol::ProtocolError;
 
 /// Relays primary frames to the client until either side stops.
@@ -80,9 +82,10 @@ impl<W: AsyncWrite + Unpin, K: KeyExchange> Down<'_, W, K> {
     async fn relay_buffered(&mut self) -> Result<(), End> {
         while let Some((start, end)) = self.next_frame().map_err(End::PrimaryProtocol)? {
             // With the frame's action, the replies the secondary gave that are due right after.
+            // The capture never asked for an authentication request.
             let (action, served) = match self.capture {
-                Some(c) => c.on_frame(&self.buf[start..end]),
-                None => (Action::Forward, None),
+                Some(c) if self.buf[start] != b'R' => c.on_frame(&self.buf[start..end]),
+                _ => (Action::Forward, None),
             };
             let served = served.map(|s| self.answered(s));
             let action = self.inspect(start, end, action)?;
@@ -103,9 +106,11 @@ impl<W: AsyncWrite + Unpin, K: KeyExchange> Down<'_, W, K> {
     /// The next frame that must be seen whole; the ones before it become `ready`.
     fn next_frame(&mut self) -> Result<Option<(usize, usize)>, ProtocolError> {
         let capture = self.capture;
+        let starting = !self.shared.established();
         let classify = |tag: u8, _len: u32| {
             Ok(match tag {
                 b'Z' | b'K' => Disposition::Inspect,
+                b'R' if starting => Disposition::Inspect,
                 _ if capture.is_some_and(|c| c.wants(tag)) => Disposition::Inspect,
                 _ => Disposition::Pass,
             })
@@ -138,6 +143,14 @@ impl<W: AsyncWrite + Unpin, K: KeyExchange> Down<'_, W, K> {
                 };
                 Action::Replace(self.keys.exchange(key))
             }
+            b'R' if action == Action::Forward => match sasl_offer_without_channel_binding(frame) {
+                Some(offer) => {
+                    debug!("SCRAM-SHA-256-PLUS taken out of the primary's offer");
+                    self.shared.plus_dropped.store(true, Relaxed);
+                    Action::Replace(offer)
+                }
+                None => action,
+            },
             _ => action,
         })
     }

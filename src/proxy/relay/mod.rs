@@ -8,9 +8,11 @@
 //! looked at:
 //!
 //! - client to primary: every header, to refuse garbage and oversized messages and to count the
-//!   requests that each end in one ReadyForQuery (Query, Sync, FunctionCall);
+//!   requests that each end in one ReadyForQuery (Query, Sync, FunctionCall); the
+//!   SASLInitialResponse that answers an offer pgbridge rewrote;
 //! - primary to client: ReadyForQuery (transaction state, requests in flight), BackendKeyData
-//!   (replaced by pgbridge's own cancel key).
+//!   (replaced by pgbridge's own cancel key), the authentication requests before the session is
+//!   established (an offer of SCRAM-SHA-256-PLUS loses it: see [`check_sasl_response`]).
 //!
 //! With rules, the capture sees more of both directions (every request frame whole, the reply
 //! frames its tracker wants). The two directions run as two futures in the session's one task
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::Relaxed};
 use metrics::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::messages::CancelKey;
+use crate::protocol::messages::{sasl_channel_binding_flag, CancelKey};
 use crate::protocol::ProtocolError;
 
 pub use down::primary_to_client;
@@ -47,6 +49,9 @@ pub struct Shared {
     draining: AtomicBool,
     /// Whether the bytes written to the client so far end at a frame boundary.
     client_at_boundary: AtomicBool,
+    /// The primary offered channel binding and the client was not told: its SASLInitialResponse
+    /// is looked at.
+    plus_dropped: AtomicBool,
 }
 
 impl Shared {
@@ -104,6 +109,8 @@ pub enum End {
     PrimaryClosed { reported: bool },
     /// The primary sent something pgbridge cannot relay.
     PrimaryProtocol(ProtocolError),
+    /// The client wants SCRAM channel binding, which cannot pass through pgbridge.
+    ChannelBinding,
     /// The session reached an idle point while pgbridge drains.
     Drained,
 }
@@ -117,6 +124,21 @@ pub struct ClientLimits {
 pub trait KeyExchange {
     /// Returns the BackendKeyData frame to send the client instead of the primary's.
     fn exchange(&mut self, primary_key: CancelKey) -> bytes::Bytes;
+}
+
+/// The client's answer to an offer without SCRAM-SHA-256-PLUS (the primary's TLS session is
+/// pgbridge's, so a client could never complete channel binding with it). A client on TLS to
+/// pgbridge that supports channel binding says `y` (it does, and thinks the server does not):
+/// the primary, over TLS, would refuse that as a downgrade, so pgbridge refuses it first, saying
+/// why. `n` (no TLS to pgbridge, or `channel_binding=disable`) goes on.
+fn check_sasl_response(shared: &Shared, frame: &[u8]) -> Result<(), End> {
+    if !shared.plus_dropped.swap(false, Relaxed) {
+        return Ok(());
+    }
+    match sasl_channel_binding_flag(frame) {
+        Some(b'y') => Err(End::ChannelBinding),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `data` whole and counts it.

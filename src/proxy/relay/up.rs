@@ -1,6 +1,7 @@
 //! Client to primary: every frame header checked (type, size), requests counted, and the bytes
-//! forwarded as they came; with rules, every request frame goes whole through the capture's
-//! [`Driver`], which decides what the primary gets.
+//! forwarded as they came (a SASLInitialResponse after a rewritten offer looked at first); with
+//! rules, every request frame goes whole through the capture's [`Driver`], which decides what
+//! the primary gets.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -8,7 +9,7 @@ use bytes::{Buf, BytesMut};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::{write, ClientLimits, End, Shared, READ_CHUNK};
+use super::{check_sasl_response, write, ClientLimits, End, Shared, READ_CHUNK};
 use crate::capture::Driver;
 use crate::protocol::frame::{printable, Disposition, Event, FrameScanner};
 use crate::protocol::messages::sqlstate;
@@ -45,7 +46,17 @@ where
                         return End::ClientTerminated;
                     }
                 }
-                Ok(Event::Frame { .. }) => unreachable!("no client frame is inspected"),
+                // Only a SASLInitialResponse after a rewritten offer is inspected.
+                Ok(Event::Frame { start, end }) => {
+                    if let Err(end) = check_sasl_response(shared, &buf[start..end]) {
+                        return end;
+                    }
+                    if write(primary, &buf[..end], bytes).await.is_err() {
+                        return End::PrimaryClosed { reported: false };
+                    }
+                    buf.advance(end);
+                    scanner.consume(end);
+                }
                 Ok(Event::NeedMore { .. }) => break,
                 Err(e) => return End::ClientProtocol(e),
             }
@@ -73,10 +84,9 @@ where
     let mut scanner = FrameScanner::new();
     let mut terminated = false;
     loop {
-        if let Err(end) = drive_buffered(&mut buf, &mut scanner, primary, driver, |tag, len| {
-            classify_capturing(tag, len, limits, shared, &mut terminated)
-        })
-        .await
+        let classify = |tag, len| classify_capturing(tag, len, limits, shared, &mut terminated);
+        if let Err(end) =
+            drive_buffered(&mut buf, &mut scanner, primary, driver, shared, classify).await
         {
             return end;
         }
@@ -102,6 +112,7 @@ async fn drive_buffered<W, F>(
     scanner: &mut FrameScanner,
     primary: &mut W,
     driver: &mut Driver<'_>,
+    shared: &Shared,
     mut classify: F,
 ) -> Result<(), End>
 where
@@ -112,6 +123,14 @@ where
         match scanner.next(buf, &mut classify) {
             Ok(Event::Forward { end }) => {
                 driver.pass(&buf[..end]);
+                buf.advance(end);
+                scanner.consume(end);
+            }
+            Ok(Event::Frame { start, end }) if !shared.established() => {
+                // Before the session is established, only a SASLInitialResponse after a
+                // rewritten offer is inspected.
+                check_sasl_response(shared, &buf[start..end])?;
+                driver.pass(&buf[start..end]);
                 buf.advance(end);
                 scanner.consume(end);
             }
@@ -218,6 +237,9 @@ fn classify(
                 limits.max_message_bytes
             ),
         });
+    }
+    if tag == b'p' && shared.plus_dropped.load(Relaxed) {
+        return Ok(Disposition::Inspect);
     }
     Ok(Disposition::Pass)
 }

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::warn;
 
+use crate::config::PgUrl;
 use crate::rules::TableName;
 
 /// How long an answer is kept.
@@ -25,7 +26,7 @@ const CHECK: &str = "SELECT has_table_privilege($1::text::name, c.oid, 'SELECT')
                      WHERE n.nspname = $2 AND c.relname = $3";
 
 pub struct Access {
-    primary: tokio_postgres::Config,
+    primary: PgUrl,
     client: tokio::sync::Mutex<Option<Client>>,
     answers: Mutex<HashMap<(String, TableName), (bool, Instant)>>,
 }
@@ -37,7 +38,7 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    pub fn new(primary: tokio_postgres::Config) -> Access {
+    pub fn new(primary: PgUrl) -> Access {
         Access {
             primary,
             client: tokio::sync::Mutex::new(None),
@@ -77,7 +78,7 @@ impl Access {
     async fn ask(&self, user: &str, table: &TableName) -> bool {
         let mut client = self.client.lock().await;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            match self.primary.connect(NoTls).await {
+            match self.primary.connect().await {
                 Ok((c, connection)) => {
                     tokio::spawn(connection);
                     *client = Some(c);

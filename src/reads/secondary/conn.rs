@@ -3,16 +3,21 @@
 //! Reads served by the secondary go out as protocol messages the session builds (the client's
 //! own Bind, with its parameter and result formats) and come back as frames that are passed to
 //! the client as they are, so this connection speaks the protocol itself rather than through a
-//! client library: startup with pgbridge's credentials from `[secondary] url` (trust,
-//! cleartext, md5 or SCRAM-SHA-256, the exchange in [`crate::protocol::auth`]), then whole
-//! request batches answered up to their ReadyForQuery. This file only does the I/O.
+//! client library: TLS as the url's sslmode says (libpq's attempts, `net/tls/handshake.rs`),
+//! startup with pgbridge's credentials from `[secondary] url` (trust, cleartext, md5 or
+//! SCRAM-SHA-256, the exchange in [`crate::protocol::auth`]), then whole request batches
+//! answered up to their ReadyForQuery. This file only does the I/O.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::net::addr::{ServerAddr, ServerStream};
+use tracing::debug;
+
+use crate::config::PgUrl;
+use crate::net::addr::ServerStream;
+use crate::net::tls::{retry_after, Attempt, ConnectError};
 use crate::protocol::auth::{AuthError, ClientAuth, Step};
 use crate::protocol::messages::{error_text, CancelKey};
 use crate::protocol::startup::startup_message;
@@ -28,7 +33,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> Stream for T {}
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("{0}")]
-    Connect(String),
+    Connect(#[from] ConnectError),
     #[error("the secondary refused pgbridge's login: {0}")]
     Login(String),
     #[error("the secondary connection failed: {0}")]
@@ -57,25 +62,55 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and logs in as the config's user, with `params` (name, value) as the session's
-    /// startup settings (DateStyle, TimeZone, extra_float_digits, ...).
+    /// Connects and logs in as the url's user, with `params` (name, value) as the session's
+    /// startup settings (DateStyle, TimeZone, extra_float_digits, ...); makes libpq's attempts
+    /// in the order the url's sslmode gives.
     pub async fn connect(
-        addr: &ServerAddr,
-        config: &tokio_postgres::Config,
+        url: &PgUrl,
         params: &[(String, String)],
         timeout: Duration,
     ) -> Result<Conn, ConnError> {
-        let stream: Box<dyn Stream> = match addr.connect_to("secondary", timeout).await {
-            Ok(ServerStream::Tcp(s)) => Box::new(s),
-            Ok(ServerStream::Unix(s)) => Box::new(s),
-            Err(message) => return Err(ConnError::Connect(message)),
-        };
+        let attempts = url.tls().attempts();
+        let mut tried = 0;
+        loop {
+            let attempt = attempts[tried];
+            tried += 1;
+            let error = match Conn::attempt(url, attempt, params, timeout).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => e,
+            };
+            let tls_began = match &error {
+                ConnError::Connect(e) => e.handshake_failed(),
+                _ => attempt != Attempt::Plain,
+            };
+            let refused = matches!(error, ConnError::Login(_));
+            if tried == attempts.len() || !retry_after(attempt, tls_began, refused) {
+                return Err(error);
+            }
+            debug!(%error, "secondary connection attempt failed, trying the next one");
+        }
+    }
+
+    /// One attempt: the connection, TLS as `attempt` says, and the login.
+    async fn attempt(
+        url: &PgUrl,
+        attempt: Attempt,
+        params: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Conn, ConnError> {
+        let addr = url.server_addr();
+        let stream: Box<dyn Stream> =
+            match url.tls().open(addr, "secondary", attempt, timeout).await? {
+                ServerStream::Tcp(s) => Box::new(s),
+                ServerStream::Unix(s) => Box::new(s),
+                ServerStream::Tls(s) => Box::new(s),
+            };
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             key: None,
         };
-        match tokio::time::timeout(timeout, conn.login(config, params)).await {
+        match tokio::time::timeout(timeout, conn.login(url.pg_config(), params)).await {
             Ok(r) => r?,
             Err(_) => return Err(ConnError::Login("timed out".into())),
         }

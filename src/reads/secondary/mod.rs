@@ -52,9 +52,9 @@ const CONNECT_TIMEOUT_MS: u64 = 3000;
 /// `[reads]` and where the secondary is.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub secondary: tokio_postgres::Config,
-    /// Where the secondary is (for connections and cancel requests).
-    pub addr: crate::net::addr::ServerAddr,
+    /// Where the secondary is, pgbridge's credentials there and TLS (for connections and
+    /// cancel requests).
+    pub secondary: crate::config::PgUrl,
     pub connect_timeout: Duration,
     /// How long one read may take on the secondary before it is served by the primary.
     pub timeout: Duration,
@@ -70,12 +70,11 @@ impl ServeOptions {
     pub fn new(
         c: &crate::config::ReadsConfig,
         secondary: &crate::config::PgUrl,
-        primary: &tokio_postgres::Config,
+        primary: &crate::config::PgUrl,
     ) -> Self {
         ServeOptions {
-            addr: secondary.server_addr().clone(),
             access: Arc::new(access::Access::new(primary.clone())),
-            secondary: secondary.pg_config().clone(),
+            secondary: secondary.clone(),
             connect_timeout: Duration::from_millis(c.secondary_timeout_ms.min(CONNECT_TIMEOUT_MS)),
             timeout: Duration::from_millis(c.secondary_timeout_ms),
             retry_after: Duration::from_millis(c.retry_after_ms),
@@ -256,15 +255,11 @@ impl SessionServer {
     /// none.
     async fn connection(&mut self) -> Result<&mut Conn, ConnError> {
         if self.conn.is_none() {
-            let c = Conn::connect(
-                &self.opts.addr,
-                &self.opts.secondary,
-                &self.startup,
-                self.opts.connect_timeout,
-            )
-            .await?;
+            let secondary = &self.opts.secondary;
+            let c = Conn::connect(secondary, &self.startup, self.opts.connect_timeout).await?;
             self.set_alongside(c.key.clone().map(|key| crate::net::cancel::BackendTarget {
-                addr: self.opts.addr.clone(),
+                addr: secondary.server_addr().clone(),
+                tls: secondary.tls().clone(),
                 key,
             }));
             self.conn = Some(c);

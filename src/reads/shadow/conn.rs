@@ -8,7 +8,7 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
-use tokio_postgres::{Client, Column, NoTls, Row, Statement};
+use tokio_postgres::{Client, Column, Row, Statement};
 use tracing::{debug, Instrument};
 
 use super::ShadowJob;
@@ -29,10 +29,10 @@ impl Conn {
     /// Connects as `config` says; every read on the connection is read-only and bounded by
     /// `timeout` on the server too.
     pub(super) async fn open(
-        config: &tokio_postgres::Config,
+        config: &crate::config::PgUrl,
         timeout: Duration,
     ) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect().await?;
         let driver = async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "shadow connection to the secondary ended");

@@ -52,11 +52,11 @@ pub struct ShadowOptions {
     pub float_abs: f64,
     pub float_rel: f64,
     /// pgbridge's own connection to the secondary.
-    pub secondary: tokio_postgres::Config,
+    pub secondary: crate::config::PgUrl,
 }
 
 impl ShadowOptions {
-    pub fn new(c: &ShadowConfig, secondary: &tokio_postgres::Config) -> ShadowOptions {
+    pub fn new(c: &ShadowConfig, secondary: &crate::config::PgUrl) -> ShadowOptions {
         ShadowOptions {
             sample: c.sample,
             max_concurrency: c.max_concurrency.max(1),

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_postgres::NoTls;
 use tracing::{debug, Instrument};
 
 use super::conn::Conn;
@@ -121,8 +120,9 @@ impl Inner {
                 Err(failed(&e))
             }
             Err(_) => {
+                let tls = self.opts.secondary.make_tls();
                 let cancelling = async move {
-                    let _ = cancel.cancel_query(NoTls).await;
+                    let _ = cancel.cancel_query(tls).await;
                 };
                 tokio::spawn(cancelling.in_current_span());
                 Err(RunError::Timeout)

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::schema::table_schema;
 use crate::config::PgUrl;
@@ -17,7 +17,7 @@ use crate::rules::{Problem, RulesError, TableName, TableSchema};
 
 async fn connect(url: &PgUrl, which: &'static str) -> Result<Client, RulesError> {
     let unreachable = |message: String| RulesError::Unreachable { which, message };
-    let connecting = url.pg_config().connect(NoTls);
+    let connecting = url.connect();
     let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .map_err(|_| unreachable(format!("{}: timed out", url.redacted())))?
