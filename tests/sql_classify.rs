@@ -136,7 +136,7 @@ fn transaction_control_and_session_state() {
             .map(|s| s.kind.clone())
             .collect()
     };
-    assert_eq!(kinds("BEGIN"), [Kind::Transaction(TxControl::Begin)]);
+    assert_eq!(kinds("BEGIN"), [Kind::Transaction(TxControl::Begin(None))]);
     assert_eq!(
         kinds("SAVEPOINT s1"),
         [Kind::Transaction(TxControl::Savepoint("s1".into()))]
@@ -172,7 +172,7 @@ fn transaction_control_and_session_state() {
     assert_eq!(
         kinds("BEGIN; DELETE FROM derived_data_bars WHERE ts < now(); COMMIT"),
         [
-            Kind::Transaction(TxControl::Begin),
+            Kind::Transaction(TxControl::Begin(None)),
             Kind::Write,
             Kind::Transaction(TxControl::Commit)
         ]
@@ -274,7 +274,7 @@ fn a_capture_inside_a_multi_statement_query() {
     assert_eq!(
         kinds,
         [
-            Kind::Transaction(TxControl::Begin),
+            Kind::Transaction(TxControl::Begin(None)),
             Kind::Write,
             Kind::Other,
             Kind::Transaction(TxControl::Commit)

@@ -94,6 +94,15 @@ impl SessionSets {
         self.failed = false;
     }
 
+    /// The `SET` statement in effect now for setting `name`, if any.
+    pub fn statement(&self, name: &str) -> Option<String> {
+        let sets = self.effective_owned();
+        sets.into_iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
     /// The `SET` statements in effect now, in order, one per setting.
     pub fn effective(&self) -> Vec<String> {
         self.effective_owned().into_iter().map(|(_, s)| s).collect()

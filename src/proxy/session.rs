@@ -240,8 +240,7 @@ impl<'p> Relayed<'p> {
             startup_settings(self.params.iter()),
             alongside,
         );
-        let user = self.params.get("user").cloned().unwrap_or_default();
-        driver.with_serving(server, mirror.map(|m| &m.applier), user)
+        driver.with_serving(server, mirror.map(|m| &m.applier), self.params)
     }
 }
 

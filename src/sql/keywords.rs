@@ -4,10 +4,13 @@
 //! every statement, with or without migrated tables, and without the parser: their meaning is in
 //! their first words, and some (`PREPARE TRANSACTION`, `COMMIT PREPARED`) are beyond sqlparser.
 
+use super::isolation::Isolation;
+
 /// A transaction control statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxControl {
-    Begin,
+    /// `BEGIN`, `START TRANSACTION`: with the isolation level it names, if it does.
+    Begin(Option<Isolation>),
     Commit,
     Rollback,
     Savepoint(String),
@@ -42,6 +45,9 @@ pub enum SetKind {
     Setting(String),
     /// `SET ROLE`, `SET SESSION AUTHORIZATION`: who the session is changes.
     Role,
+    /// `SET TRANSACTION ISOLATION LEVEL x`, `SET [LOCAL] transaction_isolation = x`: the open
+    /// transaction's level.
+    TransactionIsolation(Isolation),
     /// `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`, `SET SESSION CHARACTERISTICS`: for the
     /// transaction only, or not a setting a read depends on.
     Other,
@@ -65,7 +71,7 @@ pub fn starts_with_ignore_case(haystack: &[u8], lower: &[u8]) -> bool {
 
 /// The words of a statement, past whitespace and comments: keywords lower-cased, quoted names
 /// and string literals unquoted.
-fn words(sql: &str, max: usize) -> Vec<String> {
+pub(super) fn words(sql: &str, max: usize) -> Vec<String> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -130,7 +136,7 @@ pub fn leading(sql: &str) -> Option<Leading> {
     use Leading::{Session, Tx};
     use TxControl::*;
     let kind = match (word(0), word(1)) {
-        ("begin", _) | ("start", "transaction") => Tx(Begin),
+        ("begin", _) | ("start", "transaction") => Tx(Begin(super::isolation::named_level(sql))),
         ("commit", "prepared") => Tx(CommitPrepared(name(2))),
         ("rollback", "prepared") => Tx(RollbackPrepared(name(2))),
         ("commit" | "end", _) => Tx(Commit),
@@ -145,7 +151,7 @@ pub fn leading(sql: &str) -> Option<Leading> {
         ("release", _) => Tx(Release(name(1))),
         ("prepare", "transaction") => Tx(PrepareTransaction(name(2))),
         ("prepare", _) => Session(SessionOp::Prepare(name(1))),
-        ("set", _) => Session(SessionOp::Set(set_kind(&w))),
+        ("set", _) => Session(SessionOp::Set(set_kind(&w, sql))),
         ("reset", "all") => Session(SessionOp::Reset(None)),
         ("reset", _) => Session(SessionOp::Reset(Some(name(1)))),
         ("discard", _) => Session(SessionOp::Discard {
@@ -161,10 +167,20 @@ pub fn leading(sql: &str) -> Option<Leading> {
 }
 
 /// What `SET` changes, from its first words.
-fn set_kind(w: &[String]) -> SetKind {
+fn set_kind(w: &[String], sql: &str) -> SetKind {
+    use super::isolation::{named_level, set_value};
     let word = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    let level = |l: Option<Isolation>| l.map_or(SetKind::Other, SetKind::TransactionIsolation);
     match (word(1), word(2)) {
         ("role" | "authorization", _) => SetKind::Role,
+        ("transaction", "isolation") => level(named_level(sql)),
+        ("transaction_isolation", _) | ("local" | "session", "transaction_isolation") => {
+            level(set_value(sql))
+        }
+        // The session's default level, as `SET default_transaction_isolation` would set it.
+        ("session", "characteristics") if named_level(sql).is_some() => {
+            SetKind::Setting("default_transaction_isolation".into())
+        }
         ("session" | "local", "role" | "authorization") => SetKind::Role,
         ("local" | "transaction" | "characteristics" | "constraints" | "", _) => SetKind::Other,
         ("session", "transaction" | "characteristics" | "constraints" | "") => SetKind::Other,
@@ -183,10 +199,10 @@ mod tests {
             Some(Leading::Tx(t)) => t,
             other => panic!("{s}: {other:?}"),
         };
-        assert_eq!(tx("BEGIN"), Begin);
+        assert_eq!(tx("BEGIN"), Begin(None));
         assert_eq!(
             tx("  /* c */ start transaction isolation level serializable"),
-            Begin
+            Begin(Some(Isolation::Serializable))
         );
         assert_eq!(tx("COMMIT"), Commit);
         assert_eq!(tx("end"), Commit);
@@ -251,7 +267,16 @@ mod tests {
         assert_eq!(set("SET LOCAL work_mem = '1MB'"), SetKind::Other);
         assert_eq!(
             set("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
-            SetKind::Other
+            SetKind::TransactionIsolation(Isolation::Serializable)
+        );
+        assert_eq!(
+            set("SET LOCAL transaction_isolation = 'repeatable read'"),
+            SetKind::TransactionIsolation(Isolation::RepeatableRead)
+        );
+        assert_eq!(set("SET TRANSACTION READ ONLY"), SetKind::Other);
+        assert_eq!(
+            set("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+            named("default_transaction_isolation")
         );
         assert_eq!(
             set("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),

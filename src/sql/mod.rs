@@ -30,6 +30,7 @@ pub mod classify;
 pub mod copy;
 mod error;
 pub mod injected;
+pub mod isolation;
 pub mod keywords;
 pub mod lex;
 mod pipeline;

@@ -215,7 +215,7 @@ impl Analysis {
                     q.needs_xid = true;
                 }
                 (_, Some(TxControl::Commit)) if q.commit_at.is_none() => q.commit_at = Some(i),
-                (_, Some(TxControl::Begin)) if !q.changes => q.begins = true,
+                (_, Some(TxControl::Begin(_))) if !q.changes => q.begins = true,
                 (_, Some(_)) => q.other_tx = true,
                 _ => {}
             }

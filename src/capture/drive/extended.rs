@@ -136,7 +136,7 @@ impl<'a> Driver<'a> {
         }
         let step = self.execute_step(analysis.as_deref(), portal);
         match &step {
-            Step::Tx(TxControl::Begin) => self.began = true,
+            Step::Tx(TxControl::Begin(_)) => self.began = true,
             // Changes may still be on their way (an Execute earlier in this batch).
             Step::Tx(TxControl::Commit) if self.xid_asked || !self.shared.lock().txn.is_empty() => {
                 return self.execute_commit(frame, primary).await;

@@ -135,7 +135,7 @@ pub struct Driver<'a> {
     /// Extended protocol: pgbridge began a transaction in this batch, to commit at its Sync.
     wrapped: bool,
     /// Extended protocol: the client began a transaction in this batch.
-    began: bool,
+    pub(in crate::capture) began: bool,
     /// Extended protocol: the open transaction's id was asked for.
     xid_asked: bool,
     /// Extended protocol: the request just before was the client's Describe of this portal (its

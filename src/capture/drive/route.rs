@@ -28,6 +28,11 @@ impl<'a> Driver<'a> {
             return Route::Primary;
         };
         let in_write_txn = !self.shared.lock().txn.is_empty();
+        // A transaction block with one snapshot reads where it took it
+        // (`capture/secondary/snapshot.rs`).
+        if self.snapshot_allows_known() == Some(false) {
+            return Route::Primary;
+        }
         crate::reads::route(analysis, &reads.load(), shared, in_write_txn, self.bucket)
     }
 
@@ -62,6 +67,15 @@ impl<'a> Driver<'a> {
     ) -> Option<Step> {
         match self.route(analysis) {
             Route::Shadow { sql, table } => {
+                // Compared only where the secondary's answer may be the same.
+                match self.snapshot_allows_known() {
+                    Some(true) => {}
+                    Some(false) => return None,
+                    None => {
+                        self.learn_default_level();
+                        return None;
+                    }
+                }
                 // Not sampled: served as any read, nothing kept.
                 let shadow = self.shared.lock().shadow.clone()?;
                 if !shadow.sampled() {

@@ -26,8 +26,13 @@ impl<'a> Driver<'a> {
         // A Query is seen by `query`, which analyzes it anyway.
         match tag {
             b'E' => {
-                let portal = wire::execute_portal(frame).and_then(|p| self.portals.get(p).cloned());
-                self.touch(portal.as_deref());
+                let portal = wire::execute_portal(frame);
+                // The held Bind's portal is not the driver's yet: its statement is the read.
+                let analysis = match (&self.serving().held, portal) {
+                    (Some(held), Some("")) => Some(held.analysis.clone()),
+                    _ => portal.and_then(|p| self.portals.get(p).cloned()),
+                };
+                self.touch(analysis.as_deref());
             }
             b'F' => self.touch(None),
             _ => {}
@@ -167,7 +172,10 @@ impl<'a> Driver<'a> {
             ),
             false => None,
         };
-        if !self.may_read(&held.analysis).await || !self.read_your_writes().await {
+        if !self.snapshot_allows().await
+            || !self.may_read(&held.analysis).await
+            || !self.read_your_writes().await
+        {
             return None;
         }
         let script = self.settings_script();

@@ -9,6 +9,7 @@
 
 mod extended;
 mod simple;
+mod snapshot;
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::divergence::{normalize_query, Divergence, Kind as DivergenceKind};
 use crate::mirror::ApplierHandle;
 use crate::reads::secondary::{settings_script, Failure, SessionServer};
 use crate::reads::Route;
+use crate::sql::isolation::Isolation;
 use crate::sql::{Analysis, Kind, SessionOp, SetKind};
 
 /// Reported settings the secondary's session follows.
@@ -37,6 +39,9 @@ pub struct Serving<'a> {
     fallback: Option<Divergence>,
     /// The session's user, whose privileges on the primary a read needs.
     user: String,
+    /// The session's database, and the isolation level its startup packet made the default.
+    database: String,
+    startup_level: Option<Isolation>,
     /// The session changed its role or authorization: its privileges are the primary's to
     /// check, and its reads stay there.
     role_changed: bool,
@@ -53,13 +58,17 @@ pub(super) struct Held {
 }
 
 impl<'a> Serving<'a> {
+    /// `params`: the client's startup packet.
     pub fn new(
         server: SessionServer,
         applier: Option<&'a ApplierHandle>,
-        user: String,
+        params: &std::collections::BTreeMap<String, String>,
     ) -> Serving<'a> {
+        let param = |k: &str| params.get(k).cloned().unwrap_or_default();
         Serving {
-            user,
+            user: param("user"),
+            database: param("database"),
+            startup_level: crate::sql::isolation::startup_default(params),
             role_changed: false,
             server,
             applier,
@@ -77,9 +86,9 @@ impl<'a> Driver<'a> {
         mut self,
         server: SessionServer,
         applier: Option<&'a ApplierHandle>,
-        user: String,
+        params: &std::collections::BTreeMap<String, String>,
     ) -> Self {
-        self.serving = Some(Serving::new(server, applier, user));
+        self.serving = Some(Serving::new(server, applier, params));
         self
     }
 

@@ -28,6 +28,7 @@ impl<'a> Driver<'a> {
         };
         self.shared.lock().refresh_descriptions();
         if !self.shared.lock().may_serve()
+            || !self.snapshot_allows().await
             || !self.may_read(analysis).await
             || !self.read_your_writes().await
         {

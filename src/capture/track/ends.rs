@@ -126,6 +126,9 @@ impl Tracker {
         self.status = status;
         self.batch_error = false;
         self.sets.ready(status);
+        if status == b'I' {
+            self.txn_isolation = None;
+        }
         let popped = self.queue.pop_front();
         if status == b'I' && !self.requests_owed() {
             self.touched = false;

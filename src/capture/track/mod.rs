@@ -79,6 +79,8 @@ pub struct Tracker {
     pub described_texts: std::collections::HashMap<String, Described>,
     /// The primary's row descriptions of simple-protocol reads, by query shape.
     pub shapes: std::collections::HashMap<String, Kept<Option<Bytes>>>,
+    /// The open transaction's isolation level, when a statement of it named one.
+    pub txn_isolation: Option<crate::sql::isolation::Isolation>,
     /// The schema epoch the kept descriptions were given under.
     described_under: u64,
     /// The columns of a read the secondary answered, checked against the primary's fresh

@@ -12,7 +12,7 @@ use crate::mirror::{Change, ChangeOp};
 use crate::protocol::wire;
 use crate::reads::shadow::ShadowJob;
 use crate::reads::MAX_COMPARED_BYTES;
-use crate::sql::{Capture, TxControl};
+use crate::sql::{Capture, SessionOp, SetKind, TxControl};
 
 impl Tracker {
     pub(super) fn on_row_description(&mut self, frame: &[u8]) -> Action {
@@ -163,6 +163,11 @@ impl Tracker {
                     tag: Some(tag.to_string()),
                 },
             }]),
+            Step::Set {
+                op: SessionOp::Set(SetKind::TransactionIsolation(level)),
+                ..
+            }
+            | Step::Tx(TxControl::Begin(Some(level))) => self.txn_isolation = Some(level),
             Step::Set { op, text } => self.sets.completed(&op, &text),
             Step::Tx(TxControl::Savepoint(n)) => {
                 self.txn.savepoint(&n);

@@ -6,6 +6,10 @@
 //! from the primary over pgbridge's own connection (`[primary] url`), and is kept for a while
 //! per user and table, so a busy session asks once. When the primary cannot be asked, the
 //! answer is no: the read is served by the primary, which checks for itself.
+//!
+//! The same connection tells the isolation level a user's transactions in a database get by
+//! default (`ALTER ROLE ... SET`, `ALTER DATABASE ... SET`, the server's configuration): a
+//! transaction block that keeps one snapshot reads on the primary only.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +20,7 @@ use tracing::warn;
 
 use crate::config::PgUrl;
 use crate::rules::TableName;
+use crate::sql::isolation::Isolation;
 
 /// How long an answer is kept.
 const KEPT: Duration = Duration::from_secs(10);
@@ -25,10 +30,26 @@ const CHECK: &str = "SELECT has_table_privilege($1::text::name, c.oid, 'SELECT')
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE n.nspname = $2 AND c.relname = $3";
 
+/// The default level of `$1`'s transactions in database `$2`: the most specific of
+/// `pg_db_role_setting` (role and database, role, database, every role), else the server's own
+/// setting when no role or database of pgbridge's own session changed it (NULL: not known).
+const DEFAULT_ISOLATION: &str = "SELECT coalesce(\
+       (SELECT substr(c, 31) FROM pg_db_role_setting s, unnest(s.setconfig) c \
+        WHERE c LIKE 'default\\_transaction\\_isolation=%' \
+          AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = $1)) \
+          AND s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = $2)) \
+        ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1), \
+       (SELECT setting FROM pg_settings WHERE name = 'default_transaction_isolation' \
+          AND source IN ('default', 'configuration file', 'command line', 'environment variable')))";
+
+/// A user's (and database's) default level, and when the primary said it.
+type DefaultLevel = (Option<Isolation>, Instant);
+
 pub struct Access {
     primary: PgUrl,
     client: tokio::sync::Mutex<Option<Client>>,
     answers: Mutex<HashMap<(String, TableName), (bool, Instant)>>,
+    levels: Mutex<HashMap<(String, String), DefaultLevel>>,
 }
 
 impl std::fmt::Debug for Access {
@@ -43,7 +64,37 @@ impl Access {
             primary,
             client: tokio::sync::Mutex::new(None),
             answers: Mutex::new(HashMap::new()),
+            levels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The level `user`'s transactions in `database` get by default, when the primary said it
+    /// lately (`Some(None)`: it could not tell).
+    pub fn known_default_level(&self, user: &str, database: &str) -> Option<Option<Isolation>> {
+        let levels = self.levels.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (user.to_string(), database.to_string());
+        levels
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < KEPT)
+            .map(|(level, _)| *level)
+    }
+
+    /// The level `user`'s transactions in `database` get by default (`None`: not known).
+    pub async fn default_level(&self, user: &str, database: &str) -> Option<Isolation> {
+        if let Some(known) = self.known_default_level(user, database) {
+            return known;
+        }
+        let level = self
+            .query_opt(DEFAULT_ISOLATION, &[&user, &database], "isolation levels")
+            .await
+            .and_then(|row| row.get::<_, Option<String>>(0))
+            .and_then(|v| Isolation::from_value(&v));
+        let key = (user.to_string(), database.to_string());
+        self.levels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (level, Instant::now()));
+        level
     }
 
     /// Whether `user` may read every table of `tables` on the primary, without row security.
@@ -76,6 +127,23 @@ impl Access {
     }
 
     async fn ask(&self, user: &str, table: &TableName) -> bool {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&user, &table.schema, &table.name];
+        self.query_opt(CHECK, &params, "privileges")
+            .await
+            .and_then(|row| row.get::<_, Option<bool>>(0))
+            .unwrap_or(false)
+    }
+
+    /// One row of `sql` on pgbridge's own connection to the primary (made when there is
+    /// none); `None` when there is no row or the primary cannot be asked (`what` says what
+    /// was asked, for the log).
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &str,
+    ) -> Option<tokio_postgres::Row> {
         let mut client = self.client.lock().await;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             match self.primary.connect().await {
@@ -84,21 +152,17 @@ impl Access {
                     *client = Some(c);
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot ask the primary for privileges: reads stay on the primary");
-                    return false;
+                    warn!(error = %e, what, "cannot ask the primary: reads stay on the primary");
+                    return None;
                 }
             }
         }
         let c = client.as_ref().expect("connected above");
-        match c
-            .query_opt(CHECK, &[&user, &table.schema, &table.name])
-            .await
-        {
-            Ok(Some(row)) => row.get::<_, Option<bool>>(0).unwrap_or(false),
-            Ok(None) => false,
+        match c.query_opt(sql, params).await {
+            Ok(row) => row,
             Err(e) => {
-                warn!(error = %e, %table, "cannot ask the primary for privileges: reads stay on the primary");
-                false
+                warn!(error = %e, what, "cannot ask the primary: reads stay on the primary");
+                None
             }
         }
     }
