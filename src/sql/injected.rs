@@ -34,6 +34,15 @@ pub fn raise(sqlstate: &str, message: &str) -> String {
     )
 }
 
+/// `SELECT set_config($1, $2, false), ...` for `n` settings: each setting's name and value as
+/// parameters (`$1`, `$2` the first), at session level.
+pub fn set_config(n: usize) -> String {
+    let calls: Vec<String> = (0..n)
+        .map(|i| format!("set_config(${}, ${}, false)", 2 * i + 1, 2 * i + 2))
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,21 +167,12 @@ impl Applier {
 
 /// `SELECT set_config($1, $2, false), ...`: the settings as parameters, at session level.
 fn set_config(settings: &[(String, String)]) -> (String, Vec<Value>) {
-    let mut sql = String::from("SELECT ");
-    let mut values = Vec::with_capacity(settings.len() * 2);
-    for (i, (k, v)) in settings.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "set_config(${}, ${}, false)",
-            2 * i + 1,
-            2 * i + 2
-        ));
-        values.push(Value::text(Type::TEXT.oid(), k));
-        values.push(Value::text(Type::TEXT.oid(), v));
-    }
-    (sql, values)
+    let values = settings
+        .iter()
+        .flat_map(|(k, v)| [k, v])
+        .map(|s| Value::text(Type::TEXT.oid(), s))
+        .collect();
+    (crate::sql::injected::set_config(settings.len()), values)
 }
 
 #[cfg(test)]

@@ -84,20 +84,11 @@ impl Conn {
         &mut self,
         settings: &[(String, String)],
     ) -> Result<(), tokio_postgres::Error> {
-        let mut sql = String::from("SELECT ");
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        for (i, (k, v)) in settings.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "set_config(${}, ${}, false)",
-                2 * i + 1,
-                2 * i + 2
-            ));
-            params.push(k);
-            params.push(v);
-        }
+        let sql = crate::sql::injected::set_config(settings.len());
+        let params: Vec<&(dyn ToSql + Sync)> = settings
+            .iter()
+            .flat_map(|(k, v)| [k as &(dyn ToSql + Sync), v])
+            .collect();
         self.client.execute(sql.as_str(), &params).await?;
         self.settings = settings.to_vec();
         Ok(())
