@@ -84,7 +84,8 @@ impl Access {
                     *client = Some(c);
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot ask the primary for privileges: reads stay on the primary");
+                    let error = crate::net::error_text(&e);
+                    warn!(%error, "cannot ask the primary for privileges: reads stay on the primary");
                     return false;
                 }
             }
