@@ -3,7 +3,7 @@
 //! over verified TLS; `require` works without a root certificate; `disable`, a wrong CA and a
 //! certificate for another host are refused with clear errors, by `serve` at startup too; a
 //! client certificate authenticates pgbridge's sessions; SCRAM passes through without channel
-//! binding.
+//! binding; a primary on a Unix-domain socket is plain for every connection.
 
 mod common;
 
@@ -371,4 +371,34 @@ async fn scram_passes_through_without_channel_binding() {
     let (out, code) = psql_conn(&conn("require", "disable", "wrong"), who);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("password authentication failed"), "{out}");
+}
+
+#[tokio::test]
+async fn a_primary_on_a_unix_socket_is_plain_for_pgbridges_own_connections_too() {
+    // libpq ignores sslmode over a Unix-domain socket; so do the rules check, the resolver and
+    // the relay, while the secondary is reached over verified TLS.
+    let s = servers();
+    let db = fresh_pair_db("socket");
+    psql_local(&s.primary, &db, PRIMARY_DDL);
+    psql_local(&s.primary, &db, "TRUNCATE derived_data_bars");
+    psql_local(&s.secondary, &db, SECONDARY_DDL);
+    let primary = format!(
+        "host={} port={} user=postgres dbname={db} sslmode=require",
+        s.primary.dir().display(),
+        s.primary.port()
+    );
+    let secondary = url(&s.secondary, &db, &verify_full());
+    let (port, admin, config) = dxy_config(&primary, &secondary, DXY_RULE, "");
+    let bridge = Bridge::start_with_config(port, admin, &config);
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    assert!(!on_tls(&client).await);
+    client
+        .batch_execute(&format!(
+            "{INSERT} ('DXY', '2026-01-05 10:00+00', 100, 101, 99, 100.5, 1000)"
+        ))
+        .await
+        .unwrap();
+    wait_applied(&bridge);
+    let mirrored = psql_local(&s.secondary, &db, "SELECT count(*) FROM data_bars");
+    assert_eq!(mirrored.trim(), "1");
 }
