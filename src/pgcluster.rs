@@ -45,6 +45,10 @@ pub struct PgOptions {
     pub hba: Vec<String>,
     /// Extra `name = value` settings for postgresql.conf.
     pub settings: Vec<(String, String)>,
+    /// Leaves out the default `host ... trust` lines, so that TCP connections are accepted only
+    /// as `hba` says (e.g. `hostssl` lines for a server that requires TLS); the `local` trust
+    /// line stays, for the owner's own psql over the socket.
+    pub tcp_by_hba_only: bool,
 }
 
 /// A running (or stopped, restartable) throwaway server. Dropping it stops the server and removes
@@ -203,7 +207,8 @@ fn init_data(bin: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Result<PathBu
 }
 
 /// The settings of a throwaway server (loopback `port`, its socket in `dir`, durability off)
-/// and `opts`' own, and pg_hba.conf with `opts.hba` before the default `trust` lines.
+/// and `opts`' own, and pg_hba.conf with `opts.hba` before the default `trust` lines (the
+/// `local` one alone with `opts.tcp_by_hba_only`).
 fn configure(data: &Path, dir: &Path, port: u16, opts: &PgOptions) -> Result<(), PgClusterError> {
     let mut conf = format!(
         "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
@@ -217,9 +222,10 @@ fn configure(data: &Path, dir: &Path, port: u16, opts: &PgOptions) -> Result<(),
     }
     append(&data.join("postgresql.conf"), &conf)?;
     let mut hba = opts.hba.join("\n");
-    hba.push_str(
-        "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
-    );
+    hba.push_str("\nlocal all all trust\n");
+    if !opts.tcp_by_hba_only {
+        hba.push_str("host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n");
+    }
     fs::write(data.join("pg_hba.conf"), hba)?;
     Ok(())
 }

@@ -40,7 +40,7 @@ pub enum StartError {
         dir: std::path::PathBuf,
         source: crate::mirror::JournalError,
     },
-    #[error("cannot ask the primary the outcome of in-doubt transactions: {0}")]
+    #[error("cannot ask the primary the outcome of in-doubt transactions: {}", crate::net::error_text(.0))]
     Resolve(tokio_postgres::Error),
     #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),

@@ -266,7 +266,8 @@ impl Resolver {
                 true
             }
             Err(e) => {
-                warn!(error = %e, "cannot reach the primary to resolve in-doubt intents");
+                let error = crate::net::error_text(&e);
+                warn!(%error, "cannot reach the primary to resolve in-doubt intents");
                 false
             }
         }

@@ -26,10 +26,40 @@ pub fn mirrored_with(
     rule: &str,
     extra: &str,
 ) -> (Bridge, String) {
+    mirrored_with_params(primary_port, secondary_port, db, rule, extra, "")
+}
+
+/// [`mirrored_with`], with url parameters `params` (`sslmode=require&...`, or empty) on both
+/// databases' urls.
+pub fn mirrored_with_params(
+    primary_port: u16,
+    secondary_port: u16,
+    db: &str,
+    rule: &str,
+    extra: &str,
+    params: &str,
+) -> (Bridge, String) {
     let db = db.to_string();
     psql_on(primary_port, &db, PRIMARY_DDL);
     psql_on(primary_port, &db, "TRUNCATE derived_data_bars");
     psql_on(secondary_port, &db, SECONDARY_DDL);
+    let url = |port| {
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{params}")
+        };
+        format!("postgres://postgres@127.0.0.1:{port}/{db}{query}")
+    };
+    let (port, admin, config) = dxy_config(&url(primary_port), &url(secondary_port), rule, extra);
+    let bridge = Bridge::start_with_config(port, admin, &config);
+    (bridge, db)
+}
+
+/// A config of pgbridge in front of the `primary` and `secondary` urls with rule file text
+/// `rule` and `extra` config lines, and the ports it listens on: `(port, admin port, config)`.
+/// The rule files and journal are kept until the test process ends.
+pub fn dxy_config(primary: &str, secondary: &str, rule: &str, extra: &str) -> (u16, u16, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(dir.path().join("rules/dxy.toml"), rule).unwrap();
@@ -37,21 +67,17 @@ pub fn mirrored_with(
     let admin = pgbridge::pgcluster::free_port().unwrap();
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nrules = \"{rules}\"\n\
-         [primary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\n\
-         [secondary]\nurl = \"postgres://postgres@127.0.0.1:{}/{db}\"\nshared_tables = [\"instruments\"]\n\
+         [primary]\nurl = \"{primary}\"\n\
+         [secondary]\nurl = \"{secondary}\"\nshared_tables = [\"instruments\"]\n\
          [mirror]\njournal_dir = \"{journal}\"\n{extra}\n\
          [divergence]\nlog = \"{log}\"\nredact = false\n\
          [admin]\ntoken = \"{TOKEN}\"\n",
-        primary_port,
-        secondary_port,
         rules = dir.path().join("rules").display(),
         journal = dir.path().join("journal").display(),
         log = dir.path().join("divergences.jsonl").display(),
     );
-    let bridge = Bridge::start_with_config(port, admin, &config);
-    // The rule files and journal live as long as the bridge's own directory.
     std::mem::forget(dir);
-    (bridge, db)
+    (port, admin, config)
 }
 
 pub fn status(bridge: &Bridge) -> serde_json::Value {

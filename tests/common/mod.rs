@@ -58,6 +58,7 @@ pub fn start_server() -> PgServer {
     let server = PgServer::start(&PgOptions {
         hba,
         settings: vec![("max_connections".into(), "300".into())],
+        ..PgOptions::default()
     })
     .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"));
     let mut sql = String::new();
@@ -349,6 +350,7 @@ pub fn lock(server: &Mutex<PgServer>) -> MutexGuard<'_, PgServer> {
 
 pub mod dxy;
 pub mod python;
+pub mod tls_pg;
 pub mod wire;
 
 /// tokio-postgres connected through `conn`, with its notices and notifications sent to the

@@ -27,13 +27,13 @@ pub(super) type Txns = [(u64, Option<TxnRecord>)];
 /// Why the applier lost its secondary connection (it connects again after a backoff).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnectionError {
-    #[error("cannot reach the secondary: {0}")]
+    #[error("cannot reach the secondary: {}", crate::net::error_text(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// A batch failed in a way that needs a new connection (the classified message).
     #[error("{0}")]
     Lost(String),
     /// Skipping a parked transaction could not record the position.
-    #[error("cannot record the position: {0}")]
+    #[error("cannot record the position: {}", crate::net::error_text(.0))]
     Position(#[source] tokio_postgres::Error),
 }
 

@@ -50,20 +50,20 @@ impl MakeTlsConnect<Socket> for MakeRustls {
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, _host: &str) -> Result<RustlsConnect, io::Error> {
-        // The url has one host, and the connector already has its name.
-        match &self.inner {
-            Some(inner) => Ok(RustlsConnect {
-                inner: inner.clone(),
-                began: self.began.clone(),
-            }),
-            None => Err(io::Error::other("TLS is not used for this url")),
-        }
+        // The url has one host, and the connector already has its name. tokio-postgres asks for
+        // a connector for plain connections too (sslmode=disable, a Unix-domain socket), before
+        // it looks at the sslmode: refusing here would fail them all.
+        Ok(RustlsConnect {
+            inner: self.inner.clone(),
+            began: self.began.clone(),
+        })
     }
 }
 
-/// The TLS connector of one connection.
+/// The TLS connector of one connection; without `inner` the connection is plain, and never
+/// starts TLS.
 pub struct RustlsConnect {
-    inner: Arc<Connector>,
+    inner: Option<Arc<Connector>>,
     began: Arc<AtomicBool>,
 }
 
@@ -75,10 +75,12 @@ impl TlsConnect<Socket> for RustlsConnect {
     fn connect(self, stream: Socket) -> Self::Future {
         self.began.store(true, Ordering::Relaxed);
         Box::pin(async move {
-            let name = self.inner.name.clone();
-            match self.inner.connector.connect(name, stream).await {
+            let Some(inner) = self.inner else {
+                return Err(io::Error::other("TLS is not used for this url"));
+            };
+            match inner.connector.connect(inner.name.clone(), stream).await {
                 Ok(tls) => Ok(RustlsStream(Box::new(tls))),
-                Err(e) => Err(io::Error::other(describe(&self.inner, &e))),
+                Err(e) => Err(io::Error::other(describe(&inner, &e))),
             }
         })
     }
@@ -157,4 +159,51 @@ pub async fn connect(
         debug!(%error, sslmode = %tls.mode(), "connection attempt failed, trying the next one");
     }
     unreachable!("every url makes at least one attempt")
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::protocol::messages::{error_response, Severity};
+    use crate::protocol::startup::SSL_REQUEST_CODE;
+
+    /// A server that takes one connection and refuses its StartupMessage as pg_hba does; it
+    /// fails the test if the first message is an SSLRequest.
+    async fn refusing_server() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let len = s.read_u32().await.unwrap() as usize;
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body).await.unwrap();
+            assert_ne!(
+                body[..4],
+                SSL_REQUEST_CODE.to_be_bytes(),
+                "TLS was asked for"
+            );
+            let refusal = error_response(Severity::Fatal, "28000", "no pg_hba.conf entry");
+            s.write_all(&refusal).await.unwrap();
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn sslmode_disable_connects_in_clear() {
+        let port = refusing_server().await;
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("u");
+        let Err(e) = connect(&config, &ClientTls::disabled()).await else {
+            panic!("the server refused the connection");
+        };
+        // The server's own refusal, not a TLS error before anything was sent.
+        assert_eq!(e.code().map(|c| c.code()), Some("28000"), "{e:?}");
+        assert_eq!(
+            crate::net::error_text(&e),
+            "db error: FATAL: no pg_hba.conf entry"
+        );
+    }
 }

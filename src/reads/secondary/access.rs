@@ -152,7 +152,8 @@ impl Access {
                     *client = Some(c);
                 }
                 Err(e) => {
-                    warn!(error = %e, what, "cannot ask the primary: reads stay on the primary");
+                    let error = crate::net::error_text(&e);
+                    warn!(%error, what, "cannot ask the primary: reads stay on the primary");
                     return None;
                 }
             }
@@ -161,7 +162,8 @@ impl Access {
         match c.query_opt(sql, params).await {
             Ok(row) => row,
             Err(e) => {
-                warn!(error = %e, what, "cannot ask the primary: reads stay on the primary");
+                let error = crate::net::error_text(&e);
+                warn!(%error, what, "cannot ask the primary: reads stay on the primary");
                 None
             }
         }

@@ -173,6 +173,6 @@ impl Inner {
 fn failed(e: &tokio_postgres::Error) -> RunError {
     match e.as_db_error() {
         Some(db) => RunError::Failed(db.code().code().to_string(), db.message().to_string()),
-        None => RunError::Failed("connection".into(), e.to_string()),
+        None => RunError::Failed("connection".into(), crate::net::error_text(e)),
     }
 }

@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use super::schema::table_schema;
 use crate::config::PgUrl;
+use crate::net::error_text;
 use crate::rules::parse::ParsedRule;
 use crate::rules::table::{check_source, check_target, conflict_key};
 use crate::rules::{Problem, RulesError, TableName, TableSchema};
@@ -21,7 +22,7 @@ async fn connect(url: &PgUrl, which: &'static str) -> Result<Client, RulesError>
     let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .map_err(|_| unreachable(format!("{}: timed out", url.redacted())))?
-        .map_err(|e| unreachable(format!("{}: {e}", url.redacted())))?;
+        .map_err(|e| unreachable(format!("{}: {}", url.redacted(), error_text(&e))))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, which, "rules check connection ended");
@@ -98,7 +99,7 @@ async fn live_table(
         .await
         .map_err(|e| RulesError::Unreachable {
             which,
-            message: e.to_string(),
+            message: error_text(&e),
         })
 }
 
