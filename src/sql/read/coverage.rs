@@ -156,56 +156,61 @@ impl Coverage<'_> {
         let Ok(goal) = crate::rules::check::parse_expression(filter) else {
             return false;
         };
-        let cols: HashMap<String, Ty> = rule
-            .source_columns
-            .iter()
-            .flatten()
-            .map(|c| (c.name.clone(), Ty::of_column(&c.type_name)))
-            .collect();
+        let cols = column_types(rule);
         let rule_literals = literals(&goal);
         let none = HashSet::new();
-        let rule_scope = Scope {
-            qualifier: "",
-            alone: true,
-            cols: &cols,
-            rule_literals: &rule_literals,
-            single_params: &none,
-        };
-        let scope = Scope {
+        let scope = |qualifier, alone, single_params| Scope {
             qualifier,
             alone,
             cols: &cols,
             rule_literals: &rule_literals,
-            single_params: &self.single_params,
+            single_params,
         };
+        let goal = scope("", true, &none).formula(&goal, false);
+        let query = scope(qualifier, alone, &self.single_params);
         let premise = F::And(
             premises
                 .iter()
-                .map(|(e, strict)| strictly(scope.formula(e, false), *strict))
+                .map(|(e, strict)| strictly(query.formula(e, false), *strict))
                 .collect(),
         );
         let prover = Prover::default();
-        match prover.implies(&premise, &rule_scope.formula(&goal, false)) {
+        match prover.implies(&premise, &goal) {
             V::Yes => {}
             V::Maybe(d) => self.covered.checks.push(d),
-            V::No => {
-                let have: Vec<String> = select
-                    .selection
-                    .iter()
-                    .flat_map(|w| conjuncts(w))
-                    .filter_map(|c| canonical(c, qualifier, alone))
-                    .collect();
-                let Some(params) = restriction(filter, &have) else {
-                    return false;
-                };
-                let bytes = params.into_iter().map(|(n, v)| Deferred::Bytes(n, v));
-                self.covered.checks.extend(bytes);
-                return true;
-            }
+            V::No => return self.written_out(filter, select, qualifier, alone),
         }
         self.covered.literal_based |= prover.literal_based();
         true
     }
+}
+
+impl Coverage<'_> {
+    /// The rule's conditions written out again in the WHERE (or met by parameters bound to
+    /// the same text), as before the prover.
+    fn written_out(&mut self, filter: &str, select: &Select, qualifier: &str, alone: bool) -> bool {
+        let have: Vec<String> = select
+            .selection
+            .iter()
+            .flat_map(|w| conjuncts(w))
+            .filter_map(|c| canonical(c, qualifier, alone))
+            .collect();
+        let Some(params) = restriction(filter, &have) else {
+            return false;
+        };
+        let bytes = params.into_iter().map(|(n, v)| Deferred::Bytes(n, v));
+        self.covered.checks.extend(bytes);
+        true
+    }
+}
+
+/// The comparison types of the rule's source columns (none while they are unknown).
+fn column_types(rule: &Rule) -> HashMap<String, Ty> {
+    rule.source_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.clone(), Ty::of_column(&c.type_name)))
+        .collect()
 }
 
 /// `f` as a premise of a row that may be NULL-extended (`strict`): only its comparisons of

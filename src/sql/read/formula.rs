@@ -60,26 +60,12 @@ impl Scope<'_> {
                 negated,
                 low,
                 high,
-            } => {
-                let lo = self.compare(expr, Op::Ge, low);
-                let hi = self.compare(expr, Op::Le, high);
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) => with_not(F::And(vec![lo, hi]), neg != *negated),
-                    _ => self.opaque(e, neg),
-                }
-            }
+            } => self.between(e, expr, low, high, neg != *negated),
             Expr::InList {
                 expr,
                 list,
                 negated,
-            } if !list.is_empty() => {
-                let arms: Option<Vec<F>> =
-                    list.iter().map(|v| self.compare(expr, Op::Eq, v)).collect();
-                match arms {
-                    Some(arms) => with_not(F::Or(arms), neg != *negated),
-                    None => self.opaque(e, neg),
-                }
-            }
+            } if !list.is_empty() => self.in_list(e, expr, list, neg != *negated),
             Expr::BinaryOp { left, op, right } => match Op::of(op) {
                 Some(op) => match self.compare(left, op, right) {
                     Some(f) => with_not(f, neg),
@@ -87,25 +73,50 @@ impl Scope<'_> {
                 },
                 None => self.opaque(e, neg),
             },
-            Expr::IsNull(x) | Expr::IsNotNull(x) => match self.column(x) {
-                Some((col, ty)) => {
-                    let op = match matches!(e, Expr::IsNull(_)) != neg {
-                        true => Op::IsNull,
-                        false => Op::NotNull,
-                    };
-                    atom(col, ty, op, Rhs::Other, String::new())
-                }
-                None => self.opaque(e, neg),
-            },
-            // A boolean column on its own is `col = true`; NOT of it, `col = false`.
-            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => match self.column(e) {
-                Some((col, Ty::Bool)) => {
-                    let val = Val::Bool(!neg);
-                    let text = if neg { "false" } else { "true" }.to_string();
-                    atom(col, Ty::Bool, Op::Eq, Rhs::Lit { val, ruled: true }, text)
-                }
-                _ => self.opaque(e, neg),
-            },
+            Expr::IsNull(x) | Expr::IsNotNull(x) => {
+                self.null_test(e, x, matches!(e, Expr::IsNull(_)) != neg, neg)
+            }
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => self.bare(e, neg),
+            _ => self.opaque(e, neg),
+        }
+    }
+
+    /// `x BETWEEN low AND high`, or its NOT (`neg`): `x >= low AND x <= high`.
+    fn between(&self, e: &Expr, x: &Expr, low: &Expr, high: &Expr, neg: bool) -> F {
+        match (self.compare(x, Op::Ge, low), self.compare(x, Op::Le, high)) {
+            (Some(lo), Some(hi)) => with_not(F::And(vec![lo, hi]), neg),
+            _ => self.opaque(e, false).negated_if(neg),
+        }
+    }
+
+    /// `x IN (list)`, or its NOT (`neg`): an OR of equalities.
+    fn in_list(&self, e: &Expr, x: &Expr, list: &[Expr], neg: bool) -> F {
+        let arms: Option<Vec<F>> = list.iter().map(|v| self.compare(x, Op::Eq, v)).collect();
+        match arms {
+            Some(arms) => with_not(F::Or(arms), neg),
+            None => self.opaque(e, false).negated_if(neg),
+        }
+    }
+
+    /// `x IS NULL` (`is_null`) or `x IS NOT NULL`, as written under `neg` NOTs.
+    fn null_test(&self, e: &Expr, x: &Expr, is_null: bool, neg: bool) -> F {
+        match self.column(x) {
+            Some((col, ty)) => {
+                let op = if is_null { Op::IsNull } else { Op::NotNull };
+                atom(col, ty, op, Rhs::Other, String::new())
+            }
+            None => self.opaque(e, neg),
+        }
+    }
+
+    /// A boolean column on its own is `col = true`; NOT of it, `col = false`.
+    fn bare(&self, e: &Expr, neg: bool) -> F {
+        match self.column(e) {
+            Some((col, Ty::Bool)) => {
+                let val = Val::Bool(!neg);
+                let text = if neg { "false" } else { "true" }.to_string();
+                atom(col, Ty::Bool, Op::Eq, Rhs::Lit { val, ruled: true }, text)
+            }
             _ => self.opaque(e, neg),
         }
     }
@@ -156,13 +167,7 @@ impl Scope<'_> {
     /// What a column of type `ty` is compared with: a literal read exactly as the column's
     /// type (or as the type it is cast to), a parameter, or what only its text matches.
     fn operand(&self, e: &Expr, ty: Ty) -> Rhs {
-        let lit = |val: Option<Val>, raw: &Value| match val {
-            Some(val) => Rhs::Lit {
-                val,
-                ruled: self.rule_literals.contains(&raw.to_string()),
-            },
-            None => Rhs::Other,
-        };
+        let lit = |val: Option<Val>, raw: &Value| self.literal(val, raw);
         match e {
             Expr::Value(v) => match &v.value {
                 raw @ Value::SingleQuotedString(s) => lit(Val::parse(s, ty, ty), raw),
@@ -189,19 +194,7 @@ impl Scope<'_> {
                 expr,
                 data_type,
                 format: None,
-            } => {
-                let cast = Ty::of_cast(&data_type.to_string());
-                match expr.as_ref() {
-                    Expr::Value(v) => match &v.value {
-                        raw @ (Value::SingleQuotedString(s) | Value::Number(s, _)) => {
-                            lit(Val::parse(s, cast, ty), raw)
-                        }
-                        Value::Placeholder(p) => self.param(p, cast, ty),
-                        _ => Rhs::Other,
-                    },
-                    _ => Rhs::Other,
-                }
-            }
+            } => self.cast(expr, Ty::of_cast(&data_type.to_string()), ty),
             Expr::TypedString(t) => match &t.value.value {
                 raw @ Value::SingleQuotedString(s) => lit(
                     Val::parse(s, Ty::of_cast(&t.data_type.to_string()), ty),
@@ -210,6 +203,31 @@ impl Scope<'_> {
                 _ => Rhs::Other,
             },
             _ => Rhs::Other,
+        }
+    }
+
+    /// A literal or parameter cast to type `cast`, compared with a column of type `ty`.
+    fn cast(&self, e: &Expr, cast: Ty, ty: Ty) -> Rhs {
+        let Expr::Value(v) = e else {
+            return Rhs::Other;
+        };
+        match &v.value {
+            raw @ (Value::SingleQuotedString(s) | Value::Number(s, _)) => {
+                self.literal(Val::parse(s, cast, ty), raw)
+            }
+            Value::Placeholder(p) => self.param(p, cast, ty),
+            _ => Rhs::Other,
+        }
+    }
+
+    /// A literal read as `val` (none when not exact).
+    fn literal(&self, val: Option<Val>, raw: &Value) -> Rhs {
+        match val {
+            Some(val) => Rhs::Lit {
+                val,
+                ruled: self.rule_literals.contains(&raw.to_string()),
+            },
+            None => Rhs::Other,
         }
     }
 
@@ -232,6 +250,12 @@ impl Scope<'_> {
             Some(t) => with_not(F::Opaque(t), neg),
             None => F::Unknown,
         }
+    }
+}
+
+impl F {
+    fn negated_if(self, neg: bool) -> F {
+        with_not(self, neg)
     }
 }
 

@@ -266,7 +266,7 @@ impl Prover {
         }
         let comparison = !matches!(p.op, Op::IsNull | Op::NotNull);
         match (c.op, &p.rhs, &c.rhs) {
-            _ if same => self.from_literal(V::Yes),
+            _ if same => self.rests_on_literal(V::Yes),
             // Comparisons are strict: TRUE only when the column is not NULL.
             (Op::NotNull, _, _) if p.op == Op::NotNull => V::Yes,
             (Op::NotNull, Rhs::Lit { .. } | Rhs::Param(..), _) if comparison => V::Yes,
@@ -275,7 +275,7 @@ impl Prover {
             (_, Rhs::Lit { val, ruled }, Rhs::Lit { val: goal, .. }) => {
                 match lit_implies(p.op, val, c.op, goal, p.ty) {
                     true if *ruled => V::Yes,
-                    true => self.from_literal(V::Yes),
+                    true => self.rests_on_literal(V::Yes),
                     false => V::No,
                 }
             }
@@ -291,7 +291,7 @@ impl Prover {
         }
     }
 
-    fn from_literal(&self, v: V) -> V {
+    fn rests_on_literal(&self, v: V) -> V {
         self.literal_based.set(true);
         v
     }
@@ -300,7 +300,9 @@ impl Prover {
 /// Whether `col po pv` TRUE implies `col co cv` TRUE for a column of type `ty`.
 fn lit_implies(po: Op, pv: &Val, co: Op, cv: &Val, ty: Ty) -> bool {
     use std::cmp::Ordering::{Equal, Greater, Less};
-    let Some(ord) = pv.cmp(cv) else { return false };
+    let Some(ord) = pv.order(cv) else {
+        return false;
+    };
     let eq = ord == Equal;
     if !ty.ordered() {
         // Without a known order, only the same value: `col < v` implies `col <= v`, and so on

@@ -89,7 +89,7 @@ pub enum Val {
 
 impl Val {
     /// The order of two values of one type (`None` for values of different kinds).
-    pub fn cmp(&self, other: &Val) -> Option<Ordering> {
+    pub fn order(&self, other: &Val) -> Option<Ordering> {
         match (self, other) {
             (Val::Num(a), Val::Num(b)) => Some(a.cmp(b)),
             (Val::Text(a), Val::Text(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
