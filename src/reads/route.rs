@@ -119,6 +119,7 @@ mod tests {
             may_write: false,
             read_rewrite: Some("SELECT rewritten".into()),
             read_params: Vec::new(),
+            read_literal_proof: false,
             ordered: false,
             capture: None,
             statement_rewrite: None,

@@ -128,7 +128,9 @@ impl Analyzer {
             None => {
                 let real = analyze_uncached(sql, snap);
                 let template = analyze_uncached(&norm.sentinel_text(sql), snap);
+                // A read proven within its `where` from a literal holds for that literal only.
                 let exact = template.parse_error.is_none()
+                    && !template.statements.iter().any(|s| s.read_literal_proof)
                     && norm.fill(&template, sql).as_ref() == Some(&real);
                 let entry = match exact {
                     true => Shape::Template(Arc::new(template)),

@@ -87,9 +87,13 @@ pub struct StatementInfo {
     pub may_write: bool,
     /// For `Read`: the statement rewritten to read the targets on the secondary.
     pub read_rewrite: Option<String>,
-    /// For `Read`: parameters whose bound values must be these texts for the read to stay within
-    /// its rules' `where` (`col = $1` for a `where` of `col = 'DXY'`), as (number, text).
-    pub read_params: Vec<(usize, String)>,
+    /// For `Read`: checks of bound parameters that must all hold at Bind for the read to stay
+    /// within its rules' `where` (`col = $1` for a `where` of `col IN ('DXY', 'EURX')`).
+    pub read_params: Vec<read::Deferred>,
+    /// For `Read`: staying within the rules' `where` was proven from a literal of the text that
+    /// no `where` names, so the analysis is this text's alone (the shape cache must not lend it
+    /// to texts with other literals).
+    pub read_literal_proof: bool,
     /// For `Read`: the query orders its rows (a top-level ORDER BY), so answers compare in order.
     pub ordered: bool,
     /// For `Write` in `rows` mode: how the capture columns come back.
@@ -114,6 +118,7 @@ impl StatementInfo {
             may_write: false,
             read_rewrite: None,
             read_params: Vec::new(),
+            read_literal_proof: false,
             ordered: false,
             capture: None,
             statement_rewrite: None,
@@ -162,19 +167,18 @@ impl Analysis {
         matches!(self.statements.as_slice(), [s] if s.ordered)
     }
 
-    /// The parameter values the read rewrite holds for (see [`StatementInfo::read_params`]).
-    pub fn read_params(&self) -> &[(usize, String)] {
+    /// The checks the read rewrite holds under (see [`StatementInfo::read_params`]).
+    pub fn read_params(&self) -> &[read::Deferred] {
         match self.statements.as_slice() {
             [s] => &s.read_params,
             _ => &[],
         }
     }
 
-    /// Whether bound parameters `value(n)` (1-based; `None` when not bound as text or NULL)
-    /// keep the read within its rules' `where`.
-    pub fn read_params_hold<'a>(&self, value: impl Fn(usize) -> Option<&'a [u8]>) -> bool {
-        self.read_params()
-            .iter()
-            .all(|(n, text)| value(*n) == Some(text.as_bytes()))
+    /// Whether bound parameters `bound(n)` (1-based; `None` when not bound) keep the read
+    /// within its rules' `where`: each deferred check evaluated with the bound values, decoded
+    /// by their format and declared type (a value that cannot be decoded does not hold).
+    pub fn read_params_hold<'a>(&self, bound: impl Fn(usize) -> Option<read::Bound<'a>>) -> bool {
+        self.read_params().iter().all(|d| d.holds(&bound))
     }
 }

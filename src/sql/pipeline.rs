@@ -181,9 +181,10 @@ fn read_rewrite(
     snap: &Snapshot,
     info: &mut StatementInfo,
 ) -> Result<(), SqlError> {
-    let (r, params) = read::rewrite(sql, stmt, &snap.views, &info.reads, &snap.rules)?;
+    let (r, covered) = read::rewrite(sql, stmt, &snap.views, &info.reads, &snap.rules)?;
     info.read_rewrite = Some(r);
-    info.read_params = params;
+    info.read_params = covered.checks;
+    info.read_literal_proof = covered.literal_based;
     info.ordered = matches!(stmt, Statement::Query(q) if q.order_by.is_some());
     Ok(())
 }

@@ -105,7 +105,14 @@ impl<'a> Driver<'a> {
             .map(|r| r.values.clone())
             .unwrap_or_default();
         // Bound beyond the rules' `where`: the secondary cannot give the same answer.
-        let hold = analysis.read_params_hold(|n| params.get(n.checked_sub(1)?)?.bytes.as_deref());
+        let hold = analysis.read_params_hold(|n| {
+            let v = params.get(n.checked_sub(1)?)?;
+            Some(crate::sql::read::Bound {
+                format: v.format as u16,
+                type_oid: v.type_oid,
+                value: v.bytes.as_deref(),
+            })
+        });
         if !hold {
             return None;
         }

@@ -98,7 +98,28 @@ impl<'a> Driver<'a> {
             return false;
         };
         let params = wire::bind_params(frame).unwrap_or_default();
-        if !analysis.read_params_hold(|n| params.get(n.checked_sub(1)?)?.1) {
+        // The types the primary gave the parameters, to decode binary values by.
+        let oids = match analysis.read_params().is_empty() {
+            true => Vec::new(),
+            false => self
+                .shared
+                .lock()
+                .described
+                .get(stmt)
+                .map(|d| d.params.clone())
+                .unwrap_or_default(),
+        };
+        let hold = analysis.read_params_hold(|n| {
+            let i = n.checked_sub(1)?;
+            let (format, value) = *params.get(i)?;
+            let type_oid = oids.get(i).copied().unwrap_or(0);
+            Some(crate::sql::read::Bound {
+                format,
+                type_oid,
+                value,
+            })
+        });
+        if !hold {
             return false;
         }
         {

@@ -6,7 +6,8 @@
 //! unqualified columns resolve as before. A `WITH derived_data_bars AS (...)` shadows the table
 //! and is left alone. Statements for the secondary may be re-rendered (docs/DESIGN.md,
 //! principle 3). A read of a table whose rule has a `where` must ask for the rule's rows only
-//! ([`coverage`]).
+//! ([`coverage`]): its conditions must imply the `where` ([`prove`], over [`formula`]s of
+//! conditions whose literals are read as [`value`]s of the column's type).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -19,8 +20,13 @@ use super::view::{fold, resolve};
 use super::SqlError;
 
 mod coverage;
+mod formula;
+pub mod prove;
+pub mod value;
 use crate::rules::{RuleSet, TableName};
 use coverage::coverage;
+pub use coverage::Covered;
+pub use prove::{Bound, Deferred};
 
 /// The inline view SQL of each source table whose rule has known columns, with the index that
 /// names its placeholder.
@@ -125,7 +131,7 @@ pub fn rewrite(
     views: &Views,
     reads: &[TableName],
     rules: &RuleSet,
-) -> Result<(String, Vec<(usize, String)>), SqlError> {
+) -> Result<(String, Covered), SqlError> {
     let Statement::Query(_) = stmt else {
         return Err(SqlError::NotAQuery);
     };
@@ -135,9 +141,9 @@ pub fn rewrite(
     if sql.contains(PLACEHOLDER) {
         return Err(SqlError::ReservedName(PLACEHOLDER));
     }
-    let params = coverage(stmt, rules).map_err(SqlError::BeyondWhere)?;
+    let covered = coverage(stmt, rules).map_err(SqlError::BeyondWhere)?;
     let mut stmt = stmt.clone();
     render_with_views(&mut stmt, views)
-        .map(|sql| (sql, params))
+        .map(|sql| (sql, covered))
         .ok_or(SqlError::NothingToRewrite)
 }
