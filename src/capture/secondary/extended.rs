@@ -255,7 +255,7 @@ impl<'a> Driver<'a> {
             return;
         }
         let key = format!("{query}\0{:?}", wire::parse_param_types(parse));
-        if let Some(d) = t.described_texts.get(&key).cloned() {
+        if let Some(d) = t.described_texts.get(&key).and_then(|d| d.fresh()) {
             t.described.insert(name.to_string(), d);
             return;
         }

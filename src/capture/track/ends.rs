@@ -26,7 +26,7 @@ impl Tracker {
                         if self.described_texts.len() >= SHAPES_KEPT {
                             self.described_texts.clear();
                         }
-                        self.described_texts.insert(key, d.clone());
+                        self.described_texts.insert(key, Kept::new(d.clone()));
                         self.described.insert(name, d);
                     }
                     Some(Action::Drop)

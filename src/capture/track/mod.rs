@@ -75,8 +75,9 @@ pub struct Tracker {
     pub last_commit: Option<u64>,
     /// The primary's descriptions of the client's prepared statements.
     pub described: std::collections::HashMap<String, Described>,
-    /// The same, by statement text and declared parameter types.
-    pub described_texts: std::collections::HashMap<String, Described>,
+    /// The same, by statement text and declared parameter types (trusted as long as a simple
+    /// read's shape: a statement parsed again is described again once this one is stale).
+    pub described_texts: std::collections::HashMap<String, Kept<Described>>,
     /// The primary's row descriptions of simple-protocol reads, by query shape.
     pub shapes: std::collections::HashMap<String, Kept<Option<Bytes>>>,
     /// The open transaction's isolation level, when a statement of it named one.
