@@ -244,3 +244,67 @@ fn a_cancelled_backfill_ends_cancelled_and_resumes_when_started_again() {
         psql_on(c.secondary_port, &db, ACTUAL)
     );
 }
+
+/// The race the design is for, made certain: a transaction whose COMMIT is slow on the primary
+/// (a deferred trigger sleeps) is journaled before the chunk's snapshot but invisible to it, so
+/// it is applied before the chunk; the chunk must leave its keys alone, or the deleted row comes
+/// back and the updated one reverts.
+#[test]
+fn a_chunk_leaves_out_the_keys_of_a_transaction_its_snapshot_did_not_see() {
+    let (bridge, db) = with_unmirrored_rows("backfill_unseen", 3000);
+    let c = cluster();
+    psql_on(
+        c.primary_port,
+        &db,
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.75); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow AFTER UPDATE OR DELETE ON derived_data_bars \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    );
+    let writer = {
+        let conn = bridge.conn_str("postgres", "", &db);
+        std::thread::spawn(move || {
+            let ts = |i: u32| {
+                format!("'2026-01-01 00:00:00+00'::timestamptz + {i} * interval '1 minute'")
+            };
+            let script = format!(
+                "BEGIN;\nUPDATE derived_data_bars SET volume = 424242 WHERE symbol = 'DXY' AND ts = {};\n\
+                 DELETE FROM derived_data_bars WHERE symbol = 'DXY' AND ts = {};\nCOMMIT;\n",
+                ts(10),
+                ts(11)
+            );
+            psql_script(&conn, &script)
+        })
+    };
+    // Its intent is journaled before its COMMIT goes to the primary, which then takes 1.5 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&bridge)["mirror"]["journal_seq"].as_u64() < Some(1) {
+        assert!(Instant::now() < deadline, "{}", bridge.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, answer) = start(&bridge, "derived_data_bars", "{\"chunk_rows\":5000}");
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["job"].as_i64().unwrap();
+    let (out, rc) = writer.join().unwrap();
+    assert_eq!(rc, 0, "{out}");
+    wait_state(&bridge, id, "done");
+    wait_applied(&bridge);
+    psql_on(
+        c.primary_port,
+        &db,
+        "DROP TRIGGER slow ON derived_data_bars",
+    );
+    assert_equal(&db);
+    let count = |port, sql: &str| psql_on(port, &db, sql).trim().to_string();
+    assert_eq!(
+        count(c.secondary_port, "SELECT count(*) FROM data_bars"),
+        "2999"
+    );
+    assert_eq!(
+        count(
+            c.secondary_port,
+            "SELECT count(*) FROM data_bars WHERE volume = 424242"
+        ),
+        "1"
+    );
+}
