@@ -44,6 +44,20 @@ fn start(bridge: &Bridge, table: &str, body: &str) -> (u16, serde_json::Value) {
     (code, value)
 }
 
+/// `pgbridge ctl` against the bridge's admin API, with its token.
+fn ctl(bridge: &Bridge, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgbridge"))
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://127.0.0.1:{}", bridge.admin_port),
+        ])
+        .args(["--token", TOKEN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn job(bridge: &Bridge, id: i64) -> serde_json::Value {
     let (code, body) = bridge.admin_get(&format!("/api/jobs/{id}"));
     assert_eq!(code, 200, "{body}");
@@ -204,6 +218,12 @@ fn a_rule_without_a_key_is_refused() {
     assert_eq!(code, 409, "{answer}");
     let message = answer["error"].as_str().unwrap();
     assert!(message.contains("has no key"), "{message}");
+    let out = ctl(&bridge, &["backfill", "derived_data_bars"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no key"),
+        "{out:?}"
+    );
     let (code, answer) = start(&bridge, "nosuch", "{}");
     assert_eq!(code, 404, "{answer}");
     let path = "/api/tables/derived_data_bars/backfill";
@@ -228,13 +248,21 @@ fn a_cancelled_backfill_ends_cancelled_and_resumes_when_started_again() {
     let cancelled = wait_state(&bridge, id, "cancelled");
     let done = cancelled["rows_done"].as_i64().unwrap();
     assert!(done > 0 && done < 5000, "{cancelled}");
-    let (code, answer) = start(&bridge, "derived_data_bars", "{\"chunk_rows\":2000}");
-    assert_eq!(code, 202, "{answer}");
-    assert_eq!(
-        answer["job"].as_i64(),
-        Some(id),
-        "the cancelled job resumes"
+    // `ctl backfill` resumes it and waits, with plain progress lines off a terminal.
+    let out = ctl(
+        &bridge,
+        &["backfill", "derived_data_bars", "--chunk-rows", "2000"],
     );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("job {id} done")), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rows/s"),
+        "{out:?}"
+    );
+    let out = ctl(&bridge, &["jobs", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "the job resumed: {jobs}");
     let finished = wait_state(&bridge, id, "done");
     assert_eq!(finished["rows_done"].as_i64(), Some(5000), "{finished}");
     wait_applied(&bridge);

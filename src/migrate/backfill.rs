@@ -69,21 +69,25 @@ pub(super) async fn copy(
                 failures = 0;
                 last_key = Some(read.last_key);
                 run.add(n);
-                metrics::counter!("pgbridge_backfill_rows_total", "table" => rule.source.to_string())
-                    .increment(n);
+                let table = rule.source.to_string();
+                metrics::counter!("pgbridge_backfill_rows_total", "table" => table).increment(n);
             }
             ChunkOutcome::Retry => debug!(table = %rule.source, "backfill chunk read again"),
-            ChunkOutcome::Failed(e) => {
-                failures += 1;
-                warn!(table = %rule.source, error = %e, failures, "backfill chunk failed");
-                if failures >= MAX_FAILURES {
-                    return Err(JobError::Chunk(e));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut failures).await?,
         }
         run.throttle().await;
     }
+}
+
+/// A chunk the applier could not apply: tried again after a pause, a few times.
+async fn chunk_failed(rule: &Rule, error: String, failures: &mut u32) -> Result<(), JobError> {
+    *failures += 1;
+    warn!(table = %rule.source, error = %error, failures = *failures, "backfill chunk failed");
+    if *failures >= MAX_FAILURES {
+        return Err(JobError::Chunk(error));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
 }
 
 /// Hands one chunk to the applier and waits for what became of it.
@@ -178,35 +182,46 @@ async fn read_in_txn(
         .query(sql, &params)
         .await
         .map_err(JobError::Primary)?;
-    let k = rule.key.len();
-    let cols = rule.source_columns.as_deref().unwrap_or_default();
-    let mut out = Vec::with_capacity(rows.len());
-    let mut last_key = Vec::new();
-    for r in &rows {
-        let key = canonical(r, k).map_err(JobError::Primary)?;
-        let mut row = Row::with_capacity(cols.len());
-        for (i, c) in cols.iter().enumerate() {
-            let v: Option<String> = r.get(k + i);
-            let value = match &v {
-                Some(s) => Value::text(25, s),
-                None => Value::null(25),
-            };
-            row = row.with(&c.name, value);
-        }
-        last_key = rule
-            .key
-            .iter()
-            .map(|name| row.get(name).and_then(|v| v.bytes.as_ref()))
-            .map(|b| b.map(|b| String::from_utf8_lossy(b).into_owned()))
-            .collect();
-        out.push((key, row));
-    }
+    let out = rows
+        .iter()
+        .map(|r| chunk_row(rule, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_key = out
+        .last()
+        .map(|(_, row)| key_text(rule, row))
+        .unwrap_or_default();
     info!(table = %rule.source, rows = out.len(), "backfill chunk read");
     Ok(Read {
         snapshot,
         rows: out,
         last_key,
     })
+}
+
+/// A result row as the keys' canonical form and the row image (every column as text).
+fn chunk_row(rule: &Rule, r: &tokio_postgres::Row) -> Result<(CanonicalKey, Row), JobError> {
+    let k = rule.key.len();
+    let key = canonical(r, k).map_err(JobError::Primary)?;
+    let cols = rule.source_columns.as_deref().unwrap_or_default();
+    let mut row = Row::with_capacity(cols.len());
+    for (i, c) in cols.iter().enumerate() {
+        let v: Option<String> = r.try_get(k + i).map_err(JobError::Primary)?;
+        let value = match &v {
+            Some(s) => Value::text(25, s),
+            None => Value::null(25),
+        };
+        row = row.with(&c.name, value);
+    }
+    Ok((key, row))
+}
+
+/// The key columns' text values of a row image, in rule key order (the job's last key).
+fn key_text(rule: &Rule, row: &Row) -> Vec<Option<String>> {
+    rule.key
+        .iter()
+        .map(|name| row.get(name).and_then(|v| v.bytes.as_ref()))
+        .map(|b| b.map(|b| String::from_utf8_lossy(b).into_owned()))
+        .collect()
 }
 
 /// `SELECT key..., col::text... FROM source WHERE (where) AND (key) > ($1...) ORDER BY key

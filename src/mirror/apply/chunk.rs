@@ -223,17 +223,9 @@ impl Applier {
         client: &Client,
         chunk: &Chunk,
     ) -> Result<ChunkOutcome, ApplyError> {
-        let written = lock(&self.chunks.watched)
-            .get(&chunk.table)
-            .cloned()
-            .unwrap_or_default();
-        let mut skip = HashSet::new();
-        for w in written.iter().filter(|w| !chunk.snapshot.sees(w.xid)) {
-            match &w.key {
-                Some(k) => skip.insert(k.clone()),
-                None => return Ok(ChunkOutcome::Retry),
-            };
-        }
+        let Some(skip) = self.unseen_keys(chunk) else {
+            return Ok(ChunkOutcome::Retry);
+        };
         let Some((rule, plan)) = self.live_plan(&chunk.table)? else {
             return Ok(ChunkOutcome::Failed("no rule mirrors the table".into()));
         };
@@ -261,6 +253,21 @@ impl Applier {
                 Err(e)
             }
         }
+    }
+
+    /// The keys that changes applied since the watch began, of transactions the chunk's snapshot
+    /// did not see, wrote; `None` when one of them may have written any key.
+    fn unseen_keys(&self, chunk: &Chunk) -> Option<HashSet<CanonicalKey>> {
+        let watched = lock(&self.chunks.watched);
+        let written = watched
+            .get(&chunk.table)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        written
+            .iter()
+            .filter(|w| !chunk.snapshot.sees(w.xid))
+            .map(|w| w.key.clone())
+            .collect()
     }
 
     async fn chunk_in_txn(
