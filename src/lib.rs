@@ -19,6 +19,8 @@
 //!   secondary.
 //! - [`mirror`] takes a committed transaction from there: the durable journal, the applier to
 //!   the secondary, in-doubt resolution, parked transactions, the mirror's figures.
+//! - [`migrate`] is the jobs that run inside the proxy: the backfill of the rows that existed
+//!   before mirroring, through the applier's ordered path.
 //! - [`reads`] is where reads go: the routing decision, the read flags with their gate and audit,
 //!   serving on the secondary, shadow reads.
 //! - [`divergence`] records every difference as typed JSON lines and metrics, and compares
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod divergence;
 pub mod instance;
+pub mod migrate;
 pub mod mirror;
 pub mod net;
 pub mod pgcluster;

@@ -5,10 +5,13 @@
 //!
 //! - [`status`]: `GET /api/status`.
 //! - [`reads`]: `PUT /api/tables/{source}/reads`.
+//! - [`jobs`]: `POST /api/tables/{source}/backfill`, `GET /api/jobs[/{id}]`, `DELETE
+//!   /api/jobs/{id}`.
 //! - [`metrics`]: the Prometheus recorder `GET /metrics` renders.
 //! - [`ctl`]: `pgbridge ctl`, the client of this API.
 
 pub mod ctl;
+pub mod jobs;
 pub mod metrics;
 pub mod reads;
 pub mod status;
@@ -18,7 +21,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Json;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -49,6 +52,9 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/api/status", get(status::status))
         .route("/api/tables/{source}/reads", put(reads::set_reads))
+        .route("/api/tables/{source}/backfill", post(jobs::start_backfill))
+        .route("/api/jobs", get(jobs::list))
+        .route("/api/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .with_state(state)
 }
 

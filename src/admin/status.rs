@@ -26,6 +26,17 @@ pub struct TableStatus {
     /// The share of sessions whose reads go to `reads` (the others' stay on the primary).
     pub reads_percent: u8,
     pub mirror: String,
+    /// The table's backfill running in this process, or the last one that ended here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillStatus>,
+}
+
+/// A table's backfill in `/api/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackfillStatus {
+    pub job: i64,
+    pub state: String,
+    pub progress: crate::migrate::Progress,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -62,6 +73,14 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
                 reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
                 reads_percent: flags.percent(&r.source).unwrap_or(100),
                 mirror: r.mirror.as_str().to_string(),
+                backfill: m.jobs.as_ref().and_then(|j| {
+                    let (job, state, progress) = j.table_backfill(&r.source.to_string())?;
+                    Some(BackfillStatus {
+                        job,
+                        state,
+                        progress,
+                    })
+                }),
             })
             .collect();
         status.divergences = DivergenceStatus::from(m.recorder.counts());

@@ -84,4 +84,24 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Copy the source rows that existed before mirroring to the target, while applications
+    /// keep writing; resumable. Waits for the job with a progress bar unless --detach.
+    Backfill {
+        /// The source table, as the rules name it.
+        table: String,
+        /// Rows per chunk (each read in one snapshot on the primary; default 5000).
+        #[arg(long)]
+        chunk_rows: Option<i64>,
+        /// At most this many rows per second (0: unlimited).
+        #[arg(long)]
+        max_rows_per_sec: Option<i64>,
+        /// Start the job and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Backfill jobs: state, progress, rate, ETA; all of them, or job ID.
+    Jobs {
+        /// One job's id.
+        id: Option<i64>,
+    },
 }

@@ -63,6 +63,13 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             reason,
             force,
         } => ctl.set_reads(&table, &source, percent, reason.as_deref(), force),
+        CtlCommand::Backfill {
+            table,
+            chunk_rows,
+            max_rows_per_sec,
+            detach,
+        } => ctl.backfill(&table, chunk_rows, max_rows_per_sec, detach),
+        CtlCommand::Jobs { id } => ctl.jobs(id),
     }
 }
 

@@ -81,6 +81,8 @@ pub struct Migration {
     pub shadow: Option<Arc<Shadow>>,
     /// How sessions serve reads from the secondary; `None` without a secondary.
     pub serve: Option<Arc<ServeOptions>>,
+    /// Backfill jobs; `None` without a secondary.
+    pub jobs: Option<Arc<crate::migrate::Jobs>>,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -118,8 +120,17 @@ impl Migration {
             .as_ref()
             .map(|s| secondary_reads(config, s, &rules, &recorder, mirror.as_ref()))
             .unzip();
+        let jobs = config
+            .secondary
+            .as_ref()
+            .zip(mirror.as_ref())
+            .map(|(s, m)| {
+                let port = m.applier.chunk_port();
+                crate::migrate::Jobs::start(config, s.url.clone(), rules.clone(), port)
+            });
         Ok(Some(Migration {
             serve,
+            jobs,
             rules,
             analyzer,
             recorder,

@@ -4,6 +4,7 @@
 //! done, 1 refused (bad value, wrong token, unknown table, a safety gate), 2 the admin API could
 //! not be reached.
 
+mod jobs;
 mod reads;
 mod status;
 

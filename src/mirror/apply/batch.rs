@@ -95,7 +95,7 @@ impl Applier {
 
     /// Sets the batch's session settings, at session level so the next batches with the same
     /// settings skip this; nothing when they are in force already.
-    async fn queue_settings(
+    pub(super) async fn queue_settings(
         &mut self,
         client: &Client,
         settings: &[(String, String)],

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::chunk::ChunkPort;
 use crate::mirror::status::{MirrorReport, MirrorStats};
 use crate::mirror::Journal;
 
@@ -28,6 +29,7 @@ pub struct ApplierHandle {
     applied: watch::Receiver<u64>,
     task: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    port: ChunkPort,
 }
 
 impl ApplierHandle {
@@ -37,6 +39,7 @@ impl ApplierHandle {
         applied: watch::Receiver<u64>,
         task: JoinHandle<()>,
         ticker: JoinHandle<()>,
+        port: ChunkPort,
     ) -> ApplierHandle {
         ApplierHandle {
             journal,
@@ -44,6 +47,7 @@ impl ApplierHandle {
             applied,
             task,
             ticker,
+            port,
         }
     }
 
@@ -82,6 +86,11 @@ impl ApplierHandle {
     /// A receiver of the applied id, for whoever prefers to wait on it directly.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// Where backfill chunks are handed to the applier.
+    pub fn chunk_port(&self) -> ChunkPort {
+        self.port.clone()
     }
 
     pub fn stats(&self) -> &Arc<MirrorStats> {

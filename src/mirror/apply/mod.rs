@@ -20,9 +20,11 @@
 //! secondary transaction and the change dispatch), [`pipeline`] (its statements, prepared and
 //! sent together), one file per change kind ([`upsert`], [`delete`], [`update_key`],
 //! [`truncate`], [`statement`]), [`plan`] (the rules' live plans), [`park`], [`wire`] (values
-//! on the wire, errors classified) and [`handle`] (what sessions and the admin API hold).
+//! on the wire, errors classified), [`chunk`] (backfill chunks on the ordered path) and
+//! [`handle`] (what sessions and the admin API hold).
 
 mod batch;
+mod chunk;
 mod delete;
 mod handle;
 mod park;
@@ -52,6 +54,7 @@ use super::{Effect, Journal, Row};
 use crate::config::{MirrorConfig, OnError};
 use crate::divergence::{Divergence, Recorder};
 use crate::rules::{RuleSet, TableName};
+pub use chunk::{canonical, CanonicalKey, Chunk, ChunkOutcome, ChunkPort, Snapshot};
 pub use handle::{ApplierHandle, WaitError};
 use pipeline::Pending;
 use plan::LivePlan;
@@ -114,6 +117,8 @@ pub struct Applier {
     /// The session settings in force on the connection (set at session level by a committed
     /// batch); `None` when unknown (a new connection, a failed batch).
     settings: Option<Vec<(String, String)>>,
+    /// Backfill chunks handed over, and the keys noted for them.
+    chunks: chunk::ChunkInbox,
 }
 
 /// Why applying a batch failed.
@@ -154,6 +159,7 @@ impl Applier {
             .unwrap_or_else(|e| e.into_inner())
             .extend(parked::list(journal.dir()));
         let (applied, rx) = watch::channel(0);
+        let (chunks, port) = chunk::channel(journal.clone(), stats.clone());
         let applier = Applier {
             journal: journal.clone(),
             rules,
@@ -170,10 +176,11 @@ impl Applier {
             settings: None,
             parked_here: None,
             pending: Vec::new(),
+            chunks,
         };
         let task = tokio::spawn(applier.run().instrument(info_span!("applier")));
         let ticker = spawn_ticker(journal.clone(), stats.clone());
-        ApplierHandle::new(journal, stats, rx, task, ticker)
+        ApplierHandle::new(journal, stats, rx, task, ticker, port)
     }
 
     /// A refusal of the transaction being applied, for a change of `table`.

@@ -112,9 +112,17 @@ impl Applier {
         let mut changes = self.journal.subscribe();
         let mut limit = self.cfg.batch;
         loop {
-            let Some(ready) = self.ready(&mut changes, limit).await else {
+            self.chunk_if_due(client).await;
+            let Some(mut ready) = self.ready(&mut changes, limit).await else {
                 continue;
             };
+            // A backfill chunk waits for the intents up to its point, and goes before the rest.
+            if let Some(point) = self.chunk_point() {
+                ready.retain(|r| r.id <= point);
+                if ready.is_empty() {
+                    continue;
+                }
+            }
             // Aborted intents ahead are skipped without a secondary transaction.
             let skip = ready.iter().take_while(|r| !r.committed).count();
             if skip > 0 {
@@ -127,6 +135,7 @@ impl Applier {
             };
             limit = match self.apply_batch(client, &txns).await {
                 Ok(()) => {
+                    self.note_written(client, &txns).await;
                     self.batch_applied(&txns, last);
                     *backoff = self.cfg.min_backoff;
                     self.cfg.batch
@@ -139,13 +148,27 @@ impl Applier {
     /// The ready intents after the applied position, up to `limit`; when fewer, it lingers
     /// for more (`apply_linger_ms`). `None` when none were ready (after waiting a while for a
     /// journal change).
-    async fn ready(&self, changes: &mut watch::Receiver<u64>, limit: usize) -> Option<Vec<Ready>> {
+    async fn ready(
+        &mut self,
+        changes: &mut watch::Receiver<u64>,
+        limit: usize,
+    ) -> Option<Vec<Ready>> {
         changes.borrow_and_update();
         let pos = *self.applied.borrow();
         let mut ready = self.journal.ready_batch(pos, limit);
         if ready.is_empty() {
-            // Nothing ready: wait for an intent or outcome (or a second, to stay alive).
-            let _ = tokio::time::timeout(IDLE_WAIT, changes.changed()).await;
+            // Nothing ready: wait for an intent or outcome, a backfill chunk (or a second, to
+            // stay alive).
+            if self.chunk_point().is_none_or(|p| p > pos) {
+                let notify = self.chunks.notify.clone();
+                let wake = async {
+                    tokio::select! {
+                        _ = changes.changed() => {}
+                        _ = notify.notified() => {}
+                    }
+                };
+                let _ = tokio::time::timeout(IDLE_WAIT, wake).await;
+            }
             return None;
         }
         if ready.len() < limit && !self.cfg.linger.is_zero() {

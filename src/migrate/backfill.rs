@@ -1,0 +1,309 @@
+//! One backfill job's loop: read the next chunk of the source in key order in one REPEATABLE READ
+//! snapshot on the primary, hand it to the applier with the journal's ordering point, wait for
+//! it, and go on after its last key, throttled by rate and by the mirror's lag.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+
+use super::{store, JobError, Jobs, Running};
+use crate::mirror::apply::{canonical, CanonicalKey, Chunk, ChunkOutcome, Snapshot};
+use crate::mirror::{Row, Value};
+use crate::rules::{quote_ident, Rule};
+
+/// The settings the chunks' text values are produced under on the primary, and parsed under on
+/// the secondary.
+const SETTINGS: [(&str, &str); 5] = [
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
+/// Failed chunks in a row before the job fails.
+const MAX_FAILURES: u32 = 5;
+
+/// How a job's loop ended without an error.
+pub(super) enum Ended {
+    Done,
+    Cancelled,
+}
+
+/// One chunk as read: the snapshot, the rows with their canonical keys, and the last key's text.
+struct Read {
+    snapshot: Snapshot,
+    rows: Vec<(CanonicalKey, Row)>,
+    last_key: Vec<Option<String>>,
+}
+
+/// Copies the rule's rows after `last_key` until none are left or the job is cancelled.
+pub(super) async fn copy(
+    jobs: &Arc<Jobs>,
+    run: &Running,
+    mut last_key: Option<Vec<Option<String>>>,
+) -> Result<Ended, JobError> {
+    let rule = jobs.backfillable(&run.table)?;
+    let primary = connect_primary(jobs).await?;
+    let first = chunk_sql(&rule, false, run.chunk_rows)?;
+    let next = chunk_sql(&rule, true, run.chunk_rows)?;
+    let mut failures = 0;
+    loop {
+        if run.is_cancelled() {
+            return Ok(Ended::Cancelled);
+        }
+        jobs.wait_for_lag(run).await;
+        // Before the snapshot: every transaction it cannot see is then noted when applied.
+        jobs.port.watch(&rule.source);
+        let sql = if last_key.is_some() { &next } else { &first };
+        let read = read_chunk(&primary, &rule, sql, last_key.as_deref()).await?;
+        if read.rows.is_empty() {
+            return Ok(Ended::Done);
+        }
+        let n = read.rows.len() as u64;
+        match hand_over(jobs, run, &rule, read.snapshot, read.rows, &read.last_key).await? {
+            ChunkOutcome::Applied { written, skipped } => {
+                debug!(table = %rule.source, written, skipped, "backfill chunk applied");
+                failures = 0;
+                last_key = Some(read.last_key);
+                run.add(n);
+                let table = rule.source.to_string();
+                metrics::counter!("pgbridge_backfill_rows_total", "table" => table).increment(n);
+            }
+            ChunkOutcome::Retry => debug!(table = %rule.source, "backfill chunk read again"),
+            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut failures).await?,
+        }
+        run.throttle().await;
+    }
+}
+
+/// A chunk the applier could not apply: tried again after a pause, a few times.
+async fn chunk_failed(rule: &Rule, error: String, failures: &mut u32) -> Result<(), JobError> {
+    *failures += 1;
+    warn!(table = %rule.source, error = %error, failures = *failures, "backfill chunk failed");
+    if *failures >= MAX_FAILURES {
+        return Err(JobError::Chunk(error));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+/// Hands one chunk to the applier and waits for what became of it.
+async fn hand_over(
+    jobs: &Jobs,
+    run: &Running,
+    rule: &Rule,
+    snapshot: Snapshot,
+    rows: Vec<(CanonicalKey, Row)>,
+    last_key: &[Option<String>],
+) -> Result<ChunkOutcome, JobError> {
+    let key_json = serde_json::to_string(last_key).map_err(|e| JobError::Corrupt(e.to_string()))?;
+    let progress = vec![run.id.to_string(), key_json, rows.len().to_string()];
+    let (done, outcome) = oneshot::channel();
+    let chunk = Chunk {
+        table: rule.source.clone(),
+        // After the snapshot: every transaction it saw has its intent at or before this id.
+        after: jobs.port.journal_last(),
+        snapshot,
+        settings: settings(),
+        rows,
+        progress: (store::PROGRESS_SQL.to_string(), progress),
+        done,
+    };
+    if !jobs.port.submit(chunk) {
+        return Err(JobError::ApplierStopped);
+    }
+    outcome.await.map_err(|_| JobError::ApplierStopped)
+}
+
+fn settings() -> Vec<(String, String)> {
+    SETTINGS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// pgbridge's own connection to the primary, with the pinned settings.
+async fn connect_primary(jobs: &Jobs) -> Result<Client, JobError> {
+    let (client, conn) = jobs.primary.connect().await.map_err(JobError::Primary)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "backfill connection ended");
+        }
+    });
+    let set: Vec<String> = SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET {k} = '{v}'"))
+        .collect();
+    client
+        .batch_execute(&set.join("; "))
+        .await
+        .map_err(JobError::Primary)?;
+    Ok(client)
+}
+
+/// The rows of the rule within its `where`, after the last key, in one snapshot.
+async fn read_chunk(
+    client: &Client,
+    rule: &Rule,
+    sql: &str,
+    after: Option<&[Option<String>]>,
+) -> Result<Read, JobError> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(JobError::Primary)?;
+    let result = read_in_txn(client, rule, sql, after).await;
+    let _ = client.batch_execute("COMMIT").await;
+    result
+}
+
+async fn read_in_txn(
+    client: &Client,
+    rule: &Rule,
+    sql: &str,
+    after: Option<&[Option<String>]>,
+) -> Result<Read, JobError> {
+    // The first statement takes the transaction's snapshot: the rows are read in this one.
+    let snap: String = client
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .map_err(JobError::Primary)?
+        .get(0);
+    let snapshot = Snapshot::parse(&snap).ok_or_else(|| JobError::Corrupt(snap.clone()))?;
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = after
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client
+        .query(sql, &params)
+        .await
+        .map_err(JobError::Primary)?;
+    let out = rows
+        .iter()
+        .map(|r| chunk_row(rule, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_key = out
+        .last()
+        .map(|(_, row)| key_text(rule, row))
+        .unwrap_or_default();
+    info!(table = %rule.source, rows = out.len(), "backfill chunk read");
+    Ok(Read {
+        snapshot,
+        rows: out,
+        last_key,
+    })
+}
+
+/// A result row as the keys' canonical form and the row image (every column as text).
+fn chunk_row(rule: &Rule, r: &tokio_postgres::Row) -> Result<(CanonicalKey, Row), JobError> {
+    let k = rule.key.len();
+    let key = canonical(r, k).map_err(JobError::Primary)?;
+    let cols = rule.source_columns.as_deref().unwrap_or_default();
+    let mut row = Row::with_capacity(cols.len());
+    for (i, c) in cols.iter().enumerate() {
+        let v: Option<String> = r.try_get(k + i).map_err(JobError::Primary)?;
+        let value = match &v {
+            Some(s) => Value::text(25, s),
+            None => Value::null(25),
+        };
+        row = row.with(&c.name, value);
+    }
+    Ok((key, row))
+}
+
+/// The key columns' text values of a row image, in rule key order (the job's last key).
+fn key_text(rule: &Rule, row: &Row) -> Vec<Option<String>> {
+    rule.key
+        .iter()
+        .map(|name| row.get(name).and_then(|v| v.bytes.as_ref()))
+        .map(|b| b.map(|b| String::from_utf8_lossy(b).into_owned()))
+        .collect()
+}
+
+/// `SELECT key..., col::text... FROM source WHERE (where) AND (key) > ($1...) ORDER BY key
+/// LIMIT n`: the keys in binary (their canonical form), every column as text.
+pub(super) fn chunk_sql(rule: &Rule, after: bool, limit: i64) -> Result<String, JobError> {
+    let cols = rule
+        .source_columns
+        .as_ref()
+        .ok_or_else(|| JobError::Unchecked(rule.source.to_string()))?;
+    let keys: Vec<String> = rule.key.iter().map(|k| quote_ident(k)).collect();
+    // Named apart from the keys, which ORDER BY names.
+    let texts: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}::text AS pgbridge_{i}", quote_ident(&c.name)))
+        .collect();
+    let mut conds: Vec<String> = rule.filter.iter().map(|f| format!("({f})")).collect();
+    if after {
+        let params = rule
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let c = cols.iter().find(|c| &c.name == k);
+                let ty = c.map_or("text", |c| c.type_name.as_str());
+                format!("${}::text::{ty}", i + 1)
+            })
+            .collect::<Vec<_>>();
+        conds.push(format!("({}) > ({})", keys.join(", "), params.join(", ")));
+    }
+    let condition = match conds.is_empty() {
+        true => String::new(),
+        false => format!(" WHERE {}", conds.join(" AND ")),
+    };
+    Ok(format!(
+        "SELECT {}, {} FROM {}{condition} ORDER BY {} LIMIT {limit}",
+        keys.join(", "),
+        texts.join(", "),
+        rule.source.quoted(),
+        keys.join(", ")
+    ))
+}
+
+/// How many rows the rule owns on the source now (the job's total).
+pub(super) async fn count(jobs: &Jobs, rule: &Rule) -> Result<i64, JobError> {
+    let client = connect_primary(jobs).await?;
+    let condition = rule
+        .filter
+        .as_ref()
+        .map(|f| format!(" WHERE ({f})"))
+        .unwrap_or_default();
+    let sql = format!("SELECT count(*) FROM {}{condition}", rule.source.quoted());
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(JobError::Primary)?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::view::tests::dxy_rule;
+
+    #[test]
+    fn a_chunk_is_read_in_key_order_after_the_last_key() {
+        let rule = dxy_rule();
+        let first = chunk_sql(&rule, false, 100).unwrap();
+        assert_eq!(
+            first,
+            "SELECT symbol, ts, symbol::text AS pgbridge_0, ts::text AS pgbridge_1, \
+             open::text AS pgbridge_2, high::text AS pgbridge_3, low::text AS pgbridge_4, \
+             close::text AS pgbridge_5, volume::text AS pgbridge_6 FROM public.derived_data_bars \
+             WHERE (symbol = 'DXY') ORDER BY symbol, ts LIMIT 100"
+        );
+        let next = chunk_sql(&rule, true, 5).unwrap();
+        assert!(
+            next.contains(
+                "WHERE (symbol = 'DXY') AND (symbol, ts) > ($1::text::text, \
+                 $2::text::timestamp with time zone) ORDER BY"
+            ),
+            "{next}"
+        );
+    }
+}
