@@ -256,7 +256,7 @@ impl Jobs {
         Ok(id)
     }
 
-    /// Runs a job in a task of its own.
+    /// Runs a job in a task of its own, unless it already runs here.
     fn spawn(self: &Arc<Self>, row: JobRow) {
         let run = Arc::new(Running {
             id: row.id,
@@ -270,7 +270,15 @@ impl Jobs {
             started: Instant::now(),
             ended: tokio::sync::Notify::new(),
         });
-        lock(&self.running).insert(row.id, run.clone());
+        {
+            // One task per job: the resumption of jobs left running by a previous process
+            // (retried until the secondary answers) may find a job this process just started.
+            let mut running = lock(&self.running);
+            if running.contains_key(&row.id) {
+                return;
+            }
+            running.insert(row.id, run.clone());
+        }
         let jobs = self.clone();
         let span = tracing::info_span!("backfill", job = row.id, table = %row.table);
         tokio::spawn(async move { jobs.run(run, row.last_key).await }.instrument(span));
