@@ -134,12 +134,15 @@ fn progress_line(job: &JobView) -> String {
 }
 
 fn render_one(job: &JobView) -> String {
-    let mut out = format!(
-        "job {} {}\n{}\n",
-        job.row.id,
-        job.row.state,
-        progress_line(job)
-    );
+    // The rate is the running job's; an ended one is told by its rows.
+    let progress = match job.row.state.as_str() {
+        "running" => progress_line(job),
+        _ => format!(
+            "{} {}: {} rows",
+            job.row.kind, job.row.table, job.progress.done
+        ),
+    };
+    let mut out = format!("job {} {}\n{progress}\n", job.row.id, job.row.state);
     if let Some(e) = &job.row.error {
         out.push_str(&format!("error: {e}\n"));
     }
