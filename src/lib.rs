@@ -30,6 +30,7 @@
 //!   `pgbridge demo` and the integration tests.
 
 pub mod admin;
+pub mod calendar;
 pub mod capture;
 pub mod cli;
 pub mod config;

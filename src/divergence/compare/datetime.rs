@@ -2,22 +2,16 @@
 //! its binary format, so a text `2000-01-01 01:00:00+01` equals a binary 0. Text is read and
 //! written in the ISO DateStyle, the one pgbridge pins on both sides before comparing.
 
-use crate::divergence::civil_from_days;
+use crate::calendar::{civil_from_days, PG_EPOCH_DAYS};
 
 /// Days since 2000-01-01 of a proleptic Gregorian date.
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468 - 10_957
+    crate::calendar::days_from_civil(y, m, d) - PG_EPOCH_DAYS
 }
 
 /// The date of a day number (days since 2000-01-01), as `YYYY-MM-DD`.
 pub(super) fn date_text(days: i64) -> String {
-    let (year, month, day) = civil_from_days(days + 10_957);
+    let (year, month, day) = civil_from_days(days + PG_EPOCH_DAYS);
     format!("{year:04}-{month:02}-{day:02}")
 }
 

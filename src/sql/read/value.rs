@@ -255,14 +255,7 @@ fn date(s: &str) -> Option<i64> {
     if !(1..=12).contains(&m) || d < 1 || d > days_in[m as usize - 1] {
         return None;
     }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    Some(crate::calendar::days_from_civil(y, m, d))
 }
 
 /// Digits only, as a number.
@@ -361,7 +354,7 @@ pub fn decode(bytes: &[u8], format: u16, oid: u32, param: Ty, col: Ty) -> Option
 
 /// PostgreSQL's binary send format of `ty`.
 fn binary(b: &[u8], ty: Ty) -> Option<Val> {
-    const PG_EPOCH_DAYS: i64 = 10_957;
+    use crate::calendar::PG_EPOCH_DAYS;
     let v = match (ty, b.len()) {
         (Ty::Int(21), 2) => Val::Num(Dec::parse(
             &i16::from_be_bytes(b.try_into().ok()?).to_string(),
