@@ -67,14 +67,11 @@ impl<'a> Driver<'a> {
     ) -> Option<Step> {
         match self.route(analysis) {
             Route::Shadow { sql, table } => {
-                // Compared only where the secondary's answer may be the same.
-                match self.snapshot_allows_known() {
-                    Some(true) => {}
-                    Some(false) => return None,
-                    None => {
-                        self.learn_default_level();
-                        return None;
-                    }
+                // A block of one snapshot was routed to the primary; one whose level the
+                // primary has not told yet is not compared (it is asked, for the next read).
+                if self.snapshot_allows_known().is_none() {
+                    self.learn_default_level();
+                    return None;
                 }
                 // Not sampled: served as any read, nothing kept.
                 let shadow = self.shared.lock().shadow.clone()?;
