@@ -49,7 +49,8 @@ pub mod sql;
 /// An error that ends a command; its code is the process's exit code.
 #[derive(Debug)]
 pub struct CliError {
-    /// 1: the user's input is wrong; 2: something needed could not be reached.
+    /// 1: the user's input is wrong; 2: something needed could not be reached; 3: a verify
+    /// found differences.
     pub code: u8,
     pub message: String,
 }
@@ -59,6 +60,14 @@ impl CliError {
     pub fn user(e: impl std::fmt::Display) -> Self {
         CliError {
             code: 1,
+            message: e.to_string(),
+        }
+    }
+
+    /// A verify found differences: exit 3.
+    pub fn differences(e: impl std::fmt::Display) -> Self {
+        CliError {
+            code: 3,
             message: e.to_string(),
         }
     }

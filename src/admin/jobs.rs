@@ -1,5 +1,6 @@
-//! The jobs endpoints: `POST /api/tables/{source}/backfill` starts a backfill, `GET /api/jobs`
-//! and `GET /api/jobs/{id}` show jobs with their progress, `DELETE /api/jobs/{id}` cancels one.
+//! The jobs endpoints: `POST /api/tables/{source}/backfill` starts a backfill, `POST
+//! /api/verify` a verify, `POST /api/tables/{source}/repair` a repair; `GET /api/jobs` and `GET
+//! /api/jobs/{id}` show jobs with their progress and result, `DELETE /api/jobs/{id}` cancels one.
 
 use std::sync::Arc;
 
@@ -21,22 +22,44 @@ struct BackfillStart {
     max_rows_per_sec: Option<i64>,
 }
 
+/// The body of `POST /api/verify` (empty: every table).
+#[derive(Debug, Default, Deserialize)]
+struct VerifyStart {
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(default)]
+    chunk_rows: Option<i64>,
+    #[serde(default)]
+    max_rows_per_sec: Option<i64>,
+}
+
+/// The body of `POST /api/tables/{source}/repair` (empty: the table's last verify).
+#[derive(Debug, Default, Deserialize)]
+struct RepairStart {
+    #[serde(default)]
+    verify: Option<i64>,
+}
+
 /// The jobs of the proxy, or why there are none: no rules, or no secondary.
 fn jobs(state: &AppState) -> Result<Arc<Jobs>, Box<Response>> {
     let refused = |message: &str| Box::new(problem(StatusCode::BAD_REQUEST, message.into()));
     let Some(m) = &state.instance.migration else {
-        return Err(refused("no rules are loaded: there is nothing to backfill"));
+        return Err(refused("no rules are loaded: no table has jobs"));
     };
     m.jobs
         .clone()
-        .ok_or_else(|| refused("no [secondary] is configured: a backfill needs one to copy into"))
+        .ok_or_else(|| refused("no [secondary] is configured: jobs need one"))
 }
 
 /// An error's HTTP status.
 fn status_of(e: &JobError) -> StatusCode {
     match e {
         JobError::UnknownTable(_) | JobError::NoJob(_) => StatusCode::NOT_FOUND,
-        JobError::NoKey(_) | JobError::NotRows(..) | JobError::Unchecked(_) => StatusCode::CONFLICT,
+        JobError::NoKey(_)
+        | JobError::VerifyNoKey(_)
+        | JobError::NotRows(..)
+        | JobError::Unchecked(_)
+        | JobError::NoVerify(..) => StatusCode::CONFLICT,
         JobError::Running(..) => StatusCode::CONFLICT,
         JobError::ChunkRows => StatusCode::BAD_REQUEST,
         JobError::Secondary(_) | JobError::Primary(_) => StatusCode::BAD_GATEWAY,
@@ -48,33 +71,76 @@ fn failed(e: JobError) -> Response {
     problem(status_of(&e), e.to_string())
 }
 
+/// A mutating call's body, authorized and parsed (empty is the default).
+fn body_of<T: Default + serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Arc<Jobs>, T), Box<Response>> {
+    if let Err((code, message)) = authorize(state, headers) {
+        return Err(Box::new(problem(code, message)));
+    }
+    let parsed = match body.is_empty() {
+        true => T::default(),
+        false => serde_json::from_slice(body).map_err(|e| {
+            Box::new(problem(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: {e}"),
+            ))
+        })?,
+    };
+    Ok((jobs(state)?, parsed))
+}
+
+fn started(result: Result<i64, JobError>) -> Response {
+    match result {
+        Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "job": id }))).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
 pub(super) async fn start_backfill(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err((code, message)) = authorize(&state, &headers) {
-        return problem(code, message);
-    }
-    let start: BackfillStart = match body.is_empty() {
-        true => BackfillStart::default(),
-        false => match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
-        },
-    };
-    let jobs = match jobs(&state) {
-        Ok(j) => j,
+    let (jobs, start) = match body_of::<BackfillStart>(&state, &headers, &body) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    match jobs
-        .start_backfill(&table, start.chunk_rows, start.max_rows_per_sec)
-        .await
-    {
-        Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "job": id }))).into_response(),
-        Err(e) => failed(e),
-    }
+    started(
+        jobs.start_backfill(&table, start.chunk_rows, start.max_rows_per_sec)
+            .await,
+    )
+}
+
+pub(super) async fn start_verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (jobs, start) = match body_of::<VerifyStart>(&state, &headers, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    started(
+        jobs.start_verify(&start.tables, start.chunk_rows, start.max_rows_per_sec)
+            .await,
+    )
+}
+
+pub(super) async fn start_repair(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(table): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (jobs, start) = match body_of::<RepairStart>(&state, &headers, &body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    started(jobs.start_repair(&table, start.verify).await)
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> Response {

@@ -5,8 +5,8 @@
 //!
 //! - [`status`]: `GET /api/status`.
 //! - [`reads`]: `PUT /api/tables/{source}/reads`.
-//! - [`jobs`]: `POST /api/tables/{source}/backfill`, `GET /api/jobs[/{id}]`, `DELETE
-//!   /api/jobs/{id}`.
+//! - [`jobs`]: `POST /api/tables/{source}/backfill`, `POST /api/verify`, `POST
+//!   /api/tables/{source}/repair`, `GET /api/jobs[/{id}]`, `DELETE /api/jobs/{id}`.
 //! - [`metrics`]: the Prometheus recorder `GET /metrics` renders.
 //! - [`ctl`]: `pgbridge ctl`, the client of this API.
 
@@ -53,6 +53,8 @@ fn router(state: AppState) -> Router {
         .route("/api/status", get(status::status))
         .route("/api/tables/{source}/reads", put(reads::set_reads))
         .route("/api/tables/{source}/backfill", post(jobs::start_backfill))
+        .route("/api/verify", post(jobs::start_verify))
+        .route("/api/tables/{source}/repair", post(jobs::start_repair))
         .route("/api/jobs", get(jobs::list))
         .route("/api/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .with_state(state)

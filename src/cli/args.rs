@@ -99,7 +99,37 @@ pub enum CtlCommand {
         #[arg(long)]
         detach: bool,
     },
-    /// Backfill jobs: state, progress, rate, ETA; all of them, or job ID.
+    /// Compare the rules' image of the source with the target, consistently with the mirror;
+    /// exit 0 equal, 3 differences found. Waits with a progress bar unless --detach.
+    Verify {
+        /// The source tables (every verifiable one when none).
+        tables: Vec<String>,
+        /// Write the reconciliation report (`[table.reconcile]`) to this CSV file.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+        /// Rows per chunk (each read in one snapshot on the primary; default 5000).
+        #[arg(long)]
+        chunk_rows: Option<i64>,
+        /// At most this many rows per second (0: unlimited).
+        #[arg(long)]
+        max_rows_per_sec: Option<i64>,
+        /// Start the job and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Make the target equal to the source where a verify found it different (missing and
+    /// differing rows copied, extra rows deleted), then check those keys again.
+    Repair {
+        /// The source table.
+        table: String,
+        /// The verify job whose findings to repair (default: the table's last verify).
+        #[arg(long)]
+        verify: Option<i64>,
+        /// Start the job and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Backfill, verify and repair jobs: state, progress, rate, ETA, result; all, or job ID.
     Jobs {
         /// One job's id.
         id: Option<i64>,

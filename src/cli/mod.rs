@@ -69,6 +69,24 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             max_rows_per_sec,
             detach,
         } => ctl.backfill(&table, chunk_rows, max_rows_per_sec, detach),
+        CtlCommand::Verify {
+            tables,
+            report,
+            chunk_rows,
+            max_rows_per_sec,
+            detach,
+        } => ctl.verify(crate::admin::ctl::VerifyArgs {
+            tables: &tables,
+            chunk_rows,
+            max_rows_per_sec,
+            report: report.as_deref(),
+            detach,
+        }),
+        CtlCommand::Repair {
+            table,
+            verify,
+            detach,
+        } => ctl.repair(&table, verify, detach),
         CtlCommand::Jobs { id } => ctl.jobs(id),
     }
 }

@@ -38,6 +38,8 @@ pub enum Kind {
     InDoubt,
     /// In sync mode, a COMMIT released before the secondary applied it.
     SyncTimeout,
+    /// A verify found a row missing, extra or different on the target.
+    VerifyMismatch,
 }
 
 impl Kind {
@@ -49,6 +51,7 @@ impl Kind {
             Kind::UnmirroredWrite => "unmirrored_write",
             Kind::InDoubt => "in_doubt",
             Kind::SyncTimeout => "sync_timeout",
+            Kind::VerifyMismatch => "verify_mismatch",
         }
     }
 }

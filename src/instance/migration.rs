@@ -126,7 +126,13 @@ impl Migration {
             .zip(mirror.as_ref())
             .map(|(s, m)| {
                 let port = m.applier.chunk_port();
-                crate::migrate::Jobs::start(config, s.url.clone(), rules.clone(), port)
+                crate::migrate::Jobs::start(
+                    config,
+                    s.url.clone(),
+                    rules.clone(),
+                    port,
+                    recorder.clone(),
+                )
             });
         Ok(Some(Migration {
             serve,

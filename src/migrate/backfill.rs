@@ -9,7 +9,9 @@ use tokio::sync::oneshot;
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
+use super::image::{self, Query, Scope, Side};
 use super::{store, JobError, Jobs, Running};
+use crate::config::PgUrl;
 use crate::mirror::apply::{canonical, CanonicalKey, Chunk, ChunkOutcome, Snapshot};
 use crate::mirror::{Row, Value};
 use crate::rules::{quote_ident, Rule};
@@ -33,10 +35,10 @@ pub(super) enum Ended {
 }
 
 /// One chunk as read: the snapshot, the rows with their canonical keys, and the last key's text.
-struct Read {
-    snapshot: Snapshot,
-    rows: Vec<(CanonicalKey, Row)>,
-    last_key: Vec<Option<String>>,
+pub(super) struct Read {
+    pub snapshot: Snapshot,
+    pub rows: Vec<(CanonicalKey, Row)>,
+    pub last_key: Vec<Option<String>>,
 }
 
 /// Copies the rule's rows after `last_key` until none are left or the job is cancelled.
@@ -47,8 +49,6 @@ pub(super) async fn copy(
 ) -> Result<Ended, JobError> {
     let rule = jobs.backfillable(&run.table)?;
     let primary = connect_primary(jobs).await?;
-    let first = chunk_sql(&rule, false, run.chunk_rows)?;
-    let next = chunk_sql(&rule, true, run.chunk_rows)?;
     let mut failures = 0;
     loop {
         if run.is_cancelled() {
@@ -57,13 +57,22 @@ pub(super) async fn copy(
         jobs.wait_for_lag(run).await;
         // Before the snapshot: every transaction it cannot see is then noted when applied.
         jobs.port.watch(&rule.source);
-        let sql = if last_key.is_some() { &next } else { &first };
-        let read = read_chunk(&primary, &rule, sql, last_key.as_deref()).await?;
+        let scope = Scope {
+            after: last_key.clone(),
+            ..Scope::default()
+        };
+        let query = chunk_query(&rule, &scope, Some(run.chunk_rows))?;
+        let read = read_chunk(&primary, &rule, &query).await?;
         if read.rows.is_empty() {
             return Ok(Ended::Done);
         }
         let n = read.rows.len() as u64;
-        match hand_over(jobs, run, &rule, read.snapshot, read.rows, &read.last_key).await? {
+        let chunk = Handed {
+            snapshot: read.snapshot,
+            rows: read.rows,
+            deletes: Vec::new(),
+        };
+        match hand_over(jobs, run, &rule, chunk, &read.last_key).await? {
             ChunkOutcome::Applied { written, skipped } => {
                 debug!(table = %rule.source, written, skipped, "backfill chunk applied");
                 failures = 0;
@@ -80,7 +89,11 @@ pub(super) async fn copy(
 }
 
 /// A chunk the applier could not apply: tried again after a pause, a few times.
-async fn chunk_failed(rule: &Rule, error: String, failures: &mut u32) -> Result<(), JobError> {
+pub(super) async fn chunk_failed(
+    rule: &Rule,
+    error: String,
+    failures: &mut u32,
+) -> Result<(), JobError> {
     *failures += 1;
     warn!(table = %rule.source, error = %error, failures = *failures, "backfill chunk failed");
     if *failures >= MAX_FAILURES {
@@ -90,17 +103,30 @@ async fn chunk_failed(rule: &Rule, error: String, failures: &mut u32) -> Result<
     Ok(())
 }
 
-/// Hands one chunk to the applier and waits for what became of it.
-async fn hand_over(
+/// What a job hands the applier: rows read in one snapshot, and keys to delete.
+pub(super) struct Handed {
+    pub snapshot: Snapshot,
+    pub rows: Vec<(CanonicalKey, Row)>,
+    pub deletes: Vec<(CanonicalKey, Row)>,
+}
+
+/// Hands one chunk to the applier and waits for what became of it; the job's progress (its
+/// last key, its rows) commits with it.
+pub(super) async fn hand_over(
     jobs: &Jobs,
     run: &Running,
     rule: &Rule,
-    snapshot: Snapshot,
-    rows: Vec<(CanonicalKey, Row)>,
+    handed: Handed,
     last_key: &[Option<String>],
 ) -> Result<ChunkOutcome, JobError> {
     let key_json = serde_json::to_string(last_key).map_err(|e| JobError::Corrupt(e.to_string()))?;
-    let progress = vec![run.id.to_string(), key_json, rows.len().to_string()];
+    let n = handed.rows.len() + handed.deletes.len();
+    let progress = vec![run.id.to_string(), key_json, n.to_string()];
+    let Handed {
+        snapshot,
+        rows,
+        deletes,
+    } = handed;
     let (done, outcome) = oneshot::channel();
     let chunk = Chunk {
         table: rule.source.clone(),
@@ -109,6 +135,7 @@ async fn hand_over(
         snapshot,
         settings: settings(),
         rows,
+        deletes,
         progress: (store::PROGRESS_SQL.to_string(), progress),
         done,
     };
@@ -126,46 +153,45 @@ fn settings() -> Vec<(String, String)> {
 }
 
 /// pgbridge's own connection to the primary, with the pinned settings.
-async fn connect_primary(jobs: &Jobs) -> Result<Client, JobError> {
-    let (client, conn) = jobs.primary.connect().await.map_err(JobError::Primary)?;
+pub(super) async fn connect_primary(jobs: &Jobs) -> Result<Client, JobError> {
+    connect_pinned(&jobs.primary)
+        .await
+        .map_err(JobError::Primary)
+}
+
+/// A connection under the settings every job reads and writes values in, so that a value's
+/// text is the same on both sides.
+pub(super) async fn connect_pinned(url: &PgUrl) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = url.connect().await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            debug!(error = %e, "backfill connection ended");
+            debug!(error = %e, "job connection ended");
         }
     });
     let set: Vec<String> = SETTINGS
         .iter()
         .map(|(k, v)| format!("SET {k} = '{v}'"))
         .collect();
-    client
-        .batch_execute(&set.join("; "))
-        .await
-        .map_err(JobError::Primary)?;
+    client.batch_execute(&set.join("; ")).await?;
     Ok(client)
 }
 
 /// The rows of the rule within its `where`, after the last key, in one snapshot.
-async fn read_chunk(
+pub(super) async fn read_chunk(
     client: &Client,
     rule: &Rule,
-    sql: &str,
-    after: Option<&[Option<String>]>,
+    query: &Query,
 ) -> Result<Read, JobError> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(JobError::Primary)?;
-    let result = read_in_txn(client, rule, sql, after).await;
+    let result = read_in_txn(client, rule, query).await;
     let _ = client.batch_execute("COMMIT").await;
     result
 }
 
-async fn read_in_txn(
-    client: &Client,
-    rule: &Rule,
-    sql: &str,
-    after: Option<&[Option<String>]>,
-) -> Result<Read, JobError> {
+async fn read_in_txn(client: &Client, rule: &Rule, query: &Query) -> Result<Read, JobError> {
     // The first statement takes the transaction's snapshot: the rows are read in this one.
     let snap: String = client
         .query_one("SELECT pg_current_snapshot()::text", &[])
@@ -173,13 +199,8 @@ async fn read_in_txn(
         .map_err(JobError::Primary)?
         .get(0);
     let snapshot = Snapshot::parse(&snap).ok_or_else(|| JobError::Corrupt(snap.clone()))?;
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = after
-        .unwrap_or_default()
-        .iter()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
     let rows = client
-        .query(sql, &params)
+        .query(&query.sql, &image::params(query))
         .await
         .map_err(JobError::Primary)?;
     let out = rows
@@ -216,7 +237,7 @@ fn chunk_row(rule: &Rule, r: &tokio_postgres::Row) -> Result<(CanonicalKey, Row)
 }
 
 /// The key columns' text values of a row image, in rule key order (the job's last key).
-fn key_text(rule: &Rule, row: &Row) -> Vec<Option<String>> {
+pub(super) fn key_text(rule: &Rule, row: &Row) -> Vec<Option<String>> {
     rule.key
         .iter()
         .map(|name| row.get(name).and_then(|v| v.bytes.as_ref()))
@@ -224,9 +245,13 @@ fn key_text(rule: &Rule, row: &Row) -> Vec<Option<String>> {
         .collect()
 }
 
-/// `SELECT key..., col::text... FROM source WHERE (where) AND (key) > ($1...) ORDER BY key
-/// LIMIT n`: the keys in binary (their canonical form), every column as text.
-pub(super) fn chunk_sql(rule: &Rule, after: bool, limit: i64) -> Result<String, JobError> {
+/// `SELECT key..., col::text... FROM source WHERE (where) AND (scope) ORDER BY key LIMIT n`:
+/// the keys in binary (their canonical form), every column as text.
+pub(super) fn chunk_query(
+    rule: &Rule,
+    scope: &Scope,
+    limit: Option<i64>,
+) -> Result<Query, JobError> {
     let cols = rule
         .source_columns
         .as_ref()
@@ -238,31 +263,24 @@ pub(super) fn chunk_sql(rule: &Rule, after: bool, limit: i64) -> Result<String, 
         .enumerate()
         .map(|(i, c)| format!("{}::text AS pgbridge_{i}", quote_ident(&c.name)))
         .collect();
-    let mut conds: Vec<String> = rule.filter.iter().map(|f| format!("({f})")).collect();
-    if after {
-        let params = rule
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let c = cols.iter().find(|c| &c.name == k);
-                let ty = c.map_or("text", |c| c.type_name.as_str());
-                format!("${}::text::{ty}", i + 1)
-            })
-            .collect::<Vec<_>>();
-        conds.push(format!("({}) > ({})", keys.join(", "), params.join(", ")));
-    }
-    let condition = match conds.is_empty() {
-        true => String::new(),
-        false => format!(" WHERE {}", conds.join(" AND ")),
-    };
-    Ok(format!(
-        "SELECT {}, {} FROM {}{condition} ORDER BY {} LIMIT {limit}",
+    let cond = image::condition(rule, Side::Primary, scope)?;
+    let mut sql = format!(
+        "SELECT {}, {} FROM {}",
         keys.join(", "),
         texts.join(", "),
         rule.source.quoted(),
-        keys.join(", ")
-    ))
+    );
+    if !cond.sql.is_empty() {
+        sql.push_str(&format!(" WHERE {}", cond.sql));
+    }
+    sql.push_str(&format!(" ORDER BY {}", keys.join(", ")));
+    if let Some(n) = limit {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
+    Ok(Query {
+        sql,
+        params: cond.params,
+    })
 }
 
 /// How many rows the rule owns on the source now (the job's total).
@@ -289,15 +307,19 @@ mod tests {
     #[test]
     fn a_chunk_is_read_in_key_order_after_the_last_key() {
         let rule = dxy_rule();
-        let first = chunk_sql(&rule, false, 100).unwrap();
+        let first = chunk_query(&rule, &Scope::default(), Some(100)).unwrap();
         assert_eq!(
-            first,
+            first.sql,
             "SELECT symbol, ts, symbol::text AS pgbridge_0, ts::text AS pgbridge_1, \
              open::text AS pgbridge_2, high::text AS pgbridge_3, low::text AS pgbridge_4, \
              close::text AS pgbridge_5, volume::text AS pgbridge_6 FROM public.derived_data_bars \
              WHERE (symbol = 'DXY') ORDER BY symbol, ts LIMIT 100"
         );
-        let next = chunk_sql(&rule, true, 5).unwrap();
+        let after = Scope {
+            after: Some(vec![Some("DXY".into()), Some("2026-01-01".into())]),
+            ..Scope::default()
+        };
+        let next = chunk_query(&rule, &after, Some(5)).unwrap().sql;
         assert!(
             next.contains(
                 "WHERE (symbol = 'DXY') AND (symbol, ts) > ($1::text::text, \

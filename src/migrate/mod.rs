@@ -24,7 +24,11 @@
 //! after a crash the job resumes after the last chunk applied, repeating none.
 
 pub mod backfill;
+pub mod diff;
+pub mod image;
+pub mod repair;
 pub mod store;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -36,12 +40,22 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn, Instrument};
 
 use crate::config::{Config, PgUrl};
+use crate::divergence::Recorder;
 use crate::mirror::apply::ChunkPort;
 use crate::rules::{MirrorMode, Rule, RuleSet};
 use store::JobRow;
 
 /// Chunk size when none is given.
 pub const DEFAULT_CHUNK_ROWS: i64 = 5000;
+
+/// A chunk size given, or the default; checked.
+fn chunk_size(rows: Option<i64>) -> Result<i64, JobError> {
+    let rows = rows.unwrap_or(DEFAULT_CHUNK_ROWS);
+    match (1..=1_000_000).contains(&rows) {
+        true => Ok(rows),
+        false => Err(JobError::ChunkRows),
+    }
+}
 
 /// Why a job could not start or went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +70,12 @@ pub enum JobError {
     NotRows(String, &'static str),
     #[error("the rule of `{0}` was not checked against the databases (their columns are unknown)")]
     Unchecked(String),
-    #[error("a backfill of `{0}` is running already (job {1})")]
+    #[error("a job on `{0}` is running already (job {1})")]
     Running(String, i64),
+    #[error("table `{0}` has no key in its rule: a verify matches rows by key and needs one")]
+    VerifyNoKey(String),
+    #[error("no verify of `{0}` to repair from{1}")]
+    NoVerify(String, String),
     #[error("no job {0}")]
     NoJob(i64),
     #[error("chunk_rows must be between 1 and 1000000")]
@@ -94,7 +112,12 @@ pub struct Progress {
 /// A job running in this process.
 pub(crate) struct Running {
     pub id: i64,
+    /// backfill, verify or repair.
+    pub kind: String,
+    /// The table, or a verify's tables joined by commas.
     pub table: String,
+    /// The tables the job works on (no two jobs work on one table at once).
+    pub tables: Vec<String>,
     pub chunk_rows: i64,
     max_rows_per_sec: i64,
     cancel: AtomicBool,
@@ -113,6 +136,10 @@ impl Running {
 
     fn add(&self, n: u64) {
         self.done.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    fn done(&self) -> i64 {
+        self.done.load(Ordering::Relaxed)
     }
 
     fn progress(&self) -> Progress {
@@ -148,14 +175,20 @@ impl Running {
 pub struct Jobs {
     primary: PgUrl,
     secondary: PgUrl,
+    recorder: Arc<Recorder>,
+    /// `[shadow]`'s float tolerance (absolute, relative), under each rule's `[table.compare]`.
+    float_tolerance: (f64, f64),
     rules: Arc<ArcSwap<RuleSet>>,
     port: ChunkPort,
     max_lag_seconds: f64,
     max_lag_transactions: u64,
     running: Mutex<HashMap<i64, Arc<Running>>>,
-    /// The last job of each table in this process (status shows it).
-    latest: Mutex<HashMap<String, (i64, String, Progress)>>,
+    /// The last job of each kind and table in this process (status shows it).
+    latest: Mutex<HashMap<(String, String), Summary>>,
 }
+
+/// A job's id, state and progress, as status shows it.
+pub type Summary = (i64, String, Progress);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -163,14 +196,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Whether a rule can be backfilled; its live rule when it can.
 pub fn backfillable(rules: &RuleSet, table: &str) -> Result<Arc<Rule>, JobError> {
-    let rule = rules
-        .rules()
-        .iter()
-        .find(|r| {
-            let full = format!("{}.{}", r.source.schema, r.source.name);
-            r.source.to_string() == table || full == table
-        })
-        .ok_or_else(|| JobError::UnknownTable(table.to_string()))?;
+    let rule = find(rules, table)?;
     if rule.key.is_empty() {
         return Err(JobError::NoKey(table.to_string()));
     }
@@ -180,7 +206,31 @@ pub fn backfillable(rules: &RuleSet, table: &str) -> Result<Arc<Rule>, JobError>
     if rule.source_columns.is_none() {
         return Err(JobError::Unchecked(table.to_string()));
     }
-    Ok(rule.clone())
+    Ok(rule)
+}
+
+/// Whether a rule can be verified (or repaired): checked, with a key; its live rule when it can.
+pub fn verifiable(rules: &RuleSet, table: &str) -> Result<Arc<Rule>, JobError> {
+    let rule = find(rules, table)?;
+    if rule.key.is_empty() {
+        return Err(JobError::VerifyNoKey(table.to_string()));
+    }
+    if rule.source_columns.is_none() || rule.target_columns.is_none() {
+        return Err(JobError::Unchecked(table.to_string()));
+    }
+    Ok(rule)
+}
+
+fn find(rules: &RuleSet, table: &str) -> Result<Arc<Rule>, JobError> {
+    rules
+        .rules()
+        .iter()
+        .find(|r| {
+            let full = format!("{}.{}", r.source.schema, r.source.name);
+            r.source.to_string() == table || full == table
+        })
+        .cloned()
+        .ok_or_else(|| JobError::UnknownTable(table.to_string()))
 }
 
 impl Jobs {
@@ -191,10 +241,16 @@ impl Jobs {
         secondary: PgUrl,
         rules: Arc<ArcSwap<RuleSet>>,
         port: ChunkPort,
+        recorder: Arc<Recorder>,
     ) -> Arc<Jobs> {
         let jobs = Arc::new(Jobs {
             primary: config.primary.url.clone(),
             secondary,
+            recorder,
+            float_tolerance: (
+                config.shadow.float_tolerance_abs,
+                config.shadow.float_tolerance_rel,
+            ),
             rules,
             port,
             max_lag_seconds: config.admin.gate_max_lag_seconds,
@@ -211,6 +267,10 @@ impl Jobs {
         backfillable(&self.rules.load(), table)
     }
 
+    fn verifiable(&self, table: &str) -> Result<Arc<Rule>, JobError> {
+        verifiable(&self.rules.load(), table)
+    }
+
     /// Starts a backfill of `table` (resuming its last cancelled or failed one); its job id.
     pub async fn start_backfill(
         self: &Arc<Self>,
@@ -220,13 +280,8 @@ impl Jobs {
     ) -> Result<i64, JobError> {
         let rule = self.backfillable(table)?;
         let table = rule.source.to_string();
-        let chunk_rows = chunk_rows.unwrap_or(DEFAULT_CHUNK_ROWS);
-        if !(1..=1_000_000).contains(&chunk_rows) {
-            return Err(JobError::ChunkRows);
-        }
-        if let Some(r) = lock(&self.running).values().find(|r| r.table == table) {
-            return Err(JobError::Running(table, r.id));
-        }
+        let chunk_rows = chunk_size(chunk_rows)?;
+        self.refuse_busy(std::slice::from_ref(&table))?;
         let client = store::connect(&self.secondary).await?;
         let earlier = store::list(&client, None).await?.into_iter().find(|j| {
             j.kind == "backfill" && j.table == table && j.state != "done" && j.state != "running"
@@ -237,10 +292,14 @@ impl Jobs {
                 (j, true)
             }
             None => {
-                let rate = max_rows_per_sec.unwrap_or(0);
-                let id = store::create(&client, "backfill", &table, chunk_rows, rate).await?;
-                let row = store::get(&client, id).await?.ok_or(JobError::NoJob(id))?;
-                (row, false)
+                let job = store::NewJob {
+                    kind: "backfill",
+                    table: &table,
+                    chunk_rows,
+                    max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
+                    params: None,
+                };
+                (self.create(&client, &job).await?, false)
             }
         };
         row.chunk_rows = chunk_rows;
@@ -256,11 +315,113 @@ impl Jobs {
         Ok(id)
     }
 
+    /// Starts a verify of `tables` (every verifiable rule's when empty); its job id.
+    pub async fn start_verify(
+        self: &Arc<Self>,
+        tables: &[String],
+        chunk_rows: Option<i64>,
+        max_rows_per_sec: Option<i64>,
+    ) -> Result<i64, JobError> {
+        let rules = self.rules.load();
+        let chosen: Vec<Arc<Rule>> = match tables.is_empty() {
+            true => rules
+                .rules()
+                .iter()
+                .filter(|r| verifiable(&rules, &r.source.to_string()).is_ok())
+                .cloned()
+                .collect(),
+            false => tables
+                .iter()
+                .map(|t| verifiable(&rules, t))
+                .collect::<Result<_, _>>()?,
+        };
+        if chosen.is_empty() {
+            return Err(JobError::UnknownTable(
+                "(any: no rule can be verified)".into(),
+            ));
+        }
+        let names: Vec<String> = chosen.iter().map(|r| r.source.to_string()).collect();
+        self.refuse_busy(&names)?;
+        let mut total = 0;
+        for rule in &chosen {
+            total += backfill::count(self, rule).await?;
+        }
+        let client = store::connect(&self.secondary).await?;
+        let job = store::NewJob {
+            kind: "verify",
+            table: &names.join(","),
+            chunk_rows: chunk_size(chunk_rows)?,
+            max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
+            params: Some(serde_json::json!({ "tables": names })),
+        };
+        let mut row = self.create(&client, &job).await?;
+        store::set_total(&client, row.id, total).await?;
+        row.rows_total = Some(total);
+        info!(job = row.id, tables = %row.table, "verify started");
+        let id = row.id;
+        self.spawn(row);
+        Ok(id)
+    }
+
+    /// Starts a repair of `table` from verify job `verify` (its last verify when `None`).
+    pub async fn start_repair(
+        self: &Arc<Self>,
+        table: &str,
+        verify: Option<i64>,
+    ) -> Result<i64, JobError> {
+        let rule = verifiable(&self.rules.load(), table)?;
+        let table = rule.source.to_string();
+        self.refuse_busy(std::slice::from_ref(&table))?;
+        let client = store::connect(&self.secondary).await?;
+        let verify = repair::find_verify(&client, &table, verify).await?;
+        let keys = store::keys(&client, verify, &table).await?.len() as i64;
+        let job = store::NewJob {
+            kind: "repair",
+            table: &table,
+            chunk_rows: DEFAULT_CHUNK_ROWS.min(1000),
+            max_rows_per_sec: 0,
+            params: Some(serde_json::json!({ "verify": verify })),
+        };
+        let mut row = self.create(&client, &job).await?;
+        store::set_total(&client, row.id, keys).await?;
+        row.rows_total = Some(keys);
+        info!(job = row.id, table = %table, verify, keys, "repair started");
+        let id = row.id;
+        self.spawn(row);
+        Ok(id)
+    }
+
+    async fn create(
+        &self,
+        client: &tokio_postgres::Client,
+        job: &store::NewJob<'_>,
+    ) -> Result<JobRow, JobError> {
+        let id = store::create(client, job).await?;
+        store::get(client, id).await?.ok_or(JobError::NoJob(id))
+    }
+
+    /// Refuses a job on a table another job of this process works on.
+    fn refuse_busy(&self, tables: &[String]) -> Result<(), JobError> {
+        let running = lock(&self.running);
+        for t in tables {
+            if let Some(r) = running.values().find(|r| r.tables.contains(t)) {
+                return Err(JobError::Running(t.clone(), r.id));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a job in a task of its own, unless it already runs here.
     fn spawn(self: &Arc<Self>, row: JobRow) {
+        let tables = match row.kind.as_str() {
+            "verify" => row.table.split(',').map(str::to_string).collect(),
+            _ => vec![row.table.clone()],
+        };
         let run = Arc::new(Running {
             id: row.id,
+            kind: row.kind.clone(),
             table: row.table.clone(),
+            tables,
             chunk_rows: row.chunk_rows,
             max_rows_per_sec: row.max_rows_per_sec,
             cancel: AtomicBool::new(false),
@@ -280,33 +441,62 @@ impl Jobs {
             running.insert(row.id, run.clone());
         }
         let jobs = self.clone();
-        let span = tracing::info_span!("backfill", job = row.id, table = %row.table);
-        tokio::spawn(async move { jobs.run(run, row.last_key).await }.instrument(span));
+        let span = tracing::info_span!("job", job = row.id, kind = %row.kind, table = %row.table);
+        tokio::spawn(async move { jobs.run(run, row).await }.instrument(span));
     }
 
-    async fn run(self: Arc<Self>, run: Arc<Running>, last_key: Option<Vec<Option<String>>>) {
-        let result = backfill::copy(&self, &run, last_key).await;
+    /// The job's own loop, by kind.
+    async fn work(
+        self: &Arc<Self>,
+        run: &Running,
+        row: JobRow,
+    ) -> Result<backfill::Ended, JobError> {
+        match run.kind.as_str() {
+            "backfill" => backfill::copy(self, run, row.last_key).await,
+            "verify" => {
+                let client = store::connect(&self.secondary).await?;
+                let cp = store::checkpoint(&client, run.id).await?;
+                let cp = cp
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(|e| JobError::Corrupt(e.to_string()))?
+                    .unwrap_or_default();
+                verify::run(self, run, &run.tables, cp).await
+            }
+            "repair" => {
+                let verify = row.params.as_ref().and_then(|p| p["verify"].as_i64());
+                let verify = verify
+                    .ok_or_else(|| JobError::Corrupt("a repair without its verify".into()))?;
+                repair::run(self, run, verify).await
+            }
+            other => Err(JobError::Corrupt(format!("a job of kind {other}"))),
+        }
+    }
+
+    async fn run(self: Arc<Self>, run: Arc<Running>, row: JobRow) {
+        let result = self.work(&run, row).await;
         let (state, error) = match &result {
             Ok(backfill::Ended::Done) => ("done", None),
             Ok(backfill::Ended::Cancelled) => ("cancelled", None),
             Err(e) => ("failed", Some(e.to_string())),
         };
         if let Some(e) = &error {
-            warn!(error = %e, "backfill failed");
+            warn!(error = %e, "job failed");
         }
-        if let Ok(rule) = self.backfillable(&run.table) {
-            self.port.unwatch(&rule.source);
+        for t in &run.tables {
+            if let Ok(rule) = find(&self.rules.load(), t) {
+                self.port.unwatch(&rule.source);
+            }
         }
         if let Err(e) = self.finish(run.id, state, error.as_deref()).await {
-            warn!(error = %e, "cannot record the end of the backfill");
+            warn!(error = %e, "cannot record the end of the job");
         }
-        info!(
-            state,
-            rows = run.done.load(Ordering::Relaxed),
-            "backfill ended"
-        );
+        info!(state, rows = run.done(), "job ended");
         let progress = run.progress();
-        lock(&self.latest).insert(run.table.clone(), (run.id, state.to_string(), progress));
+        for t in &run.tables {
+            let ended = (run.id, state.to_string(), progress.clone());
+            lock(&self.latest).insert((run.kind.clone(), t.clone()), ended);
+        }
         lock(&self.running).remove(&run.id);
         run.ended.notify_waiters();
     }
@@ -329,14 +519,14 @@ impl Jobs {
         }
     }
 
-    /// Resumes the backfills left running by a previous process (retrying until the secondary
+    /// Resumes the jobs left running by a previous process (retrying until the secondary
     /// answers).
     async fn resume(self: Arc<Self>) {
         loop {
             match self.running_rows().await {
                 Ok(rows) => {
                     for row in rows {
-                        info!(job = row.id, table = %row.table, "resuming the backfill");
+                        info!(job = row.id, kind = %row.kind, table = %row.table, "resuming the job");
                         self.spawn(row);
                     }
                     return;
@@ -351,8 +541,7 @@ impl Jobs {
 
     async fn running_rows(&self) -> Result<Vec<JobRow>, JobError> {
         let client = store::connect(&self.secondary).await?;
-        let rows = store::list(&client, Some("running")).await?;
-        Ok(rows.into_iter().filter(|r| r.kind == "backfill").collect())
+        store::list(&client, Some("running")).await
     }
 
     /// Every job, newest first.
@@ -404,9 +593,10 @@ impl Jobs {
     pub fn table_backfill(&self, table: &str) -> Option<(i64, String, Progress)> {
         let running = lock(&self.running)
             .values()
-            .find(|r| r.table == table)
+            .find(|r| r.kind == "backfill" && r.table == table)
             .map(|r| (r.id, "running".to_string(), r.progress()));
-        running.or_else(|| lock(&self.latest).get(table).cloned())
+        let key = ("backfill".to_string(), table.to_string());
+        running.or_else(|| lock(&self.latest).get(&key).cloned())
     }
 }
 
@@ -437,7 +627,9 @@ mod tests {
     fn progress_has_a_rate_and_an_eta() {
         let run = Running {
             id: 1,
+            kind: "backfill".into(),
             table: "t".into(),
+            tables: vec!["t".into()],
             chunk_rows: 10,
             max_rows_per_sec: 0,
             cancel: AtomicBool::new(false),

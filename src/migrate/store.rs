@@ -14,14 +14,18 @@ const SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge; \
     \"table\" text NOT NULL, state text NOT NULL, last_key jsonb, rows_done bigint NOT NULL DEFAULT 0, \
     rows_total bigint, chunk_rows bigint NOT NULL, max_rows_per_sec bigint NOT NULL DEFAULT 0, \
     started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), \
-    finished_at timestamptz, error text)";
+    finished_at timestamptz, error text); \
+    ALTER TABLE pgbridge.jobs ADD COLUMN IF NOT EXISTS params jsonb, \
+    ADD COLUMN IF NOT EXISTS result jsonb, ADD COLUMN IF NOT EXISTS checkpoint jsonb; \
+    CREATE TABLE IF NOT EXISTS pgbridge.job_keys (job bigint NOT NULL, \"table\" text NOT NULL, \
+    key jsonb NOT NULL, what text NOT NULL, columns text[], PRIMARY KEY (job, \"table\", key))";
 
 /// A chunk's progress, in the chunk's transaction: `$1` id, `$2` last key (JSON), `$3` rows.
 pub const PROGRESS_SQL: &str = "UPDATE pgbridge.jobs SET last_key = $2::text::jsonb, \
     rows_done = rows_done + $3::text::bigint, updated_at = now() WHERE id = $1::text::bigint";
 
 const COLUMNS: &str = "id, kind, \"table\", state, last_key::text, rows_done, rows_total, \
-    chunk_rows, max_rows_per_sec, started_at::text, updated_at::text, finished_at::text, error";
+    chunk_rows, max_rows_per_sec, started_at::text, updated_at::text, finished_at::text, error, params::text, result::text";
 
 /// One row of `pgbridge.jobs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,9 +45,15 @@ pub struct JobRow {
     pub updated_at: String,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// What the job was asked (a verify: its tables; a repair: its verify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+    /// What it found or did (a verify: per table, matched, missing, extra, differing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
-/// A connection to the secondary with the jobs table in place.
+/// A connection to the secondary with the jobs tables in place.
 pub async fn connect(secondary: &PgUrl) -> Result<Client, JobError> {
     let (client, conn) = secondary.connect().await.map_err(JobError::Secondary)?;
     tokio::spawn(async move {
@@ -51,30 +61,57 @@ pub async fn connect(secondary: &PgUrl) -> Result<Client, JobError> {
             debug!(error = %e, "jobs connection ended");
         }
     });
-    // The applier creates the schema too: a concurrent CREATE ... IF NOT EXISTS may fail on
-    // the catalog's unique index, and then the second try finds it.
-    if client.batch_execute(SCHEMA_SQL).await.is_err() {
+    let url = secondary.redacted();
+    if lock(&READY).contains(&url) {
+        return Ok(client);
+    }
+    // The applier creates the schema too, and so may a job and an API call at once: a
+    // concurrent CREATE ... IF NOT EXISTS may fail on the catalog's unique index; the advisory
+    // lock orders pgbridge's own, and a second try finds what the applier made.
+    let create = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgbridge.jobs')); {SCHEMA_SQL}; COMMIT"
+    );
+    if client.batch_execute(&create).await.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
         client
-            .batch_execute(SCHEMA_SQL)
+            .batch_execute(&create)
             .await
             .map_err(JobError::Secondary)?;
     }
+    lock(&READY).push(url);
     Ok(client)
 }
 
+/// The secondaries whose jobs tables this process made sure of.
+static READY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a new job is.
+pub struct NewJob<'a> {
+    pub kind: &'a str,
+    pub table: &'a str,
+    pub chunk_rows: i64,
+    pub max_rows_per_sec: i64,
+    pub params: Option<serde_json::Value>,
+}
+
 /// A new running job; its id.
-pub async fn create(
-    client: &Client,
-    kind: &str,
-    table: &str,
-    chunk_rows: i64,
-    max_rows_per_sec: i64,
-) -> Result<i64, JobError> {
+pub async fn create(client: &Client, job: &NewJob<'_>) -> Result<i64, JobError> {
+    let params = job.params.as_ref().map(|p| p.to_string());
     let row = client
         .query_one(
-            "INSERT INTO pgbridge.jobs (kind, \"table\", state, chunk_rows, max_rows_per_sec) \
-             VALUES ($1, $2, 'running', $3, $4) RETURNING id",
-            &[&kind, &table, &chunk_rows, &max_rows_per_sec],
+            "INSERT INTO pgbridge.jobs (kind, \"table\", state, chunk_rows, max_rows_per_sec, \
+             params) VALUES ($1, $2, 'running', $3, $4, $5::text::jsonb) RETURNING id",
+            &[
+                &job.kind,
+                &job.table,
+                &job.chunk_rows,
+                &job.max_rows_per_sec,
+                &params,
+            ],
         )
         .await
         .map_err(JobError::Secondary)?;
@@ -164,5 +201,116 @@ fn job_row(r: &tokio_postgres::Row) -> Result<JobRow, JobError> {
         updated_at: r.get(10),
         finished_at: r.get(11),
         error: r.get(12),
+        params: json_column(r, 13)?,
+        result: json_column(r, 14)?,
     })
+}
+
+fn json_column(r: &tokio_postgres::Row, i: usize) -> Result<Option<serde_json::Value>, JobError> {
+    let text: Option<String> = r.get(i);
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| JobError::Corrupt(e.to_string()))
+}
+
+/// Sets what a job found (and forgets its checkpoint).
+pub async fn set_result(
+    client: &Client,
+    id: i64,
+    result: &serde_json::Value,
+) -> Result<(), JobError> {
+    client
+        .execute(
+            "UPDATE pgbridge.jobs SET result = $2::text::jsonb, checkpoint = NULL, \
+             updated_at = now() WHERE id = $1",
+            &[&id, &result.to_string()],
+        )
+        .await
+        .map_err(JobError::Secondary)?;
+    Ok(())
+}
+
+/// Where a long job stands, so that it resumes there after a restart.
+pub async fn set_checkpoint(
+    client: &Client,
+    id: i64,
+    rows_done: i64,
+    checkpoint: &serde_json::Value,
+) -> Result<(), JobError> {
+    client
+        .execute(
+            "UPDATE pgbridge.jobs SET checkpoint = $3::text::jsonb, rows_done = $2, \
+             updated_at = now() WHERE id = $1",
+            &[&id, &rows_done, &checkpoint.to_string()],
+        )
+        .await
+        .map_err(JobError::Secondary)?;
+    Ok(())
+}
+
+pub async fn checkpoint(client: &Client, id: i64) -> Result<Option<serde_json::Value>, JobError> {
+    let row = client
+        .query_one(
+            "SELECT checkpoint::text FROM pgbridge.jobs WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(JobError::Secondary)?;
+    let text: Option<String> = row.get(0);
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| JobError::Corrupt(e.to_string()))
+}
+
+/// A key a verify found different: `what` is missing, extra or differing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobKey {
+    pub table: String,
+    pub key: Vec<Option<String>>,
+    pub what: String,
+    pub columns: Vec<String>,
+}
+
+/// Records the keys a job found (a key found again keeps its last finding).
+pub async fn add_keys(client: &Client, job: i64, keys: &[JobKey]) -> Result<(), JobError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(keys).map_err(|e| JobError::Corrupt(e.to_string()))?;
+    client
+        .execute(
+            "INSERT INTO pgbridge.job_keys (job, \"table\", key, what, columns) \
+             SELECT $1, k->>'table', k->'key', k->>'what', \
+             ARRAY(SELECT jsonb_array_elements_text(k->'columns')) \
+             FROM jsonb_array_elements($2::text::jsonb) AS k \
+             ON CONFLICT (job, \"table\", key) DO UPDATE SET what = EXCLUDED.what, \
+             columns = EXCLUDED.columns",
+            &[&job, &json],
+        )
+        .await
+        .map_err(JobError::Secondary)?;
+    Ok(())
+}
+
+/// The keys a job found for `table`, in no particular order.
+pub async fn keys(client: &Client, job: i64, table: &str) -> Result<Vec<JobKey>, JobError> {
+    let rows = client
+        .query(
+            "SELECT key::text, what, columns FROM pgbridge.job_keys \
+             WHERE job = $1 AND \"table\" = $2",
+            &[&job, &table],
+        )
+        .await
+        .map_err(JobError::Secondary)?;
+    rows.iter()
+        .map(|r| {
+            let key: String = r.get(0);
+            Ok(JobKey {
+                table: table.to_string(),
+                key: serde_json::from_str(&key).map_err(|e| JobError::Corrupt(e.to_string()))?,
+                what: r.get(1),
+                columns: r.get::<_, Option<Vec<String>>>(2).unwrap_or_default(),
+            })
+        })
+        .collect()
 }

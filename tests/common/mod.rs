@@ -349,6 +349,7 @@ pub fn lock(server: &Mutex<PgServer>) -> MutexGuard<'_, PgServer> {
 }
 
 pub mod dxy;
+pub mod jobs;
 pub mod python;
 pub mod tls_pg;
 pub mod wire;

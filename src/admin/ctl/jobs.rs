@@ -27,38 +27,51 @@ impl Ctl {
         let path = format!("/api/tables/{}/backfill", encode_segment(table));
         let body =
             serde_json::json!({ "chunk_rows": chunk_rows, "max_rows_per_sec": max_rows_per_sec });
-        let answer = self.call(Method::POST, &path, Some(body))?;
+        let Some(job) = self.start_job("backfill", &path, body, detach)? else {
+            return Ok(());
+        };
+        self.show(&job, render_one)?;
+        ended_done(&job)
+    }
+
+    /// Starts a job with `POST path`; unless `detach`, waits for it and returns it as it ended.
+    pub(super) fn start_job(
+        &self,
+        kind: &str,
+        path: &str,
+        body: serde_json::Value,
+        detach: bool,
+    ) -> Result<Option<JobView>, CliError> {
+        let answer = self.call(Method::POST, path, Some(body))?;
         let started: serde_json::Value =
             serde_json::from_str(&answer).map_err(CliError::unreachable)?;
         let id = started["job"]
             .as_i64()
             .ok_or_else(|| CliError::unreachable(&answer))?;
         if detach {
-            return self.print(&answer, |_: &serde_json::Value| {
-                format!("backfill job {id} started\n")
-            });
+            self.print(&answer, |_: &serde_json::Value| {
+                format!("{kind} job {id} started\n")
+            })?;
+            return Ok(None);
         }
-        let job = self.wait(id)?;
+        self.wait(id).map(Some)
+    }
+
+    /// A job as it ended: JSON, or rendered.
+    pub(super) fn show(
+        &self,
+        job: &JobView,
+        render: impl FnOnce(&JobView) -> String,
+    ) -> Result<(), CliError> {
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string(&job).map_err(CliError::unreachable)?
+                serde_json::to_string(job).map_err(CliError::unreachable)?
             );
         } else {
-            print!("{}", render_one(&job));
+            print!("{}", render(job));
         }
-        match job.row.state.as_str() {
-            "done" => Ok(()),
-            _ => Err(CliError::user(format!(
-                "backfill job {id} ended {}{}",
-                job.row.state,
-                job.row
-                    .error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            ))),
-        }
+        Ok(())
     }
 
     /// Follows a job until it ends, with a bar on a terminal, else a line every few seconds.
@@ -109,6 +122,23 @@ impl Ctl {
     }
 }
 
+/// A job that ended otherwise than done is an error, with its own.
+pub(super) fn ended_done(job: &JobView) -> Result<(), CliError> {
+    match job.row.state.as_str() {
+        "done" => Ok(()),
+        state => Err(CliError::user(format!(
+            "{} job {} ended {state}{}",
+            job.row.kind,
+            job.row.id,
+            job.row
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ))),
+    }
+}
+
 fn rate(job: &JobView) -> String {
     let eta = job
         .progress
@@ -133,7 +163,7 @@ fn progress_line(job: &JobView) -> String {
     )
 }
 
-fn render_one(job: &JobView) -> String {
+pub(super) fn render_one(job: &JobView) -> String {
     // The rate is the running job's; an ended one is told by its rows.
     let progress = match job.row.state.as_str() {
         "running" => progress_line(job),

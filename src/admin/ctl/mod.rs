@@ -7,6 +7,9 @@
 mod jobs;
 mod reads;
 mod status;
+mod verify;
+
+pub use verify::VerifyArgs;
 
 use std::time::Duration;
 

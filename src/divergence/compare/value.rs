@@ -66,7 +66,7 @@ impl Canon {
     }
 
     /// A total order, consistent with equality up to the float tolerance `(abs, rel)`.
-    pub(super) fn cmp(&self, other: &Canon, tol: (f64, f64)) -> Ordering {
+    pub fn cmp(&self, other: &Canon, tol: (f64, f64)) -> Ordering {
         use Canon::*;
         match (self, other) {
             (Int(a), Int(b)) => a.cmp(b),
@@ -90,7 +90,7 @@ impl Canon {
     }
 
     /// The value as a divergence's `detail` shows it.
-    pub(super) fn display(&self) -> Json {
+    pub fn display(&self) -> Json {
         match self {
             Canon::Null => Json::Null,
             Canon::Int(i) => json!(i),

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Client;
 use tracing::warn;
@@ -65,6 +65,8 @@ pub struct Chunk {
     /// The settings the rows' text values were produced under.
     pub settings: Vec<(String, String)>,
     pub rows: Vec<(CanonicalKey, Row)>,
+    /// Keys to delete from the target (a repair's rows the source no longer has), as key images.
+    pub deletes: Vec<(CanonicalKey, Row)>,
     /// Run in the chunk's secondary transaction (the job's progress), with text parameters.
     pub progress: (String, Vec<String>),
     pub done: oneshot::Sender<ChunkOutcome>,
@@ -102,6 +104,7 @@ pub struct ChunkPort {
     watched: Watched,
     journal: Arc<Journal>,
     stats: Arc<MirrorStats>,
+    applied: watch::Receiver<u64>,
 }
 
 impl ChunkPort {
@@ -118,6 +121,24 @@ impl ChunkPort {
     /// The last intent id the journal assigned.
     pub fn journal_last(&self) -> u64 {
         self.journal.last_id()
+    }
+
+    /// Waits until the applier has applied (or skipped) every intent up to `pos`; `false` when
+    /// the applier stopped first.
+    pub async fn wait_applied(&self, pos: u64) -> bool {
+        let mut applied = self.applied.clone();
+        let reached = applied.wait_for(|&id| id >= pos).await.is_ok();
+        reached
+    }
+
+    /// The keys that changes applied to `table` since its watch began wrote, of transactions
+    /// `snapshot` did not see; `None` when one of them may have written any key.
+    pub fn unseen_written(
+        &self,
+        table: &TableName,
+        snapshot: &Snapshot,
+    ) -> Option<HashSet<CanonicalKey>> {
+        unseen(&lock(&self.watched), table, snapshot)
     }
 
     /// Hands a chunk to the applier; `false` when the applier has stopped.
@@ -141,7 +162,11 @@ pub(super) struct ChunkInbox {
 }
 
 /// A new inbox and the port that feeds it.
-pub(super) fn channel(journal: Arc<Journal>, stats: Arc<MirrorStats>) -> (ChunkInbox, ChunkPort) {
+pub(super) fn channel(
+    journal: Arc<Journal>,
+    stats: Arc<MirrorStats>,
+    applied: watch::Receiver<u64>,
+) -> (ChunkInbox, ChunkPort) {
     let (tx, rx) = mpsc::unbounded_channel();
     let notify = Arc::new(Notify::new());
     let watched: Watched = Arc::default();
@@ -157,6 +182,7 @@ pub(super) fn channel(journal: Arc<Journal>, stats: Arc<MirrorStats>) -> (ChunkI
         watched,
         journal,
         stats,
+        applied,
     };
     (inbox, port)
 }
@@ -243,7 +269,7 @@ impl Applier {
         match result {
             Ok(written) => {
                 self.settings = Some(chunk.settings.clone());
-                let skipped = chunk.rows.len() as u64 - written;
+                let skipped = (chunk.rows.len() + chunk.deletes.len()) as u64 - written;
                 Ok(ChunkOutcome::Applied { written, skipped })
             }
             Err(e) => {
@@ -258,16 +284,7 @@ impl Applier {
     /// The keys that changes applied since the watch began, of transactions the chunk's snapshot
     /// did not see, wrote; `None` when one of them may have written any key.
     fn unseen_keys(&self, chunk: &Chunk) -> Option<HashSet<CanonicalKey>> {
-        let watched = lock(&self.chunks.watched);
-        let written = watched
-            .get(&chunk.table)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        written
-            .iter()
-            .filter(|w| !chunk.snapshot.sees(w.xid))
-            .map(|w| w.key.clone())
-            .collect()
+        unseen(&lock(&self.chunks.watched), &chunk.table, &chunk.snapshot)
     }
 
     async fn chunk_in_txn(
@@ -286,6 +303,13 @@ impl Applier {
             }
             // Read within the rule's `where`: inside it by construction.
             self.upsert(client, t, row, Some(true), None).await?;
+            written += 1;
+        }
+        for (key, row) in &chunk.deletes {
+            if skip.contains(key) {
+                continue;
+            }
+            self.delete(client, t, row, Some(true)).await?;
             written += 1;
         }
         let (sql, params) = &chunk.progress;
@@ -358,6 +382,21 @@ impl Applier {
             .ok()?;
         canonical(&answer, values.len()).ok()
     }
+}
+
+/// The keys written to `table` since its watch began by transactions `snapshot` did not see;
+/// `None` when one of them may have written any key.
+fn unseen(
+    watched: &HashMap<TableName, Vec<Written>>,
+    table: &TableName,
+    snapshot: &Snapshot,
+) -> Option<HashSet<CanonicalKey>> {
+    let written = watched.get(table).map(Vec::as_slice).unwrap_or_default();
+    written
+        .iter()
+        .filter(|w| !snapshot.sees(w.xid))
+        .map(|w| w.key.clone())
+        .collect()
 }
 
 /// The keys a change writes: a row image or key per key written, `None` for a change that may

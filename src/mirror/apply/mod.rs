@@ -159,7 +159,7 @@ impl Applier {
             .unwrap_or_else(|e| e.into_inner())
             .extend(parked::list(journal.dir()));
         let (applied, rx) = watch::channel(0);
-        let (chunks, port) = chunk::channel(journal.clone(), stats.clone());
+        let (chunks, port) = chunk::channel(journal.clone(), stats.clone(), rx.clone());
         let applier = Applier {
             journal: journal.clone(),
             rules,

@@ -1,0 +1,415 @@
+//! The verify job: the rules' image of each source table compared with its target, range by
+//! range in key order, consistently with the mirror.
+//!
+//! Why a reported difference is real. A range of the source is read in one REPEATABLE READ
+//! snapshot S on the primary, after the applier was told to note every key it applies to the
+//! table (src/mirror/apply/chunk.rs). The target's range is read once the applier has applied
+//! every intent journaled up to the moment after S was taken: every transaction S saw is on the
+//! target then, so a key that no transaction invisible to S wrote holds, on the target, exactly
+//! what S holds, unless something bypassed the mirror (a write straight to either database, a
+//! trigger, a parked transaction): what verify is for. A key that an unseen transaction wrote
+//! may differ only because the two reads straddle it: the range is read again (in a new
+//! snapshot), a few times; keys that keep changing are counted as unsettled, not reported.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use tokio_postgres::Client;
+use tracing::{debug, info};
+
+use super::diff::{diff, DiffOptions, Differences, Image};
+use super::image::{self, KeyText, Scope, Side};
+use super::{store, JobError, Jobs, Running};
+use crate::divergence::{Divergence, Kind};
+use crate::mirror::apply::{CanonicalKey, Snapshot};
+use crate::rules::Rule;
+
+/// Reads of one range before its still-changing keys are given up on.
+const ATTEMPTS: u32 = 5;
+/// Keys of each kind a result lists.
+const SAMPLES: usize = 10;
+
+/// What a verify found in one table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableResult {
+    pub table: String,
+    pub matched: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub differing: u64,
+    /// Keys that kept changing while they were compared: neither matched nor reported.
+    pub unsettled: u64,
+    /// The first keys of each kind, with the differing columns (values unless redacted).
+    pub samples: Vec<Sample>,
+}
+
+impl TableResult {
+    pub fn differences(&self) -> u64 {
+        self.missing + self.extra + self.differing
+    }
+}
+
+/// One key a verify found different.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// missing, extra or differing.
+    pub what: String,
+    pub key: KeyText,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<Json>,
+}
+
+/// Where a verify stands: the tables done, and the one under way up to its last key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct Checkpoint {
+    pub done: Vec<TableResult>,
+    pub current: Option<TableResult>,
+    pub last_key: Option<KeyText>,
+}
+
+/// A verify's `result`: per table, and whether every one is clean.
+pub(super) fn result_json(tables: &[TableResult]) -> Json {
+    let clean = tables.iter().all(|t| t.differences() == 0);
+    json!({ "clean": clean, "tables": tables })
+}
+
+/// Verifies `tables` in turn from the checkpoint; the result is stored with the job.
+pub(super) async fn run(
+    jobs: &Arc<Jobs>,
+    run: &Running,
+    tables: &[String],
+    mut cp: Checkpoint,
+) -> Result<super::backfill::Ended, JobError> {
+    let secondary = store::connect(&jobs.secondary).await?;
+    for table in tables.iter().skip(cp.done.len()) {
+        let rule = jobs.verifiable(table)?;
+        let mut ctx = Ctx::open(jobs, run, rule).await?;
+        let mut result = cp.current.take().unwrap_or_else(|| TableResult {
+            table: table.clone(),
+            ..TableResult::default()
+        });
+        let mut last_key = cp.last_key.take();
+        loop {
+            if run.is_cancelled() {
+                cp.current = Some(result);
+                cp.last_key = last_key;
+                save(&secondary, run, &cp).await?;
+                return Ok(super::backfill::Ended::Cancelled);
+            }
+            jobs.wait_for_lag(run).await;
+            let scope = Scope {
+                after: last_key.clone(),
+                ..Scope::default()
+            };
+            let Some(range) = ctx.compare(scope, Some(run.chunk_rows)).await? else {
+                return Ok(super::backfill::Ended::Cancelled);
+            };
+            ctx.account(&secondary, &mut result, &range).await?;
+            run.add(range.rows);
+            let end = range.scope.upto.clone();
+            cp.current = Some(result.clone());
+            cp.last_key = end.clone();
+            save(&secondary, run, &cp).await?;
+            run.throttle().await;
+            match end {
+                Some(k) => last_key = Some(k),
+                None => break,
+            }
+        }
+        info!(table = %table, matched = result.matched, missing = result.missing,
+              extra = result.extra, differing = result.differing, "verify of the table done");
+        cp.done.push(result);
+        cp.current = None;
+        cp.last_key = None;
+    }
+    store::set_result(&secondary, run.id, &result_json(&cp.done)).await?;
+    Ok(super::backfill::Ended::Done)
+}
+
+async fn save(client: &Client, run: &Running, cp: &Checkpoint) -> Result<(), JobError> {
+    let json = serde_json::to_value(cp).map_err(|e| JobError::Corrupt(e.to_string()))?;
+    store::set_checkpoint(client, run.id, run.done(), &json).await
+}
+
+/// One range compared: what differs, the scope it ended up covering, the source rows it read.
+pub(super) struct Range {
+    pub diffs: Differences,
+    pub scope: Scope,
+    pub rows: u64,
+    pub unsettled: u64,
+}
+
+/// One table's verify: its rule and its connections to both sides.
+pub(super) struct Ctx<'a> {
+    jobs: &'a Arc<Jobs>,
+    run: &'a Running,
+    pub rule: Arc<Rule>,
+    primary: Client,
+    secondary: Client,
+    opts: DiffOptions,
+}
+
+impl<'a> Ctx<'a> {
+    pub async fn open(
+        jobs: &'a Arc<Jobs>,
+        run: &'a Running,
+        rule: Arc<Rule>,
+    ) -> Result<Ctx<'a>, JobError> {
+        let primary = super::backfill::connect_primary(jobs).await?;
+        let secondary = super::backfill::connect_pinned(&jobs.secondary)
+            .await
+            .map_err(JobError::Secondary)?;
+        let opts = diff_options(jobs, &rule);
+        Ok(Ctx {
+            jobs,
+            run,
+            rule,
+            primary,
+            secondary,
+            opts,
+        })
+    }
+
+    /// Compares one scope (a range from its first key, `limit` source rows long, or some
+    /// keys), reading it again while keys written since its snapshot differ. `None` when the
+    /// job was cancelled while it waited for the applier.
+    pub async fn compare(
+        &mut self,
+        mut scope: Scope,
+        mut limit: Option<i64>,
+    ) -> Result<Option<Range>, JobError> {
+        let table = self.rule.source.clone();
+        for attempt in 1..=ATTEMPTS {
+            self.jobs.port.watch(&table);
+            let (snapshot, source) = self.read_source(&scope, limit).await?;
+            let rows = source.len() as u64;
+            if let Some(n) = limit.take() {
+                // The range ends at the last key read, or is open when the source ran out.
+                scope.upto = (rows as i64 == n)
+                    .then(|| source.last().map(|i| i.key_text.clone()))
+                    .flatten();
+            }
+            if !self.caught_up().await {
+                return Ok(None);
+            }
+            let q = image::image_query(&self.rule, Side::Secondary, &scope, None)?;
+            let target = image::read(&self.secondary, &self.rule, &q)
+                .await
+                .map_err(JobError::Secondary)?;
+            let mut diffs = diff(source, target, &self.opts);
+            if diffs.is_empty() {
+                return Ok(Some(Range {
+                    diffs,
+                    scope,
+                    rows,
+                    unsettled: 0,
+                }));
+            }
+            // Every change applied before the target was read is noted once this is applied.
+            if !self.caught_up().await {
+                return Ok(None);
+            }
+            let hot = self.jobs.port.unseen_written(&table, &snapshot);
+            let is_hot = |k: &CanonicalKey| hot.as_ref().is_none_or(|h| h.contains(k));
+            let hot_count = diffs.keys().filter(|k| is_hot(k)).count() as u64;
+            if hot_count == 0 || attempt == ATTEMPTS {
+                diffs.retain(|k| !is_hot(k));
+                return Ok(Some(Range {
+                    diffs,
+                    scope,
+                    rows,
+                    unsettled: hot_count,
+                }));
+            }
+            debug!(table = %table, attempt, keys = hot_count, "verify range read again");
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// The source's rows of the scope, in one snapshot: the snapshot and the rows.
+    async fn read_source(
+        &self,
+        scope: &Scope,
+        limit: Option<i64>,
+    ) -> Result<(Snapshot, Vec<Image>), JobError> {
+        let c = &self.primary;
+        let fail = JobError::Primary;
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(fail)?;
+        let read = async {
+            let snap: String = c
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await?
+                .get(0);
+            let q = image::image_query(&self.rule, Side::Primary, scope, limit)
+                .expect("a verifiable rule has its columns");
+            let rows = image::read(c, &self.rule, &q).await?;
+            Ok::<_, tokio_postgres::Error>((snap, rows))
+        };
+        let result = read.await;
+        let _ = c.batch_execute("COMMIT").await;
+        let (snap, rows) = result.map_err(fail)?;
+        let snapshot = Snapshot::parse(&snap).ok_or(JobError::Corrupt(snap))?;
+        Ok((snapshot, rows))
+    }
+
+    /// Waits until the applier applied every intent journaled so far; `false` when the job was
+    /// cancelled (or the applier stopped) first.
+    async fn caught_up(&self) -> bool {
+        let point = self.jobs.port.journal_last();
+        loop {
+            let wait = self.jobs.port.wait_applied(point);
+            match tokio::time::timeout(Duration::from_millis(500), wait).await {
+                Ok(reached) => return reached,
+                Err(_) if self.run.is_cancelled() => return false,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Adds a range's findings to the table's result: counts, samples, the keys kept for a
+    /// repair, and a `verify_mismatch` record per difference.
+    pub async fn account(
+        &self,
+        store: &Client,
+        result: &mut TableResult,
+        range: &Range,
+    ) -> Result<(), JobError> {
+        let d = &range.diffs;
+        result.matched += d.matched;
+        result.missing += d.missing.len() as u64;
+        result.extra += d.extra.len() as u64;
+        result.differing += d.differing.len() as u64;
+        result.unsettled += range.unsettled;
+        let found = self.findings(d);
+        let keys: Vec<store::JobKey> = found
+            .iter()
+            .map(|s| store::JobKey {
+                table: result.table.clone(),
+                key: s.key.clone(),
+                what: s.what.clone(),
+                columns: s.columns.clone(),
+            })
+            .collect();
+        store::add_keys(store, self.run.id, &keys).await?;
+        for s in found {
+            self.record(&s);
+            let kept = result.samples.iter().filter(|x| x.what == s.what).count();
+            if kept < SAMPLES {
+                result.samples.push(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every difference of a range as a sample (values when not redacted).
+    fn findings(&self, d: &Differences) -> Vec<Sample> {
+        let redact = self.jobs.recorder.redact();
+        let names = self.column_names();
+        let row = |i: &Image, cols: &[usize]| -> Option<Json> {
+            (!redact).then(|| {
+                let pick = |c: usize| (names[c].clone(), i.values[c].display());
+                match cols.is_empty() {
+                    true => (0..names.len().min(i.values.len())).map(pick).collect(),
+                    false => cols.iter().map(|&c| pick(c)).collect(),
+                }
+            })
+        };
+        let mut out = Vec::new();
+        for i in &d.missing {
+            out.push(sample("missing", i, Vec::new(), row(i, &[]), None));
+        }
+        for i in &d.extra {
+            out.push(sample("extra", i, Vec::new(), None, row(i, &[])));
+        }
+        for x in &d.differing {
+            let cols: Vec<String> = x.columns.iter().map(|&c| names[c].clone()).collect();
+            let (p, s) = (row(&x.primary, &x.columns), row(&x.secondary, &x.columns));
+            out.push(sample("differing", &x.primary, cols, p, s));
+        }
+        out
+    }
+
+    fn column_names(&self) -> Vec<String> {
+        let cols = self.rule.source_columns.as_deref().unwrap_or_default();
+        cols.iter().map(|c| c.name.clone()).collect()
+    }
+
+    fn record(&self, s: &Sample) {
+        let mut d = Divergence::new(Kind::VerifyMismatch, self.rule.source.to_string());
+        let key: serde_json::Map<String, Json> = self
+            .rule
+            .key
+            .iter()
+            .zip(&s.key)
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        d.primary = if s.what == "extra" {
+            "absent"
+        } else {
+            "present"
+        }
+        .into();
+        d.secondary = if s.what == "missing" {
+            "absent"
+        } else {
+            "present"
+        }
+        .into();
+        d.detail = json!({"what": s.what, "job": self.run.id, "key": key, "columns": s.columns,
+                          "primary_values": s.primary, "secondary_values": s.secondary});
+        self.jobs.recorder.record(d);
+    }
+}
+
+fn sample(
+    what: &str,
+    i: &Image,
+    columns: Vec<String>,
+    primary: Option<Json>,
+    secondary: Option<Json>,
+) -> Sample {
+    Sample {
+        what: what.into(),
+        key: i.key_text.clone(),
+        columns,
+        primary,
+        secondary,
+    }
+}
+
+/// The table's `[table.compare]` over `[shadow]`'s: tolerances and ignored columns.
+fn diff_options(jobs: &Jobs, rule: &Rule) -> DiffOptions {
+    let names: Vec<String> = rule
+        .source_columns
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let ignore = rule
+        .compare
+        .ignore_columns
+        .iter()
+        .filter_map(|c| names.iter().position(|n| n == c))
+        .collect();
+    DiffOptions {
+        tolerance: (
+            rule.compare
+                .float_tolerance_abs
+                .unwrap_or(jobs.float_tolerance.0),
+            rule.compare
+                .float_tolerance_rel
+                .unwrap_or(jobs.float_tolerance.1),
+        ),
+        ignore,
+    }
+}
