@@ -76,7 +76,7 @@ mirror = "rows"
             "rules/dxy.toml:4:18: `key` entries must be strings (column names)",
             "rules/dxy.toml:5:9: `where`: not a valid SQL expression: Expected: an expression, found: EOF",
             "rules/dxy.toml:6:9: `reads` must be primary, shadow or secondary, not `sometimes`",
-            "rules/dxy.toml:7:1: unknown key `colour`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare",
+            "rules/dxy.toml:7:1: unknown key `colour`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare, reconcile",
             "rules/dxy.toml:11:8: column `o` is the rename of both `open` and `high`",
             "rules/dxy.toml:14:13: `values.timeframe`: `1m` is not a SQL literal; write a quoted string ('1m'), a number, true/false or NULL",
             "rules/dxy.toml:15:1: `values.o`: column `open` is already renamed to `o`",
