@@ -24,6 +24,7 @@
 //! after a crash the job resumes after the last chunk applied, repeating none.
 
 pub mod backfill;
+pub mod reconcile;
 pub mod store;
 
 use std::collections::HashMap;
