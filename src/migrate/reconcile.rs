@@ -180,10 +180,19 @@ impl Number {
             Number::Float(f) if f.is_infinite() => {
                 if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
             }
-            Number::Float(f) if f != 0.0 && !(1e-5..1e16).contains(&f.abs()) => format!("{f:e}"),
+            Number::Float(f) if f != 0.0 && !(1e-4..1e15).contains(&f.abs()) => exponent_form(f),
             Number::Float(f) => f.to_string(),
         }
     }
+}
+
+/// A float as float8's output writes a large or small one: `1.5e+20`, `1e-07`.
+fn exponent_form(f: f64) -> String {
+    let text = format!("{f:e}");
+    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.abs())
 }
 
 /// Two chunks' values of one metric of one group, combined.
@@ -487,7 +496,13 @@ mod tests {
         assert_eq!(g.len(), 2);
         assert_eq!(
             g.get(&row(&[a, d])).unwrap(),
-            row(&[Some("6"), Some("15"), Some("1.5e20"), Some("a"), Some("10")])
+            row(&[
+                Some("6"),
+                Some("15"),
+                Some("1.5e+20"),
+                Some("a"),
+                Some("10")
+            ])
         );
         // NULL groups are groups; NULL values change nothing.
         assert_eq!(
@@ -527,7 +542,7 @@ mod tests {
         );
         assert_eq!(
             combine(MetricKind::Sum, Some("1e300".into()), Some("1".into())).as_deref(),
-            Some("1e300")
+            Some("1e+300")
         );
         assert_eq!(
             combine(MetricKind::Sum, Some("NaN".into()), Some("1".into())).as_deref(),
@@ -573,7 +588,8 @@ mod tests {
             at("1000.0", Status::InvestigationRequired)
         );
         assert_eq!(close("1010.6", "10.5"), at("1000.1", Status::Critical));
-        assert_eq!(close("1e300", "1"), at("1e300", Status::Critical));
+        assert_eq!(close("1e300", "1"), at("1e+300", Status::Critical));
+        assert_eq!(close("1e-07", "0"), at("1e-07", Status::WithinTolerance));
         assert_eq!(close("NaN", "NaN"), at("0", Status::Matched));
         assert_eq!(close("NaN", "1"), (None, Status::InvestigationRequired));
     }
