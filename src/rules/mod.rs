@@ -39,7 +39,7 @@ pub use live::load::{load_offline, load_online};
 pub use live::reload::{self, watch};
 pub(crate) use name::split_identifier;
 pub use name::{quote_ident, quote_literal, TableName};
-pub use reconcile::{parse_metric, Metric, MetricKind, ReconcileRule};
+pub use reconcile::{Metric, MetricKind, ReconcileRule};
 pub use rule::{MirrorMode, ReadSource, Rule, RuleSet};
 pub use table::{Column, TableSchema};
 

@@ -81,7 +81,7 @@ impl ReconcileRule {
 
 /// Reads a metric's text: `count`, or `count`, `sum`, `min` or `max` of `*` (count only) or of
 /// one plain column name. The message says why anything else is refused.
-pub fn parse_metric(text: &str) -> Result<(MetricKind, Option<String>), String> {
+fn parse_metric(text: &str) -> Result<(MetricKind, Option<String>), String> {
     let trimmed = text.trim();
     if trimmed.eq_ignore_ascii_case("count") {
         return Ok((MetricKind::Count, None));
