@@ -76,7 +76,7 @@ mirror = "rows"
             "rules/dxy.toml:4:18: `key` entries must be strings (column names)",
             "rules/dxy.toml:5:9: `where`: not a valid SQL expression: Expected: an expression, found: EOF",
             "rules/dxy.toml:6:9: `reads` must be primary, shadow or secondary, not `sometimes`",
-            "rules/dxy.toml:7:1: unknown key `colour`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare",
+            "rules/dxy.toml:7:1: unknown key `colour`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare, reconcile",
             "rules/dxy.toml:11:8: column `o` is the rename of both `open` and `high`",
             "rules/dxy.toml:14:13: `values.timeframe`: `1m` is not a SQL literal; write a quoted string ('1m'), a number, true/false or NULL",
             "rules/dxy.toml:15:1: `values.o`: column `open` is already renamed to `o`",
@@ -201,6 +201,45 @@ async fn a_compare_section_is_checked_and_summarized() {
             "derived_data_bars -> data_bars: key (symbol, ts), where symbol = 'DXY', \
              reads primary, mirror rows, 1 renamed, 2 constant, 1 translated, \
              compare (abs 0.001, ignores volume, no_such)\n"
+        ),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_reconcile_section_is_checked_and_summarized() {
+    let (p, s) = dxy_pair().await;
+    let section = "\n[table.reconcile]\ngroup_by = [\"symbol\", \"date_trunc('day', ts)\"]\n\
+                   metrics = [\"count\", \"sum(volume)\", \"max(no_such)\", \"sum(symbol)\"]\n";
+    let dir = config_dir(&p, &s, &format!("{DXY_RULES}{section}"));
+    let (online, offline) = tokio::task::spawn_blocking(move || {
+        let online = rules_check(dir.path(), false);
+        let offline = rules_check(dir.path(), true);
+        (
+            (stderr_lines(&online, dir.path()), online.status.code()),
+            offline,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        online,
+        (
+            vec![
+                "rules/dxy.toml:42:36: `max(no_such)`: column `no_such` does not exist in source table `derived_data_bars`".to_string(),
+                "rules/dxy.toml:42:52: `sum(symbol)`: column `symbol` is text; sum needs a number or an interval".to_string(),
+                "pgbridge: 2 problem(s) in the rules".to_string(),
+            ],
+            Some(1)
+        )
+    );
+    let stdout = String::from_utf8_lossy(&offline.stdout);
+    assert_eq!(offline.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with(
+            "derived_data_bars -> data_bars: key (symbol, ts), where symbol = 'DXY', \
+             reads primary, mirror rows, 1 renamed, 2 constant, 1 translated, \
+             reconcile (2 groups, 4 metrics)\n"
         ),
         "{stdout}"
     );

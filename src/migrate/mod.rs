@@ -26,6 +26,7 @@
 pub mod backfill;
 pub mod diff;
 pub mod image;
+pub mod reconcile;
 pub mod repair;
 pub mod store;
 pub mod verify;

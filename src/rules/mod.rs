@@ -11,7 +11,8 @@
 //!   as PostgreSQL does.
 //! - [`parse`] reads one file's text into rules, keeping every value's position for error
 //!   messages; `sections` reads the key array and the columns, values and translate tables, and
-//!   `compare` the table's own `[table.compare]` shadow-comparison settings.
+//!   `compare` the table's own `[table.compare]` shadow-comparison settings, `reconcile` its
+//!   `[table.reconcile]` per-group report of a verify.
 //! - [`check`] holds the checks that need no database (SQL expressions, literals, one-to-one);
 //!   [`table`] the checks of a rule against the shape of its live source and target tables.
 //!
@@ -25,6 +26,7 @@ mod compare;
 pub mod live;
 mod name;
 pub mod parse;
+mod reconcile;
 mod rule;
 mod sections;
 pub mod table;
@@ -37,6 +39,7 @@ pub use live::load::{load_offline, load_online};
 pub use live::reload::{self, watch};
 pub(crate) use name::split_identifier;
 pub use name::{quote_ident, quote_literal, TableName};
+pub use reconcile::{Metric, MetricKind, ReconcileRule};
 pub use rule::{MirrorMode, ReadSource, Rule, RuleSet};
 pub use table::{Column, TableSchema};
 

@@ -11,6 +11,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::compare::parse_compare;
+use super::reconcile::parse_reconcile;
 use super::sections::{parse_key, parse_translate, string_map};
 use super::{check, split_identifier, MirrorMode, Problem, ReadSource, Rule, TableName};
 use crate::config::line_col;
@@ -26,6 +27,7 @@ const TABLE_KEYS: &[&str] = &[
     "values",
     "translate",
     "compare",
+    "reconcile",
 ];
 
 /// A rule as read from its file, with the spans later checks point at.
@@ -37,7 +39,7 @@ pub struct ParsedRule {
     pub text: std::sync::Arc<str>,
     pub source_span: Range<usize>,
     /// Spans by dotted key (`target`, `where`, `key.symbol`, `columns.close`, `values.timeframe`,
-    /// `compare.ignore_columns.updated_at`).
+    /// `compare.ignore_columns.updated_at`, `reconcile.metrics.sum(volume)`).
     pub spans: Vec<(String, Range<usize>)>,
 }
 
@@ -192,6 +194,7 @@ fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<Pars
     let values = string_map(ctx, t, "values");
     let translate = parse_translate(ctx, t);
     let compare = parse_compare(ctx, t, key.as_deref());
+    let reconcile = parse_reconcile(ctx, t);
     check::rule_offline(ctx, t, &columns, &values, &translate, filter.as_ref());
     let (source, source_span) = source?;
     let (target, _) = target?;
@@ -210,6 +213,7 @@ fn parse_rule(ctx: &mut FileCtx, t: &DeTable, span: Range<usize>) -> Option<Pars
             .map(|(c, pairs, _)| (c, pairs))
             .collect(),
         compare,
+        reconcile,
         source_columns: None,
         target_columns: None,
         conflict_key: None,
@@ -368,7 +372,7 @@ mod tests {
         assert_eq!(
             problems("[[table]]\nsource = \"a\"\nsorce = 1\nmirror = \"rows\"\n"),
             [
-                "r.toml:3:1: unknown key `sorce`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare",
+                "r.toml:3:1: unknown key `sorce`; expected one of: source, target, key, where, reads, mirror, columns, values, translate, compare, reconcile",
                 "r.toml:1:1: missing `target`: every [[table]] needs one",
                 "r.toml:4:10: mirror = \"rows\" needs a `key`: the columns that identify a row",
             ]

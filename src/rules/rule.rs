@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{check, Column, CompareRule, TableName};
+use super::{check, Column, CompareRule, ReconcileRule, TableName};
 
 /// Where reads of a source table are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,8 @@ pub struct Rule {
     pub translate: Vec<(String, Vec<(String, String)>)>,
     /// `[table.compare]`: this table's shadow comparison settings, over `[shadow]`'s.
     pub compare: CompareRule,
+    /// `[table.reconcile]`: the per-group report a verify of this table writes, if any.
+    pub reconcile: Option<ReconcileRule>,
     /// The source's columns in table order, known once the rule was checked online.
     pub source_columns: Option<Vec<Column>>,
     /// The target's columns in table order, known once the rule was checked online.
@@ -115,6 +117,9 @@ impl Rule {
         }
         if !rule.compare.is_empty() {
             s.push_str(&format!(", {}", rule.compare.summary()));
+        }
+        if let Some(rec) = &rule.reconcile {
+            s.push_str(&format!(", {}", rec.summary()));
         }
         s
     }

@@ -1,10 +1,11 @@
 //! A live table's shape as the rules see it (its columns and unique keys), and the checks of a
 //! rule against its source and target tables: every column it names exists, its key is unique,
 //! every source column has a compatible target column, and the target's NOT NULL columns are
-//! fed. Pure: `live::schema` reads the shape from the catalogs, `live::online` runs the checks.
+//! fed (and `[table.reconcile]`'s metrics aggregate existing columns). Pure: `live::schema`
+//! reads the shape from the catalogs, `live::online` runs the checks.
 
 use super::parse::ParsedRule;
-use super::{Problem, Rule};
+use super::{Metric, MetricKind, Problem, Rule};
 
 /// A column of a live table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,7 @@ pub fn check_source(parsed: &ParsedRule, source: &TableSchema) -> Vec<Problem> {
             )
         })
         .collect();
+    problems.extend(reconcile_problems(parsed, source));
     let unique = source
         .unique_keys
         .iter()
@@ -70,6 +72,34 @@ fn named_source_columns(rule: &Rule) -> impl Iterator<Item = (&'static str, &Str
     let translated = rule.translate.iter().map(|(c, _)| ("translate", c));
     let ignored = (rule.compare.ignore_columns.iter()).map(|c| ("compare.ignore_columns", c));
     key.chain(renamed).chain(translated).chain(ignored)
+}
+
+/// The columns of `[table.reconcile]`'s metrics: each exists, and a sum adds numbers (or
+/// intervals). Its `group_by` expressions are the verify's to run: they are SQL, not names.
+fn reconcile_problems(parsed: &ParsedRule, source: &TableSchema) -> Vec<Problem> {
+    let rule = &parsed.rule;
+    let metrics = rule.reconcile.iter().flat_map(|r| &r.metrics);
+    let problem = |m: &Metric, col: &str| {
+        let at = format!("reconcile.metrics.{}", m.text);
+        let Some(c) = source.column(col) else {
+            let message = format!(
+                "`{}`: column `{col}` does not exist in source table `{}`",
+                m.text, rule.source
+            );
+            return Some(parsed.problem(&at, message));
+        };
+        let adds = c.category == 'N' || c.category == 'T';
+        (m.kind == MetricKind::Sum && !adds).then(|| {
+            let message = format!(
+                "`{}`: column `{col}` is {}; sum needs a number or an interval",
+                m.text, c.type_name
+            );
+            parsed.problem(&at, message)
+        })
+    };
+    metrics
+        .filter_map(|m| problem(m, m.column.as_deref()?))
+        .collect()
 }
 
 /// The rule against its target table: every source column lands in a compatible column, the
@@ -234,6 +264,23 @@ mod tests {
             [
                 "r.toml:6:9: column `close` does not exist in source table `bars`",
                 "r.toml:4:7: key (symbol, ts) is not unique on `bars`: no primary key or unique index covers it",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_reconcile_metrics_aggregate_existing_columns() {
+        let text = format!(
+            "{RULE}[table.reconcile]\ngroup_by = [\"symbol\"]\n\
+             metrics = [\"count\", \"sum(close)\", \"max(ts)\", \"sum(symbol)\", \"min(volume)\"]\n"
+        );
+        let (rules, problems) = parse_file(Path::new("r.toml"), &text);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            shown(check_source(&rules[0], &source())),
+            [
+                "r.toml:11:46: `sum(symbol)`: column `symbol` is text; sum needs a number or an interval",
+                "r.toml:11:61: `min(volume)`: column `volume` does not exist in source table `bars`",
             ]
         );
     }

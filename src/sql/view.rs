@@ -280,6 +280,7 @@ pub(crate) mod tests {
             ],
             translate: vec![("symbol".into(), vec![("DXY".into(), "DXY.IDX".into())])],
             compare: Default::default(),
+            reconcile: None,
             source_columns: Some(source),
             target_columns: Some(target),
             conflict_key: Some(vec!["symbol".into(), "timeframe".into(), "ts".into()]),
