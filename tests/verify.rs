@@ -11,6 +11,25 @@ use common::*;
 
 const ROWS: usize = 3000;
 
+/// The DXY rule with the seeds' daily reconciliation.
+fn reconciled_rule() -> String {
+    format!(
+        "{DXY_RULE}\n[table.reconcile]\ngroup_by = [\"symbol\", \"date_trunc('day', ts)\"]\n\
+         metrics = [\"count\", \"sum(volume)\", \"sum(close)\"]\n\
+         [table.reconcile.thresholds]\ncount = {{ critical = 0 }}\n\
+         \"sum(close)\" = {{ warning = 100, critical = 1000 }}\n"
+    )
+}
+
+/// The report's line of one group and metric, split at its commas.
+fn report_line(csv: &str, group: &str, metric: &str) -> Vec<String> {
+    let line = csv
+        .lines()
+        .find(|l| l.contains(&format!(",{group},{metric},")))
+        .unwrap_or_else(|| panic!("no {group} {metric} in\n{csv}"));
+    line.split(',').map(str::to_string).collect()
+}
+
 fn ts(i: usize) -> String {
     format!("'2026-01-01 00:00:00+00'::timestamptz + {i} * interval '1 minute'")
 }
@@ -39,7 +58,7 @@ fn verify_json(bridge: &Bridge, args: &[&str]) -> (i32, serde_json::Value) {
 
 #[test]
 fn verify_reports_exactly_the_rows_changed_behind_pgbridge_and_repair_fixes_them() {
-    let (bridge, db) = with_unmirrored_rows_and("verify_repair", ROWS, "");
+    let (bridge, db) = with_unmirrored_rows_rule("verify_repair", ROWS, &reconciled_rule(), "");
     backfilled(&bridge);
     let (code, job) = verify_json(&bridge, &["derived_data_bars", "--chunk-rows", "700"]);
     assert_eq!(code, 0, "{job}");
@@ -62,8 +81,38 @@ fn verify_reports_exactly_the_rows_changed_behind_pgbridge_and_repair_fixes_them
         ts(5)
     );
     psql_on(c.secondary_port, &db, &sql);
-    let (code, job) = verify_json(&bridge, &["--chunk-rows", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("report.csv");
+    let report = csv_path.to_str().unwrap();
+    let (code, job) = verify_json(&bridge, &["--chunk-rows", "1000", "--report", report]);
     assert_eq!(code, 3, "{job}");
+    // Days of 1,440 one-minute bars: a count off by one is critical, a sum within its bounds is
+    // not; the deleted first row had volume 0.
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(
+        csv.lines().next().unwrap(),
+        "date,table,group,metric,primary_value,secondary_value,difference,status"
+    );
+    assert_eq!(csv.lines().count(), 1 + 3 * 3, "{csv}");
+    let day1 = "DXY|2026-01-01 00:00:00+00";
+    assert_eq!(
+        report_line(&csv, day1, "count")[4..],
+        ["1440", "1439", "1", "CRITICAL"]
+    );
+    assert_eq!(
+        report_line(&csv, day1, "sum(volume)")[7],
+        "MATCHED",
+        "{csv}"
+    );
+    let day2 = "DXY|2026-01-02 00:00:00+00";
+    assert_eq!(report_line(&csv, day2, "count")[7], "CRITICAL", "{csv}");
+    let day3 = "DXY|2026-01-03 00:00:00+00";
+    let close3 = report_line(&csv, day3, "sum(close)");
+    // One close one higher on the target, and its extra row's close of 1.
+    assert_eq!(close3[6].parse::<f64>().unwrap(), -2.0, "{csv}");
+    assert_eq!(close3[7], "WITHIN_TOLERANCE", "{csv}");
+    let (code, served) = bridge.admin_get(&format!("/api/jobs/{}/report.csv", job["id"]));
+    assert_eq!((code, served.as_str()), (200, csv.as_str()));
     let t = &job["result"]["tables"][0];
     assert_eq!(
         (&t["matched"], &t["missing"], &t["extra"], &t["differing"]),
@@ -135,9 +184,11 @@ fn verify_reports_exactly_the_rows_changed_behind_pgbridge_and_repair_fixes_them
     );
     wait_applied(&bridge);
     assert_target_equal(&db);
-    let (code, job) = verify_json(&bridge, &[]);
+    let (code, job) = verify_json(&bridge, &["--report", report]);
     assert_eq!(code, 0, "{job}");
     assert_eq!(job["result"]["tables"][0]["matched"], ROWS as u64);
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(csv.matches(",MATCHED").count(), 9, "{csv}");
 }
 
 #[test]

@@ -182,3 +182,39 @@ pub(super) async fn cancel(
         Err(e) => failed(e),
     }
 }
+
+/// `GET /api/jobs/{id}/report.csv`: a verify's reconciliation report, every table's rows.
+pub(super) async fn report(State(state): State<AppState>, Path(id): Path<i64>) -> Response {
+    let jobs = match jobs(&state) {
+        Ok(j) => j,
+        Err(r) => return *r,
+    };
+    let job = match jobs.get(id).await {
+        Ok(job) => job,
+        Err(e) => return failed(e),
+    };
+    if job.row.kind != "verify" {
+        let message = format!("job {id} is a {}: only a verify has a report", job.row.kind);
+        return problem(StatusCode::NOT_FOUND, message);
+    }
+    let Some(result) = &job.row.result else {
+        let message = format!(
+            "verify job {id} is {}: its report is written when it is done",
+            job.row.state
+        );
+        return problem(StatusCode::CONFLICT, message);
+    };
+    let rows: Vec<crate::migrate::reconcile::ReportRow> = result["tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["report"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| serde_json::from_value(r).ok())
+        .collect();
+    let csv = crate::migrate::reconcile::csv(&rows);
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        csv,
+    )
+        .into_response()
+}

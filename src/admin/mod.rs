@@ -6,7 +6,8 @@
 //! - [`status`]: `GET /api/status`.
 //! - [`reads`]: `PUT /api/tables/{source}/reads`.
 //! - [`jobs`]: `POST /api/tables/{source}/backfill`, `POST /api/verify`, `POST
-//!   /api/tables/{source}/repair`, `GET /api/jobs[/{id}]`, `DELETE /api/jobs/{id}`.
+//!   /api/tables/{source}/repair`, `GET /api/jobs[/{id}]`, `DELETE /api/jobs/{id}`, `GET
+//!   /api/jobs/{id}/report.csv`.
 //! - [`metrics`]: the Prometheus recorder `GET /metrics` renders.
 //! - [`ctl`]: `pgbridge ctl`, the client of this API.
 
@@ -57,6 +58,7 @@ fn router(state: AppState) -> Router {
         .route("/api/tables/{source}/repair", post(jobs::start_repair))
         .route("/api/jobs", get(jobs::list))
         .route("/api/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/api/jobs/{id}/report.csv", get(jobs::report))
         .with_state(state)
 }
 

@@ -21,6 +21,7 @@ use tracing::{debug, info};
 
 use super::diff::{diff, DiffOptions, Differences, Image};
 use super::image::{self, KeyText, Scope, Side};
+use super::reconcile::{self, Groups, ReportRow, StatusCounts};
 use super::{store, JobError, Jobs, Running};
 use crate::divergence::{Divergence, Kind};
 use crate::mirror::apply::{CanonicalKey, Snapshot};
@@ -43,6 +44,12 @@ pub struct TableResult {
     pub unsettled: u64,
     /// The first keys of each kind, with the differing columns (values unless redacted).
     pub samples: Vec<Sample>,
+    /// How many of the reconciliation report's rows have each status (`[table.reconcile]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<StatusCounts>,
+    /// The reconciliation report's rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<ReportRow>,
 }
 
 impl TableResult {
@@ -71,6 +78,9 @@ pub(super) struct Checkpoint {
     pub done: Vec<TableResult>,
     pub current: Option<TableResult>,
     pub last_key: Option<KeyText>,
+    /// The reconciliation's aggregates of the current table so far, primary and secondary.
+    #[serde(default)]
+    pub groups: Option<(Vec<GroupRow>, Vec<GroupRow>)>,
 }
 
 /// A verify's `result`: per table, and whether every one is clean.
@@ -95,10 +105,12 @@ pub(super) async fn run(
             ..TableResult::default()
         });
         let mut last_key = cp.last_key.take();
+        let mut groups = Accumulated::new(&ctx.rule, cp.groups.take());
         loop {
             if run.is_cancelled() {
                 cp.current = Some(result);
                 cp.last_key = last_key;
+                cp.groups = groups.saved();
                 save(&secondary, run, &cp).await?;
                 return Ok(super::backfill::Ended::Cancelled);
             }
@@ -111,16 +123,22 @@ pub(super) async fn run(
                 return Ok(super::backfill::Ended::Cancelled);
             };
             ctx.account(&secondary, &mut result, &range).await?;
+            groups.add(range.groups.clone());
             run.add(range.rows);
             let end = range.scope.upto.clone();
             cp.current = Some(result.clone());
             cp.last_key = end.clone();
+            cp.groups = groups.saved();
             save(&secondary, run, &cp).await?;
             run.throttle().await;
             match end {
                 Some(k) => last_key = Some(k),
                 None => break,
             }
+        }
+        if let Some(rows) = groups.report(&ctx.rule) {
+            result.reconcile = Some(StatusCounts::of(&rows));
+            result.report = rows;
         }
         info!(table = %table, matched = result.matched, missing = result.missing,
               extra = result.extra, differing = result.differing, "verify of the table done");
@@ -130,6 +148,40 @@ pub(super) async fn run(
     }
     store::set_result(&secondary, run.id, &result_json(&cp.done)).await?;
     Ok(super::backfill::Ended::Done)
+}
+
+/// A table's reconciliation aggregates, primary and secondary, over the ranges compared.
+struct Accumulated(Option<(Groups, Groups)>);
+
+impl Accumulated {
+    fn new(rule: &Rule, saved: Option<(Vec<GroupRow>, Vec<GroupRow>)>) -> Accumulated {
+        let mut acc = Accumulated(
+            rule.reconcile
+                .as_ref()
+                .map(|r| (Groups::new(r), Groups::new(r))),
+        );
+        acc.add(saved);
+        acc
+    }
+
+    fn add(&mut self, rows: Option<(Vec<GroupRow>, Vec<GroupRow>)>) {
+        if let (Some((p, s)), Some((pr, sr))) = (&mut self.0, rows) {
+            p.add(pr);
+            s.add(sr);
+        }
+    }
+
+    fn saved(&self) -> Option<(Vec<GroupRow>, Vec<GroupRow>)> {
+        self.0.as_ref().map(|(p, s)| (p.rows(), s.rows()))
+    }
+
+    /// The report's rows, dated today (UTC).
+    fn report(&self, rule: &Rule) -> Option<Vec<ReportRow>> {
+        let ((p, s), rec) = self.0.as_ref().zip(rule.reconcile.as_ref())?;
+        let now = crate::divergence::record::rfc3339(std::time::SystemTime::now());
+        let table = rule.source.to_string();
+        Some(reconcile::report(&now[..10], &table, rec, p, s))
+    }
 }
 
 async fn save(client: &Client, run: &Running, cp: &Checkpoint) -> Result<(), JobError> {
@@ -143,7 +195,12 @@ pub(super) struct Range {
     pub scope: Scope,
     pub rows: u64,
     pub unsettled: u64,
+    /// The reconciliation's aggregate rows of the range on the primary and the secondary.
+    pub groups: Option<(Vec<GroupRow>, Vec<GroupRow>)>,
 }
+
+/// One aggregate row: the group's values, then the metrics', as text.
+pub type GroupRow = Vec<Option<String>>;
 
 /// One table's verify: its rule and its connections to both sides.
 pub(super) struct Ctx<'a> {
@@ -187,29 +244,23 @@ impl<'a> Ctx<'a> {
         let table = self.rule.source.clone();
         for attempt in 1..=ATTEMPTS {
             self.jobs.port.watch(&table);
-            let (snapshot, source) = self.read_source(&scope, limit).await?;
+            let (snapshot, source, p_groups) = self.read_source(&mut scope, &mut limit).await?;
             let rows = source.len() as u64;
-            if let Some(n) = limit.take() {
-                // The range ends at the last key read, or is open when the source ran out.
-                scope.upto = (rows as i64 == n)
-                    .then(|| source.last().map(|i| i.key_text.clone()))
-                    .flatten();
-            }
             if !self.caught_up().await {
                 return Ok(None);
             }
-            let q = image::image_query(&self.rule, Side::Secondary, &scope, None)?;
-            let target = image::read(&self.secondary, &self.rule, &q)
-                .await
-                .map_err(JobError::Secondary)?;
+            let (target, s_groups) = self.read_target(&scope).await?;
+            let groups = p_groups.zip(s_groups);
             let mut diffs = diff(source, target, &self.opts);
+            let range = |diffs, unsettled| Range {
+                diffs,
+                scope: scope.clone(),
+                rows,
+                unsettled,
+                groups: groups.clone(),
+            };
             if diffs.is_empty() {
-                return Ok(Some(Range {
-                    diffs,
-                    scope,
-                    rows,
-                    unsettled: 0,
-                }));
+                return Ok(Some(range(diffs, 0)));
             }
             // Every change applied before the target was read is noted once this is applied.
             if !self.caught_up().await {
@@ -220,12 +271,7 @@ impl<'a> Ctx<'a> {
             let hot_count = diffs.keys().filter(|k| is_hot(k)).count() as u64;
             if hot_count == 0 || attempt == ATTEMPTS {
                 diffs.retain(|k| !is_hot(k));
-                return Ok(Some(Range {
-                    diffs,
-                    scope,
-                    rows,
-                    unsettled: hot_count,
-                }));
+                return Ok(Some(range(diffs, hot_count)));
             }
             debug!(table = %table, attempt, keys = hot_count, "verify range read again");
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -233,12 +279,13 @@ impl<'a> Ctx<'a> {
         unreachable!("the last attempt returns")
     }
 
-    /// The source's rows of the scope, in one snapshot: the snapshot and the rows.
+    /// The source's rows of the scope in one snapshot (a first read of a range, `limit` rows
+    /// long, fixes where the range ends), and the reconciliation's aggregates of the same rows.
     async fn read_source(
         &self,
-        scope: &Scope,
-        limit: Option<i64>,
-    ) -> Result<(Snapshot, Vec<Image>), JobError> {
+        scope: &mut Scope,
+        limit: &mut Option<i64>,
+    ) -> Result<(Snapshot, Vec<Image>, Option<Vec<GroupRow>>), JobError> {
         let c = &self.primary;
         let fail = JobError::Primary;
         c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -249,16 +296,79 @@ impl<'a> Ctx<'a> {
                 .query_one("SELECT pg_current_snapshot()::text", &[])
                 .await?
                 .get(0);
-            let q = image::image_query(&self.rule, Side::Primary, scope, limit)
+            let q = image::image_query(&self.rule, Side::Primary, scope, *limit)
                 .expect("a verifiable rule has its columns");
             let rows = image::read(c, &self.rule, &q).await?;
-            Ok::<_, tokio_postgres::Error>((snap, rows))
+            if let Some(n) = limit.take() {
+                // The range ends at the last key read, or is open when the source ran out.
+                scope.upto = (rows.len() as i64 == n)
+                    .then(|| rows.last().map(|i| i.key_text.clone()))
+                    .flatten();
+            }
+            let groups = self.aggregates(c, Side::Primary, scope).await?;
+            Ok::<_, tokio_postgres::Error>((snap, rows, groups))
         };
         let result = read.await;
         let _ = c.batch_execute("COMMIT").await;
-        let (snap, rows) = result.map_err(fail)?;
+        let (snap, rows, groups) = result.map_err(fail)?;
         let snapshot = Snapshot::parse(&snap).ok_or(JobError::Corrupt(snap))?;
-        Ok((snapshot, rows))
+        Ok((snapshot, rows, groups))
+    }
+
+    /// The target's rows of the scope, seen through the rule, and their aggregates, in one
+    /// snapshot.
+    async fn read_target(
+        &self,
+        scope: &Scope,
+    ) -> Result<(Vec<Image>, Option<Vec<GroupRow>>), JobError> {
+        let c = &self.secondary;
+        let read = async {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let q = image::image_query(&self.rule, Side::Secondary, scope, None)
+                .expect("a verifiable rule has its columns");
+            let rows = image::read(c, &self.rule, &q).await?;
+            let groups = self.aggregates(c, Side::Secondary, scope).await?;
+            Ok::<_, tokio_postgres::Error>((rows, groups))
+        };
+        let result = read.await;
+        let _ = c.batch_execute("COMMIT").await;
+        result.map_err(JobError::Secondary)
+    }
+
+    /// The `[table.reconcile]` aggregates of the scope's rows on one side, when the rule has
+    /// the section.
+    async fn aggregates(
+        &self,
+        c: &Client,
+        side: Side,
+        scope: &Scope,
+    ) -> Result<Option<Vec<GroupRow>>, tokio_postgres::Error> {
+        let Some(rec) = &self.rule.reconcile else {
+            return Ok(None);
+        };
+        let (Ok(from), Ok(cond)) = (
+            image::from_clause(&self.rule, side),
+            image::condition(&self.rule, side, scope),
+        ) else {
+            return Ok(None);
+        };
+        let condition = (!cond.sql.is_empty()).then_some(cond.sql.as_str());
+        let sql = reconcile::aggregate_sql(rec, &from, condition);
+        let q = image::Query {
+            sql,
+            params: cond.params,
+        };
+        let rows = c.query(&q.sql, &image::params(&q)).await?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect()
+                })
+                .collect(),
+        ))
     }
 
     /// Waits until the applier applied every intent journaled so far; `false` when the job was

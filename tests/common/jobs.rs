@@ -18,9 +18,19 @@ pub const ACTUAL: &str =
 /// pgbridge in front of a fresh DXY pair (with `extra` config lines), and `n` DXY rows (and some
 /// ABC rows, outside the rule) written straight to the primary, which the mirror never sees.
 pub fn with_unmirrored_rows_and(hint: &str, n: usize, extra: &str) -> (Bridge, String) {
+    with_unmirrored_rows_rule(hint, n, DXY_RULE, extra)
+}
+
+/// [`with_unmirrored_rows_and`] with rule file text `rule`.
+pub fn with_unmirrored_rows_rule(
+    hint: &str,
+    n: usize,
+    rule: &str,
+    extra: &str,
+) -> (Bridge, String) {
     let db = fresh_db(hint);
     let c = cluster();
-    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, DXY_RULE, extra);
+    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, rule, extra);
     psql_on(
         c.primary_port,
         &db,
