@@ -427,7 +427,9 @@ async fn eight_concurrent_sessions_writing_overlapping_keys_end_equal() {
 
 #[test]
 fn truncate_copy_and_unmirrorable_writes_are_handled_or_reported() {
-    let (bridge, db) = mirrored("truncate_mirror", "");
+    // Without the automatic repair, the MERGE's row stays missing on the target (see
+    // tests/verify.rs for the repair).
+    let (bridge, db) = mirrored("truncate_mirror", "[verify]\nauto_repair = false");
     let conn = bridge.conn_str("postgres", "", &db);
     let script = format!(
         "{INSERT} ('DXY', '2026-01-05 10:00+00', 1, 1, 1, 1, 1);\n\
@@ -472,6 +474,12 @@ fn truncate_copy_and_unmirrorable_writes_are_handled_or_reported() {
         s["divergences"]["by_kind"]["unmirrored_write"], 1,
         "the MERGE is reported: {s}"
     );
+    let mark = &s["tables"][0]["needs_repair"];
+    assert_eq!(
+        mark["writes"], 1,
+        "the table is marked as needing a repair: {s}"
+    );
+    assert!(mark["reason"].as_str().unwrap().contains("Merge"), "{mark}");
     // The source has the MERGE's row, which the target lacks: exactly what the record says.
     let source = psql_on(
         cluster().primary_port,

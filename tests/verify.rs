@@ -268,3 +268,80 @@ fn a_keyless_rule_and_an_unknown_table_are_refused_and_a_repair_needs_a_verify()
     let (code, _) = http(bridge.admin_port, "POST", "/api/verify", None, Some("{}"));
     assert_eq!(code, 401);
 }
+
+#[test]
+fn a_merge_through_pgbridge_reaches_the_target_by_the_automatic_repair() {
+    let (bridge, db) = with_unmirrored_rows_and("verify_merge", 500, "");
+    backfilled(&bridge);
+    let conn = bridge.conn_str("postgres", "", &db);
+    // A MERGE that inserts one row, updates another and deletes a third: the mirror captures
+    // none of it (no RETURNING for MERGE before PostgreSQL 17).
+    let script = format!(
+        "MERGE INTO derived_data_bars d USING (VALUES ({new}, 1), ({upd}, 2), ({del}, 3)) \
+         AS x(ts, what) ON d.symbol = 'DXY' AND d.ts = x.ts \
+         WHEN MATCHED AND x.what = 2 THEN UPDATE SET close = 42 \
+         WHEN MATCHED AND x.what = 3 THEN DELETE \
+         WHEN NOT MATCHED THEN INSERT VALUES ('DXY', x.ts, 1, 1, 1, 1, 1);\n",
+        new = ts(900),
+        upd = ts(10),
+        del = ts(20),
+    );
+    let (out, code) = psql_script(&conn, &script);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("MERGE 3"), "{out}");
+    // Marked, then verified and repaired by itself (the jobs below say so), then unmarked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = status(&bridge);
+        let t = &s["tables"][0];
+        if t["needs_repair"].is_null() && t["last_verify"]["job"].is_i64() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{s}\n{}",
+            bridge.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    wait_applied(&bridge);
+    assert_target_equal(&db);
+    let (_, jobs) = bridge.admin_get("/api/jobs");
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+    let kinds: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["repair", "verify", "backfill"], "{jobs}");
+    let verify = &jobs[1]["result"]["tables"][0];
+    assert_eq!(
+        (&verify["missing"], &verify["extra"], &verify["differing"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{verify}"
+    );
+    assert!(metric(&bridge, "pgbridge_table_needs_repair", "derived_data_bars") == 0.0);
+}
+
+#[test]
+fn status_shows_the_last_verify_and_how_many_in_a_row_were_clean() {
+    let (bridge, _db) = with_unmirrored_rows_and("verify_status", 200, "");
+    backfilled(&bridge);
+    for _ in 0..3 {
+        let (code, job) = verify_json(&bridge, &[]);
+        assert_eq!(code, 0, "{job}");
+    }
+    let s = status(&bridge);
+    let v = &s["tables"][0]["last_verify"];
+    assert_eq!(v["clean"], true, "{s}");
+    assert_eq!(v["matched"], 200);
+    assert_eq!(v["consecutive_clean"], 3, "{s}");
+    assert!(v["age_seconds"].as_f64().unwrap() < 60.0, "{v}");
+    assert_eq!(s["tables"][0]["backfill"]["state"], "done");
+    assert!(metric(&bridge, "pgbridge_verify_rows_total", "derived_data_bars") >= 600.0);
+}

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use crate::divergence::DivergenceCounts;
+use crate::migrate::summary::{BackfillSummary, VerifySummary};
 use crate::mirror::status::MirrorReport;
 
 /// `GET /api/status`.
@@ -26,17 +27,16 @@ pub struct TableStatus {
     /// The share of sessions whose reads go to `reads` (the others' stay on the primary).
     pub reads_percent: u8,
     pub mirror: String,
-    /// The table's backfill running in this process, or the last one that ended here.
+    /// The table's backfill running in this process, or its last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backfill: Option<BackfillStatus>,
-}
-
-/// A table's backfill in `/api/status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BackfillStatus {
-    pub job: i64,
-    pub state: String,
-    pub progress: crate::migrate::Progress,
+    pub backfill: Option<BackfillSummary>,
+    /// The table's last finished verify, and how many in a row were clean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify: Option<VerifySummary>,
+    /// Set while the mirror is known to have missed a write to the table (a MERGE, a write in
+    /// a CTE or a function): a verify and repair are due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_repair: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -67,20 +67,22 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
             .rules()
             .rules()
             .iter()
-            .map(|r| TableStatus {
-                source: r.source.to_string(),
-                target: r.target.to_string(),
-                reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
-                reads_percent: flags.percent(&r.source).unwrap_or(100),
-                mirror: r.mirror.as_str().to_string(),
-                backfill: m.jobs.as_ref().and_then(|j| {
-                    let (job, state, progress) = j.table_backfill(&r.source.to_string())?;
-                    Some(BackfillStatus {
-                        job,
-                        state,
-                        progress,
-                    })
-                }),
+            .map(|r| {
+                let source = r.source.to_string();
+                let jobs = m.jobs.as_ref().map(|j| j.table_summary(&source));
+                let jobs = jobs.unwrap_or_default();
+                let needs_repair = crate::mirror::stale::get(&source)
+                    .and_then(|mark| serde_json::to_value(mark).ok());
+                TableStatus {
+                    target: r.target.to_string(),
+                    reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
+                    reads_percent: flags.percent(&r.source).unwrap_or(100),
+                    mirror: r.mirror.as_str().to_string(),
+                    backfill: jobs.backfill,
+                    last_verify: jobs.verify,
+                    needs_repair,
+                    source,
+                }
             })
             .collect();
         status.divergences = DivergenceStatus::from(m.recorder.counts());

@@ -17,6 +17,7 @@
 mod conninfo;
 pub mod databases;
 mod de;
+pub mod jobs;
 pub mod load;
 pub mod mirror;
 pub mod ops;
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use databases::{PgUrl, PrimaryConfig, SecondaryConfig};
+pub use jobs::VerifyConfig;
 pub use load::{line_col, ConfigError};
 pub use mirror::{MirrorConfig, MirrorMode, OnError, OnFull};
 pub use ops::{AdminConfig, DivergenceConfig, LimitsConfig, TlsConfig};
@@ -66,6 +68,8 @@ pub struct Config {
     pub reads: ReadsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// Threads that run sessions; defaults to the number of cores.
     #[serde(default)]
     pub worker_threads: Option<usize>,

@@ -59,6 +59,10 @@ pub struct AdminConfig {
     /// ... or while more transactions than this wait in the journal. Default 1000.
     #[serde(default = "default_gate_lag_transactions")]
     pub gate_max_lag_transactions: u64,
+    /// How old the last clean verify of a table may be for status to count it current (a day
+    /// by default).
+    #[serde(default = "default_gate_verify_age")]
+    pub gate_max_verify_age_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -68,6 +72,7 @@ impl Default for AdminConfig {
             audit_log: default_audit_log(),
             gate_max_lag_seconds: default_gate_lag_seconds(),
             gate_max_lag_transactions: default_gate_lag_transactions(),
+            gate_max_verify_age_secs: default_gate_verify_age(),
         }
     }
 }
@@ -80,6 +85,9 @@ fn default_gate_lag_seconds() -> f64 {
 }
 fn default_gate_lag_transactions() -> u64 {
     1000
+}
+fn default_gate_verify_age() -> u64 {
+    86_400
 }
 
 /// Protection of the proxy itself. Every key has a default, so the section may be left out.

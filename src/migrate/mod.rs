@@ -23,12 +23,15 @@
 //! A chunk's rows and the job's progress (its last key) commit in one secondary transaction, so
 //! after a crash the job resumes after the last chunk applied, repeating none.
 
+mod auto;
 pub mod backfill;
 pub mod diff;
 pub mod image;
 pub mod reconcile;
 pub mod repair;
+mod start;
 pub mod store;
+pub mod summary;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -184,12 +187,9 @@ pub struct Jobs {
     max_lag_seconds: f64,
     max_lag_transactions: u64,
     running: Mutex<HashMap<i64, Arc<Running>>>,
-    /// The last job of each kind and table in this process (status shows it).
-    latest: Mutex<HashMap<(String, String), Summary>>,
+    /// Each table's last jobs, as `pgbridge.jobs` says (status shows them).
+    summaries: Mutex<HashMap<String, summary::TableSummary>>,
 }
-
-/// A job's id, state and progress, as status shows it.
-pub type Summary = (i64, String, Progress);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -257,10 +257,11 @@ impl Jobs {
             max_lag_seconds: config.admin.gate_max_lag_seconds,
             max_lag_transactions: config.admin.gate_max_lag_transactions,
             running: Mutex::default(),
-            latest: Mutex::default(),
+            summaries: Mutex::default(),
         });
         let resumer = jobs.clone();
         tokio::spawn(async move { resumer.resume().await }.in_current_span());
+        jobs.spawn_auto(config.verify.clone());
         jobs
     }
 
@@ -270,146 +271,6 @@ impl Jobs {
 
     fn verifiable(&self, table: &str) -> Result<Arc<Rule>, JobError> {
         verifiable(&self.rules.load(), table)
-    }
-
-    /// Starts a backfill of `table` (resuming its last cancelled or failed one); its job id.
-    pub async fn start_backfill(
-        self: &Arc<Self>,
-        table: &str,
-        chunk_rows: Option<i64>,
-        max_rows_per_sec: Option<i64>,
-    ) -> Result<i64, JobError> {
-        let rule = self.backfillable(table)?;
-        let table = rule.source.to_string();
-        let chunk_rows = chunk_size(chunk_rows)?;
-        self.refuse_busy(std::slice::from_ref(&table))?;
-        let client = store::connect(&self.secondary).await?;
-        let earlier = store::list(&client, None).await?.into_iter().find(|j| {
-            j.kind == "backfill" && j.table == table && j.state != "done" && j.state != "running"
-        });
-        let (mut row, resumed) = match earlier {
-            Some(j) => {
-                store::reopen(&client, j.id).await?;
-                (j, true)
-            }
-            None => {
-                let job = store::NewJob {
-                    kind: "backfill",
-                    table: &table,
-                    chunk_rows,
-                    max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
-                    params: None,
-                };
-                (self.create(&client, &job).await?, false)
-            }
-        };
-        row.chunk_rows = chunk_rows;
-        row.max_rows_per_sec = max_rows_per_sec.unwrap_or(row.max_rows_per_sec);
-        if row.rows_total.is_none() {
-            let total = backfill::count(self, &rule).await?;
-            store::set_total(&client, row.id, total).await?;
-            row.rows_total = Some(total);
-        }
-        info!(job = row.id, table = %table, resumed, "backfill started");
-        let id = row.id;
-        self.spawn(row);
-        Ok(id)
-    }
-
-    /// Starts a verify of `tables` (every verifiable rule's when empty); its job id.
-    pub async fn start_verify(
-        self: &Arc<Self>,
-        tables: &[String],
-        chunk_rows: Option<i64>,
-        max_rows_per_sec: Option<i64>,
-    ) -> Result<i64, JobError> {
-        let rules = self.rules.load();
-        let chosen: Vec<Arc<Rule>> = match tables.is_empty() {
-            true => rules
-                .rules()
-                .iter()
-                .filter(|r| verifiable(&rules, &r.source.to_string()).is_ok())
-                .cloned()
-                .collect(),
-            false => tables
-                .iter()
-                .map(|t| verifiable(&rules, t))
-                .collect::<Result<_, _>>()?,
-        };
-        if chosen.is_empty() {
-            return Err(JobError::UnknownTable(
-                "(any: no rule can be verified)".into(),
-            ));
-        }
-        let names: Vec<String> = chosen.iter().map(|r| r.source.to_string()).collect();
-        self.refuse_busy(&names)?;
-        let mut total = 0;
-        for rule in &chosen {
-            total += backfill::count(self, rule).await?;
-        }
-        let client = store::connect(&self.secondary).await?;
-        let job = store::NewJob {
-            kind: "verify",
-            table: &names.join(","),
-            chunk_rows: chunk_size(chunk_rows)?,
-            max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
-            params: Some(serde_json::json!({ "tables": names })),
-        };
-        let mut row = self.create(&client, &job).await?;
-        store::set_total(&client, row.id, total).await?;
-        row.rows_total = Some(total);
-        info!(job = row.id, tables = %row.table, "verify started");
-        let id = row.id;
-        self.spawn(row);
-        Ok(id)
-    }
-
-    /// Starts a repair of `table` from verify job `verify` (its last verify when `None`).
-    pub async fn start_repair(
-        self: &Arc<Self>,
-        table: &str,
-        verify: Option<i64>,
-    ) -> Result<i64, JobError> {
-        let rule = verifiable(&self.rules.load(), table)?;
-        let table = rule.source.to_string();
-        self.refuse_busy(std::slice::from_ref(&table))?;
-        let client = store::connect(&self.secondary).await?;
-        let verify = repair::find_verify(&client, &table, verify).await?;
-        let keys = store::keys(&client, verify, &table).await?.len() as i64;
-        let job = store::NewJob {
-            kind: "repair",
-            table: &table,
-            chunk_rows: DEFAULT_CHUNK_ROWS.min(1000),
-            max_rows_per_sec: 0,
-            params: Some(serde_json::json!({ "verify": verify })),
-        };
-        let mut row = self.create(&client, &job).await?;
-        store::set_total(&client, row.id, keys).await?;
-        row.rows_total = Some(keys);
-        info!(job = row.id, table = %table, verify, keys, "repair started");
-        let id = row.id;
-        self.spawn(row);
-        Ok(id)
-    }
-
-    async fn create(
-        &self,
-        client: &tokio_postgres::Client,
-        job: &store::NewJob<'_>,
-    ) -> Result<JobRow, JobError> {
-        let id = store::create(client, job).await?;
-        store::get(client, id).await?.ok_or(JobError::NoJob(id))
-    }
-
-    /// Refuses a job on a table another job of this process works on.
-    fn refuse_busy(&self, tables: &[String]) -> Result<(), JobError> {
-        let running = lock(&self.running);
-        for t in tables {
-            if let Some(r) = running.values().find(|r| r.tables.contains(t)) {
-                return Err(JobError::Running(t.clone(), r.id));
-            }
-        }
-        Ok(())
     }
 
     /// Runs a job in a task of its own, unless it already runs here.
@@ -493,12 +354,8 @@ impl Jobs {
             warn!(error = %e, "cannot record the end of the job");
         }
         info!(state, rows = run.done(), "job ended");
-        let progress = run.progress();
-        for t in &run.tables {
-            let ended = (run.id, state.to_string(), progress.clone());
-            lock(&self.latest).insert((run.kind.clone(), t.clone()), ended);
-        }
         lock(&self.running).remove(&run.id);
+        self.refresh().await;
         run.ended.notify_waiters();
     }
 
@@ -530,6 +387,7 @@ impl Jobs {
                         info!(job = row.id, kind = %row.kind, table = %row.table, "resuming the job");
                         self.spawn(row);
                     }
+                    self.refresh().await;
                     return;
                 }
                 Err(e) => {
@@ -589,15 +447,37 @@ impl Jobs {
         JobView { row, progress }
     }
 
-    /// The backfill of `table` running here, or the last one that ended here: id, state and
-    /// progress, for `/api/status`.
-    pub fn table_backfill(&self, table: &str) -> Option<(i64, String, Progress)> {
+    /// Reads every table's last jobs again from `pgbridge.jobs`.
+    async fn refresh(&self) {
+        let loaded = match store::connect(&self.secondary).await {
+            Ok(client) => summary::load(&client).await,
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(s) => *lock(&self.summaries) = s,
+            Err(e) => warn!(error = %e, "cannot read the jobs for status"),
+        }
+    }
+
+    /// A table's last jobs for `/api/status`: its backfill running here (with its live
+    /// progress) or its last one, and its last verify.
+    pub fn table_summary(&self, table: &str) -> summary::TableSummary {
+        let mut s = lock(&self.summaries)
+            .get(table)
+            .map(summary::TableSummary::now)
+            .unwrap_or_default();
         let running = lock(&self.running)
             .values()
             .find(|r| r.kind == "backfill" && r.table == table)
-            .map(|r| (r.id, "running".to_string(), r.progress()));
-        let key = ("backfill".to_string(), table.to_string());
-        running.or_else(|| lock(&self.latest).get(&key).cloned())
+            .map(|r| summary::BackfillSummary {
+                job: r.id,
+                state: "running".into(),
+                progress: r.progress(),
+            });
+        if running.is_some() {
+            s.backfill = running;
+        }
+        s
     }
 }
 

@@ -125,6 +125,8 @@ pub(super) async fn run(
             ctx.account(&secondary, &mut result, &range).await?;
             groups.add(range.groups.clone());
             run.add(range.rows);
+            metrics::counter!("pgbridge_verify_rows_total", "table" => table.clone())
+                .increment(range.rows);
             let end = range.scope.upto.clone();
             cp.current = Some(result.clone());
             cp.last_key = end.clone();
@@ -140,6 +142,8 @@ pub(super) async fn run(
             result.reconcile = Some(StatusCounts::of(&rows));
             result.report = rows;
         }
+        metrics::gauge!("pgbridge_verify_differences", "table" => table.clone())
+            .set(result.differences() as f64);
         info!(table = %table, matched = result.matched, missing = result.missing,
               extra = result.extra, differing = result.differing, "verify of the table done");
         cp.done.push(result);

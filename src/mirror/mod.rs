@@ -30,6 +30,7 @@ pub mod compare;
 pub mod journal;
 pub mod parked;
 pub mod resolve;
+pub mod stale;
 pub mod status;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -357,10 +357,21 @@ impl<'a> Driver<'a> {
 
     fn report_unmirrored(&self, s: &StatementInfo, analysis: &Analysis, reason: String) {
         let table = analysis.unmirrored_table(s);
-        let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, table);
+        let mut d = Divergence::new(DivergenceKind::UnmirroredWrite, table.clone());
         d.query = normalize_query(analysis.capture_sql.as_deref().unwrap_or_default());
         d.detail = serde_json::json!({ "reason": reason });
         d.session = Some(self.session);
+        if s.kind != Kind::Ddl {
+            // Every table it writes may differ now; the one recorded when none is named.
+            let mut tables: Vec<String> = s.writes.iter().map(|w| w.table.to_string()).collect();
+            if tables.is_empty() {
+                tables.push(table.clone());
+            }
+            let mut tracker = self.shared.lock();
+            for t in tables {
+                tracker.stale.push((t, reason.clone()));
+            }
+        }
         tracing::warn!(session = self.session, reason = %d.detail, "a write to a migrated table is not mirrored");
         self.recorder.record(d);
     }

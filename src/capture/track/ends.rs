@@ -65,6 +65,17 @@ impl Tracker {
     /// The transaction ended in a way pgbridge did not journal: its changes are lost to the mirror.
     pub(super) fn end_unjournaled(&mut self) {
         self.lost += self.txn.len();
+        let mut tables: Vec<String> = self
+            .txn
+            .changes()
+            .iter()
+            .map(|c| c.table.to_string())
+            .collect();
+        tables.dedup();
+        for table in tables {
+            let why = "a transaction ended without a COMMIT pgbridge could journal";
+            crate::mirror::stale::mark(&table, why);
+        }
         self.txn.clear();
     }
 
@@ -132,6 +143,10 @@ impl Tracker {
         let popped = self.queue.pop_front();
         if status == b'I' && !self.requests_owed() {
             self.touched = false;
+            // The transaction that wrote them ended: a verify now sees what it did.
+            for (table, why) in self.stale.drain(..) {
+                crate::mirror::stale::mark(&table, &why);
+            }
         }
         let hold = match popped {
             Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold }) => hold,

@@ -59,6 +59,9 @@ pub struct Tracker {
     committed: Option<u64>,
     /// Changes lost because the transaction ended without pgbridge's COMMIT (for a divergence).
     pub lost: usize,
+    /// Tables written by statements the mirror cannot capture, with why: marked as needing a
+    /// repair once the session's transaction has ended (src/mirror/stale.rs).
+    pub stale: Vec<(String, String)>,
     pub journal: Option<Arc<Journal>>,
     pub sync: bool,
     /// Divergences for the reply side to record.
