@@ -345,3 +345,44 @@ fn status_shows_the_last_verify_and_how_many_in_a_row_were_clean() {
     assert_eq!(s["tables"][0]["backfill"]["state"], "done");
     assert!(metric(&bridge, "pgbridge_verify_rows_total", "derived_data_bars") >= 600.0);
 }
+
+#[test]
+fn a_verify_resumes_after_a_sigkill_and_counts_every_row_once() {
+    const N: usize = 20_000;
+    let (mut bridge, db) = with_unmirrored_rows_and("verify_kill", N, "");
+    backfilled(&bridge);
+    let c = cluster();
+    psql_on(
+        c.secondary_port,
+        &db,
+        &format!("DELETE FROM data_bars WHERE ts = {}", ts(N - 2)),
+    );
+    let body = "{\"tables\":[\"derived_data_bars\"],\"chunk_rows\":500,\"max_rows_per_sec\":4000}";
+    let (code, answer) = post(&bridge, "/api/verify", body);
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["job"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while job(&bridge, id)["rows_done"].as_i64().unwrap() < 3000 {
+        assert!(std::time::Instant::now() < deadline, "{}", bridge.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bridge.signal(9);
+    bridge.wait_exit(std::time::Duration::from_secs(5));
+    let before = job_after_restart(&mut bridge, id);
+    assert!(before < N as i64, "killed in the middle: {before}");
+    let done = wait_job(&bridge, id, "done");
+    let t = &done["result"]["tables"][0];
+    assert_eq!(t["matched"], N as u64 - 1, "{done}");
+    assert_eq!(t["missing"], 1, "{done}");
+    assert_eq!(
+        done["rows_done"], N as u64,
+        "every row compared once: {done}"
+    );
+    assert_eq!(done["result"]["clean"], false);
+}
+
+/// Restarts a killed bridge; the job's rows done as the restarted process found them.
+fn job_after_restart(bridge: &mut Bridge, id: i64) -> i64 {
+    bridge.restart();
+    job(bridge, id)["rows_done"].as_i64().unwrap()
+}
