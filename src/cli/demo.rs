@@ -24,6 +24,16 @@ const PRIMARY_SQL: &str = include_str!("../../docker/primary-init.sql");
 const SECONDARY_SQL: &str = include_str!("../../docker/secondary-init.sql");
 const SECONDARY_BACKFILL: &str = include_str!("../../docker/secondary-backfill.sql");
 const DXY_RULES: &str = include_str!("../../rules/dxy.toml");
+/// The demo's rule also has the seeds' daily reconciliation, so that `ctl verify --report`
+/// has a report to write.
+const DEMO_RECONCILE: &str = r#"
+[table.reconcile]                  # the daily reconciliation report of a verify (docs/RULES.md)
+group_by = ["symbol", "date_trunc('day', ts)"]
+metrics = ["count", "sum(volume)", "sum(close)"]
+[table.reconcile.thresholds]       # absolute differences above `warning` / `critical`
+count = { critical = 0 }
+"sum(close)" = { warning = 100, critical = 1000 }
+"#;
 
 /// The database the demo creates on both servers, as in docker/compose.yaml.
 const DBNAME: &str = "trading";
@@ -248,7 +258,8 @@ fn write_files(dir: &Path, config: &str) -> Result<PathBuf, DemoError> {
         source,
     };
     std::fs::create_dir(dir.join("rules")).map_err(err)?;
-    std::fs::write(dir.join("rules").join("dxy.toml"), DXY_RULES).map_err(err)?;
+    let rules = format!("{DXY_RULES}{DEMO_RECONCILE}");
+    std::fs::write(dir.join("rules").join("dxy.toml"), rules).map_err(err)?;
     let path = dir.join("pgbridge.toml");
     std::fs::write(&path, config).map_err(err)?;
     Ok(path)
