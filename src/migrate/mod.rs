@@ -325,12 +325,24 @@ impl Jobs {
 
     /// Waits while the mirror lags beyond the gate's bounds: the applications' writes first.
     async fn wait_for_lag(&self, run: &Running) {
+        let mut paused = false;
         loop {
             let r = self.port.report();
             let lagging = r.lag_seconds > self.max_lag_seconds
                 || r.lag_transactions > self.max_lag_transactions;
             if !lagging || run.is_cancelled() {
+                if paused {
+                    info!("backfill goes on: the mirror caught up");
+                }
                 return;
+            }
+            if !paused {
+                info!(
+                    lag_seconds = r.lag_seconds,
+                    lag_transactions = r.lag_transactions,
+                    "backfill paused while the mirror lags"
+                );
+                paused = true;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
