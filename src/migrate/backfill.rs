@@ -23,8 +23,13 @@ const SETTINGS: [(&str, &str); 5] = [
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
 ];
-/// Failed chunks in a row before the job fails.
+/// Failed chunks in a row before the job fails (a chunk the primary could not give, or the
+/// applier could not apply).
 const MAX_FAILURES: u32 = 5;
+/// Chunks read again in a row before the job fails: each time an unseen TRUNCATE or replayed
+/// statement came between the chunk's snapshot and its turn, which a workload truncating the
+/// table that often would make endless.
+const MAX_REREADS: u32 = 20;
 
 /// How a job's loop ended without an error.
 pub(super) enum Ended {
@@ -39,6 +44,42 @@ struct Read {
     last_key: Vec<Option<String>>,
 }
 
+/// What went wrong with the current chunk, in a row: failures and reads again.
+#[derive(Debug, Default)]
+struct Attempts {
+    failures: u32,
+    rereads: u32,
+}
+
+impl Attempts {
+    /// A chunk applied: the next one starts afresh.
+    fn applied(&mut self) {
+        *self = Attempts::default();
+    }
+
+    /// One more failure: how long to wait before the next try, or the job's error once the
+    /// failures are too many. The wait grows, so that a primary restarting has time to.
+    fn failed(&mut self, error: String) -> Result<Duration, JobError> {
+        self.failures += 1;
+        if self.failures >= MAX_FAILURES {
+            return Err(JobError::Chunk(error));
+        }
+        Ok(Duration::from_millis(500) * self.failures)
+    }
+
+    /// One more read again; the job's error once there were too many.
+    fn reread(&mut self) -> Result<(), JobError> {
+        self.rereads += 1;
+        if self.rereads >= MAX_REREADS {
+            return Err(JobError::Chunk(format!(
+                "read again {MAX_REREADS} times: a TRUNCATE or a replayed statement of the \
+                 table came before it each time"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Copies the rule's rows after `last_key` until none are left or the job is cancelled.
 pub(super) async fn copy(
     jobs: &Arc<Jobs>,
@@ -46,19 +87,26 @@ pub(super) async fn copy(
     mut last_key: Option<Vec<Option<String>>>,
 ) -> Result<Ended, JobError> {
     let rule = jobs.backfillable(&run.table)?;
-    let primary = connect_primary(jobs).await?;
     let first = chunk_sql(&rule, false, run.chunk_rows)?;
     let next = chunk_sql(&rule, true, run.chunk_rows)?;
-    let mut failures = 0;
+    let mut primary: Option<Client> = None;
+    let mut attempts = Attempts::default();
     loop {
         if run.is_cancelled() {
             return Ok(Ended::Cancelled);
         }
         jobs.wait_for_lag(run).await;
-        // Before the snapshot: every transaction it cannot see is then noted when applied.
-        jobs.port.watch(&rule.source);
         let sql = if last_key.is_some() { &next } else { &first };
-        let read = read_chunk(&primary, &rule, sql, last_key.as_deref()).await?;
+        let read = match read_from(jobs, &mut primary, &rule, sql, last_key.as_deref()).await {
+            Ok(read) => read,
+            Err(e @ JobError::Primary(_)) => {
+                // The connection is dropped (the primary restarting, say): a new one, later.
+                primary = None;
+                chunk_failed(&rule, e.to_string(), &mut attempts).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if read.rows.is_empty() {
             return Ok(Ended::Done);
         }
@@ -66,27 +114,45 @@ pub(super) async fn copy(
         match hand_over(jobs, run, &rule, read.snapshot, read.rows, &read.last_key).await? {
             ChunkOutcome::Applied { written, skipped } => {
                 debug!(table = %rule.source, written, skipped, "backfill chunk applied");
-                failures = 0;
+                attempts.applied();
                 last_key = Some(read.last_key);
                 run.add(n);
                 let table = rule.source.to_string();
                 metrics::counter!("pgbridge_backfill_rows_total", "table" => table).increment(n);
             }
-            ChunkOutcome::Retry => debug!(table = %rule.source, "backfill chunk read again"),
-            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut failures).await?,
+            ChunkOutcome::Retry => {
+                debug!(table = %rule.source, "backfill chunk read again");
+                attempts.reread()?;
+            }
+            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut attempts).await?,
         }
         run.throttle().await;
     }
 }
 
-/// A chunk the applier could not apply: tried again after a pause, a few times.
-async fn chunk_failed(rule: &Rule, error: String, failures: &mut u32) -> Result<(), JobError> {
-    *failures += 1;
-    warn!(table = %rule.source, error = %error, failures = *failures, "backfill chunk failed");
-    if *failures >= MAX_FAILURES {
-        return Err(JobError::Chunk(error));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// The next chunk, read on the job's primary connection (made first when there is none).
+async fn read_from(
+    jobs: &Jobs,
+    primary: &mut Option<Client>,
+    rule: &Rule,
+    sql: &str,
+    after: Option<&[Option<String>]>,
+) -> Result<Read, JobError> {
+    let client = match primary {
+        Some(client) => client,
+        None => primary.insert(connect_primary(jobs).await?),
+    };
+    // Before the snapshot: every transaction it cannot see is then noted when applied.
+    jobs.port.watch(&rule.source);
+    read_chunk(client, rule, sql, after).await
+}
+
+/// A chunk that could not be read or applied: tried again after a pause, a few times.
+async fn chunk_failed(rule: &Rule, error: String, attempts: &mut Attempts) -> Result<(), JobError> {
+    let failures = attempts.failures + 1;
+    warn!(table = %rule.source, error = %error, failures, "backfill chunk failed");
+    let pause = attempts.failed(error)?;
+    tokio::time::sleep(pause).await;
     Ok(())
 }
 
@@ -285,6 +351,23 @@ pub(super) async fn count(jobs: &Jobs, rule: &Rule) -> Result<i64, JobError> {
 mod tests {
     use super::*;
     use crate::sql::view::tests::dxy_rule;
+
+    #[test]
+    fn a_job_gives_up_after_a_few_failures_or_many_reads_again_in_a_row() {
+        let mut a = Attempts::default();
+        let pauses: Vec<_> = (1..MAX_FAILURES).map(|_| a.failed("x".into())).collect();
+        assert!(pauses.iter().all(Result::is_ok), "{pauses:?}");
+        assert!(pauses[1].as_ref().unwrap() > pauses[0].as_ref().unwrap(), "{pauses:?}");
+        let err = a.failed("the primary: connection closed".into()).unwrap_err();
+        assert!(err.to_string().contains("connection closed"), "{err}");
+        a.applied();
+        assert!(a.failed("x".into()).is_ok(), "an applied chunk starts afresh");
+        for _ in 1..MAX_REREADS {
+            a.reread().unwrap();
+        }
+        let err = a.reread().unwrap_err();
+        assert!(err.to_string().contains("TRUNCATE"), "{err}");
+    }
 
     #[test]
     fn a_chunk_is_read_in_key_order_after_the_last_key() {
