@@ -111,7 +111,10 @@ pub(super) async fn copy(
             return Ok(Ended::Done);
         }
         let n = read.rows.len() as u64;
-        match hand_over(jobs, run, &rule, read.snapshot, read.rows, &read.last_key).await? {
+        let outcome = hand_over(jobs, run, &rule, read.snapshot, read.rows, &read.last_key).await;
+        // Noting keys costs the applier a secondary round trip each: only while a chunk waits.
+        jobs.port.unwatch(&rule.source);
+        match outcome? {
             ChunkOutcome::Applied { written, skipped } => {
                 debug!(table = %rule.source, written, skipped, "backfill chunk applied");
                 attempts.applied();
