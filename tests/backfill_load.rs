@@ -80,7 +80,8 @@ fn ts(i: u64) -> String {
     format!("'2026-01-01 00:00:00+00'::timestamptz + {i} * interval '1 minute'")
 }
 
-/// The statements of round `round` of session `s` on a table of `rows` rows, with the keys each creates and removes.
+/// The statements of round `round` of session `s` on a table of `rows` rows, each with the
+/// keys it creates and removes.
 fn round_sql(s: u64, round: u64, rows: u64, new_keys: NewKeys) -> Vec<(String, u64, u64)> {
     let i = (round * 7919 + s * 25013) % rows;
     // A new key: after every existing one, or before 2026 (behind the cursor).
@@ -91,45 +92,55 @@ fn round_sql(s: u64, round: u64, rows: u64, new_keys: NewKeys) -> Vec<(String, u
             1_000_000 * (s + 1) + k
         ),
     };
-    let shift = match new_keys {
-        NewKeys::Ahead => "interval '100 years'",
-        NewKeys::Behind => "interval '-100 years'",
+    // The rows it moves go ahead of the cursor, or behind it (where the backfill never reads).
+    let (shift, moved) = match new_keys {
+        NewKeys::Ahead => ("interval '100 years'", 1),
+        NewKeys::Behind => ("interval '-100 years'", 0),
     };
-    let mut sql = vec![
-        (format!(
-            "INSERT INTO derived_data_bars VALUES ('DXY', {}, 3, 4, 2, 3.5, 7) ON CONFLICT (symbol, ts) \
-             DO UPDATE SET volume = EXCLUDED.volume + derived_data_bars.volume, close = derived_data_bars.close + 1",
-            ts(i)
-        ), 0, 0),
-        (format!(
-            "INSERT INTO derived_data_bars VALUES ('DXY', {}, 1, 2, 0.5, 1.5, {round}) ON CONFLICT (symbol, ts) \
-             DO UPDATE SET volume = 0",
-            fresh(round * 100)
-        ), 1, 0),
-        (format!("DELETE FROM derived_data_bars WHERE symbol = 'DXY' AND ts = {}", ts((i + 13) % rows)), 0, 1),
-        (format!(
-            "UPDATE derived_data_bars SET ts = ts + {shift} WHERE symbol = 'DXY' AND ts = {}",
-            ts((i + 1009) % rows)
-        ), 1, 1),
-        (format!(
-            "BEGIN; UPDATE derived_data_bars SET volume = -1 WHERE symbol = 'DXY' AND ts = {}; \
-             DELETE FROM derived_data_bars WHERE symbol = 'DXY' AND ts = {}; \
-             INSERT INTO derived_data_bars VALUES ('DXY', {}, 9, 9, 9, 9, 9); ROLLBACK",
-            ts((i + 5) % rows),
-            ts((i + 6) % rows),
-            fresh(round * 100 + 1)
-        ), 0, 0),
-        (format!(
-            "INSERT INTO derived_data_bars VALUES ('ABC', {}, 1, 1, 1, 1, 1) ON CONFLICT (symbol, ts) \
-             DO UPDATE SET volume = derived_data_bars.volume + 1",
-            ts(i)
-        ), 0, 0),
-    ];
-    if new_keys == NewKeys::Behind {
-        // The rows it moves go behind the cursor: what the backfill does not read.
-        sql[3].1 = 0;
-    }
-    sql
+    let dxy = |i: u64| format!("symbol = 'DXY' AND ts = {}", ts(i % rows));
+    let upsert = format!(
+        "INSERT INTO derived_data_bars VALUES ('DXY', {}, 3, 4, 2, 3.5, 7) \
+         ON CONFLICT (symbol, ts) DO UPDATE SET close = derived_data_bars.close + 1, \
+         volume = EXCLUDED.volume + derived_data_bars.volume",
+        ts(i)
+    );
+    let insert = format!(
+        "INSERT INTO derived_data_bars VALUES ('DXY', {}, 1, 2, 0.5, 1.5, {round}) \
+         ON CONFLICT (symbol, ts) DO UPDATE SET volume = 0",
+        fresh(round * 100)
+    );
+    let rolled_back = format!(
+        "BEGIN; UPDATE derived_data_bars SET volume = -1 WHERE {}; \
+         DELETE FROM derived_data_bars WHERE {}; \
+         INSERT INTO derived_data_bars VALUES ('DXY', {}, 9, 9, 9, 9, 9); ROLLBACK",
+        dxy(i + 5),
+        dxy(i + 6),
+        fresh(round * 100 + 1)
+    );
+    let outside = format!(
+        "INSERT INTO derived_data_bars VALUES ('ABC', {}, 1, 1, 1, 1, 1) \
+         ON CONFLICT (symbol, ts) DO UPDATE SET volume = derived_data_bars.volume + 1",
+        ts(i)
+    );
+    vec![
+        (upsert, 0, 0),
+        (insert, 1, 0),
+        (
+            format!("DELETE FROM derived_data_bars WHERE {}", dxy(i + 13)),
+            0,
+            1,
+        ),
+        (
+            format!(
+                "UPDATE derived_data_bars SET ts = ts + {shift} WHERE {}",
+                dxy(i + 1009)
+            ),
+            moved,
+            1,
+        ),
+        (rolled_back, 0, 0),
+        (outside, 0, 0),
+    ]
 }
 
 /// COPY rows of round `round` of session `s`: ten new DXY keys (a microsecond apart, in an hour
@@ -274,6 +285,21 @@ fn a_backfill_killed_under_load_resumes_and_counts_no_chunk_twice() {
     );
 }
 
+/// Session `s`'s share of the backlog: 300 transactions of 84 new DXY rows each.
+fn backlog_script(s: u64) -> String {
+    let mut script = String::new();
+    for t in 0..300 {
+        let first = 10_000_000 + (s * 300 + t) * 84;
+        script.push_str(&format!(
+            "INSERT INTO derived_data_bars (symbol, ts, open, high, low, close, volume) \
+             SELECT 'DXY', {}, 1, 2, 0.5, 1.5, i FROM generate_series({first}, {}) AS i;\n",
+            ts(0).replace("0 * interval", "i * interval"),
+            first + 83
+        ));
+    }
+    script
+}
+
 #[test]
 fn a_backfill_behind_a_backlog_of_100k_mirrored_rows_pauses_and_finishes() {
     let c = cluster();
@@ -293,19 +319,7 @@ fn a_backfill_behind_a_backlog_of_100k_mirrored_rows_pauses_and_finishes() {
     let writers: Vec<_> = (0..SESSIONS)
         .map(|s| {
             let conn = bridge.conn_str("postgres", "", &db);
-            std::thread::spawn(move || {
-                let mut script = String::new();
-                for t in 0..300 {
-                    let first = 10_000_000 + (s * 300 + t) * 84;
-                    script.push_str(&format!(
-                        "INSERT INTO derived_data_bars (symbol, ts, open, high, low, close, volume) \
-                         SELECT 'DXY', {}, 1, 2, 0.5, 1.5, i FROM generate_series({first}, {}) AS i;\n",
-                        ts(0).replace("0 * interval", "i * interval"),
-                        first + 83
-                    ));
-                }
-                psql_script(&conn, &script)
-            })
+            std::thread::spawn(move || psql_script(&conn, &backlog_script(s)))
         })
         .collect();
     for w in writers {
