@@ -360,11 +360,19 @@ mod tests {
         let mut a = Attempts::default();
         let pauses: Vec<_> = (1..MAX_FAILURES).map(|_| a.failed("x".into())).collect();
         assert!(pauses.iter().all(Result::is_ok), "{pauses:?}");
-        assert!(pauses[1].as_ref().unwrap() > pauses[0].as_ref().unwrap(), "{pauses:?}");
-        let err = a.failed("the primary: connection closed".into()).unwrap_err();
+        assert!(
+            pauses[1].as_ref().unwrap() > pauses[0].as_ref().unwrap(),
+            "{pauses:?}"
+        );
+        let err = a
+            .failed("the primary: connection closed".into())
+            .unwrap_err();
         assert!(err.to_string().contains("connection closed"), "{err}");
         a.applied();
-        assert!(a.failed("x".into()).is_ok(), "an applied chunk starts afresh");
+        assert!(
+            a.failed("x".into()).is_ok(),
+            "an applied chunk starts afresh"
+        );
         for _ in 1..MAX_REREADS {
             a.reread().unwrap();
         }
