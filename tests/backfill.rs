@@ -7,94 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::dxy::*;
+use common::jobs::*;
 use common::*;
 
 const ROWS: usize = 20_000;
-const EXPECTED: &str = "SELECT 'DXY.IDX', '1m', ts, open, high, low, close, volume, 't' \
-    FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts";
-const ACTUAL: &str =
-    "SELECT symbol, timeframe, ts, open, high, low, close_px, volume, is_synthetic \
-    FROM data_bars ORDER BY ts";
-
-/// pgbridge in front of a fresh DXY pair, and `n` DXY rows (and some ABC rows, outside the
-/// rule) written straight to the primary, which the mirror never sees.
-fn with_unmirrored_rows(hint: &str, n: usize) -> (Bridge, String) {
-    let db = fresh_db(hint);
-    let c = cluster();
-    let (bridge, db) = mirrored_with(c.primary_port, c.secondary_port, &db, DXY_RULE, "");
-    psql_on(
-        c.primary_port,
-        &db,
-        &format!(
-            "INSERT INTO derived_data_bars (symbol, ts, open, high, low, close, volume) \
-             SELECT s, '2026-01-01 00:00:00+00'::timestamptz + i * interval '1 minute', \
-             100 + i % 7, 101 + i % 5, 99, 100.5 + (i % 11) / 8.0, i \
-             FROM generate_series(0, {}) AS i, (VALUES ('DXY'), ('ABC')) AS v(s) \
-             WHERE s = 'DXY' OR i % 100 = 0",
-            n - 1
-        ),
-    );
-    (bridge, db)
-}
-
-fn start(bridge: &Bridge, table: &str, body: &str) -> (u16, serde_json::Value) {
-    let path = format!("/api/tables/{table}/backfill");
-    let (code, answer) = http(bridge.admin_port, "POST", &path, Some(TOKEN), Some(body));
-    let value = serde_json::from_str(&answer).unwrap_or(serde_json::Value::Null);
-    (code, value)
-}
-
-/// `pgbridge ctl` against the bridge's admin API, with its token.
-fn ctl(bridge: &Bridge, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_pgbridge"))
-        .args([
-            "ctl",
-            "--admin",
-            &format!("http://127.0.0.1:{}", bridge.admin_port),
-        ])
-        .args(["--token", TOKEN])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn job(bridge: &Bridge, id: i64) -> serde_json::Value {
-    let (code, body) = bridge.admin_get(&format!("/api/jobs/{id}"));
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Waits until the job is in `state` (up to 40 s); the job.
-fn wait_state(bridge: &Bridge, id: i64, state: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let j = job(bridge, id);
-        if j["state"] == state {
-            return j;
-        }
-        assert!(
-            Instant::now() < deadline && j["state"] != "failed",
-            "job {id} is {j}, not {state}\n{}",
-            bridge.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The target equals the rule's image of the source, row for row.
-fn assert_equal(db: &str) {
-    let c = cluster();
-    let expected = psql_on(c.primary_port, db, EXPECTED);
-    let actual = psql_on(c.secondary_port, db, ACTUAL);
-    assert!(expected.lines().count() > 1000);
-    if expected != actual {
-        let e: std::collections::BTreeSet<&str> = expected.lines().collect();
-        let a: std::collections::BTreeSet<&str> = actual.lines().collect();
-        let missing: Vec<_> = e.difference(&a).take(5).collect();
-        let extra: Vec<_> = a.difference(&e).take(5).collect();
-        panic!("the target differs: missing {missing:?}, extra {extra:?}");
-    }
-}
 
 /// Writes through pgbridge until `stop`: updates and deletes of existing keys, inserts of new
 /// ones, upserts, key-changing updates, a rolled-back transaction; returns how many rounds.

@@ -183,7 +183,7 @@ fn verify_reports_exactly_the_rows_changed_behind_pgbridge_and_repair_fixes_them
         "DELETE FROM data_bars WHERE symbol = 'EUR'",
     );
     wait_applied(&bridge);
-    assert_target_equal(&db);
+    assert_equal(&db);
     let (code, job) = verify_json(&bridge, &["--report", report]);
     assert_eq!(code, 0, "{job}");
     assert_eq!(job["result"]["tables"][0]["matched"], ROWS as u64);
@@ -249,7 +249,7 @@ fn a_verify_while_the_applications_write_reports_no_difference() {
     assert_eq!(t["differing"], 0);
     assert!(t["matched"].as_u64().unwrap() > (ROWS as u64) / 2, "{t}");
     wait_applied(&bridge);
-    assert_target_equal(&db);
+    assert_equal(&db);
 }
 
 #[test]
@@ -305,7 +305,7 @@ fn a_merge_through_pgbridge_reaches_the_target_by_the_automatic_repair() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     wait_applied(&bridge);
-    assert_target_equal(&db);
+    assert_equal(&db);
     let (_, jobs) = bridge.admin_get("/api/jobs");
     let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
     let kinds: Vec<&str> = jobs
@@ -370,7 +370,7 @@ fn a_verify_resumes_after_a_sigkill_and_counts_every_row_once() {
     bridge.wait_exit(std::time::Duration::from_secs(5));
     let before = job_after_restart(&mut bridge, id);
     assert!(before < N as i64, "killed in the middle: {before}");
-    let done = wait_job(&bridge, id, "done");
+    let done = wait_state(&bridge, id, "done");
     let t = &done["result"]["tables"][0];
     assert_eq!(t["matched"], N as u64 - 1, "{done}");
     assert_eq!(t["missing"], 1, "{done}");

@@ -25,8 +25,13 @@ const SETTINGS: [(&str, &str); 5] = [
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
 ];
-/// Failed chunks in a row before the job fails.
+/// Failed chunks in a row before the job fails (a chunk the primary could not give, or the
+/// applier could not apply).
 const MAX_FAILURES: u32 = 5;
+/// Chunks read again in a row before the job fails: each time an unseen TRUNCATE or replayed
+/// statement came between the chunk's snapshot and its turn, which a workload truncating the
+/// table that often would make endless.
+const MAX_REREADS: u32 = 20;
 
 /// How a job's loop ended without an error.
 pub(super) enum Ended {
@@ -41,6 +46,42 @@ pub(super) struct Read {
     pub last_key: Vec<Option<String>>,
 }
 
+/// What went wrong with the current chunk, in a row: failures and reads again.
+#[derive(Debug, Default)]
+pub(super) struct Attempts {
+    failures: u32,
+    rereads: u32,
+}
+
+impl Attempts {
+    /// A chunk applied: the next one starts afresh.
+    pub(super) fn applied(&mut self) {
+        *self = Attempts::default();
+    }
+
+    /// One more failure: how long to wait before the next try, or the job's error once the
+    /// failures are too many. The wait grows, so that a primary restarting has time to.
+    fn failed(&mut self, error: String) -> Result<Duration, JobError> {
+        self.failures += 1;
+        if self.failures >= MAX_FAILURES {
+            return Err(JobError::Chunk(error));
+        }
+        Ok(Duration::from_millis(500) * self.failures)
+    }
+
+    /// One more read again; the job's error once there were too many.
+    pub(super) fn reread(&mut self) -> Result<(), JobError> {
+        self.rereads += 1;
+        if self.rereads >= MAX_REREADS {
+            return Err(JobError::Chunk(format!(
+                "read again {MAX_REREADS} times: a TRUNCATE or a replayed statement of the \
+                 table came before it each time"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Copies the rule's rows after `last_key` until none are left or the job is cancelled.
 pub(super) async fn copy(
     jobs: &Arc<Jobs>,
@@ -48,21 +89,28 @@ pub(super) async fn copy(
     mut last_key: Option<Vec<Option<String>>>,
 ) -> Result<Ended, JobError> {
     let rule = jobs.backfillable(&run.table)?;
-    let primary = connect_primary(jobs).await?;
-    let mut failures = 0;
+    let mut primary: Option<Client> = None;
+    let mut attempts = Attempts::default();
     loop {
         if run.is_cancelled() {
             return Ok(Ended::Cancelled);
         }
         jobs.wait_for_lag(run).await;
-        // Before the snapshot: every transaction it cannot see is then noted when applied.
-        jobs.port.watch(&rule.source);
         let scope = Scope {
             after: last_key.clone(),
             ..Scope::default()
         };
         let query = chunk_query(&rule, &scope, Some(run.chunk_rows))?;
-        let read = read_chunk(&primary, &rule, &query).await?;
+        let read = match read_from(jobs, &mut primary, &rule, &query).await {
+            Ok(read) => read,
+            Err(e @ JobError::Primary(_)) => {
+                // The connection is dropped (the primary restarting, say): a new one, later.
+                primary = None;
+                chunk_failed(&rule, e.to_string(), &mut attempts).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if read.rows.is_empty() {
             return Ok(Ended::Done);
         }
@@ -72,34 +120,54 @@ pub(super) async fn copy(
             rows: read.rows,
             deletes: Vec::new(),
         };
-        match hand_over(jobs, run, &rule, chunk, &read.last_key).await? {
+        let outcome = hand_over(jobs, run, &rule, chunk, &read.last_key).await;
+        // Noting keys costs the applier a secondary round trip each: only while a chunk waits.
+        jobs.port.unwatch(&rule.source);
+        match outcome? {
             ChunkOutcome::Applied { written, skipped } => {
                 debug!(table = %rule.source, written, skipped, "backfill chunk applied");
-                failures = 0;
+                attempts.applied();
                 last_key = Some(read.last_key);
                 run.add(n);
                 let table = rule.source.to_string();
                 metrics::counter!("pgbridge_backfill_rows_total", "table" => table).increment(n);
             }
-            ChunkOutcome::Retry => debug!(table = %rule.source, "backfill chunk read again"),
-            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut failures).await?,
+            ChunkOutcome::Retry => {
+                debug!(table = %rule.source, "backfill chunk read again");
+                attempts.reread()?;
+            }
+            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut attempts).await?,
         }
         run.throttle().await;
     }
 }
 
-/// A chunk the applier could not apply: tried again after a pause, a few times.
+/// The next chunk, read on the job's primary connection (made first when there is none).
+async fn read_from(
+    jobs: &Jobs,
+    primary: &mut Option<Client>,
+    rule: &Rule,
+    query: &Query,
+) -> Result<Read, JobError> {
+    let client = match primary {
+        Some(client) => client,
+        None => primary.insert(connect_primary(jobs).await?),
+    };
+    // Before the snapshot: every transaction it cannot see is then noted when applied.
+    jobs.port.watch(&rule.source);
+    read_chunk(client, rule, query).await
+}
+
+/// A chunk that could not be read or applied: tried again after a pause, a few times.
 pub(super) async fn chunk_failed(
     rule: &Rule,
     error: String,
-    failures: &mut u32,
+    attempts: &mut Attempts,
 ) -> Result<(), JobError> {
-    *failures += 1;
-    warn!(table = %rule.source, error = %error, failures = *failures, "backfill chunk failed");
-    if *failures >= MAX_FAILURES {
-        return Err(JobError::Chunk(error));
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failures = attempts.failures + 1;
+    warn!(table = %rule.source, error = %error, failures, "backfill chunk failed");
+    let pause = attempts.failed(error)?;
+    tokio::time::sleep(pause).await;
     Ok(())
 }
 
@@ -303,6 +371,31 @@ pub(super) async fn count(jobs: &Jobs, rule: &Rule) -> Result<i64, JobError> {
 mod tests {
     use super::*;
     use crate::sql::view::tests::dxy_rule;
+
+    #[test]
+    fn a_job_gives_up_after_a_few_failures_or_many_reads_again_in_a_row() {
+        let mut a = Attempts::default();
+        let pauses: Vec<_> = (1..MAX_FAILURES).map(|_| a.failed("x".into())).collect();
+        assert!(pauses.iter().all(Result::is_ok), "{pauses:?}");
+        assert!(
+            pauses[1].as_ref().unwrap() > pauses[0].as_ref().unwrap(),
+            "{pauses:?}"
+        );
+        let err = a
+            .failed("the primary: connection closed".into())
+            .unwrap_err();
+        assert!(err.to_string().contains("connection closed"), "{err}");
+        a.applied();
+        assert!(
+            a.failed("x".into()).is_ok(),
+            "an applied chunk starts afresh"
+        );
+        for _ in 1..MAX_REREADS {
+            a.reread().unwrap();
+        }
+        let err = a.reread().unwrap_err();
+        assert!(err.to_string().contains("TRUNCATE"), "{err}");
+    }
 
     #[test]
     fn a_chunk_is_read_in_key_order_after_the_last_key() {

@@ -149,6 +149,7 @@ impl Running {
     fn progress(&self) -> Progress {
         let done = self.done.load(Ordering::Relaxed);
         let total = Some(self.total.load(Ordering::Relaxed)).filter(|t| *t >= 0);
+        let total = shown_total(total, done);
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = (done - self.at_start) as f64 / secs;
         let eta = total
@@ -173,6 +174,12 @@ impl Running {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The total a job shows beside `done`: the count taken at its start, or `done` once the rows
+/// the applications inserted meanwhile have made it larger (never "12,000 of 10,000").
+fn shown_total(total: Option<i64>, done: i64) -> Option<i64> {
+    total.map(|t| t.max(done))
 }
 
 /// The jobs of a serving proxy.
@@ -366,12 +373,24 @@ impl Jobs {
 
     /// Waits while the mirror lags beyond the gate's bounds: the applications' writes first.
     async fn wait_for_lag(&self, run: &Running) {
+        let mut paused = false;
         loop {
             let r = self.port.report();
             let lagging = r.lag_seconds > self.max_lag_seconds
                 || r.lag_transactions > self.max_lag_transactions;
             if !lagging || run.is_cancelled() {
+                if paused {
+                    info!("backfill goes on: the mirror caught up");
+                }
                 return;
+            }
+            if !paused {
+                info!(
+                    lag_seconds = r.lag_seconds,
+                    lag_transactions = r.lag_transactions,
+                    "backfill paused while the mirror lags"
+                );
+                paused = true;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -440,7 +459,7 @@ impl Jobs {
         let live = lock(&self.running).get(&row.id).map(|r| r.progress());
         let progress = live.unwrap_or(Progress {
             done: row.rows_done,
-            total: row.rows_total,
+            total: shown_total(row.rows_total, row.rows_done),
             rows_per_sec: 0.0,
             eta_seconds: None,
         });
@@ -525,5 +544,16 @@ mod tests {
         assert_eq!((p.done, p.total), (600, Some(1000)));
         assert!((p.rows_per_sec - 50.0).abs() < 1.0, "{p:?}");
         assert!((p.eta_seconds.unwrap() - 8.0).abs() < 0.5, "{p:?}");
+        run.add(700);
+        let p = run.progress();
+        assert_eq!((p.done, p.total), (1300, Some(1300)), "never done > total");
+        assert_eq!(p.eta_seconds, Some(0.0));
+    }
+
+    #[test]
+    fn a_total_outgrown_by_the_rows_done_shows_the_rows_done() {
+        assert_eq!(shown_total(Some(10_000), 12_000), Some(12_000));
+        assert_eq!(shown_total(Some(10_000), 9_000), Some(10_000));
+        assert_eq!(shown_total(None, 9_000), None);
     }
 }

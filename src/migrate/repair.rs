@@ -99,7 +99,7 @@ async fn repair_keys(
     primary: &Client,
     keys: &[KeyText],
 ) -> Result<Option<u64>, JobError> {
-    let mut failures = 0;
+    let mut attempts = backfill::Attempts::default();
     loop {
         if run.is_cancelled() {
             return Ok(None);
@@ -119,14 +119,19 @@ async fn repair_keys(
             rows: read.rows,
             deletes,
         };
-        match backfill::hand_over(jobs, run, rule, handed, &last).await? {
+        let outcome = backfill::hand_over(jobs, run, rule, handed, &last).await;
+        jobs.port.unwatch(&rule.source);
+        match outcome? {
             ChunkOutcome::Applied { written, skipped } => {
                 debug!(table = %rule.source, written, skipped, "repair chunk applied");
                 run.add(keys.len() as u64);
                 return Ok(Some(written));
             }
-            ChunkOutcome::Retry => debug!(table = %rule.source, "repair chunk read again"),
-            ChunkOutcome::Failed(e) => backfill::chunk_failed(rule, e, &mut failures).await?,
+            ChunkOutcome::Retry => {
+                debug!(table = %rule.source, "repair chunk read again");
+                attempts.reread()?;
+            }
+            ChunkOutcome::Failed(e) => backfill::chunk_failed(rule, e, &mut attempts).await?,
         }
     }
 }

@@ -119,7 +119,10 @@ pub(super) async fn run(
                 after: last_key.clone(),
                 ..Scope::default()
             };
-            let Some(range) = ctx.compare(scope, Some(run.chunk_rows)).await? else {
+            let compared = ctx.compare(scope, Some(run.chunk_rows)).await;
+            // Noting keys costs the applier a round trip each: only while a range is compared.
+            jobs.port.unwatch(&ctx.rule.source);
+            let Some(range) = compared? else {
                 return Ok(super::backfill::Ended::Cancelled);
             };
             ctx.account(&secondary, &mut result, &range).await?;
