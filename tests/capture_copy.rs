@@ -387,3 +387,76 @@ fn psycopg_and_asyncpg_copies_fail_and_succeed_as_directly() {
         );
     }
 }
+
+/// tokio-postgres's COPY (it sends Sync with the Execute, before its data, and the server
+/// ignores that Sync): the session goes on afterwards as it would directly, into a migrated
+/// table (relayed, unmirrored, the table marked for a repair) and into one that is not.
+#[test]
+fn a_tokio_postgres_copy_in_leaves_the_session_usable() {
+    use futures_util::SinkExt;
+    let (bridge, db) = mirrored_with(
+        cluster().primary_port,
+        cluster().secondary_port,
+        &fresh_db("copy_tokio"),
+        DXY_RULE,
+        "[verify]\nauto_repair = false",
+    );
+    psql_on(
+        cluster().primary_port,
+        &db,
+        "CREATE TABLE plain (a int, b text)",
+    );
+    let conn = bridge.conn_str("postgres", "", &db);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let counts = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let run = async {
+            for (sql, data) in [
+                (COPY, "DXY\t2026-01-05 10:00:00+00\t1\t2\t0.5\t1.5\t100\n"),
+                ("COPY plain FROM STDIN", "1\tone\n2\ttwo\n"),
+            ] {
+                let sink = client.copy_in(sql).await.unwrap();
+                futures_util::pin_mut!(sink);
+                sink.send(bytes::Bytes::from(data)).await.unwrap();
+                sink.finish().await.unwrap();
+            }
+            // The session is in step: a mirrored write, a prepared query and a simple one.
+            client
+                .execute(
+                    "INSERT INTO derived_data_bars VALUES ('DXY', '2026-01-05 11:00+00', 1, 1, 1, 1, 1)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM derived_data_bars", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let m = client.simple_query("SELECT count(*) FROM plain").await.unwrap();
+            let m = match &m[1] {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_string(),
+                other => panic!("{other:?}"),
+            };
+            (n, m)
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .expect("the session hangs after a COPY")
+    });
+    assert_eq!(counts, (2, "2".to_string()));
+    wait_applied(&bridge);
+    assert_eq!(
+        target(&db),
+        "2026-01-05 11:00:00|1.000000\n",
+        "the INSERT is mirrored, the COPY is not"
+    );
+    let s = status(&bridge);
+    assert_eq!(s["tables"][0]["needs_repair"]["writes"], 1, "{s}");
+}

@@ -104,6 +104,10 @@ pub enum Expect {
     },
     Sync {
         hold: bool,
+        /// Sent after the Execute of a COPY FROM STDIN and before the client's CopyDone or
+        /// CopyFail: once the server answers that COPY with CopyInResponse, it ignores this
+        /// Sync (no ReadyForQuery comes for it); when the COPY fails first, it counts.
+        in_copy: bool,
     },
     /// FunctionCall, and anything else answered by one ReadyForQuery.
     Call,

@@ -176,6 +176,21 @@ fn may_write(text: &str) -> bool {
     )
 }
 
+/// Whether a statement is `COPY name [(columns)] FROM STDIN ...`: the server then waits for the
+/// client's data.
+pub fn copy_from_stdin(text: &str) -> bool {
+    let Some(name) = copy_target(text) else {
+        return false;
+    };
+    let rest = text[name.end..].to_ascii_lowercase();
+    let rest = match rest.trim_start().strip_prefix('(') {
+        Some(cols) => cols.split_once(')').map_or("", |(_, r)| r).to_string(),
+        None => rest,
+    };
+    let mut words = rest.split_whitespace();
+    words.next() == Some("from") && words.next().is_some_and(|w| w.starts_with("stdin"))
+}
+
 /// The byte range of the table name in `COPY name ...` (comments and quoted names allowed).
 pub fn copy_target(text: &str) -> Option<Range<usize>> {
     let b = text.as_bytes();
@@ -274,6 +289,19 @@ impl Analysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_from_stdin_is_told_from_other_copies() {
+        assert!(copy_from_stdin("COPY bars FROM STDIN"));
+        assert!(copy_from_stdin(
+            "copy public.bars (a, b) from stdin with (format csv)"
+        ));
+        assert!(copy_from_stdin("COPY \"Bars\" FROM stdin;"));
+        assert!(!copy_from_stdin("COPY bars TO STDOUT"));
+        assert!(!copy_from_stdin("COPY bars FROM '/tmp/x'"));
+        assert!(!copy_from_stdin("COPY (SELECT 1) TO STDOUT"));
+        assert!(!copy_from_stdin("SELECT 1"));
+    }
 
     #[test]
     fn the_copy_target_is_found_in_the_clients_text() {

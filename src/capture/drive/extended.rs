@@ -40,6 +40,11 @@ impl<'a> Driver<'a> {
             return;
         };
         let name = name.to_string();
+        if crate::sql::plan::copy_from_stdin(query) {
+            self.copy_statements.insert(name.clone());
+        } else {
+            self.copy_statements.remove(&name);
+        }
         let analysis = self.analyzer.analyze(query);
         self.forget_injected(&analysis);
         super::note_schema_change(&analysis);
@@ -135,6 +140,11 @@ impl<'a> Driver<'a> {
             self.forget_injected(a);
         }
         let step = self.execute_step(analysis.as_deref(), portal);
+        let statement = portal.and_then(|p| self.portal_statements.get(p));
+        if statement.is_some_and(|s| self.copy_statements.contains(s)) {
+            // Until the client's CopyDone, a Sync it sends may be one the server ignores.
+            self.copy_in = true;
+        }
         match &step {
             Step::Tx(TxControl::Begin(_)) => self.began = true,
             // Changes may still be on their way (an Execute earlier in this batch).
@@ -320,8 +330,12 @@ impl<'a> Driver<'a> {
         primary: &mut W,
     ) -> std::io::Result<()> {
         self.began = false;
+        let in_copy = self.copy_in;
         if !std::mem::take(&mut self.wrapped) {
-            self.expect(Expect::Sync { hold: false });
+            self.expect(Expect::Sync {
+                hold: false,
+                in_copy,
+            });
             self.pass(frame);
             return Ok(());
         }
@@ -343,7 +357,10 @@ impl<'a> Driver<'a> {
                 self.inject("pgbridge_rollback", rollback, Step::Swallow, false);
             }
         }
-        self.expect(Expect::Sync { hold: false });
+        self.expect(Expect::Sync {
+            hold: false,
+            in_copy,
+        });
         self.pass(frame);
         Ok(())
     }
@@ -354,7 +371,10 @@ impl<'a> Driver<'a> {
         frame: &[u8],
         primary: &mut W,
     ) -> std::io::Result<()> {
-        self.expect(Expect::Sync { hold: true });
+        self.expect(Expect::Sync {
+            hold: true,
+            in_copy: false,
+        });
         self.pass(frame);
         self.drain(primary).await?;
         let status = self.shared.lock().held.take();

@@ -154,6 +154,11 @@ pub struct Driver<'a> {
     /// succeeded (an error skips everything up to Sync). Those known to be prepared on the
     /// primary (their ParseComplete arrived) are the tracker's `injected`.
     injected_parsed: Vec<&'static str>,
+    /// Prepared statements that are a COPY FROM STDIN.
+    copy_statements: std::collections::HashSet<String>,
+    /// An extended-protocol COPY FROM STDIN was executed and the client has not ended its
+    /// data yet ([`Expect::Sync`]'s `in_copy`).
+    pub(super) copy_in: bool,
     pub(super) out: BytesMut,
 }
 
@@ -186,6 +191,8 @@ impl<'a> Driver<'a> {
             routing: None,
             serving: None,
             injected_parsed: Vec::new(),
+            copy_statements: Default::default(),
+            copy_in: false,
             out: BytesMut::new(),
         }
     }
@@ -252,7 +259,10 @@ impl<'a> Driver<'a> {
             return Ok(());
         }
         match frame[0] {
-            b'Q' => self.query(frame, primary).await,
+            b'Q' => {
+                self.copy_in = false;
+                self.query(frame, primary).await
+            }
             b'E' => {
                 // A held Bind and Describe released by the serving side just now count too.
                 let described = self.described_portal.take().or(described);
@@ -274,6 +284,10 @@ impl<'a> Driver<'a> {
     /// The request frames that need no reply from the primary before going on.
     fn handle_unanswered(&mut self, frame: &[u8]) {
         match frame[0] {
+            b'c' | b'f' => {
+                self.copy_in = false;
+                self.pass(frame);
+            }
             b'P' => self.parse(frame),
             b'B' => self.bind(frame),
             b'D' => self.describe(frame),

@@ -149,7 +149,7 @@ impl Tracker {
             }
         }
         let hold = match popped {
-            Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold }) => hold,
+            Some(Expect::Query { hold, .. }) | Some(Expect::Sync { hold, .. }) => hold,
             Some(Expect::ShapeDescribe {
                 shape,
                 answer,

@@ -207,8 +207,15 @@ impl Tracker {
             b'T' | b'C' | b'I' | b'E' | b'Z' | b'1' | b'2' | b'3' | b't' | b'n' | b's' | b'S' => {
                 true
             }
-            // The CopyInResponse of the COPY pgbridge runs again.
-            b'G' => matches!(self.step(), Some(Step::Replay)),
+            // The CopyInResponse of the COPY pgbridge runs again, or of the client's COPY in
+            // the extended protocol with Syncs sent before its data.
+            b'G' => {
+                matches!(self.step(), Some(Step::Replay))
+                    || self
+                        .queue
+                        .iter()
+                        .any(|e| matches!(e, Expect::Sync { in_copy: true, .. }))
+            }
             _ => false,
         }
     }
@@ -234,7 +241,14 @@ impl Tracker {
             b'E' => self.on_error(frame),
             b'Z' => self.on_ready(frame),
             b'1' | b'2' | b'3' | b't' | b'n' => self.on_simple_reply(frame[0]),
-            b'G' => Action::Drop,
+            b'G' if matches!(self.step(), Some(Step::Replay)) => Action::Drop,
+            b'G' => {
+                // The server is in COPY now: the Syncs the client sent before its data are
+                // ignored, and no ReadyForQuery will answer them.
+                self.queue
+                    .retain(|e| !matches!(e, Expect::Sync { in_copy: true, .. }));
+                Action::Forward
+            }
             _ => Action::Forward,
         }
     }
