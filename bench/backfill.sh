@@ -11,7 +11,8 @@
 # secondary. Each round:
 #   idle     for each chunk size of CHUNKS: ROWS DXY bars written straight to the primary (the
 #            mirror never sees them), the target emptied, then POST /api/tables/.../backfill
-#            {"chunk_rows": size} and GET /api/jobs/ID until done: rows_done / seconds
+#            {"chunk_rows": size} and GET /api/jobs/ID until done: rows_done / seconds; after the
+#            default size's, a verify of those rows (POST /api/verify): rows / seconds
 #   loaded   the same backfill at the default chunk size and rate, started 2 s into a pgbench
 #            run of bench/mirror-workload.sql (CLIENTS clients, MODE) through pgbridge: the
 #            backfill's rows per second, and pgbench's tps over the seconds the backfill ran
@@ -140,12 +141,26 @@ backfill() {
 
 rate_of() { awk '{ printf "%.0f\n", $1 / $2 }' <<<"$1"; }
 
-# ---- HOOK: verify rows per second ----------------------------------------------------------------
-# Once `verify` exists (src/migrate/), measure it here on the rows a backfill just copied: start
-# a verify job, time it to its end, and append rows/s to $work/results/verify.idle. Until then it
-# measures nothing and the table prints "-".
+# A verify of the rows a backfill just copied (idle, default chunk size): appends its rows per
+# second to $work/results/verify.idle; a verify that finds a difference stops the benchmark.
 measure_verify() {
-    :
+    local answer id j st start
+    wait_caught_up
+    start=$(now)
+    answer=$(api -X POST -H 'Content-Type: application/json' \
+        -d '{"tables":["derived_data_bars"]}' "http://127.0.0.1:${admin_port[bridge]}/api/verify")
+    id=$(field job "$answer")
+    [ -n "$id" ] || die "the verify did not start: '$answer'"
+    while :; do
+        j=$(api "http://127.0.0.1:${admin_port[bridge]}/api/jobs/$id")
+        st=$(state "$j")
+        [ "$st" != running ] && [ -n "$st" ] && break
+        sleep 0.1
+    done
+    [ "$st" = done ] || die "verify job $id ended $st: $j"
+    grep -q '"clean":true' <<<"$j" || die "the verify found differences: $j"
+    awk -v r="$(field rows_done "$j")" -v a="$start" -v b="$(now)" \
+        'BEGIN { printf "%.0f\n", r / (b - a) }' >>"$work/results/verify.idle"
 }
 
 # A pgbench run of the load for DURATION s with per-second progress into $1; prints the tps.
@@ -172,7 +187,7 @@ for round in $(seq 1 "$ROUNDS"); do
         r=$(backfill "{\"chunk_rows\":$chunk}")
         rate_of "$r" >>"$work/results/idle.$chunk"
         log "round $round/$ROUNDS  idle    chunk $chunk: $(rate_of "$r") rows/s ($r)"
-        measure_verify
+        [ "$chunk" != 5000 ] || measure_verify
     done
     # The load alone, then the load with a backfill started 2 s into it.
     load_rows
