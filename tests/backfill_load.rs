@@ -233,9 +233,13 @@ fn a_backfill_of_100k_rows_under_four_writing_sessions_leaves_the_target_equal()
     let id = start_job(&bridge, "{\"max_rows_per_sec\":40000}");
     let load = Workload::start(&bridge, &db, ROWS, NewKeys::Ahead);
     let done = wait_state_within(&bridge, id, "done", Duration::from_secs(90));
+    // A verify while the sessions go on writing: their writes are no difference.
+    let verified = assert_verify_clean(&bridge);
     let counts = load.stop();
     wait_applied(&bridge);
     assert_equal(&db);
+    let matched = verified["result"]["tables"][0]["matched"].as_i64().unwrap();
+    assert!(matched > ROWS as i64 / 2, "{verified}");
     // The total was counted before the workload began; the rows done are the rows there were,
     // less those removed before the backfill reached them, plus the new ones it reached.
     assert_eq!(done["rows_total"].as_i64(), Some(ROWS as i64), "{done}");
@@ -274,6 +278,7 @@ fn a_backfill_killed_under_load_resumes_and_counts_no_chunk_twice() {
     let counts = load.stop();
     wait_applied(&bridge);
     assert_equal(&db);
+    assert_verify_clean(&bridge);
     // Each key position the rows had is passed once; a chunk counted twice would add 2000.
     let removed = counts.removed.load(Ordering::Relaxed) as i64;
     let range = ROWS as i64 - removed..=ROWS as i64;

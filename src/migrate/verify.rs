@@ -99,7 +99,8 @@ pub(super) async fn run(
     let secondary = store::connect(&jobs.secondary).await?;
     for table in tables.iter().skip(cp.done.len()) {
         let rule = jobs.verifiable(table)?;
-        let mut ctx = Ctx::open(jobs, run, rule).await?;
+        let mut ctx = Ctx::open(jobs, run, rule.clone()).await?;
+        let mut attempts = super::backfill::Attempts::default();
         let mut result = cp.current.take().unwrap_or_else(|| TableResult {
             table: table.clone(),
             ..TableResult::default()
@@ -122,9 +123,20 @@ pub(super) async fn run(
             let compared = ctx.compare(scope, Some(run.chunk_rows)).await;
             // Noting keys costs the applier a round trip each: only while a range is compared.
             jobs.port.unwatch(&ctx.rule.source);
-            let Some(range) = compared? else {
-                return Ok(super::backfill::Ended::Cancelled);
+            let range = match compared {
+                Ok(Some(range)) => range,
+                Ok(None) => return Ok(super::backfill::Ended::Cancelled),
+                Err(e @ (JobError::Primary(_) | JobError::Secondary(_))) => {
+                    // A connection dropped (a database restarting): new ones, after a pause.
+                    super::backfill::chunk_failed(&rule, e.to_string(), &mut attempts).await?;
+                    if let Ok(fresh) = Ctx::open(jobs, run, rule.clone()).await {
+                        ctx = fresh;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
+            attempts.applied();
             ctx.account(&secondary, &mut result, &range).await?;
             groups.add(range.groups.clone());
             run.add(range.rows);

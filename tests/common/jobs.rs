@@ -171,3 +171,25 @@ pub fn assert_equal_on(primary_port: u16, secondary_port: u16, db: &str) {
         );
     }
 }
+
+/// A verify of the DXY table through the API, waited for, must find the two sides equal; the
+/// job as it ended.
+pub fn assert_verify_clean(bridge: &Bridge) -> serde_json::Value {
+    let (code, answer) = post(
+        bridge,
+        "/api/verify",
+        "{\"tables\":[\"derived_data_bars\"]}",
+    );
+    assert_eq!(code, 202, "{answer}");
+    let done = wait_state_within(
+        bridge,
+        answer["job"].as_i64().unwrap(),
+        "done",
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        done["result"]["clean"], true,
+        "verify found differences: {done}"
+    );
+    done
+}
