@@ -205,7 +205,7 @@ for round in $(seq 1 "$ROUNDS"); do
     rate_of "$r" >>"$work/results/loaded"
     if [ -n "$during" ]; then
         echo "$during" >>"$work/results/tps.during"
-        ratio "$during" "$base" >>"$work/results/tps.ratio"
+        echo "$(ratio "$during" "$base")" >>"$work/results/tps.ratio"
     fi
     log "round $round/$ROUNDS  loaded  $(rate_of "$r") rows/s ($r); load $base tps alone, ${during:-?} tps during the backfill"
 done
