@@ -57,17 +57,25 @@ pub fn condition(rule: &Rule, side: Side, scope: &Scope) -> Result<Query, JobErr
     };
     let mut params = Vec::new();
     let keys = key_list(rule);
+    // Key columns both ends share are one value each: `symbol = $1 AND (ts) > ($2) AND (ts) <=
+    // ($3)` lets the secondary use the target's index through the view even when `symbol` is
+    // translated there (a comparison of rows cannot go through the translation).
+    let shared = shared_prefix(rule, scope);
+    for i in 0..shared {
+        let value = &scope.after.as_ref().expect("shared ends")[i..=i];
+        let p = column_placeholders(rule, &mut params, &rule.key[i..=i], value)?;
+        conds.push(format!("{} = {p}", quote_ident(&rule.key[i])));
+    }
+    let rest = &rule.key[shared..];
+    let rest_list: Vec<String> = rest.iter().map(|k| quote_ident(k)).collect();
+    let rest_list = rest_list.join(", ");
     if let Some(after) = &scope.after {
-        conds.push(format!(
-            "({keys}) > ({})",
-            placeholders(rule, &mut params, after)?
-        ));
+        let p = column_placeholders(rule, &mut params, rest, &after[shared..])?;
+        conds.push(format!("({rest_list}) > ({p})"));
     }
     if let Some(upto) = &scope.upto {
-        conds.push(format!(
-            "({keys}) <= ({})",
-            placeholders(rule, &mut params, upto)?
-        ));
+        let p = column_placeholders(rule, &mut params, rest, &upto[shared..])?;
+        conds.push(format!("({rest_list}) <= ({p})"));
     }
     if let Some(list) = &scope.keys {
         let tuples = tuples(rule, &mut params, list)?;
@@ -98,13 +106,37 @@ fn key_list(rule: &Rule) -> String {
     keys.join(", ")
 }
 
+/// How many leading key columns a range's two ends have the same (non-NULL) value in; at most
+/// all but one.
+fn shared_prefix(rule: &Rule, scope: &Scope) -> usize {
+    match (&scope.after, &scope.upto) {
+        (Some(a), Some(u)) if a.len() == rule.key.len() && u.len() == rule.key.len() => a
+            .iter()
+            .zip(u)
+            .take_while(|(x, y)| x == y && x.is_some())
+            .count()
+            .min(rule.key.len() - 1),
+        _ => 0,
+    }
+}
+
 /// `$3::text::timestamptz, ...` for one key, its values pushed onto `params`.
 fn placeholders(
     rule: &Rule,
     params: &mut Vec<Option<String>>,
     key: &KeyText,
 ) -> Result<String, JobError> {
-    if key.len() != rule.key.len() {
+    column_placeholders(rule, params, &rule.key, key)
+}
+
+/// `$3::text::timestamptz, ...` for the values of key columns `names`, pushed onto `params`.
+fn column_placeholders(
+    rule: &Rule,
+    params: &mut Vec<Option<String>>,
+    names: &[String],
+    key: &[Option<String>],
+) -> Result<String, JobError> {
+    if key.len() != names.len() {
         return Err(JobError::Corrupt(format!("a key of {} values", key.len())));
     }
     let cols = rule
@@ -112,7 +144,7 @@ fn placeholders(
         .as_ref()
         .ok_or_else(|| JobError::Unchecked(rule.source.to_string()))?;
     let mut out = Vec::with_capacity(key.len());
-    for (name, value) in rule.key.iter().zip(key) {
+    for (name, value) in names.iter().zip(key) {
         let ty = cols
             .iter()
             .find(|c| &c.name == name)
@@ -244,10 +276,27 @@ mod tests {
         );
         assert!(
             q.sql.ends_with(
-                "FROM public.derived_data_bars WHERE (symbol = 'DXY') AND (symbol, ts) > \
-                 ($1::text::text, $2::text::timestamp with time zone) AND (symbol, ts) <= \
-                 ($3::text::text, $4::text::timestamp with time zone) ORDER BY symbol, ts LIMIT 10"
+                "FROM public.derived_data_bars WHERE (symbol = 'DXY') AND symbol = $1::text::text \
+                 AND (ts) > ($2::text::timestamp with time zone) AND (ts) <= \
+                 ($3::text::timestamp with time zone) ORDER BY symbol, ts LIMIT 10"
             ),
+            "{}",
+            q.sql
+        );
+        assert_eq!(
+            q.params.len(),
+            3,
+            "the symbol both ends share is given once"
+        );
+        let apart = Scope {
+            after: Some(key("ABC", "2026-01-01")),
+            upto: Some(key("DXY", "2026-02-01")),
+            keys: None,
+        };
+        let q = image_query(&rule, Side::Primary, &apart, None).unwrap();
+        assert!(
+            q.sql
+                .contains("(symbol, ts) > ($1::text::text, $2::text::timestamp"),
             "{}",
             q.sql
         );
