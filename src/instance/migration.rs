@@ -120,20 +120,7 @@ impl Migration {
             .as_ref()
             .map(|s| secondary_reads(config, s, &rules, &recorder, mirror.as_ref()))
             .unzip();
-        let jobs = config
-            .secondary
-            .as_ref()
-            .zip(mirror.as_ref())
-            .map(|(s, m)| {
-                let port = m.applier.chunk_port();
-                crate::migrate::Jobs::start(
-                    config,
-                    s.url.clone(),
-                    rules.clone(),
-                    port,
-                    recorder.clone(),
-                )
-            });
+        let jobs = start_jobs(config, mirror.as_ref(), &rules, &recorder);
         Ok(Some(Migration {
             serve,
             jobs,
@@ -148,6 +135,21 @@ impl Migration {
             _resolver: resolver,
         }))
     }
+}
+
+/// The backfill, verify and repair jobs, when there is a secondary and a mirror to order them
+/// with.
+fn start_jobs(
+    config: &Config,
+    mirror: Option<&Mirror>,
+    rules: &Arc<ArcSwap<RuleSet>>,
+    recorder: &Arc<Recorder>,
+) -> Option<Arc<crate::migrate::Jobs>> {
+    let (s, m) = config.secondary.as_ref().zip(mirror)?;
+    let port = m.applier.chunk_port();
+    let jobs =
+        crate::migrate::Jobs::start(config, s.url.clone(), rules.clone(), port, recorder.clone());
+    Some(jobs)
 }
 
 /// Without a secondary, the rules that mirror writes mirror nothing: say so once.

@@ -120,25 +120,45 @@ pub(super) async fn copy(
             rows: read.rows,
             deletes: Vec::new(),
         };
-        let outcome = hand_over(jobs, run, &rule, chunk, &read.last_key).await;
-        // Noting keys costs the applier a secondary round trip each: only while a chunk waits.
-        jobs.port.unwatch(&rule.source);
-        match outcome? {
-            ChunkOutcome::Applied { written, skipped } => {
-                debug!(table = %rule.source, written, skipped, "backfill chunk applied");
-                attempts.applied();
-                last_key = Some(read.last_key);
-                run.add(n);
-                let table = rule.source.to_string();
-                metrics::counter!("pgbridge_backfill_rows_total", "table" => table).increment(n);
-            }
-            ChunkOutcome::Retry => {
-                debug!(table = %rule.source, "backfill chunk read again");
-                attempts.reread()?;
-            }
-            ChunkOutcome::Failed(e) => chunk_failed(&rule, e, &mut attempts).await?,
+        if apply(jobs, run, &rule, chunk, &read.last_key, &mut attempts).await? {
+            last_key = Some(read.last_key);
+            run.add(n);
+            let table = rule.source.to_string();
+            metrics::counter!("pgbridge_backfill_rows_total", "table" => table).increment(n);
         }
         run.throttle().await;
+    }
+}
+
+/// Hands a chunk to the applier and settles what became of it: `true` when it was applied;
+/// `false` when it is to be read again (an unseen TRUNCATE came first) or failed (after a
+/// pause); an error once that happened too often in a row.
+pub(super) async fn apply(
+    jobs: &Jobs,
+    run: &Running,
+    rule: &Rule,
+    chunk: Handed,
+    last_key: &[Option<String>],
+    attempts: &mut Attempts,
+) -> Result<bool, JobError> {
+    let outcome = hand_over(jobs, run, rule, chunk, last_key).await;
+    // Noting keys costs the applier a secondary round trip each: only while a chunk waits.
+    jobs.port.unwatch(&rule.source);
+    match outcome? {
+        ChunkOutcome::Applied { written, skipped } => {
+            debug!(table = %rule.source, kind = %run.kind, written, skipped, "chunk applied");
+            attempts.applied();
+            Ok(true)
+        }
+        ChunkOutcome::Retry => {
+            debug!(table = %rule.source, kind = %run.kind, "chunk read again");
+            attempts.reread()?;
+            Ok(false)
+        }
+        ChunkOutcome::Failed(e) => {
+            chunk_failed(rule, e, attempts).await?;
+            Ok(false)
+        }
     }
 }
 

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tokio_postgres::Client;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::backfill::{self, Ended, Handed};
 use super::image::{KeyText, Query, Scope};
 use super::verify::{Ctx, TableResult};
 use super::{store, JobError, Jobs, Running};
-use crate::mirror::apply::{canonical, CanonicalKey, ChunkOutcome};
+use crate::mirror::apply::{canonical, CanonicalKey};
 use crate::mirror::{Row, Value};
 use crate::rules::Rule;
 
@@ -119,19 +119,10 @@ async fn repair_keys(
             rows: read.rows,
             deletes,
         };
-        let outcome = backfill::hand_over(jobs, run, rule, handed, &last).await;
-        jobs.port.unwatch(&rule.source);
-        match outcome? {
-            ChunkOutcome::Applied { written, skipped } => {
-                debug!(table = %rule.source, written, skipped, "repair chunk applied");
-                run.add(keys.len() as u64);
-                return Ok(Some(written));
-            }
-            ChunkOutcome::Retry => {
-                debug!(table = %rule.source, "repair chunk read again");
-                attempts.reread()?;
-            }
-            ChunkOutcome::Failed(e) => backfill::chunk_failed(rule, e, &mut attempts).await?,
+        let written = (handed.rows.len() + handed.deletes.len()) as u64;
+        if backfill::apply(jobs, run, rule, handed, &last, &mut attempts).await? {
+            run.add(keys.len() as u64);
+            return Ok(Some(written));
         }
     }
 }
@@ -205,7 +196,9 @@ async fn recheck(
             keys: Some(batch.to_vec()),
             ..Scope::default()
         };
-        let Some(range) = ctx.compare(scope, None).await? else {
+        let compared = ctx.compare(scope, None).await;
+        jobs.port.unwatch(&rule.source);
+        let Some(range) = compared? else {
             return Ok(None);
         };
         ctx.account(&store, &mut result, &range).await?;

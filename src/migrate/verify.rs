@@ -99,74 +99,65 @@ pub(super) async fn run(
     let secondary = store::connect(&jobs.secondary).await?;
     for table in tables.iter().skip(cp.done.len()) {
         let rule = jobs.verifiable(table)?;
-        let mut ctx = Ctx::open(jobs, run, rule.clone()).await?;
-        let mut attempts = super::backfill::Attempts::default();
-        let mut result = cp.current.take().unwrap_or_else(|| TableResult {
-            table: table.clone(),
-            ..TableResult::default()
-        });
-        let mut last_key = cp.last_key.take();
-        let mut groups = Accumulated::new(&ctx.rule, cp.groups.take());
-        loop {
-            if run.is_cancelled() {
-                cp.current = Some(result);
-                cp.last_key = last_key;
-                cp.groups = groups.saved();
-                save(&secondary, run, &cp).await?;
-                return Ok(super::backfill::Ended::Cancelled);
-            }
-            jobs.wait_for_lag(run).await;
-            let scope = Scope {
-                after: last_key.clone(),
-                ..Scope::default()
-            };
-            let compared = ctx.compare(scope, Some(run.chunk_rows)).await;
-            // Noting keys costs the applier a round trip each: only while a range is compared.
-            jobs.port.unwatch(&ctx.rule.source);
-            let range = match compared {
-                Ok(Some(range)) => range,
-                Ok(None) => return Ok(super::backfill::Ended::Cancelled),
-                Err(e @ (JobError::Primary(_) | JobError::Secondary(_))) => {
-                    // A connection dropped (a database restarting): new ones, after a pause.
-                    super::backfill::chunk_failed(&rule, e.to_string(), &mut attempts).await?;
-                    if let Ok(fresh) = Ctx::open(jobs, run, rule.clone()).await {
-                        ctx = fresh;
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            attempts.applied();
-            ctx.account(&secondary, &mut result, &range).await?;
-            groups.add(range.groups.clone());
-            run.add(range.rows);
-            metrics::counter!("pgbridge_verify_rows_total", "table" => table.clone())
-                .increment(range.rows);
-            let end = range.scope.upto.clone();
-            cp.current = Some(result.clone());
-            cp.last_key = end.clone();
-            cp.groups = groups.saved();
-            save(&secondary, run, &cp).await?;
-            run.throttle().await;
-            match end {
-                Some(k) => last_key = Some(k),
-                None => break,
-            }
-        }
-        if let Some(rows) = groups.report(&ctx.rule) {
-            result.reconcile = Some(StatusCounts::of(&rows));
-            result.report = rows;
-        }
+        let Some(result) = verify_table(jobs, run, &secondary, rule, &mut cp).await? else {
+            return Ok(super::backfill::Ended::Cancelled);
+        };
         metrics::gauge!("pgbridge_verify_differences", "table" => table.clone())
             .set(result.differences() as f64);
         info!(table = %table, matched = result.matched, missing = result.missing,
               extra = result.extra, differing = result.differing, "verify of the table done");
         cp.done.push(result);
-        cp.current = None;
-        cp.last_key = None;
     }
     store::set_result(&secondary, run.id, &result_json(&cp.done)).await?;
     Ok(super::backfill::Ended::Done)
+}
+
+/// One table, range by range from where the checkpoint stands, each range's findings saved
+/// with it; the table's result, or `None` when the job was cancelled (its place saved).
+async fn verify_table(
+    jobs: &Arc<Jobs>,
+    run: &Running,
+    store: &Client,
+    rule: Arc<Rule>,
+    cp: &mut Checkpoint,
+) -> Result<Option<TableResult>, JobError> {
+    let mut ctx = Ctx::open(jobs, run, rule.clone()).await?;
+    let mut result = cp.current.take().unwrap_or_else(|| TableResult {
+        table: rule.source.to_string(),
+        ..TableResult::default()
+    });
+    let mut groups = Accumulated::new(&rule, cp.groups.take());
+    loop {
+        if run.is_cancelled() {
+            cp.current = Some(result);
+            cp.groups = groups.saved();
+            save(store, run, cp).await?;
+            return Ok(None);
+        }
+        jobs.wait_for_lag(run).await;
+        let Some(range) = ctx.next_range(cp.last_key.clone()).await? else {
+            return Ok(None);
+        };
+        ctx.account(store, &mut result, &range).await?;
+        groups.add(range.groups.clone());
+        run.add(range.rows);
+        metrics::counter!("pgbridge_verify_rows_total", "table" => rule.source.to_string())
+            .increment(range.rows);
+        cp.last_key = range.scope.upto.clone();
+        cp.current = Some(result.clone());
+        cp.groups = groups.saved();
+        save(store, run, cp).await?;
+        run.throttle().await;
+        if cp.last_key.is_none() {
+            break;
+        }
+    }
+    (cp.current, cp.groups) = (None, None);
+    if let Some(rows) = groups.report(&rule) {
+        result.reconcile = Some(StatusCounts::of(&rows));
+        result.report = rows;
+    }
+    Ok(Some(result))
 }
 
 /// A table's reconciliation aggregates, primary and secondary, over the ranges compared.
@@ -250,6 +241,31 @@ impl<'a> Ctx<'a> {
             secondary,
             opts,
         })
+    }
+
+    /// The next range after `after` compared, on new connections after one dropped (a
+    /// database restarting), a few times; `None` when the job was cancelled.
+    pub async fn next_range(&mut self, after: Option<KeyText>) -> Result<Option<Range>, JobError> {
+        let mut attempts = super::backfill::Attempts::default();
+        loop {
+            let scope = Scope {
+                after: after.clone(),
+                ..Scope::default()
+            };
+            let compared = self.compare(scope, Some(self.run.chunk_rows)).await;
+            // Noting keys costs the applier a round trip each: only while a range is compared.
+            self.jobs.port.unwatch(&self.rule.source);
+            match compared {
+                Err(e @ (JobError::Primary(_) | JobError::Secondary(_))) => {
+                    let rule = self.rule.clone();
+                    super::backfill::chunk_failed(&rule, e.to_string(), &mut attempts).await?;
+                    if let Ok(fresh) = Ctx::open(self.jobs, self.run, rule).await {
+                        *self = fresh;
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Compares one scope (a range from its first key, `limit` source rows long, or some
