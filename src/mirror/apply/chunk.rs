@@ -19,6 +19,9 @@ use crate::mirror::status::{MirrorReport, MirrorStats};
 use crate::mirror::{ChangeOp, Journal, Row, Value};
 use crate::rules::TableName;
 
+/// Keys whose canonical form one statement asks for.
+const KEYS_PER_STATEMENT: usize = 512;
+
 /// A key in a settings-independent form: each key column's binary value as the server sends it.
 pub type CanonicalKey = Vec<Option<Vec<u8>>>;
 
@@ -326,23 +329,26 @@ impl Applier {
 
     /// After a batch committed: notes the keys its transactions wrote to watched tables, in
     /// canonical form (read back through the secondary under the batch's own settings, which
-    /// are in force on the connection now).
+    /// are in force on the connection now), one statement per table and batch.
     pub(super) async fn note_written(&mut self, client: &Client, txns: &Txns) {
         let tables: Vec<TableName> = lock(&self.chunks.watched).keys().cloned().collect();
         if tables.is_empty() {
             return;
         }
         let mut noted: Vec<(TableName, Written)> = Vec::new();
-        for t in txns.iter().filter_map(|(_, t)| t.as_ref()) {
-            for change in t.changes.iter().filter(|c| tables.contains(&c.table)) {
-                for row in change_keys(&change.op) {
-                    let key = match row {
-                        Some(row) => self.canonical_key(client, &change.table, row).await,
-                        None => None,
-                    };
-                    let written = Written { xid: t.xid, key };
-                    noted.push((change.table.clone(), written));
+        for table in &tables {
+            // Each key written: its transaction's xid and its row image (`None`: any key).
+            let mut written: Vec<(Option<i64>, Option<&Row>)> = Vec::new();
+            for t in txns.iter().filter_map(|(_, t)| t.as_ref()) {
+                for change in t.changes.iter().filter(|c| &c.table == table) {
+                    written.extend(change_keys(&change.op).into_iter().map(|r| (t.xid, r)));
                 }
+            }
+            let rows: Vec<&Row> = written.iter().filter_map(|(_, r)| *r).collect();
+            let mut keys = self.canonical_keys(client, table, &rows).await.into_iter();
+            for (xid, row) in written {
+                let key = row.and_then(|_| keys.next().flatten());
+                noted.push((table.clone(), Written { xid, key }));
             }
         }
         let mut watched = lock(&self.chunks.watched);
@@ -353,34 +359,77 @@ impl Applier {
         }
     }
 
-    /// A change's key in canonical form: `SELECT $1::text::type, ...` on the secondary, its
-    /// answer in binary. `None` when it cannot be read (the chunk is then read again).
-    async fn canonical_key(
+    /// The keys of `rows` in canonical form, in order: `SELECT * FROM (VALUES ($1::text::type,
+    /// ..., 1), ...) ORDER BY` the ordinal, its answer in binary; the rows padded with NULL keys
+    /// to a power of two, so that a few prepared statements serve every batch. `None` for a key
+    /// that cannot be read (the chunk is then read again).
+    async fn canonical_keys(
         &mut self,
         client: &Client,
         table: &TableName,
-        row: &Row,
-    ) -> Option<CanonicalKey> {
+        rows: &[&Row],
+    ) -> Vec<Option<CanonicalKey>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for part in rows.chunks(KEYS_PER_STATEMENT) {
+            let keys = self.canonical_part(client, table, part).await;
+            out.extend(keys.unwrap_or_else(|| vec![None; part.len()]));
+        }
+        out
+    }
+
+    async fn canonical_part(
+        &mut self,
+        client: &Client,
+        table: &TableName,
+        rows: &[&Row],
+    ) -> Option<Vec<Option<CanonicalKey>>> {
         let rules = self.rules.load();
         let rule = rules.get(table)?;
         let cols = rule.source_columns.as_ref()?;
-        let values = key_values(rule, row).ok()?;
-        let casts: Option<Vec<String>> = rule
+        let types: Vec<&str> = rule
             .key
             .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let c = cols.iter().find(|c| &c.name == k)?;
-                Some(format!("${}::text::{}", i + 1, c.type_name))
+            .map(|k| {
+                cols.iter()
+                    .find(|c| &c.name == k)
+                    .map(|c| c.type_name.as_str())
             })
-            .collect();
-        let sql = format!("SELECT {}", casts?.join(", "));
+            .collect::<Option<_>>()?;
+        let padded = rows.len().next_power_of_two().max(8);
+        let null = Value::null(Type::TEXT.oid());
+        let mut values: Vec<&Value> = Vec::with_capacity(padded * types.len());
+        let mut tuples = Vec::with_capacity(padded);
+        for i in 0..padded {
+            let key = match rows.get(i) {
+                Some(row) => key_values(rule, row).ok()?,
+                None => vec![&null; types.len()],
+            };
+            let first = values.len() + 1;
+            let casts: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(j, ty)| format!("${}::text::{ty}", first + j))
+                .collect();
+            values.extend(key);
+            tuples.push(format!("({}, {i})", casts.join(", ")));
+        }
+        let n = types.len();
+        let sql = format!(
+            "SELECT * FROM (VALUES {}) AS v ORDER BY {}",
+            tuples.join(", "),
+            n + 1
+        );
         let stmt = self.prepare(client, &sql, &values).await.ok()?;
         let answer = client
-            .query_one(&stmt, &super::wire::params(&values))
+            .query(&stmt, &super::wire::params(&values))
             .await
             .ok()?;
-        canonical(&answer, values.len()).ok()
+        let keys: Vec<Option<CanonicalKey>> = answer
+            .iter()
+            .take(rows.len())
+            .map(|r| canonical(r, n).ok())
+            .collect();
+        (keys.len() == rows.len()).then_some(keys)
     }
 }
 
