@@ -24,7 +24,8 @@
 #   ROWS=200000   rows to backfill          CHUNKS="1000 5000 20000"   chunk sizes (idle)
 #   DURATION=15   seconds per pgbench run   ROUNDS=3   rounds
 #   CLIENTS=8  THREADS=2  MODE=prepared     the load (pgbench -c, -j, -M)
-#   MAX_ROWS_PER_SEC=0   the loaded backfill's rate (0: unthrottled, the default)
+#   MAX_ROWS_PER_SEC=    the loaded backfill's rate (empty: the default, 5000; 0: unthrottled);
+#                        the idle ones run unthrottled
 #   PGBRIDGE_BIN=path  skip the cargo build (else cargo build --release; CARGO_TARGET_DIR honoured)
 #   PG_BIN=dir   PostgreSQL binaries        KEEP=1   keep the temp dir (logs)
 # Needs: PostgreSQL server and client binaries, curl, and cargo unless PGBRIDGE_BIN is given.
@@ -38,7 +39,7 @@ ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 MODE=${MODE:-prepared}
-MAX_ROWS_PER_SEC=${MAX_ROWS_PER_SEC:-0}
+MAX_ROWS_PER_SEC=${MAX_ROWS_PER_SEC:-}
 TOKEN=bench-token
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -184,7 +185,7 @@ log "$ROUNDS rounds: $ROWS rows, chunks $CHUNKS idle; load $CLIENTS clients ($MO
 for round in $(seq 1 "$ROUNDS"); do
     for chunk in $CHUNKS; do
         load_rows
-        r=$(backfill "{\"chunk_rows\":$chunk}")
+        r=$(backfill "{\"chunk_rows\":$chunk,\"max_rows_per_sec\":0}")
         rate_of "$r" >>"$work/results/idle.$chunk"
         log "round $round/$ROUNDS  idle    chunk $chunk: $(rate_of "$r") rows/s ($r)"
         [ "$chunk" != 5000 ] || measure_verify
@@ -198,7 +199,7 @@ for round in $(seq 1 "$ROUNDS"); do
     run_load "$work/results/$round.loaded.log" >"$work/results/$round.loaded.tps" &
     load_pid=$!
     sleep 2
-    r=$(backfill "{\"max_rows_per_sec\":$MAX_ROWS_PER_SEC}")
+    r=$(backfill "{${MAX_ROWS_PER_SEC:+\"max_rows_per_sec\":$MAX_ROWS_PER_SEC}}")
     wait "$load_pid" || die "the loaded pgbench run failed"
     read -r _ _ b_start b_end <<<"$r"
     during=$(tps_between "$work/results/$round.loaded.log" "$t0" "$b_start" "$b_end")

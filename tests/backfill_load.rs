@@ -337,7 +337,7 @@ fn a_backfill_behind_a_backlog_of_100k_mirrored_rows_pauses_and_finishes() {
     // Old enough to be lag by the gate's seconds as well (5 s), whatever the applier does first.
     std::thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()));
     secondary.start_again().unwrap();
-    let id = start_job(&bridge, "{}");
+    let id = start_job(&bridge, "{\"max_rows_per_sec\":0}");
     let done = wait_state_within(&bridge, id, "done", Duration::from_secs(120));
     wait_applied(&bridge);
     assert_equal_on(c.primary_port, secondary.port(), &db);

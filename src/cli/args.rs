@@ -92,7 +92,7 @@ pub enum CtlCommand {
         /// Rows per chunk (each read in one snapshot on the primary; default 5000).
         #[arg(long)]
         chunk_rows: Option<i64>,
-        /// At most this many rows per second (0: unlimited).
+        /// At most this many rows per second (default 5000; 0: unlimited).
         #[arg(long)]
         max_rows_per_sec: Option<i64>,
         /// Start the job and return at once.

@@ -51,6 +51,10 @@ use store::JobRow;
 
 /// Chunk size when none is given.
 pub const DEFAULT_CHUNK_ROWS: i64 = 5000;
+/// A backfill's rate when none is given: on the 2-core benchmark machine the mirror benchmark's
+/// load kept 0.85 of its throughput during a backfill at this rate, 0.70 during an unthrottled
+/// one (README, benchmarks). 0 asks for no limit.
+pub const DEFAULT_MAX_ROWS_PER_SEC: i64 = 5000;
 
 /// A chunk size given, or the default; checked.
 fn chunk_size(rows: Option<i64>) -> Result<i64, JobError> {

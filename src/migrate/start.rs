@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::DEFAULT_CHUNK_ROWS;
 use super::{backfill, chunk_size, lock, repair, store, verifiable, JobError, JobRow, Jobs};
+use super::{DEFAULT_CHUNK_ROWS, DEFAULT_MAX_ROWS_PER_SEC};
 use crate::rules::Rule;
 
 impl Jobs {
@@ -36,7 +36,7 @@ impl Jobs {
                     kind: "backfill",
                     table: &table,
                     chunk_rows,
-                    max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
+                    max_rows_per_sec: max_rows_per_sec.unwrap_or(DEFAULT_MAX_ROWS_PER_SEC),
                     params: None,
                 };
                 (self.create(&client, &job).await?, false)

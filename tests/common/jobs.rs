@@ -66,9 +66,9 @@ pub fn post(bridge: &Bridge, path: &str, body: &str) -> (u16, serde_json::Value)
     (code, value)
 }
 
-/// A backfill of the DXY table with the defaults, waited for; the job as it ended.
+/// An unthrottled backfill of the DXY table, waited for; the job as it ended.
 pub fn backfilled(bridge: &Bridge) -> serde_json::Value {
-    let id = start_job(bridge, "{}");
+    let id = start_job(bridge, "{\"max_rows_per_sec\":0}");
     wait_state(bridge, id, "done")
 }
 
