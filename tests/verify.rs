@@ -113,6 +113,15 @@ fn verify_reports_exactly_the_rows_changed_behind_pgbridge_and_repair_fixes_them
     assert_eq!(close3[7], "WITHIN_TOLERANCE", "{csv}");
     let (code, served) = bridge.admin_get(&format!("/api/jobs/{}/report.csv", job["id"]));
     assert_eq!((code, served.as_str()), (200, csv.as_str()));
+    let shown = ctl(&bridge, &["jobs", &job["id"].to_string()]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!(
+            "derived_data_bars: {} matched, 2 missing, 1 extra, 3 differing",
+            ROWS - 5
+        )),
+        "ctl jobs ID tells what the verify found: {shown}"
+    );
     let t = &job["result"]["tables"][0];
     assert_eq!(
         (&t["matched"], &t["missing"], &t["extra"], &t["differing"]),

@@ -112,7 +112,7 @@ impl Ctl {
         match id {
             Some(id) => {
                 let answer = self.call(Method::GET, &format!("/api/jobs/{id}"), None)?;
-                self.print(&answer, render_one)
+                self.print(&answer, super::verify::render_job)
             }
             None => {
                 let answer = self.call(Method::GET, "/api/jobs", None)?;

@@ -106,6 +106,15 @@ fn render_table(t: &Json) -> String {
     out
 }
 
+/// A job as `ctl jobs ID` shows it: with what a verify found or a repair left.
+pub(super) fn render_job(job: &JobView) -> String {
+    match job.row.kind.as_str() {
+        "verify" => render_verify(job),
+        "repair" => render_repair(job),
+        _ => render_one(job),
+    }
+}
+
 fn render_verify(job: &JobView) -> String {
     let mut out = render_one(job);
     let tables = job.row.result.as_ref().map(|r| &r["tables"]);
