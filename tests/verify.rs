@@ -352,6 +352,7 @@ fn status_shows_the_last_verify_and_how_many_in_a_row_were_clean() {
     assert_eq!(v["clean"], true, "{s}");
     assert_eq!(v["matched"], 200);
     assert_eq!(v["consecutive_clean"], 3, "{s}");
+    assert_eq!(v["current"], true, "clean and younger than a day: {v}");
     assert!(v["age_seconds"].as_f64().unwrap() < 60.0, "{v}");
     assert_eq!(s["tables"][0]["backfill"]["state"], "done");
     assert!(metric(&bridge, "pgbridge_verify_rows_total", "derived_data_bars") >= 600.0);

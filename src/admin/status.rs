@@ -70,7 +70,11 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
             .map(|r| {
                 let source = r.source.to_string();
                 let jobs = m.jobs.as_ref().map(|j| j.table_summary(&source));
-                let jobs = jobs.unwrap_or_default();
+                let mut jobs = jobs.unwrap_or_default();
+                if let Some(v) = &mut jobs.verify {
+                    let max_age = proxy.config.admin.gate_max_verify_age_secs as f64;
+                    v.current = v.clean && v.age_seconds <= max_age;
+                }
                 let needs_repair = crate::mirror::stale::get(&source)
                     .and_then(|mark| serde_json::to_value(mark).ok());
                 TableStatus {

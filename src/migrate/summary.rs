@@ -25,6 +25,9 @@ pub struct VerifySummary {
     pub differing: u64,
     /// Verifies of the table in a row, newest first, that found it clean.
     pub consecutive_clean: u64,
+    /// Clean and no older than `[admin] gate_max_verify_age_secs` (set by status).
+    #[serde(default)]
+    pub current: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<StatusCounts>,
 }
