@@ -235,12 +235,7 @@ pub fn verifiable(rules: &RuleSet, table: &str) -> Result<Arc<Rule>, JobError> {
 
 fn find(rules: &RuleSet, table: &str) -> Result<Arc<Rule>, JobError> {
     rules
-        .rules()
-        .iter()
-        .find(|r| {
-            let full = format!("{}.{}", r.source.schema, r.source.name);
-            r.source.to_string() == table || full == table
-        })
+        .lookup(table)
         .cloned()
         .ok_or_else(|| JobError::UnknownTable(table.to_string()))
 }
