@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use super::diff::Image;
 use super::JobError;
 use crate::divergence::compare::canon;
-use crate::mirror::apply::canonical;
+use crate::mirror::apply::{canonical, Raw};
 use crate::rules::{quote_ident, Rule};
 
 /// Which side a read is for.
@@ -220,7 +220,7 @@ pub async fn read(
                 .map(|i| {
                     let raw = r.try_get::<_, Option<Raw>>(i)?;
                     let oid = r.columns()[i].type_().oid();
-                    Ok(canon(oid, 1, raw.map(|b| b.0).as_ref()))
+                    Ok(canon(oid, 1, raw.map(|b| Bytes::from(b.0)).as_ref()))
                 })
                 .collect::<Result<_, tokio_postgres::Error>>()?;
             Ok(Image {
@@ -230,22 +230,6 @@ pub async fn read(
             })
         })
         .collect()
-}
-
-/// A value's bytes as the server sent them, whatever its type.
-struct Raw(Bytes);
-
-impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
-    fn from_sql(
-        _: &tokio_postgres::types::Type,
-        raw: &'a [u8],
-    ) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(Bytes::copy_from_slice(raw)))
-    }
-
-    fn accepts(_: &tokio_postgres::types::Type) -> bool {
-        true
-    }
 }
 
 #[cfg(test)]

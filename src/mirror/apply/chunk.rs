@@ -195,7 +195,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A column value's bytes as the server sent them (binary), whatever its type.
-struct Raw(Vec<u8>);
+pub struct Raw(pub Vec<u8>);
 
 impl<'a> FromSql<'a> for Raw {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Raw, Box<dyn std::error::Error + Sync + Send>> {

@@ -54,7 +54,7 @@ use super::{Effect, Journal, Row};
 use crate::config::{MirrorConfig, OnError};
 use crate::divergence::{Divergence, Recorder};
 use crate::rules::{RuleSet, TableName};
-pub use chunk::{canonical, CanonicalKey, Chunk, ChunkOutcome, ChunkPort, Snapshot};
+pub use chunk::{canonical, CanonicalKey, Chunk, ChunkOutcome, ChunkPort, Raw, Snapshot};
 pub use handle::{ApplierHandle, WaitError};
 use pipeline::Pending;
 use plan::LivePlan;
