@@ -270,23 +270,39 @@ pub(super) async fn read_chunk(
     rule: &Rule,
     query: &Query,
 ) -> Result<Read, JobError> {
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(JobError::Primary)?;
-    let result = read_in_txn(client, rule, query).await;
+    let snapshot = begin_snapshot(client).await?;
+    let result = read_in_txn(client, rule, query, snapshot).await;
     let _ = client.batch_execute("COMMIT").await;
     result
 }
 
-async fn read_in_txn(client: &Client, rule: &Rule, query: &Query) -> Result<Read, JobError> {
-    // The first statement takes the transaction's snapshot: the rows are read in this one.
-    let snap: String = client
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await
-        .map_err(JobError::Primary)?
-        .get(0);
-    let snapshot = Snapshot::parse(&snap).ok_or_else(|| JobError::Corrupt(snap.clone()))?;
+/// Begins a REPEATABLE READ READ ONLY transaction on the primary and takes its snapshot (its
+/// first statement): what the job reads next is read in it. The caller commits.
+pub(super) async fn begin_snapshot(client: &Client) -> Result<Snapshot, JobError> {
+    let begin = async {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let row = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await?;
+        Ok::<String, tokio_postgres::Error>(row.get(0))
+    };
+    match begin.await {
+        Ok(snap) => Snapshot::parse(&snap).ok_or(JobError::Corrupt(snap)),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(JobError::Primary(e))
+        }
+    }
+}
+
+async fn read_in_txn(
+    client: &Client,
+    rule: &Rule,
+    query: &Query,
+    snapshot: Snapshot,
+) -> Result<Read, JobError> {
     let rows = client
         .query(&query.sql, &image::params(query))
         .await

@@ -322,15 +322,8 @@ impl<'a> Ctx<'a> {
         limit: &mut Option<i64>,
     ) -> Result<(Snapshot, Vec<Image>, Option<Vec<GroupRow>>), JobError> {
         let c = &self.primary;
-        let fail = JobError::Primary;
-        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(fail)?;
+        let snapshot = super::backfill::begin_snapshot(c).await?;
         let read = async {
-            let snap: String = c
-                .query_one("SELECT pg_current_snapshot()::text", &[])
-                .await?
-                .get(0);
             let q = image::image_query(&self.rule, Side::Primary, scope, *limit)
                 .expect("a verifiable rule has its columns");
             let rows = image::read(c, &self.rule, &q).await?;
@@ -341,12 +334,11 @@ impl<'a> Ctx<'a> {
                     .flatten();
             }
             let groups = self.aggregates(c, Side::Primary, scope).await?;
-            Ok::<_, tokio_postgres::Error>((snap, rows, groups))
+            Ok::<_, tokio_postgres::Error>((rows, groups))
         };
         let result = read.await;
         let _ = c.batch_execute("COMMIT").await;
-        let (snap, rows, groups) = result.map_err(fail)?;
-        let snapshot = Snapshot::parse(&snap).ok_or(JobError::Corrupt(snap))?;
+        let (rows, groups) = result.map_err(JobError::Primary)?;
         Ok((snapshot, rows, groups))
     }
 
