@@ -121,21 +121,29 @@ load_rows() {
     psql_at "${port[secondary]}" -c "TRUNCATE data_bars" >/dev/null
 }
 
-# Runs a backfill with JSON body $1 to its end; prints "rows seconds start end".
-backfill() {
-    local body=$1 answer id j start st
-    start=$(now)
+# Starts a job with POST to API path $2 and JSON body $3, a $1 (for messages), and waits for
+# it to end done; prints the job's JSON.
+run_job() {
+    local kind=$1 path=$2 body=$3 answer id j st
     answer=$(api -X POST -H 'Content-Type: application/json' -d "$body" \
-        "http://127.0.0.1:${admin_port[bridge]}/api/tables/derived_data_bars/backfill")
+        "http://127.0.0.1:${admin_port[bridge]}$path")
     id=$(field job "$answer")
-    [ -n "$id" ] || die "the backfill did not start: '$answer'"
+    [ -n "$id" ] || die "the $kind did not start: '$answer'"
     while :; do
         j=$(api "http://127.0.0.1:${admin_port[bridge]}/api/jobs/$id")
         st=$(state "$j")
         [ "$st" != running ] && [ -n "$st" ] && break
         sleep 0.1
     done
-    [ "$st" = done ] || die "backfill job $id ended $st: $j"
+    [ "$st" = done ] || die "$kind job $id ended $st: $j"
+    echo "$j"
+}
+
+# Runs a backfill with JSON body $1 to its end; prints "rows seconds start end".
+backfill() {
+    local start j
+    start=$(now)
+    j=$(run_job backfill /api/tables/derived_data_bars/backfill "$1")
     awk -v r="$(field rows_done "$j")" -v a="$start" -v b="$(now)" \
         'BEGIN { printf "%d %.3f %.3f %.3f\n", r, b - a, a, b }'
 }
@@ -145,20 +153,10 @@ rate_of() { awk '{ printf "%.0f\n", $1 / $2 }' <<<"$1"; }
 # A verify of the rows a backfill just copied (idle, default chunk size): appends its rows per
 # second to $work/results/verify.idle; a verify that finds a difference stops the benchmark.
 measure_verify() {
-    local answer id j st start
+    local start j
     wait_caught_up
     start=$(now)
-    answer=$(api -X POST -H 'Content-Type: application/json' \
-        -d '{"tables":["derived_data_bars"]}' "http://127.0.0.1:${admin_port[bridge]}/api/verify")
-    id=$(field job "$answer")
-    [ -n "$id" ] || die "the verify did not start: '$answer'"
-    while :; do
-        j=$(api "http://127.0.0.1:${admin_port[bridge]}/api/jobs/$id")
-        st=$(state "$j")
-        [ "$st" != running ] && [ -n "$st" ] && break
-        sleep 0.1
-    done
-    [ "$st" = done ] || die "verify job $id ended $st: $j"
+    j=$(run_job verify /api/verify '{"tables":["derived_data_bars"]}')
     grep -q '"clean":true' <<<"$j" || die "the verify found differences: $j"
     awk -v r="$(field rows_done "$j")" -v a="$start" -v b="$(now)" \
         'BEGIN { printf "%.0f\n", r / (b - a) }' >>"$work/results/verify.idle"
