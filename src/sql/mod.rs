@@ -41,6 +41,8 @@ pub mod shape;
 pub mod splice;
 pub mod statements;
 pub mod view;
+pub mod write_rewrite;
+pub mod write_view;
 
 use std::ops::Range;
 

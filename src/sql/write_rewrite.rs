@@ -1,0 +1,347 @@
+//! The write rewrite: a statement on a table whose writes are on the secondary, pointed at the
+//! table's write view ([`super::write_view`]).
+//!
+//! Every reference to a switched source table (the INSERT, UPDATE or DELETE target, COPY FROM's
+//! table, and every read of it in FROM, USING, subqueries and CTE bodies, so that a transaction
+//! reads its own writes) becomes the write view, keeping the name it had as its alias so that
+//! `derived_data_bars.close` still resolves. `ON CONFLICT` is taken off an INSERT, which then
+//! goes to the sibling view that upserts as the clause asked ([`super::write_view::mode_view_name`]):
+//! `DO NOTHING`, or `DO UPDATE SET c = EXCLUDED.c, ...` on the rule's key. What the view cannot
+//! do as the source table would is refused with a message rather than done differently:
+//! another conflict target, a `DO UPDATE` with a `WHERE` or an assignment other than
+//! `EXCLUDED` of the same column, TRUNCATE. The statement is re-rendered (docs/DESIGN.md,
+//! principle 3: statements for the secondary may be).
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    AssignmentTarget, ConflictTarget, CopySource, Expr, Ident, ObjectName, ObjectNamePart,
+    OnConflictAction, OnInsert, Query, Statement, TableAlias, TableAliasWithoutColumns,
+    TableFactor, TableObject, VisitMut, VisitorMut,
+};
+
+use super::view::{fold, resolve};
+use super::write_view::{mode_view_name, view_name};
+use crate::rules::{Rule, RuleSet, TableName};
+
+/// What the rewrite made of one statement.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rewritten {
+    /// It names no switched table.
+    Untouched,
+    /// The statement for the write views, and the upsert modes whose sibling views it uses
+    /// (each with its rule's source).
+    Sql {
+        sql: String,
+        modes: Vec<(TableName, String)>,
+    },
+    /// What the write view cannot do as the source would (SQLSTATE 0A000).
+    Refused(String),
+}
+
+/// Rewrites `stmt` for the tables of `switched`, with their rules from `rules`.
+pub fn rewrite(stmt: &Statement, rules: &RuleSet, switched: &HashSet<TableName>) -> Rewritten {
+    let mut stmt = stmt.clone();
+    let mut modes = Vec::new();
+    let mut changed = match insert_target(&mut stmt, rules, switched) {
+        Ok(Some(mode)) => {
+            modes.extend(mode);
+            true
+        }
+        Ok(None) => false,
+        Err(why) => return Rewritten::Refused(why),
+    };
+    if let Statement::Truncate(t) = &stmt {
+        for name in &t.table_names {
+            if let Some(table) = resolve(&name.name).filter(|t| switched.contains(t)) {
+                return Rewritten::Refused(format!(
+                    "TRUNCATE of {table}, whose writes are on the secondary, is not supported"
+                ));
+            }
+        }
+    }
+    changed |= copy_target(&mut stmt, rules, switched);
+    let mut r = Renamer {
+        rules,
+        switched,
+        ctes: Vec::new(),
+        renamed: 0,
+    };
+    let _ = stmt.visit(&mut r);
+    if !changed && r.renamed == 0 {
+        return Rewritten::Untouched;
+    }
+    Rewritten::Sql {
+        sql: stmt.to_string(),
+        modes,
+    }
+}
+
+fn view_object(view: &str) -> ObjectName {
+    let (schema, name) = view.split_once('.').expect("a qualified view name");
+    let ident = |s: &str| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(q) => Ident::with_quote('"', q.replace("\"\"", "\"")),
+        None => Ident::new(s),
+    };
+    ObjectName(vec![
+        ObjectNamePart::Identifier(ident(schema)),
+        ObjectNamePart::Identifier(ident(name)),
+    ])
+}
+
+fn last_ident(name: &ObjectName) -> Option<Ident> {
+    name.0.last().and_then(|p| p.as_ident()).cloned()
+}
+
+fn switched_rule<'r>(
+    name: &ObjectName,
+    rules: &'r RuleSet,
+    switched: &HashSet<TableName>,
+) -> Option<&'r Rule> {
+    let table = resolve(name)?;
+    if !switched.contains(&table) {
+        return None;
+    }
+    rules.get(&table).map(|r| r.as_ref())
+}
+
+/// The INSERT's own table: the write view, or the sibling view of its ON CONFLICT.
+fn insert_target(
+    stmt: &mut Statement,
+    rules: &RuleSet,
+    switched: &HashSet<TableName>,
+) -> Result<Option<Option<(TableName, String)>>, String> {
+    let Statement::Insert(insert) = stmt else {
+        return Ok(None);
+    };
+    let TableObject::TableName(name) = &insert.table else {
+        return Ok(None);
+    };
+    let Some(rule) = switched_rule(name, rules, switched) else {
+        return Ok(None);
+    };
+    let mode = match insert.on.take() {
+        None => None,
+        Some(OnInsert::OnConflict(c)) => Some(conflict_mode(rule, &c.conflict_target, &c.action)?),
+        Some(other) => return Err(format!("{other} is not supported on {}", rule.source)),
+    };
+    if insert.table_alias.is_none() {
+        insert.table_alias = last_ident(name).map(|alias| TableAliasWithoutColumns {
+            explicit: true,
+            alias,
+        });
+    }
+    let view = match &mode {
+        Some(m) => mode_view_name(rule, m),
+        None => view_name(rule),
+    };
+    insert.table = TableObject::TableName(view_object(&view));
+    Ok(Some(mode.map(|m| (rule.source.clone(), m))))
+}
+
+/// The upsert mode of an ON CONFLICT clause on the rule's key.
+fn conflict_mode(
+    rule: &Rule,
+    target: &Option<ConflictTarget>,
+    action: &OnConflictAction,
+) -> Result<String, String> {
+    let on_key = match target {
+        None => true,
+        Some(ConflictTarget::Columns(cols)) => {
+            let named: HashSet<String> = cols.iter().map(fold).collect();
+            named == rule.key.iter().cloned().collect()
+        }
+        Some(ConflictTarget::OnConstraint(_)) => false,
+    };
+    if !on_key {
+        return Err(format!(
+            "ON CONFLICT on {} must name its key ({}) once its writes are on the secondary",
+            rule.source,
+            rule.key.join(", ")
+        ));
+    }
+    let update = match action {
+        OnConflictAction::DoNothing => return Ok("nothing".into()),
+        OnConflictAction::DoUpdate(u) => u,
+    };
+    if target.is_none() {
+        return Err("ON CONFLICT DO UPDATE requires a conflict target".into());
+    }
+    if update.selection.is_some() {
+        return Err(format!(
+            "ON CONFLICT DO UPDATE ... WHERE on {} is not supported once its writes are on the secondary",
+            rule.source
+        ));
+    }
+    let mut cols = Vec::new();
+    for a in &update.assignments {
+        let AssignmentTarget::ColumnName(name) = &a.target else {
+            return Err("ON CONFLICT DO UPDATE SET (a, b) = ... is not supported".into());
+        };
+        let col = last_ident(name).map(|i| fold(&i)).unwrap_or_default();
+        if !excluded_column(&a.value, &col) {
+            return Err(format!(
+                "ON CONFLICT DO UPDATE on {} can only SET a column to EXCLUDED's own value \
+                 once its writes are on the secondary (not {} = {})",
+                rule.source, col, a.value
+            ));
+        }
+        if !cols.contains(&col) {
+            cols.push(col);
+        }
+    }
+    cols.sort();
+    Ok(format!("update:{}", cols.join(",")))
+}
+
+fn excluded_column(e: &Expr, col: &str) -> bool {
+    match e {
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+            fold(&parts[0]) == "excluded" && fold(&parts[1]) == col
+        }
+        Expr::Nested(inner) => excluded_column(inner, col),
+        _ => false,
+    }
+}
+
+/// COPY FROM into a switched table goes into its write view.
+fn copy_target(stmt: &mut Statement, rules: &RuleSet, switched: &HashSet<TableName>) -> bool {
+    if let Statement::Copy {
+        source: CopySource::Table { table_name, .. },
+        to: false,
+        ..
+    } = stmt
+    {
+        if let Some(rule) = switched_rule(table_name, rules, switched) {
+            *table_name = view_object(&view_name(rule));
+            return true;
+        }
+    }
+    false
+}
+
+/// Every other reference (UPDATE and DELETE targets, reads) becomes the write view.
+struct Renamer<'r> {
+    rules: &'r RuleSet,
+    switched: &'r HashSet<TableName>,
+    ctes: Vec<String>,
+    renamed: usize,
+}
+
+impl VisitorMut for Renamer<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.ctes.push(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        if name.0.len() == 1 && last_ident(name).is_some_and(|i| self.ctes.contains(&fold(&i))) {
+            return ControlFlow::Continue(());
+        }
+        let Some(rule) = switched_rule(name, self.rules, self.switched) else {
+            return ControlFlow::Continue(());
+        };
+        if alias.is_none() {
+            *alias = last_ident(name).map(|name| TableAlias {
+                explicit: true,
+                name,
+                columns: vec![],
+                at: None,
+            });
+        }
+        *name = view_object(&view_name(rule));
+        self.renamed += 1;
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::view::tests::dxy_rule;
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+
+    fn run(sql: &str) -> Rewritten {
+        let rules = RuleSet::new(vec![dxy_rule()]);
+        let switched: HashSet<TableName> = [TableName::new("public", "derived_data_bars")].into();
+        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
+        rewrite(&stmt, &rules, &switched)
+    }
+
+    fn sql(s: &str) -> String {
+        match run(s) {
+            Rewritten::Sql { sql, .. } => sql,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn writes_and_reads_of_the_table_go_to_its_write_view_under_their_old_name() {
+        assert_eq!(
+            sql("INSERT INTO derived_data_bars (symbol, ts) VALUES ('DXY', now()) RETURNING derived_data_bars.ts"),
+            "INSERT INTO pgbridge_w.derived_data_bars AS derived_data_bars (symbol, ts) VALUES ('DXY', now()) RETURNING derived_data_bars.ts"
+        );
+        assert_eq!(
+            sql("UPDATE public.derived_data_bars b SET close = close + 1 WHERE b.symbol = 'DXY'"),
+            "UPDATE pgbridge_w.derived_data_bars b SET close = close + 1 WHERE b.symbol = 'DXY'"
+        );
+        assert_eq!(
+            sql("DELETE FROM derived_data_bars WHERE ts < (SELECT max(ts) FROM derived_data_bars)"),
+            "DELETE FROM pgbridge_w.derived_data_bars AS derived_data_bars WHERE ts < (SELECT max(ts) FROM pgbridge_w.derived_data_bars AS derived_data_bars)"
+        );
+        assert_eq!(
+            sql("COPY derived_data_bars (symbol, ts) FROM STDIN"),
+            "COPY pgbridge_w.derived_data_bars (symbol, ts) FROM STDIN"
+        );
+        assert_eq!(run("SELECT 1 FROM other_table"), Rewritten::Untouched);
+        assert_eq!(run("INSERT INTO other_table VALUES (1)"), Rewritten::Untouched);
+    }
+
+    #[test]
+    fn an_upsert_goes_to_the_sibling_view_of_what_its_clause_asked() {
+        let r = run(
+            "INSERT INTO derived_data_bars VALUES ('DXY', now(), 1, 1, 1, 1, 1) \
+             ON CONFLICT (ts, symbol) DO UPDATE SET volume = excluded.volume, close = EXCLUDED.close",
+        );
+        let Rewritten::Sql { sql, modes } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            sql,
+            "INSERT INTO pgbridge_w.\"derived_data_bars#update:close,volume\" AS derived_data_bars VALUES ('DXY', now(), 1, 1, 1, 1, 1)"
+        );
+        assert_eq!(modes, vec![(TableName::new("public", "derived_data_bars"), "update:close,volume".into())]);
+        let r = run("INSERT INTO derived_data_bars VALUES ('DXY', now()) ON CONFLICT DO NOTHING");
+        assert!(matches!(r, Rewritten::Sql { ref sql, .. } if sql.contains("\"derived_data_bars#nothing\"")));
+    }
+
+    #[test]
+    fn what_the_view_cannot_do_as_the_table_would_is_refused() {
+        for s in [
+            "INSERT INTO derived_data_bars VALUES ('DXY') ON CONFLICT (ts) DO NOTHING",
+            "INSERT INTO derived_data_bars VALUES ('DXY') ON CONFLICT ON CONSTRAINT k DO NOTHING",
+            "INSERT INTO derived_data_bars VALUES ('DXY') ON CONFLICT (symbol, ts) DO UPDATE SET close = 1",
+            "INSERT INTO derived_data_bars VALUES ('DXY') ON CONFLICT (symbol, ts) DO UPDATE SET close = EXCLUDED.close WHERE false",
+            "TRUNCATE derived_data_bars",
+        ] {
+            assert!(matches!(run(s), Rewritten::Refused(_)), "{s}");
+        }
+    }
+}
