@@ -34,7 +34,10 @@
 //! commit together on the primary (`pgbridge.reverse_applied`); only then are the rows deleted
 //! on the secondary. On every (re)start the applier reads the position from the primary, resumes
 //! the batch after its last `seq` (the batch's set of changes is fixed by its two snapshots),
-//! and deletes what the position covers that a crash left behind.
+//! and deletes what the position covers that a crash left behind. Each page first locks the
+//! position row and checks it is still the one the applier last read or wrote: a killed
+//! applier's COMMIT still in flight, or a second applier, makes it start over instead of
+//! applying a page twice.
 //!
 //! Known limits: changes whose source has no rule (checked online) when their batch is applied
 //! stay queued but are not applied later, should the rule come back; a TRUNCATE of the target
@@ -105,6 +108,8 @@ enum ReverseError {
     Secondary(#[source] tokio_postgres::Error),
     #[error("primary: {}", crate::net::error_text(.0))]
     Primary(#[source] tokio_postgres::Error),
+    #[error("the primary's position is not the one this applier last saw (another applier, or a killed one's last commit)")]
+    Moved,
 }
 
 /// The reverse applier task: applies queued changes of every rule in `rules` (the live rules,

@@ -55,6 +55,8 @@ struct Run {
     secondary: Side,
     primary: Side,
     pos: Position,
+    /// The position the primary holds, as last read or written.
+    recorded: Position,
     counted_at: Option<Instant>,
     last_unrouted: u64,
     logged: HashSet<String>,
@@ -66,6 +68,7 @@ impl ReverseApplier {
             secondary: Side::default(),
             primary: Side::default(),
             pos: Position::default(),
+            recorded: Position::default(),
             counted_at: None,
             last_unrouted: 0,
             logged: HashSet::new(),
@@ -73,12 +76,17 @@ impl ReverseApplier {
         let mut backoff = self.cfg.min_backoff;
         loop {
             let Err(e) = self.session(&mut run, &mut backoff).await;
-            let (flag, side) = match &e {
-                ReverseError::Secondary(_) => (&self.stats.secondary_connected, &mut run.secondary),
-                ReverseError::Primary(_) => (&self.stats.primary_connected, &mut run.primary),
+            let side = match &e {
+                ReverseError::Secondary(_) => {
+                    Some((&self.stats.secondary_connected, &run.secondary))
+                }
+                ReverseError::Primary(_) => Some((&self.stats.primary_connected, &run.primary)),
+                ReverseError::Moved => None,
             };
-            if side.client.as_ref().is_none_or(|c| c.is_closed()) {
-                flag.store(false, Ordering::Relaxed);
+            if let Some((flag, side)) = side {
+                if side.client.as_ref().is_none_or(|c| c.is_closed()) {
+                    flag.store(false, Ordering::Relaxed);
+                }
             }
             let message = e.to_string();
             warn!(error = %message, retry_in = ?backoff, "reverse mirror retrying");
@@ -114,6 +122,7 @@ impl ReverseApplier {
             .map_err(Primary)?;
         self.stats.primary_connected.store(true, Ordering::Relaxed);
         run.pos = read_position(pri).await.map_err(Primary)?;
+        run.recorded = run.pos.clone();
         let sec = run.secondary.client.as_ref().expect("connected above");
         let forgotten = queue::cleanup(sec, &sources, &run.pos)
             .await
@@ -161,9 +170,14 @@ impl ReverseApplier {
                 .map(|r| (r.source.to_string(), r.as_ref()))
                 .collect();
             let pri = run.primary.client.as_mut().expect("connected in session");
-            write::apply_page(pri, &mut run.primary.statements, &rules, &page, &next)
+            let statements = &mut run.primary.statements;
+            let applied = write::apply_page(pri, statements, &rules, &page, &run.recorded, &next)
                 .await
                 .map_err(Primary)?;
+            if !applied {
+                return Err(ReverseError::Moved);
+            }
+            run.recorded = next.clone();
             run.pos = next;
             self.stats.applied_page(page.len(), run.pos.last_seq);
             debug!(
@@ -227,12 +241,6 @@ impl ReverseApplier {
 /// The position the primary committed last (creating its table when missing).
 async fn read_position(primary: &Client) -> Result<Position, tokio_postgres::Error> {
     primary.batch_execute(POSITION_SCHEMA_SQL).await?;
-    Ok(match primary.query_opt(READ_POSITION_SQL, &[]).await? {
-        Some(row) => Position {
-            prev: row.get(0),
-            cur: row.get(1),
-            last_seq: row.get(2),
-        },
-        None => Position::default(),
-    })
+    let row = primary.query_one(READ_POSITION_SQL, &[]).await?;
+    Ok(write::position(&row))
 }

@@ -15,13 +15,25 @@ use crate::rules::{quote_ident, Rule};
 pub const POSITION_SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge; \
     CREATE TABLE IF NOT EXISTS pgbridge.reverse_applied (id boolean PRIMARY KEY DEFAULT true \
     CHECK (id), prev_snapshot text, cur_snapshot text, last_seq bigint NOT NULL, \
-    applied_at timestamptz NOT NULL DEFAULT now())";
+    applied_at timestamptz NOT NULL DEFAULT now()); \
+    INSERT INTO pgbridge.reverse_applied (id, last_seq) VALUES (true, 0) ON CONFLICT DO NOTHING";
 pub const READ_POSITION_SQL: &str =
     "SELECT prev_snapshot, cur_snapshot, last_seq FROM pgbridge.reverse_applied";
-const WRITE_POSITION_SQL: &str = "INSERT INTO pgbridge.reverse_applied \
-    (id, prev_snapshot, cur_snapshot, last_seq) VALUES (true, $1, $2, $3) \
-    ON CONFLICT (id) DO UPDATE SET prev_snapshot = EXCLUDED.prev_snapshot, \
-    cur_snapshot = EXCLUDED.cur_snapshot, last_seq = EXCLUDED.last_seq, applied_at = now()";
+/// The position, locked: a page waits for any other session's page (an applier killed with
+/// its COMMIT in flight, or a second applier) to end, then sees what it committed.
+const LOCK_POSITION_SQL: &str =
+    "SELECT prev_snapshot, cur_snapshot, last_seq FROM pgbridge.reverse_applied FOR UPDATE";
+const WRITE_POSITION_SQL: &str = "UPDATE pgbridge.reverse_applied SET prev_snapshot = $1, \
+    cur_snapshot = $2, last_seq = $3, applied_at = now()";
+
+/// The position in a row of [`READ_POSITION_SQL`].
+pub fn position(row: &tokio_postgres::Row) -> Position {
+    Position {
+        prev: row.get(0),
+        cur: row.get(1),
+        last_seq: row.get(2),
+    }
+}
 
 /// Prepared statements of one connection, by text.
 #[derive(Default)]
@@ -86,16 +98,28 @@ pub fn delete_sql(rule: &Rule) -> String {
     )
 }
 
-/// Applies `page` (in seq order) and records `pos` in one transaction on the primary; the
-/// statements are pipelined, in order.
+/// Applies `page` (in seq order) and records `pos` in one transaction on the primary, when the
+/// primary's position is still `expected` (else nothing, and false); the statements are
+/// pipelined, in order.
 pub async fn apply_page(
     client: &mut Client,
     statements: &mut Statements,
     rules: &HashMap<String, &Rule>,
     page: &[SourceChange],
+    expected: &Position,
     pos: &Position,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    let lock = statements.get(&tx, LOCK_POSITION_SQL).await?;
+    if tx
+        .query_opt(&lock, &[])
+        .await?
+        .map(|r| position(&r))
+        .as_ref()
+        != Some(expected)
+    {
+        return Ok(false);
+    }
     let mut queued: Vec<(Statement, &String)> = Vec::with_capacity(page.len() * 2);
     for change in page {
         // The page query only returns changes of these rules' sources.
@@ -115,10 +139,11 @@ pub async fn apply_page(
         .zip(&params)
         .map(|((s, _), p)| tx.execute(s, p));
     try_join_all(writes).await?;
-    let position = statements.get(&tx, WRITE_POSITION_SQL).await?;
-    tx.execute(&position, &[&pos.prev, &pos.cur, &pos.last_seq])
+    let write = statements.get(&tx, WRITE_POSITION_SQL).await?;
+    tx.execute(&write, &[&pos.prev, &pos.cur, &pos.last_seq])
         .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }
 
 #[cfg(test)]
