@@ -359,3 +359,46 @@ async fn changes_queue_while_the_primary_is_down_and_all_arrive_after() {
     );
     assert_eq!(report.applied, 35, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_primary_commit_and_the_dequeue_applies_nothing_twice() {
+    let pair = Pair::new().await;
+    pair.primary.batch_execute(APPLIED_LOG).await.unwrap();
+    pair.secondary
+        .batch_execute(
+            "INSERT INTO data_bars (symbol, timeframe, ts, open, high, low, close_px, volume, \
+             is_synthetic) SELECT 'DXY.IDX', '1m', timestamptz '2026-01-05 00:00+00' + \
+             make_interval(mins => g), 1, 1, 1, g, g, true FROM generate_series(1, 30) AS g",
+        )
+        .await
+        .unwrap();
+    // The queued rows locked: the applier's dequeue after its first page waits.
+    let locker = client(&pair.secondary_url).await;
+    locker
+        .batch_execute("BEGIN; SELECT seq FROM pgbridge.reverse_changes FOR UPDATE")
+        .await
+        .unwrap();
+    let handle = pair.start(7);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.stats().report().applied < 7 {
+        assert!(Instant::now() < deadline, "{:?}", handle.stats().report());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Killed there: its dequeue never happens.
+    drop(handle);
+    let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                WHERE query LIKE 'DELETE FROM pgbridge.reverse_changes%' AND pid <> pg_backend_pid()";
+    assert_eq!(pair.count(&locker, kill).await, 1);
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let queued = "SELECT count(*) FROM pgbridge.reverse_changes";
+    assert_eq!(pair.count(&pair.secondary, queued).await, 30);
+
+    let handle = pair.start(7);
+    drained(&handle).await;
+    assert_eq!(handle.stats().report().applied, 23);
+    let p = &pair.primary;
+    let log = "SELECT count(*) FROM applied_log WHERE op = 'INSERT'";
+    assert_eq!(pair.count(p, log).await, 30);
+    assert_eq!(pair.count(p, "SELECT count(*) FROM applied_log").await, 30);
+    assert_eq!(pair.count(&pair.secondary, queued).await, 0);
+}
