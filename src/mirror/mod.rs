@@ -14,6 +14,8 @@
 //!   and outcome) are resolved by asking the primary `pg_xact_status`.
 //! - [`parked`]: transactions the secondary refused, kept for an operator.
 //! - [`status`]: the figures `/api/status` and `/metrics` show.
+//! - [`reverse`]: the other direction, after the writes moved to the secondary: changes to a
+//!   rule's target, queued there by a trigger, applied to the source on the primary.
 //!
 //! One transaction, as the session drives it:
 //! ```text
@@ -30,6 +32,7 @@ pub mod compare;
 pub mod journal;
 pub mod parked;
 pub mod resolve;
+pub mod reverse;
 pub mod stale;
 pub mod status;
 

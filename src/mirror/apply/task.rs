@@ -24,6 +24,20 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Journal transactions of one batch, by intent id: `None` for an aborted one.
 pub(super) type Txns = [(u64, Option<TxnRecord>)];
 
+/// The secondary's connection settings with `pgbridge.origin=forward` as a startup option:
+/// the reverse mirror's trigger (`mirror/reverse/capture.rs`) skips this session's writes, and
+/// a startup option is the session default, so the batches' `RESET ALL` keeps it.
+fn forward_origin(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let origin = "-c pgbridge.origin=forward";
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {origin}"),
+        _ => origin.to_string(),
+    };
+    config.options(&options);
+    config
+}
+
 /// Why the applier lost its secondary connection (it connects again after a backoff).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnectionError {
@@ -73,7 +87,9 @@ impl Applier {
 
     /// Connects, makes sure the position table exists, and reads the position.
     async fn connect(&mut self) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = self.cfg.secondary.connect().await?;
+        let url = &self.cfg.secondary;
+        let (client, conn) =
+            crate::net::tls::connect(&forward_origin(url.pg_config()), url.tls()).await?;
         let conn = async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "secondary connection ended");
