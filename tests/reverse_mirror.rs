@@ -147,6 +147,10 @@ async fn target_writes_reach_the_source_translated_and_only_the_rules_rows() {
     // 4 inserts, an update, a key change, a delete, a row leaving the rule.
     let queued = "SELECT count(*) FROM pgbridge.reverse_changes";
     assert_eq!(pair.count(s, queued).await, 8);
+    // A change of a source no rule has (a rule since removed): it stays queued.
+    s.batch_execute("INSERT INTO pgbridge.reverse_changes (source, new) VALUES ('gone', '{}')")
+        .await
+        .unwrap();
 
     let handle = pair.start(1000);
     drained(&handle).await;
@@ -158,14 +162,17 @@ async fn target_writes_reach_the_source_translated_and_only_the_rules_rows() {
     assert_eq!(report.applied, 8, "{report:?}");
     assert_eq!((report.queued, report.lag_seconds), (0, 0.0), "{report:?}");
     assert!(report.primary_connected && report.secondary_connected);
-    assert_eq!(pair.count(s, queued).await, 0);
+    assert_eq!(report.unrouted, 1, "{report:?}");
+    let left = "SELECT count(*) FROM pgbridge.reverse_changes WHERE source = 'gone'";
+    assert_eq!(pair.count(s, queued).await, 1);
+    assert_eq!(pair.count(s, left).await, 1);
 
     // Disabled: later writes are not queued; the applier keeps running idle.
     reverse::disable(s, &pair.rules.load().rules()[0])
         .await
         .unwrap();
     s.batch_execute(&bar(45, "1m", "1", true)).await.unwrap();
-    assert_eq!(pair.count(s, queued).await, 0);
+    assert_eq!(pair.count(s, queued).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

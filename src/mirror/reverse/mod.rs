@@ -27,6 +27,10 @@
 //! - If the later one is visible in a batch's `cur`, the earlier committed before `cur` was taken
 //!   and is visible too: it is in the same batch (ordered by `seq`) or an earlier one.
 //!
+//! A batch's set of changes is fixed by its two snapshots (a transaction visible in `cur` has
+//! committed; one that was not stays invisible in it), so each page is read by a statement of its
+//! own, with no transaction held open on the secondary across a batch.
+//!
 //! A plain `seq` order without snapshots would skip changes: a transaction that took seq 4 and
 //! commits after the one with seq 5 was read would be behind the position forever.
 //!
