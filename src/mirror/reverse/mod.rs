@@ -45,7 +45,9 @@
 //!
 //! Known limits: changes whose source has no rule (checked online) when their batch is applied
 //! stay queued but are not applied later, should the rule come back; a TRUNCATE of the target
-//! is not captured (row triggers do not see it); one applier per primary is assumed.
+//! is not captured (row triggers do not see it); a primary statement that keeps failing (a
+//! constraint only the source has) is retried forever, holding back the changes after it; two
+//! appliers on one primary apply nothing twice but keep making each other start over.
 
 pub mod capture;
 pub mod convert;
