@@ -2,6 +2,7 @@
 //! secondary reach `derived_data_bars` on the primary as the rule maps them back, in commit
 //! order, exactly once across applier kills, and after a primary that was down.
 
+mod common;
 mod sql_support;
 
 use std::sync::Arc;
@@ -146,6 +147,10 @@ async fn target_writes_reach_the_source_translated_and_only_the_rules_rows() {
     // 4 inserts, an update, a key change, a delete, a row leaving the rule.
     let queued = "SELECT count(*) FROM pgbridge.reverse_changes";
     assert_eq!(pair.count(s, queued).await, 8);
+    // A change of a source no rule has (a rule since removed): it stays queued.
+    s.batch_execute("INSERT INTO pgbridge.reverse_changes (source, new) VALUES ('gone', '{}')")
+        .await
+        .unwrap();
 
     let handle = pair.start(1000);
     drained(&handle).await;
@@ -157,14 +162,17 @@ async fn target_writes_reach_the_source_translated_and_only_the_rules_rows() {
     assert_eq!(report.applied, 8, "{report:?}");
     assert_eq!((report.queued, report.lag_seconds), (0, 0.0), "{report:?}");
     assert!(report.primary_connected && report.secondary_connected);
-    assert_eq!(pair.count(s, queued).await, 0);
+    assert_eq!(report.unrouted, 1, "{report:?}");
+    let left = "SELECT count(*) FROM pgbridge.reverse_changes WHERE source = 'gone'";
+    assert_eq!(pair.count(s, queued).await, 1);
+    assert_eq!(pair.count(s, left).await, 1);
 
     // Disabled: later writes are not queued; the applier keeps running idle.
     reverse::disable(s, &pair.rules.load().rules()[0])
         .await
         .unwrap();
     s.batch_execute(&bar(45, "1m", "1", true)).await.unwrap();
-    assert_eq!(pair.count(s, queued).await, 0);
+    assert_eq!(pair.count(s, queued).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,4 +409,53 @@ async fn a_kill_between_the_primary_commit_and_the_dequeue_applies_nothing_twice
     assert_eq!(pair.count(p, log).await, 30);
     assert_eq!(pair.count(p, "SELECT count(*) FROM applied_log").await, 30);
     assert_eq!(pair.count(&pair.secondary, queued).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_mirrors_writes_are_not_queued_back() {
+    use common::dxy;
+    let c = common::cluster();
+    let db = common::fresh_db("reverse");
+    let (bridge, db) = dxy::mirrored_with(c.primary_port, c.secondary_port, &db, dxy::DXY_RULE, "");
+    // A first write applied: the forward applier is connected and its schema is there.
+    let through = client(&bridge.conn_str("postgres", "", &db)).await;
+    let insert = |minute: u32| {
+        format!(
+            "{} ('DXY', '2026-01-05 15:{minute:02}+00', 1, 1, 1, 1, 5)",
+            dxy::INSERT
+        )
+    };
+    through.batch_execute(&insert(0)).await.unwrap();
+    tokio::task::block_in_place(|| dxy::wait_applied(&bridge));
+
+    let url = format!("postgres://postgres@127.0.0.1:{}/{db}", c.secondary_port);
+    let secondary = client(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dxy.toml"), DXY_RULES).unwrap();
+    let rules = pgbridge::rules::load_offline(&dir.path().join("dxy.toml")).unwrap();
+    reverse::enable(&secondary, &rules.rules()[0])
+        .await
+        .unwrap();
+    through.batch_execute(&insert(1)).await.unwrap();
+    tokio::task::block_in_place(|| dxy::wait_applied(&bridge));
+
+    let count = |sql: &'static str| {
+        let secondary = &secondary;
+        async move {
+            secondary
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM data_bars").await, 2);
+    let queued = "SELECT count(*) FROM pgbridge.reverse_changes";
+    assert_eq!(count(queued).await, 0);
+    // The application's own write on the secondary is queued.
+    secondary
+        .batch_execute(&bar(1, "1m", "1", true))
+        .await
+        .unwrap();
+    assert_eq!(count(queued).await, 1);
 }

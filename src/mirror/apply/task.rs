@@ -285,3 +285,22 @@ impl Applier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::forward_origin;
+
+    #[test]
+    fn the_forward_sessions_carry_their_origin_after_the_urls_own_options() {
+        let plain: tokio_postgres::Config = "host=db user=u".parse().unwrap();
+        let config = forward_origin(&plain);
+        assert_eq!(config.get_options(), Some("-c pgbridge.origin=forward"));
+        let tuned: tokio_postgres::Config =
+            "host=db user=u options='-c work_mem=64MB'".parse().unwrap();
+        let config = forward_origin(&tuned);
+        assert_eq!(
+            config.get_options(),
+            Some("-c work_mem=64MB -c pgbridge.origin=forward")
+        );
+    }
+}

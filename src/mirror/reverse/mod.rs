@@ -27,6 +27,10 @@
 //! - If the later one is visible in a batch's `cur`, the earlier committed before `cur` was taken
 //!   and is visible too: it is in the same batch (ordered by `seq`) or an earlier one.
 //!
+//! A batch's set of changes is fixed by its two snapshots (a transaction visible in `cur` has
+//! committed; one that was not stays invisible in it), so each page is read by a statement of its
+//! own, with no transaction held open on the secondary across a batch.
+//!
 //! A plain `seq` order without snapshots would skip changes: a transaction that took seq 4 and
 //! commits after the one with seq 5 was read would be behind the position forever.
 //!
@@ -41,7 +45,9 @@
 //!
 //! Known limits: changes whose source has no rule (checked online) when their batch is applied
 //! stay queued but are not applied later, should the rule come back; a TRUNCATE of the target
-//! is not captured (row triggers do not see it); one applier per primary is assumed.
+//! is not captured (row triggers do not see it); a primary statement that keeps failing (a
+//! constraint only the source has) is retried forever, holding back the changes after it; two
+//! appliers on one primary apply nothing twice but keep making each other start over.
 
 pub mod capture;
 pub mod convert;

@@ -4,15 +4,17 @@
 //! primary's position after a backoff.
 
 use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tracing::{debug, info, warn, Instrument};
 
-use super::convert::{convertible, page_sql};
+use super::convert::{convertible, page_sql, SourceChange};
 use super::write::{self, Statements, POSITION_SCHEMA_SQL, READ_POSITION_SQL};
-use super::{queue, Position, ReverseApplier, ReverseError};
+use super::{queue, Position, ReverseApplier, ReverseError, ReverseStats};
 use crate::config::PgUrl;
 use crate::rules::Rule;
 
@@ -57,9 +59,43 @@ struct Run {
     pos: Position,
     /// The position the primary holds, as last read or written.
     recorded: Position,
-    counted_at: Option<Instant>,
-    last_unrouted: u64,
+    counts: Counts,
+}
+
+/// When the queue was last counted, and which sources without a rule were logged.
+#[derive(Default)]
+struct Counts {
+    at: Option<Instant>,
+    unrouted: u64,
     logged: HashSet<String>,
+}
+
+impl Counts {
+    /// Refreshes the queue's figures, logging once each source that queued changes name and no
+    /// rule has (they stay queued).
+    async fn refresh(
+        &mut self,
+        stats: &ReverseStats,
+        sec: &Client,
+        sources: &[String],
+    ) -> Result<(), tokio_postgres::Error> {
+        let (queued, unrouted, lag) = queue::count(sec, sources).await?;
+        stats.refreshed(queued, unrouted, lag);
+        if unrouted > 0 && unrouted != self.unrouted {
+            for source in queue::unrouted(sec, sources).await? {
+                if self.logged.insert(source.clone()) {
+                    warn!(source = %source, "reverse mirror: changes of a source without a rule stay queued");
+                }
+            }
+        }
+        self.unrouted = unrouted;
+        self.at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.at.is_none_or(|t| t.elapsed() >= BUSY_REFRESH)
+    }
 }
 
 impl ReverseApplier {
@@ -69,24 +105,19 @@ impl ReverseApplier {
             primary: Side::default(),
             pos: Position::default(),
             recorded: Position::default(),
-            counted_at: None,
-            last_unrouted: 0,
-            logged: HashSet::new(),
+            counts: Counts::default(),
         };
         let mut backoff = self.cfg.min_backoff;
         loop {
             let Err(e) = self.session(&mut run, &mut backoff).await;
-            let side = match &e {
-                ReverseError::Secondary(_) => {
-                    Some((&self.stats.secondary_connected, &run.secondary))
-                }
-                ReverseError::Primary(_) => Some((&self.stats.primary_connected, &run.primary)),
-                ReverseError::Moved => None,
-            };
-            if let Some((flag, side)) = side {
-                if side.client.as_ref().is_none_or(|c| c.is_closed()) {
-                    flag.store(false, Ordering::Relaxed);
-                }
+            let lost = |side: &Side| side.client.as_ref().is_none_or(|c| c.is_closed());
+            if lost(&run.secondary) {
+                self.stats
+                    .secondary_connected
+                    .store(false, Ordering::Relaxed);
+            }
+            if lost(&run.primary) {
+                self.stats.primary_connected.store(false, Ordering::Relaxed);
             }
             let message = e.to_string();
             warn!(error = %message, retry_in = ?backoff, "reverse mirror retrying");
@@ -100,8 +131,8 @@ impl ReverseApplier {
     async fn session(
         &self,
         run: &mut Run,
-        backoff: &mut std::time::Duration,
-    ) -> Result<std::convert::Infallible, ReverseError> {
+        backoff: &mut Duration,
+    ) -> Result<Infallible, ReverseError> {
         use ReverseError::{Primary, Secondary};
         let sec = run
             .secondary
@@ -111,8 +142,9 @@ impl ReverseApplier {
         self.stats
             .secondary_connected
             .store(true, Ordering::Relaxed);
-        let sources = self.sources();
-        self.count(sec, &sources, &mut run.last_unrouted, &mut run.logged)
+        let sources = sources(&convertible(self.rules.load().rules()));
+        run.counts
+            .refresh(&self.stats, sec, &sources)
             .await
             .map_err(Secondary)?;
         let pri = run
@@ -135,20 +167,11 @@ impl ReverseApplier {
         }
     }
 
-    /// The sources of the rules a page can carry now.
-    fn sources(&self) -> Vec<String> {
-        let rules = self.rules.load();
-        convertible(rules.rules())
-            .iter()
-            .map(|r| r.source.to_string())
-            .collect()
-    }
-
-    /// One page (or an idle poll when the batch is empty).
+    /// One page of the batch (opening one when none is), or an idle poll when there is none.
     async fn step(&self, run: &mut Run) -> Result<(), ReverseError> {
-        use ReverseError::{Primary, Secondary};
+        use ReverseError::Secondary;
         let ruled = convertible(self.rules.load().rules());
-        let sources: Vec<String> = ruled.iter().map(|r| r.source.to_string()).collect();
+        let sources = sources(&ruled);
         let sec = run.secondary.client.as_ref().expect("connected in session");
         let Some(sql) = page_sql(&ruled, self.cfg.page_size) else {
             return self.idle(run, &sources).await;
@@ -160,33 +183,8 @@ impl ReverseApplier {
         let page = queue::read_page(sec, &mut run.secondary.statements, &sql, &run.pos)
             .await
             .map_err(Secondary)?;
-        if let Some(last) = page.last() {
-            let next = Position {
-                last_seq: last.seq,
-                ..run.pos.clone()
-            };
-            let rules: HashMap<String, &Rule> = ruled
-                .iter()
-                .map(|r| (r.source.to_string(), r.as_ref()))
-                .collect();
-            let pri = run.primary.client.as_mut().expect("connected in session");
-            let statements = &mut run.primary.statements;
-            let applied = write::apply_page(pri, statements, &rules, &page, &run.recorded, &next)
-                .await
-                .map_err(Primary)?;
-            if !applied {
-                return Err(ReverseError::Moved);
-            }
-            run.recorded = next.clone();
-            run.pos = next;
-            self.stats.applied_page(page.len(), run.pos.last_seq);
-            debug!(
-                changes = page.len(),
-                last_seq = run.pos.last_seq,
-                "reverse mirror applied a page"
-            );
-            let seqs: Vec<i64> = page.iter().map(|c| c.seq).collect();
-            queue::delete(sec, &seqs).await.map_err(Secondary)?;
+        if !page.is_empty() {
+            self.apply(run, &ruled, &page).await?;
         }
         if (page.len() as i64) < self.cfg.page_size {
             run.pos.prev = run.pos.cur.take();
@@ -195,47 +193,69 @@ impl ReverseApplier {
         if page.is_empty() {
             return self.idle(run, &sources).await;
         }
-        if run.counted_at.is_none_or(|t| t.elapsed() >= BUSY_REFRESH) {
-            self.count(sec, &sources, &mut run.last_unrouted, &mut run.logged)
+        if run.counts.due() {
+            let sec = run.secondary.client.as_ref().expect("connected in session");
+            run.counts
+                .refresh(&self.stats, sec, &sources)
                 .await
                 .map_err(Secondary)?;
-            run.counted_at = Some(Instant::now());
         }
+        Ok(())
+    }
+
+    /// Applies a page on the primary, then forgets it on the secondary.
+    async fn apply(
+        &self,
+        run: &mut Run,
+        ruled: &[Arc<Rule>],
+        page: &[SourceChange],
+    ) -> Result<(), ReverseError> {
+        use ReverseError::{Primary, Secondary};
+        let last_seq = page.last().map_or(run.pos.last_seq, |c| c.seq);
+        let next = Position {
+            last_seq,
+            ..run.pos.clone()
+        };
+        let rules: HashMap<String, &Rule> = ruled
+            .iter()
+            .map(|r| (r.source.to_string(), r.as_ref()))
+            .collect();
+        let pri = run.primary.client.as_mut().expect("connected in session");
+        let statements = &mut run.primary.statements;
+        let applied = write::apply_page(pri, statements, &rules, page, &run.recorded, &next)
+            .await
+            .map_err(Primary)?;
+        if !applied {
+            return Err(ReverseError::Moved);
+        }
+        run.recorded = next.clone();
+        run.pos = next;
+        self.stats.applied_page(page.len(), last_seq);
+        debug!(
+            changes = page.len(),
+            last_seq, "reverse mirror applied a page"
+        );
+        let seqs: Vec<i64> = page.iter().map(|c| c.seq).collect();
+        let sec = run.secondary.client.as_ref().expect("connected in session");
+        queue::delete(sec, &seqs).await.map_err(Secondary)?;
         Ok(())
     }
 
     /// Nothing to apply: count the queue and wait a poll.
     async fn idle(&self, run: &mut Run, sources: &[String]) -> Result<(), ReverseError> {
         let sec = run.secondary.client.as_ref().expect("connected in session");
-        self.count(sec, sources, &mut run.last_unrouted, &mut run.logged)
+        run.counts
+            .refresh(&self.stats, sec, sources)
             .await
             .map_err(ReverseError::Secondary)?;
-        run.counted_at = Some(Instant::now());
         tokio::time::sleep(self.cfg.poll).await;
         Ok(())
     }
+}
 
-    /// Refreshes the queue's figures, logging once each source queued changes name that no
-    /// rule has (they stay queued).
-    async fn count(
-        &self,
-        sec: &Client,
-        sources: &[String],
-        last_unrouted: &mut u64,
-        logged: &mut HashSet<String>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let (queued, unrouted, lag) = queue::count(sec, sources).await?;
-        self.stats.refreshed(queued, unrouted, lag);
-        if unrouted > 0 && unrouted != *last_unrouted {
-            for source in queue::unrouted(sec, sources).await? {
-                if logged.insert(source.clone()) {
-                    warn!(source = %source, "reverse mirror: queued changes of a source without a rule stay queued");
-                }
-            }
-        }
-        *last_unrouted = unrouted;
-        Ok(())
-    }
+/// The sources of the rules a page can carry, as the trigger names them.
+fn sources(ruled: &[Arc<Rule>]) -> Vec<String> {
+    ruled.iter().map(|r| r.source.to_string()).collect()
 }
 
 /// The position the primary committed last (creating its table when missing).
