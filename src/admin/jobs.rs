@@ -60,7 +60,7 @@ fn status_of(e: &JobError) -> StatusCode {
         | JobError::NotRows(..)
         | JobError::Unchecked(_)
         | JobError::NoVerify(..) => StatusCode::CONFLICT,
-        JobError::Running(..) => StatusCode::CONFLICT,
+        JobError::Running(..) | JobError::Authority(_) => StatusCode::CONFLICT,
         JobError::ChunkRows => StatusCode::BAD_REQUEST,
         JobError::Secondary(_) | JobError::Primary(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -25,7 +25,7 @@ pub mod settings;
 pub mod track;
 pub mod txn;
 
-pub use drive::Driver;
+pub use drive::{Driver, WriteRouting};
 pub use reply::{Replies, Served};
 
 use std::sync::{Arc, Mutex};

@@ -44,6 +44,8 @@ pub enum StartError {
     Resolve(tokio_postgres::Error),
     #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),
+    #[error(transparent)]
+    Writes(#[from] crate::writes::persist::PersistError),
 }
 
 impl StartError {
@@ -83,6 +85,8 @@ pub struct Migration {
     pub serve: Option<Arc<ServeOptions>>,
     /// Backfill jobs; `None` without a secondary.
     pub jobs: Option<Arc<crate::migrate::Jobs>>,
+    /// Each table's write direction and the reverse mirror (src/writes/mod.rs).
+    pub writes: super::writes::Writes,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -120,8 +124,10 @@ impl Migration {
             .as_ref()
             .map(|s| secondary_reads(config, s, &rules, &recorder, mirror.as_ref()))
             .unzip();
-        let jobs = start_jobs(config, mirror.as_ref(), &rules, &recorder);
+        let writes = super::writes::start(config, &rules)?;
+        let jobs = start_jobs(config, mirror.as_ref(), &rules, &recorder, &writes.flags);
         Ok(Some(Migration {
+            writes,
             serve,
             jobs,
             rules,
@@ -144,11 +150,18 @@ fn start_jobs(
     mirror: Option<&Mirror>,
     rules: &Arc<ArcSwap<RuleSet>>,
     recorder: &Arc<Recorder>,
+    writes: &Arc<crate::writes::WriteFlags>,
 ) -> Option<Arc<crate::migrate::Jobs>> {
     let (s, m) = config.secondary.as_ref().zip(mirror)?;
     let port = m.applier.chunk_port();
-    let jobs =
-        crate::migrate::Jobs::start(config, s.url.clone(), rules.clone(), port, recorder.clone());
+    let jobs = crate::migrate::Jobs::start(
+        config,
+        s.url.clone(),
+        rules.clone(),
+        port,
+        recorder.clone(),
+        writes.clone(),
+    );
     Some(jobs)
 }
 

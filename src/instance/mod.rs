@@ -7,6 +7,7 @@
 //! modules that use it (the proxy's sessions, the admin API) never build it themselves.
 
 pub mod migration;
+pub mod writes;
 
 use std::sync::Arc;
 

@@ -80,6 +80,8 @@ pub enum JobError {
     Unchecked(String),
     #[error("a job on `{0}` is running already (job {1})")]
     Running(String, i64),
+    #[error("the writes of `{0}` are on the secondary: the target is the authority now, and a backfill or repair would overwrite it from the legacy table")]
+    Authority(String),
     #[error("table `{0}` has no key in its rule: a verify matches rows by key and needs one")]
     VerifyNoKey(String),
     #[error("no verify of `{0}` to repair from{1}")]
@@ -188,6 +190,9 @@ fn shown_total(total: Option<i64>, done: i64) -> Option<i64> {
 
 /// The jobs of a serving proxy.
 pub struct Jobs {
+    /// Each table's write direction: a table whose writes are on the secondary gets no
+    /// backfill or repair (src/writes/mod.rs).
+    writes: Arc<crate::writes::WriteFlags>,
     primary: PgUrl,
     secondary: PgUrl,
     recorder: Arc<Recorder>,
@@ -249,8 +254,10 @@ impl Jobs {
         rules: Arc<ArcSwap<RuleSet>>,
         port: ChunkPort,
         recorder: Arc<Recorder>,
+        writes: Arc<crate::writes::WriteFlags>,
     ) -> Arc<Jobs> {
         let jobs = Arc::new(Jobs {
+            writes,
             primary: config.primary.url.clone(),
             secondary,
             recorder,

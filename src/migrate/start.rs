@@ -21,6 +21,7 @@ impl Jobs {
         let rule = self.backfillable(table)?;
         let table = rule.source.to_string();
         let chunk_rows = chunk_size(chunk_rows)?;
+        self.refuse_authority(&table)?;
         self.refuse_busy(std::slice::from_ref(&table))?;
         let client = store::connect(&self.secondary).await?;
         let earlier = store::list(&client, None).await?.into_iter().find(|j| {
@@ -111,6 +112,7 @@ impl Jobs {
     ) -> Result<i64, JobError> {
         let rule = verifiable(&self.rules.load(), table)?;
         let table = rule.source.to_string();
+        self.refuse_authority(&table)?;
         self.refuse_busy(std::slice::from_ref(&table))?;
         let client = store::connect(&self.secondary).await?;
         let verify = repair::find_verify(&client, &table, verify).await?;
@@ -138,6 +140,16 @@ impl Jobs {
     ) -> Result<JobRow, JobError> {
         let id = store::create(client, job).await?;
         store::get(client, id).await?.ok_or(JobError::NoJob(id))
+    }
+
+    /// Refuses a backfill or repair of a table whose writes are on the secondary.
+    fn refuse_authority(&self, table: &str) -> Result<(), JobError> {
+        let switched = crate::rules::TableName::parse(table)
+            .is_some_and(|t| self.writes.load().get(&t).on_secondary());
+        match switched {
+            true => Err(JobError::Authority(table.to_string())),
+            false => Ok(()),
+        }
     }
 
     /// Refuses a job on a table another job of this process works on.

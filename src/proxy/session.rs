@@ -231,7 +231,12 @@ impl<'p> Relayed<'p> {
             &m.recorder,
             self.id,
         )
-        .with_routing(&m.reads, &m.shared);
+        .with_routing(&m.reads, &m.shared)
+        .with_writes(capture::WriteRouting {
+            flags: m.writes.flags.clone(),
+            rules: m.rules.clone(),
+            secondary: m.serve.as_ref().map(|o| o.secondary.clone()),
+        });
         let Some(opts) = &m.serve else {
             return driver;
         };

@@ -13,7 +13,10 @@
 //! principle 3: statements for the secondary may be).
 
 use std::collections::HashSet;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
 
 use sqlparser::ast::{
     AssignmentTarget, ConflictTarget, CopySource, Expr, Ident, ObjectName, ObjectNamePart,
@@ -76,6 +79,49 @@ pub fn rewrite(stmt: &Statement, rules: &RuleSet, switched: &HashSet<TableName>)
         sql: stmt.to_string(),
         modes,
     }
+}
+
+/// The text of a Query or Parse with the statements at `ranges` rewritten; a refused one becomes
+/// a statement that fails with SQLSTATE 0A000 and the reason, so that the primary itself
+/// aborts the transaction as it would for an error of its own. Also the upsert modes used.
+pub fn rewrite_text(
+    text: &str,
+    ranges: &[Range<usize>],
+    rules: &RuleSet,
+    switched: &HashSet<TableName>,
+) -> (String, Vec<(TableName, String)>) {
+    let mut edits = Vec::new();
+    let mut modes = Vec::new();
+    for r in ranges {
+        let Some(part) = text.get(r.clone()) else {
+            continue;
+        };
+        let new = match Parser::parse_sql(&PostgreSqlDialect {}, part) {
+            Ok(stmts) if stmts.len() == 1 => match rewrite(&stmts[0], rules, switched) {
+                Rewritten::Untouched => continue,
+                Rewritten::Sql { sql, modes: m } => {
+                    modes.extend(m);
+                    sql
+                }
+                Rewritten::Refused(why) => refusal(&why),
+            },
+            _ => refusal(
+                "pgbridge cannot parse this statement on a table whose writes are on the secondary",
+            ),
+        };
+        edits.push((r.start, r.len(), new));
+    }
+    (super::splice::apply(text, &mut edits), modes)
+}
+
+/// A statement that fails with SQLSTATE 0A000 and `why`. The message goes in hex, so that
+/// the text names no table: it is a statement of pgbridge's, not a write pgbridge missed.
+pub fn refusal(why: &str) -> String {
+    let hex: String = why.bytes().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "DO $pgbridge$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+         MESSAGE = convert_from(decode('{hex}', 'hex'), 'UTF8'); END$pgbridge$"
+    )
 }
 
 fn view_object(view: &str) -> ObjectName {
@@ -275,13 +321,13 @@ impl VisitorMut for Renamer<'_> {
 mod tests {
     use super::*;
     use crate::sql::view::tests::dxy_rule;
-    use sqlparser::dialect::PostgreSqlDialect;
-    use sqlparser::parser::Parser;
 
     fn run(sql: &str) -> Rewritten {
         let rules = RuleSet::new(vec![dxy_rule()]);
         let switched: HashSet<TableName> = [TableName::new("public", "derived_data_bars")].into();
-        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
+        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
         rewrite(&stmt, &rules, &switched)
     }
 
@@ -311,7 +357,10 @@ mod tests {
             "COPY pgbridge_w.derived_data_bars (symbol, ts) FROM STDIN"
         );
         assert_eq!(run("SELECT 1 FROM other_table"), Rewritten::Untouched);
-        assert_eq!(run("INSERT INTO other_table VALUES (1)"), Rewritten::Untouched);
+        assert_eq!(
+            run("INSERT INTO other_table VALUES (1)"),
+            Rewritten::Untouched
+        );
     }
 
     #[test]
@@ -327,9 +376,35 @@ mod tests {
             sql,
             "INSERT INTO pgbridge_w.\"derived_data_bars#update:close,volume\" AS derived_data_bars VALUES ('DXY', now(), 1, 1, 1, 1, 1)"
         );
-        assert_eq!(modes, vec![(TableName::new("public", "derived_data_bars"), "update:close,volume".into())]);
+        assert_eq!(
+            modes,
+            vec![(
+                TableName::new("public", "derived_data_bars"),
+                "update:close,volume".into()
+            )]
+        );
         let r = run("INSERT INTO derived_data_bars VALUES ('DXY', now()) ON CONFLICT DO NOTHING");
-        assert!(matches!(r, Rewritten::Sql { ref sql, .. } if sql.contains("\"derived_data_bars#nothing\"")));
+        assert!(
+            matches!(r, Rewritten::Sql { ref sql, .. } if sql.contains("\"derived_data_bars#nothing\""))
+        );
+    }
+
+    #[test]
+    fn a_text_is_rewritten_statement_by_statement_and_a_refused_one_fails_on_the_primary() {
+        let rules = RuleSet::new(vec![dxy_rule()]);
+        let switched: HashSet<TableName> = [TableName::new("public", "derived_data_bars")].into();
+        let text = "SELECT 1; DELETE FROM derived_data_bars; TRUNCATE derived_data_bars";
+        let at = |part: &str| {
+            let start = text.find(part).unwrap();
+            start..start + part.len()
+        };
+        let ranges = [
+            at("DELETE FROM derived_data_bars"),
+            at("TRUNCATE derived_data_bars"),
+        ];
+        let (sql, modes) = rewrite_text(text, &ranges, &rules, &switched);
+        assert!(modes.is_empty());
+        assert!(sql.starts_with("SELECT 1; DELETE FROM pgbridge_w.derived_data_bars AS derived_data_bars; DO $pgbridge$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000'"), "{sql}");
     }
 
     #[test]

@@ -26,7 +26,6 @@ use super::view::{read_view, source_value, target_value, values_condition};
 /// The schema of the write views.
 pub const SCHEMA: &str = "pgbridge_w";
 
-
 /// The write view of `rule`, schema-qualified and quoted: `pgbridge_w."derived_data_bars"`
 /// (a source outside `public` keeps its schema in the name: `"legacy.bars"`).
 pub fn view_name(rule: &Rule) -> String {
@@ -44,11 +43,17 @@ fn bare_name(rule: &Rule) -> String {
 /// The sibling write view whose INSERT is an upsert as `mode` says (`nothing`, or `update:`
 /// and the comma-separated source columns to assign).
 pub fn mode_view_name(rule: &Rule, mode: &str) -> String {
-    format!("{SCHEMA}.{}", quote_ident(&format!("{}#{mode}", bare_name(rule))))
+    format!(
+        "{SCHEMA}.{}",
+        quote_ident(&format!("{}#{mode}", bare_name(rule)))
+    )
 }
 
 fn function_name(rule: &Rule) -> String {
-    format!("{SCHEMA}.{}", quote_ident(&format!("{}_write", bare_name(rule))))
+    format!(
+        "{SCHEMA}.{}",
+        quote_ident(&format!("{}_write", bare_name(rule)))
+    )
 }
 
 /// The script that creates (or replaces) the sibling view for `mode`, once the write view's
@@ -194,7 +199,11 @@ fn insert(rule: &Rule, columns: &[Column]) -> String {
     let mut values: Vec<String> = Vec::new();
     for c in columns {
         names.push(quote_ident(rule.target_column(&c.name)));
-        values.push(target_value(rule, &c.name, &format!("NEW.{}", quote_ident(&c.name))));
+        values.push(target_value(
+            rule,
+            &c.name,
+            &format!("NEW.{}", quote_ident(&c.name)),
+        ));
     }
     for (c, v) in &rule.values {
         names.push(quote_ident(c));
@@ -266,7 +275,8 @@ mod tests {
         assert!(sql.contains("'1m', true)"));
         // An upsert on the target's key assigns only what the client's SET named.
         assert!(sql.contains("ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET"));
-        assert!(sql.contains("close_px = CASE WHEN 'close' = ANY (pgbridge_cols) THEN EXCLUDED.close_px"));
+        assert!(sql
+            .contains("close_px = CASE WHEN 'close' = ANY (pgbridge_cols) THEN EXCLUDED.close_px"));
         // Rows are found by the mapped key among the rule's own target rows.
         assert!(sql.contains(
             "WHERE t.symbol = CASE OLD.symbol WHEN 'DXY' THEN 'DXY.IDX' ELSE OLD.symbol END AND t.ts = OLD.ts \

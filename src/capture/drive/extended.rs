@@ -67,7 +67,9 @@ impl<'a> Driver<'a> {
             }
         }
         self.statements.insert(name.clone(), analysis.clone());
-        self.expect(Expect::Parse { forward: true });
+        self.expect(Expect::Parse {
+            forward: !self.hidden_parse,
+        });
         match bytes {
             Some(b) => self.out.extend_from_slice(&b),
             None => self.pass(frame),

@@ -14,6 +14,9 @@ mod inject;
 mod journal;
 mod route;
 mod simple;
+mod switched;
+
+pub use switched::WriteRouting;
 
 pub(in crate::capture) use route::Side;
 
@@ -160,6 +163,13 @@ pub struct Driver<'a> {
     /// data yet ([`Expect::Sync`]'s `in_copy`).
     pub(super) copy_in: bool,
     pub(super) out: BytesMut,
+    /// The write switch ([`switched`]).
+    writes: Option<WriteRouting>,
+    /// Statements the client prepared that name a migrated table.
+    prepared: HashMap<String, switched::Prepared>,
+    /// The Parse being handled is pgbridge's own (a statement prepared again): its reply is
+    /// kept from the client.
+    hidden_parse: bool,
 }
 
 impl<'a> Driver<'a> {
@@ -194,6 +204,9 @@ impl<'a> Driver<'a> {
             copy_statements: Default::default(),
             copy_in: false,
             out: BytesMut::new(),
+            writes: None,
+            prepared: HashMap::new(),
+            hidden_parse: false,
         }
     }
 
@@ -254,6 +267,19 @@ impl<'a> Driver<'a> {
             // waits until pgbridge is done with it, as it would have waited for its own end.
             self.finish_pending(primary).await?;
         }
+        let redirected = self.redirect(frame).await;
+        let done = self
+            .handle_frame(redirected.as_deref().unwrap_or(frame), primary)
+            .await;
+        self.admitted();
+        done
+    }
+
+    async fn handle_frame<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &[u8],
+        primary: &mut W,
+    ) -> std::io::Result<()> {
         let described = self.described_portal.take();
         if self.serving.is_some() && self.serve_extended(frame).await {
             return Ok(());

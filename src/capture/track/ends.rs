@@ -143,6 +143,9 @@ impl Tracker {
         let popped = self.queue.pop_front();
         if status == b'I' && !self.requests_owed() {
             self.touched = false;
+            if !self.admitting {
+                self.active.idle();
+            }
             // The transaction that wrote them ended: a verify now sees what it did.
             for (table, why) in self.stale.drain(..) {
                 crate::mirror::stale::mark(&table, &why);

@@ -74,6 +74,12 @@ pub struct Tracker {
     pub session: u64,
     /// The open transaction may have written something (reads in it stay on the primary).
     pub touched: bool,
+    /// The migrated tables the open transaction wrote, counted for the write switch
+    /// (src/writes/mod.rs) until the session is idle again.
+    pub active: crate::writes::Active,
+    /// The driver counted a write in and has not queued its request yet: a ReadyForQuery of an
+    /// earlier request does not end it.
+    pub admitting: bool,
     /// The journal id of the session's last committed mirrored transaction (read-your-writes).
     pub last_commit: Option<u64>,
     /// The primary's descriptions of the client's prepared statements.

@@ -48,7 +48,7 @@ pub(super) fn refusals(
 
 /// What in the mirror's figures refuses a switch: lag over the bounds, parked transactions, an
 /// applier halted or not connected.
-fn mirror_refusals(m: &MirrorReport, bounds: &FlagOptions) -> Vec<String> {
+pub(crate) fn mirror_refusals(m: &MirrorReport, bounds: &FlagOptions) -> Vec<String> {
     let mut why = Vec::new();
     if m.lag_seconds > bounds.max_lag_seconds {
         why.push(format!(
@@ -75,10 +75,10 @@ fn mirror_refusals(m: &MirrorReport, bounds: &FlagOptions) -> Vec<String> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(in crate::reads::flags) fn healthy() -> MirrorReport {
+    pub(crate) fn healthy() -> MirrorReport {
         MirrorReport {
             journal_seq: 5,
             applied_seq: 5,

@@ -24,7 +24,7 @@
 //! [`super::route`] is the pure decision the session makes per statement, with these flags.
 
 mod audit;
-mod gate;
+pub(crate) mod gate;
 mod reload;
 
 use std::collections::HashMap;

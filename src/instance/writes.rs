@@ -1,0 +1,83 @@
+//! The write switch's machinery in a running proxy: each table's write direction (kept beside
+//! the journal, `writes.json`), the reverse mirror's applier, and, for the tables whose writes
+//! were on the secondary when pgbridge stopped, their write views and reverse capture set up
+//! again (src/writes/mod.rs).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::mirror::reverse::{self, ReverseApplier, ReverseConfig, ReverseHandle};
+use crate::rules::RuleSet;
+use crate::writes::{install, WriteFlags};
+
+/// The write directions and the reverse applier (with a secondary).
+pub struct Writes {
+    pub flags: Arc<WriteFlags>,
+    pub reverse: Option<ReverseHandle>,
+}
+
+/// Opens the directions and starts the reverse applier.
+pub fn start(
+    config: &Config,
+    rules: &Arc<ArcSwap<RuleSet>>,
+) -> Result<Writes, crate::writes::persist::PersistError> {
+    let path = config.mirror.journal_dir.join("writes.json");
+    let flags = WriteFlags::open(Some(path))?;
+    let reverse = config.secondary.as_ref().map(|s| {
+        let cfg = ReverseConfig::new(config.primary.url.clone(), s.url.clone());
+        ReverseApplier::spawn(cfg, rules.clone())
+    });
+    if let Some(s) = &config.secondary {
+        tokio::spawn(restore(flags.clone(), rules.clone(), s.url.clone()));
+    }
+    Ok(Writes { flags, reverse })
+}
+
+/// Sets up the write views and reverse capture of the tables switched before a restart
+/// (idempotent; retried until it succeeds).
+async fn restore(
+    flags: Arc<WriteFlags>,
+    rules: Arc<ArcSwap<RuleSet>>,
+    secondary: crate::config::PgUrl,
+) {
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        let directions = flags.load();
+        if directions.switched.is_empty() {
+            return;
+        }
+        match restore_once(&directions, &rules.load(), &secondary).await {
+            Ok(()) => {
+                info!(
+                    tables = directions.switched.len(),
+                    "write views of switched tables ready"
+                );
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot set up the write views of switched tables yet"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+async fn restore_once(
+    directions: &crate::writes::Directions,
+    rules: &RuleSet,
+    secondary: &crate::config::PgUrl,
+) -> Result<(), install::InstallError> {
+    let client = install::connect(secondary).await?;
+    for (table, direction) in &directions.tables {
+        let Some(rule) = rules.get(table) else {
+            continue;
+        };
+        install::install(&client, rule).await?;
+        if *direction == crate::writes::Direction::Secondary {
+            reverse::enable(&client, rule).await?;
+        }
+    }
+    Ok(())
+}

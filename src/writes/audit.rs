@@ -1,0 +1,51 @@
+//! Write switches in the audit log: one JSON line each (the read switches' log,
+//! src/reads/flags/audit.rs, with `"kind": "writes"`), appended and synced before the switch
+//! returns, with the gate's evidence at that moment.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::gate::Evidence;
+use super::switch::Outcome;
+
+/// Appends the switch `o`, judged on `e`, to the log at `path`.
+pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
+    let forward = e.forward.as_ref().map(|m| {
+        serde_json::json!({
+            "lag_seconds": m.lag_seconds,
+            "lag_transactions": m.lag_transactions,
+            "parked": m.parked,
+        })
+    });
+    let line = serde_json::json!({
+        "ts": o.ts,
+        "kind": "writes",
+        "table": o.source,
+        "from": o.previous.as_str(),
+        "to": o.writes.as_str(),
+        "reason": o.reason,
+        "forced": o.forced,
+        "overridden": o.overridden,
+        "who": o.who,
+        "paused_ms": o.paused_ms,
+        "evidence": {
+            "backfill": e.backfill,
+            "last_verify": e.last_verify.map(|(clean, age)| serde_json::json!({"clean": clean, "age_seconds": age})),
+            "forward": forward,
+            "needs_repair": e.needs_repair,
+            "rows_outside_where": e.rows_outside,
+            "same_database": e.same_database,
+        },
+    });
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = line.to_string();
+    text.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()
+}

@@ -1,0 +1,198 @@
+//! The write switch's gate: the evidence a switch of a table's writes is judged on, and every
+//! reason it is refused. Pure; [`super::switch`] gathers the evidence.
+//!
+//! A switch to `secondary` needs: the rule checked online (its columns known), the target in
+//! the primary's own database (this version executes a switched table's statements in the
+//! client's own session, so its transactions stay atomic; across two servers the gate says
+//! so), a finished backfill, a clean verify no older than `[admin] gate_max_verify_age_secs`,
+//! the forward mirror within the read gate's bounds with nothing parked, no mark of a write
+//! the mirror missed, and every source row inside the rule's `where` (a row outside it would
+//! stay on the primary, where the switched table's statements no longer go). `force`
+//! overrides everything but the first two, and is recorded with what it overrode. The way
+//! back to `primary` needs only the reverse mirror running; `complete` needs the writes on the
+//! secondary.
+
+use crate::mirror::status::MirrorReport;
+use crate::reads::FlagOptions;
+
+use super::Direction;
+
+/// What a switch is judged on.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    pub from: Direction,
+    /// The rule's source columns are known (it was checked online).
+    pub rule_checked: bool,
+    /// The target's write view is visible from the primary: one database.
+    pub same_database: bool,
+    /// The last backfill's state, if any ran.
+    pub backfill: Option<String>,
+    /// The last verify: clean, and its age in seconds.
+    pub last_verify: Option<(bool, u64)>,
+    pub max_verify_age_secs: u64,
+    pub forward: Option<MirrorReport>,
+    /// The table is marked as having missed a write (src/mirror/stale.rs).
+    pub needs_repair: bool,
+    /// Source rows outside the rule's `where`.
+    pub rows_outside: u64,
+    /// The reverse mirror's applier is connected to both sides.
+    pub reverse_connected: bool,
+}
+
+/// The refusals of a switch: those `force` overrides, and those it does not.
+#[derive(Debug, Default, PartialEq)]
+pub struct Refusals {
+    pub hard: Vec<String>,
+    pub soft: Vec<String>,
+}
+
+impl Refusals {
+    pub fn is_empty(&self) -> bool {
+        self.hard.is_empty() && self.soft.is_empty()
+    }
+}
+
+/// Why a switch to `to` must be refused.
+pub fn refusals(to: Direction, e: &Evidence, bounds: &FlagOptions) -> Refusals {
+    let mut r = Refusals::default();
+    match (e.from, to) {
+        (from, to) if from == to => {}
+        (Direction::Primary, Direction::Secondary) => to_secondary(e, bounds, &mut r),
+        (Direction::Secondary, Direction::Primary) if !e.reverse_connected => r
+            .soft
+            .push("the reverse mirror is not connected to both databases".into()),
+        (Direction::Secondary, Direction::Primary) => {}
+        (Direction::Secondary, Direction::Complete) => {}
+        (Direction::Complete, _) => r.hard.push(
+            "the migration is complete: the reverse mirror stopped and the legacy table no longer follows"
+                .into(),
+        ),
+        (Direction::Primary, Direction::Complete) => {
+            r.hard.push("writes must be on the secondary before the migration is complete".into())
+        }
+        (_, _) => {}
+    }
+    r
+}
+
+fn to_secondary(e: &Evidence, bounds: &FlagOptions, r: &mut Refusals) {
+    if !e.rule_checked {
+        r.hard.push(
+            "the rule's columns are unknown (the rule was not checked against the databases)"
+                .into(),
+        );
+    }
+    if !e.same_database {
+        r.hard.push(
+            "the target is not in the primary's database: this version moves writes only when \
+             [secondary] is the primary's own database"
+                .into(),
+        );
+    }
+    match e.backfill.as_deref() {
+        Some("done") => {}
+        Some(state) => r
+            .soft
+            .push(format!("the last backfill is {state}, not done")),
+        None => r.soft.push("no backfill ran".into()),
+    }
+    match e.last_verify {
+        None => r.soft.push("no verify ran".into()),
+        Some((false, _)) => r.soft.push("the last verify found differences".into()),
+        Some((true, age)) if age > e.max_verify_age_secs => r.soft.push(format!(
+            "the last clean verify is {age}s old (gate_max_verify_age_secs = {})",
+            e.max_verify_age_secs
+        )),
+        Some(_) => {}
+    }
+    match &e.forward {
+        None => r.hard.push("the mirror is not running".into()),
+        Some(m) => r
+            .soft
+            .extend(crate::reads::flags::gate::mirror_refusals(m, bounds)),
+    }
+    if e.needs_repair {
+        r.soft
+            .push("the table is marked as needing a repair (a write the mirror missed)".into());
+    }
+    if e.rows_outside > 0 {
+        r.soft.push(format!(
+            "{} source rows are outside the rule's where: they would stay on the primary",
+            e.rows_outside
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds() -> FlagOptions {
+        FlagOptions {
+            audit_log: "audit.jsonl".into(),
+            max_lag_seconds: 5.0,
+            max_lag_transactions: 1000,
+            has_secondary: true,
+        }
+    }
+
+    fn ready() -> Evidence {
+        Evidence {
+            from: Direction::Primary,
+            rule_checked: true,
+            same_database: true,
+            backfill: Some("done".into()),
+            last_verify: Some((true, 60)),
+            max_verify_age_secs: 86400,
+            forward: Some(crate::reads::flags::gate::tests::healthy()),
+            needs_repair: false,
+            rows_outside: 0,
+            reverse_connected: true,
+        }
+    }
+
+    #[test]
+    fn a_ready_table_may_switch_and_every_missing_piece_is_named() {
+        assert!(refusals(Direction::Secondary, &ready(), &bounds()).is_empty());
+        let e = Evidence {
+            backfill: Some("running".into()),
+            last_verify: Some((true, 100_000)),
+            needs_repair: true,
+            rows_outside: 3,
+            same_database: false,
+            ..ready()
+        };
+        let r = refusals(Direction::Secondary, &e, &bounds());
+        assert_eq!(r.hard.len(), 1, "{r:?}");
+        assert!(r.hard[0].contains("primary's own database"));
+        assert_eq!(r.soft.len(), 4, "{r:?}");
+        assert!(r.soft.iter().any(|s| s.contains("100000s old")));
+        assert!(r.soft.iter().any(|s| s.contains("3 source rows")));
+    }
+
+    #[test]
+    fn the_way_back_is_open_while_the_reverse_mirror_runs_and_complete_is_final() {
+        let on = Evidence {
+            from: Direction::Secondary,
+            ..ready()
+        };
+        assert!(refusals(Direction::Primary, &on, &bounds()).is_empty());
+        assert!(refusals(Direction::Complete, &on, &bounds()).is_empty());
+        let down = Evidence {
+            reverse_connected: false,
+            ..on
+        };
+        assert_eq!(refusals(Direction::Primary, &down, &bounds()).soft.len(), 1);
+        let done = Evidence {
+            from: Direction::Complete,
+            ..ready()
+        };
+        assert_eq!(refusals(Direction::Primary, &done, &bounds()).hard.len(), 1);
+        assert_eq!(
+            refusals(Direction::Complete, &ready(), &bounds())
+                .hard
+                .len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The write switch (docs/DESIGN.md, "The write switch"): hold the table's new writes at the
+//! proxy, let the transactions that wrote it end, drain the mirror that carried its writes,
+//! flip the direction (durably), release.
+//!
+//! To `secondary`: the write view is installed first (before anything is held), the gate
+//! judges the evidence ([`super::gate`]), then: hold; wait until no session is in a
+//! transaction that wrote the table; wait until the forward applier applied every journaled
+//! transaction; start the reverse capture on the target; write the new direction; release.
+//! Back to `primary`: hold; wait for the transactions; wait until the reverse mirror applied
+//! every captured change; stop the reverse capture; write; release. `complete` is the same
+//! with the writes staying on the secondary. Each wait is bounded by the request's timeout
+//! (whatever is left of it): past it the switch is aborted, the capture left as it was,
+//! everything released, and the reason returned. Sessions whose writes were held see a pause
+//! and then run on the side the switch left the table on: no write is lost, applied twice or
+//! reordered, because none is in flight while the direction flips.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::gate::{self, Evidence};
+use super::install::{self, InstallError};
+use super::persist::PersistError;
+use super::{Direction, WriteFlags};
+use crate::config::PgUrl;
+use crate::mirror::reverse::{self, ReverseHandle};
+use crate::mirror::{ApplierHandle, Journal};
+use crate::reads::FlagOptions;
+use crate::rules::Rule;
+
+/// What the operator asked.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub to: Direction,
+    pub reason: String,
+    pub force: bool,
+    pub who: String,
+    /// How long the switch may hold the table's writes.
+    pub timeout: Duration,
+}
+
+/// What the switch acts on.
+pub struct Ports<'a> {
+    pub primary: &'a PgUrl,
+    pub secondary: &'a PgUrl,
+    pub journal: &'a Journal,
+    pub applier: &'a ApplierHandle,
+    pub reverse: &'a ReverseHandle,
+    pub bounds: &'a FlagOptions,
+}
+
+/// A switch made (or nothing to do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub source: String,
+    pub target: String,
+    pub writes: Direction,
+    pub previous: Direction,
+    pub changed: bool,
+    pub forced: bool,
+    /// The gate's reasons that `force` overrode.
+    pub overridden: Vec<String>,
+    pub reason: String,
+    pub who: String,
+    /// How long the table's new writes were held.
+    pub paused_ms: u64,
+    pub ts: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// Refused by the gate: every reason.
+    #[error("refused: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// Aborted while held: everything released, nothing changed.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Install(#[from] InstallError),
+    #[error("{0}")]
+    Persist(#[from] PersistError),
+    #[error("cannot write the audit log: {0}")]
+    Audit(std::io::Error),
+}
+
+/// Switches the writes of `rule`'s table as `req` asks; `evidence` carries what the caller
+/// knows (the jobs' results), the rest is gathered here.
+pub async fn switch(
+    flags: &WriteFlags,
+    rule: &Rule,
+    req: &Request,
+    mut evidence: Evidence,
+    ports: &Ports<'_>,
+) -> Result<Outcome, SwitchError> {
+    let _one = flags.switching.lock().await;
+    let table = &rule.source;
+    let from = flags.load().get(table);
+    let mut outcome = outcome(rule, req, from);
+    if from == req.to {
+        return Ok(outcome);
+    }
+    evidence.from = from;
+    evidence.rule_checked = rule.source_columns.is_some();
+    evidence.forward = Some(ports.applier.report());
+    let reverse = ports.reverse.stats().report();
+    evidence.reverse_connected = reverse.primary_connected && reverse.secondary_connected;
+    if req.to == Direction::Secondary {
+        let secondary = install::connect(ports.secondary)
+            .await
+            .map_err(InstallError::from)?;
+        install::install(&secondary, rule).await?;
+        let primary = install::connect(ports.primary)
+            .await
+            .map_err(InstallError::from)?;
+        evidence.same_database = install::visible(&primary, rule).await?;
+        evidence.rows_outside = install::rows_outside(&primary, rule).await?;
+    }
+    let refusals = gate::refusals(req.to, &evidence, ports.bounds);
+    if !refusals.hard.is_empty() || (!refusals.soft.is_empty() && !req.force) {
+        let mut all = refusals.hard;
+        all.extend(refusals.soft);
+        return Err(SwitchError::Refused(all));
+    }
+    outcome.forced = !refusals.soft.is_empty();
+    outcome.overridden = refusals.soft;
+    let started = Instant::now();
+    flags.hold(table);
+    let flipped = flip(flags, rule, req, from, started, ports).await;
+    flags.release(table);
+    outcome.paused_ms = started.elapsed().as_millis() as u64;
+    match flipped {
+        Ok(()) => {
+            info!(table = %table, from = from.as_str(), to = req.to.as_str(), paused_ms = outcome.paused_ms, "writes switched");
+            super::audit::append(&ports.bounds.audit_log, &outcome, &evidence)
+                .map_err(SwitchError::Audit)?;
+            outcome.changed = true;
+            Ok(outcome)
+        }
+        Err(e) => {
+            warn!(table = %table, error = %e, "write switch aborted");
+            Err(e)
+        }
+    }
+}
+
+fn outcome(rule: &Rule, req: &Request, from: Direction) -> Outcome {
+    Outcome {
+        source: rule.source.to_string(),
+        target: rule.target.to_string(),
+        writes: if from == req.to { from } else { req.to },
+        previous: from,
+        changed: false,
+        forced: false,
+        overridden: Vec::new(),
+        reason: req.reason.clone(),
+        who: req.who.clone(),
+        paused_ms: 0,
+        ts: crate::divergence::record::rfc3339(std::time::SystemTime::now()),
+    }
+}
+
+/// The held part: the transactions end, the mirror drains, the direction flips.
+async fn flip(
+    flags: &WriteFlags,
+    rule: &Rule,
+    req: &Request,
+    from: Direction,
+    started: Instant,
+    ports: &Ports<'_>,
+) -> Result<(), SwitchError> {
+    let table = &rule.source;
+    let left = || req.timeout.saturating_sub(started.elapsed());
+    if !flags.wait_inactive(table, left()).await {
+        return Err(SwitchError::Aborted(format!(
+            "{} sessions were still in transactions that wrote {table} after {} ms",
+            flags.active(table),
+            req.timeout.as_millis()
+        )));
+    }
+    let secondary = install::connect(ports.secondary)
+        .await
+        .map_err(InstallError::from)?;
+    if from == Direction::Primary {
+        let last = ports.journal.last_id();
+        if ports.applier.wait_applied(last, left()).await.is_err() {
+            return Err(SwitchError::Aborted(format!(
+                "the forward mirror had not applied transaction {last} after {} ms",
+                req.timeout.as_millis()
+            )));
+        }
+        reverse::enable(&secondary, rule)
+            .await
+            .map_err(InstallError::from)?;
+    } else {
+        if !ports.reverse.wait_drained(left()).await {
+            return Err(SwitchError::Aborted(format!(
+                "the reverse mirror had not applied every change of {table} after {} ms",
+                req.timeout.as_millis()
+            )));
+        }
+        reverse::disable(&secondary, rule)
+            .await
+            .map_err(InstallError::from)?;
+    }
+    if let Err(e) = flags.set(table, req.to) {
+        if from == Direction::Primary {
+            let _ = reverse::disable(&secondary, rule).await;
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
