@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod reads;
 pub mod status;
+mod writes;
 
 use std::sync::Arc;
 
@@ -53,6 +54,7 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/api/status", get(status::status))
         .route("/api/tables/{source}/reads", put(reads::set_reads))
+        .route("/api/tables/{source}/writes", put(writes::set_writes))
         .route("/api/tables/{source}/backfill", post(jobs::start_backfill))
         .route("/api/verify", post(jobs::start_verify))
         .route("/api/tables/{source}/repair", post(jobs::start_repair))

@@ -17,6 +17,10 @@ pub struct Status {
     pub mirror: MirrorStatus,
     pub divergences: DivergenceStatus,
     pub sessions: u64,
+    /// The reverse mirror (target to legacy table, for tables whose writes are on the
+    /// secondary): applied, queued, lag_seconds, connected, last_error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,6 +31,9 @@ pub struct TableStatus {
     /// The share of sessions whose reads go to `reads` (the others' stay on the primary).
     pub reads_percent: u8,
     pub mirror: String,
+    /// Where its writes are executed: primary, secondary or complete (src/writes/mod.rs).
+    #[serde(default)]
+    pub writes: String,
     /// The table's backfill running in this process, or its last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillSummary>,
@@ -60,6 +67,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
         mirror: MirrorStatus::default(),
         divergences: DivergenceStatus::default(),
         sessions: proxy.sessions() as u64,
+        reverse: None,
     };
     if let Some(m) = &proxy.migration {
         let flags = m.reads.load();
@@ -82,6 +90,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
                     reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
                     reads_percent: flags.percent(&r.source).unwrap_or(100),
                     mirror: r.mirror.as_str().to_string(),
+                    writes: m.writes.flags.load().get(&r.source).as_str().to_string(),
                     backfill: jobs.backfill,
                     last_verify: jobs.verify,
                     needs_repair,
@@ -93,6 +102,11 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
         if let Some(mirror) = &m.mirror {
             status.mirror = MirrorStatus::from(&mirror.applier.report());
         }
+        status.reverse = m
+            .writes
+            .reverse
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r.stats().report()).ok());
     }
     Json(status)
 }

@@ -84,6 +84,26 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Change where writes of a table are executed: secondary (the target becomes the
+    /// authority, mirrored back into the legacy table), primary (the way back), or complete
+    /// (writes stay on the secondary and the reverse mirror stops: the legacy table is retired).
+    Writes {
+        /// The source table, as the rules name it.
+        table: String,
+        /// primary, secondary or complete.
+        target: String,
+        /// Why: recorded with the change.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Switch even when the gate refuses (no clean recent verify, lag, ...); what it
+        /// overrode is recorded.
+        #[arg(long)]
+        force: bool,
+        /// How long the table's writes may be held while its transactions end and the mirror
+        /// drains, in milliseconds; past it the switch is aborted (default 5000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
     /// Copy the source rows that existed before mirroring to the target, while applications
     /// keep writing; resumable. Waits for the job with a progress bar unless --detach.
     Backfill {

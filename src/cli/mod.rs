@@ -63,6 +63,13 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             reason,
             force,
         } => ctl.set_reads(&table, &source, percent, reason.as_deref(), force),
+        CtlCommand::Writes {
+            table,
+            target,
+            reason,
+            force,
+            timeout_ms,
+        } => ctl.set_writes(&table, &target, reason.as_deref(), force, timeout_ms),
         CtlCommand::Backfill {
             table,
             chunk_rows,

@@ -8,6 +8,7 @@ mod jobs;
 mod reads;
 mod status;
 mod verify;
+mod writes;
 
 pub use verify::VerifyArgs;
 
