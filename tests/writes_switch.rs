@@ -9,67 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::dxy::*;
 use common::jobs::*;
+use common::writes::*;
 use common::*;
 
-/// The target table's DDL alone (the secondary's script also creates `instruments`, which the
-/// primary's has too).
-fn target_ddl() -> &'static str {
-    let end = SECONDARY_DDL.find(");").unwrap() + 2;
-    &SECONDARY_DDL[..end]
-}
-
-/// pgbridge in front of one database holding both the legacy table and the target.
-fn one_database(hint: &str) -> (Bridge, String) {
-    let c = cluster();
-    let db = fresh_db(hint);
-    psql_on(c.primary_port, &db, PRIMARY_DDL);
-    psql_on(c.primary_port, &db, "TRUNCATE derived_data_bars");
-    psql_on(c.primary_port, &db, target_ddl());
-    let url = format!("postgres://postgres@127.0.0.1:{}/{db}", c.primary_port);
-    let (port, admin, config) = dxy_config(&url, &url, DXY_RULE, "");
-    (Bridge::start_with_config(port, admin, &config), db)
-}
-
-fn put_writes(bridge: &Bridge, body: &str) -> (u16, serde_json::Value) {
-    let (code, answer) = http(
-        bridge.admin_port,
-        "PUT",
-        "/api/tables/derived_data_bars/writes",
-        Some(TOKEN),
-        Some(body),
-    );
-    (
-        code,
-        serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer)),
-    )
-}
-
-/// The rule's image of the source and the target, as the same text (one database).
-fn images(db: &str) -> (String, String) {
-    let port = cluster().primary_port;
-    (psql_on(port, db, EXPECTED), psql_on(port, db, ACTUAL))
-}
-
-/// Waits until the reverse mirror has applied every captured change and the forward mirror
-/// everything journaled, then the two images must be equal.
 fn assert_images_equal(bridge: &Bridge, db: &str) {
-    wait_applied(bridge);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = status(bridge);
-        if s["reverse"]["queued"] == 0 {
-            let (expected, actual) = images(db);
-            if expected == actual {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "images differ:\n{expected}\n---\n{actual}"
-            );
-        }
-        assert!(Instant::now() < deadline, "reverse mirror stuck: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::writes::assert_images_equal(bridge, cluster().primary_port, db);
 }
 
 /// Backfilled and verified: the gate's evidence for a switch.

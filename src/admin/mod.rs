@@ -65,6 +65,9 @@ fn router(state: AppState) -> Router {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
+    if let Some(m) = &state.instance.migration {
+        m.writes.sample_metrics(&m.rules.load());
+    }
     (
         [(
             header::CONTENT_TYPE,

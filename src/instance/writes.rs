@@ -19,6 +19,24 @@ pub struct Writes {
     pub reverse: Option<ReverseHandle>,
 }
 
+impl Writes {
+    /// Sets the gauges of the write switch for `/metrics`: each table's direction (1 on the
+    /// secondary), and the reverse mirror's queue and lag.
+    pub fn sample_metrics(&self, rules: &RuleSet) {
+        let directions = self.flags.load();
+        for rule in rules.rules() {
+            let on = directions.get(&rule.source).on_secondary();
+            metrics::gauge!("pgbridge_table_writes_on_secondary", "table" => rule.source.to_string())
+                .set(if on { 1.0 } else { 0.0 });
+        }
+        if let Some(r) = &self.reverse {
+            let report = r.stats().report();
+            metrics::gauge!("pgbridge_reverse_queued").set(report.queued as f64);
+            metrics::gauge!("pgbridge_reverse_lag_seconds").set(report.lag_seconds);
+        }
+    }
+}
+
 /// Opens the directions and starts the reverse applier.
 pub fn start(
     config: &Config,

@@ -8,7 +8,9 @@
 //! the forward mirror within the read gate's bounds with nothing parked, no mark of a write
 //! the mirror missed, and every source row inside the rule's `where` (a row outside it would
 //! stay on the primary, where the switched table's statements no longer go). `force`
-//! overrides everything but the first two, and is recorded with what it overrode. The way
+//! overrides everything but the first two and the repair mark (a write the mirror missed
+//! would be lost for good: no repair runs from the legacy table once the target is the
+//! authority), and is recorded with what it overrode. The way
 //! back to `primary` needs only the reverse mirror running; `complete` needs the writes on the
 //! secondary.
 
@@ -163,9 +165,10 @@ mod tests {
             ..ready()
         };
         let r = refusals(Direction::Secondary, &e, &bounds());
-        assert_eq!(r.hard.len(), 1, "{r:?}");
+        assert_eq!(r.hard.len(), 2, "{r:?}");
         assert!(r.hard[0].contains("primary's own database"));
-        assert_eq!(r.soft.len(), 4, "{r:?}");
+        assert!(r.hard[1].contains("repair it first"));
+        assert_eq!(r.soft.len(), 3, "{r:?}");
         assert!(r.soft.iter().any(|s| s.contains("100000s old")));
         assert!(r.soft.iter().any(|s| s.contains("3 source rows")));
     }

@@ -135,10 +135,14 @@ pub async fn switch(
             super::audit::append(&ports.bounds.audit_log, &outcome, &evidence)
                 .map_err(SwitchError::Audit)?;
             outcome.changed = true;
+            metrics::histogram!("pgbridge_write_switch_pause_seconds", "table" => outcome.source.clone())
+                .record(outcome.paused_ms as f64 / 1000.0);
             Ok(outcome)
         }
         Err(e) => {
             warn!(table = %table, error = %e, "write switch aborted");
+            metrics::counter!("pgbridge_write_switch_aborted_total", "table" => table.to_string())
+                .increment(1);
             Err(e)
         }
     }
@@ -183,6 +187,7 @@ async fn flip(
         .map_err(InstallError::from)?;
     if from == Direction::Primary {
         let last = ports.journal.last_id();
+        tracing::info!(table = %table, last, applied = ports.applier.applied(), "write switch: draining the forward mirror");
         if ports.applier.wait_applied(last, left()).await.is_err() {
             return Err(SwitchError::Aborted(format!(
                 "the forward mirror had not applied transaction {last} after {} ms",

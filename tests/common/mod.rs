@@ -353,6 +353,7 @@ pub mod jobs;
 pub mod python;
 pub mod tls_pg;
 pub mod wire;
+pub mod writes;
 
 /// tokio-postgres connected through `conn`, with its notices and notifications sent to the
 /// returned channel.

@@ -104,7 +104,9 @@ impl<'a> Driver<'a> {
             Some(a) => self.portals.insert(portal, a),
             None => self.portals.remove(&portal),
         };
-        self.expect(Expect::Bind { forward: true });
+        self.expect(Expect::Bind {
+            forward: !self.hidden_bind,
+        });
         match edited {
             Some(b) => self.out.extend_from_slice(&b),
             None => self.pass(frame),

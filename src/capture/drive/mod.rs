@@ -170,6 +170,10 @@ pub struct Driver<'a> {
     /// The Parse being handled is pgbridge's own (a statement prepared again): its reply is
     /// kept from the client.
     hidden_parse: bool,
+    /// The same for a Bind sent again.
+    hidden_bind: bool,
+    /// The client's last Bind of each portal whose statement names a migrated table.
+    bound: HashMap<String, Bytes>,
 }
 
 impl<'a> Driver<'a> {
@@ -207,6 +211,8 @@ impl<'a> Driver<'a> {
             writes: None,
             prepared: HashMap::new(),
             hidden_parse: false,
+            hidden_bind: false,
+            bound: HashMap::new(),
         }
     }
 

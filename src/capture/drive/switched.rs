@@ -80,13 +80,20 @@ impl<'a> Driver<'a> {
             b'P' => self.redirect_parse(frame).await,
             b'B' => {
                 self.reprepare_if_moved(frame).await;
+                if let Some((portal, stmt)) = wire::bind_names(frame) {
+                    if self.prepared.contains_key(stmt) {
+                        let bind = Bytes::copy_from_slice(frame);
+                        self.bound.insert(portal.to_string(), bind);
+                    }
+                }
                 None
             }
             b'E' => {
-                let portal = wire::execute_portal(frame)?;
-                let stmt = self.portal_statements.get(portal)?;
-                let tables = self.prepared.get(stmt)?.writes.clone();
+                let portal = wire::execute_portal(frame)?.to_string();
+                let stmt = self.portal_statements.get(&portal)?.clone();
+                let tables = self.prepared.get(&stmt)?.writes.clone();
                 self.admit(&tables).await;
+                self.rebind_if_moved(&portal).await;
                 None
             }
             _ => None,
@@ -133,6 +140,11 @@ impl<'a> Driver<'a> {
         if p.version == version {
             return;
         }
+        tracing::debug!(
+            session = self.session,
+            statement = stmt,
+            "prepared again after a write switch"
+        );
         let parse = wire::parse_typed(stmt, &p.text.clone(), &p.types.clone());
         if !stmt.is_empty() {
             self.expect(Expect::Close { forward: false });
@@ -142,6 +154,23 @@ impl<'a> Driver<'a> {
         self.hidden_parse = true;
         self.parse(&parse);
         self.hidden_parse = false;
+    }
+
+    /// A portal bound before a switch that flipped while its Execute waited: its statement is
+    /// prepared again and the client's Bind sent again (their replies kept from the client),
+    /// so that the Execute runs where the table's writes go now.
+    async fn rebind_if_moved(&mut self, portal: &str) {
+        let Some(bind) = self.bound.get(portal).cloned() else {
+            return;
+        };
+        let before = self.out.len();
+        self.reprepare_if_moved(&bind).await;
+        if self.out.len() == before {
+            return;
+        }
+        self.hidden_bind = true;
+        self.bind(&bind);
+        self.hidden_bind = false;
     }
 
     /// Counts the session in as writing `tables`, waiting while a switch holds one of them.

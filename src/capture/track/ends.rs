@@ -143,9 +143,6 @@ impl Tracker {
         let popped = self.queue.pop_front();
         if status == b'I' && !self.requests_owed() {
             self.touched = false;
-            if !self.admitting {
-                self.active.idle();
-            }
             // The transaction that wrote them ended: a verify now sees what it did.
             for (table, why) in self.stale.drain(..) {
                 crate::mirror::stale::mark(&table, &why);
@@ -171,6 +168,12 @@ impl Tracker {
                 self.end_unjournaled();
             }
             self.xid = None;
+            // The client's own ReadyForQuery (not one pgbridge holds while it still has
+            // statements of its own to send, a COPY's or an autocommit write's): the session's
+            // writes are done, for the write switch.
+            if !self.requests_owed() && !self.admitting {
+                self.active.idle();
+            }
         }
         if hold {
             self.held = Some(status);

@@ -36,6 +36,11 @@ pub async fn enable(client: &Client, rule: &Rule) -> Result<(), tokio_postgres::
     in_transaction(client, &sql).await
 }
 
+/// Creates the queue when missing (the applier, before it reads it the first time).
+pub async fn ensure_queue(client: &Client) -> Result<(), tokio_postgres::Error> {
+    in_transaction(client, QUEUE_SQL).await
+}
+
 /// Drops the rule's trigger; changes already queued stay queued for the applier.
 pub async fn disable(client: &Client, rule: &Rule) -> Result<(), tokio_postgres::Error> {
     in_transaction(client, &drop_trigger_sql(rule)).await

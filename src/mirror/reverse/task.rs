@@ -142,6 +142,7 @@ impl ReverseApplier {
         self.stats
             .secondary_connected
             .store(true, Ordering::Relaxed);
+        super::capture::ensure_queue(sec).await.map_err(Secondary)?;
         let sources = sources(&convertible(self.rules.load().rules()));
         run.counts
             .refresh(&self.stats, sec, &sources)
