@@ -114,8 +114,12 @@ fn to_secondary(e: &Evidence, bounds: &FlagOptions, r: &mut Refusals) {
             .extend(crate::reads::flags::gate::mirror_refusals(m, bounds)),
     }
     if e.needs_repair {
-        r.soft
-            .push("the table is marked as needing a repair (a write the mirror missed)".into());
+        // Forcing past it would lose the missed write for good: once the target is the
+        // authority no repair runs from the legacy table.
+        r.hard.push(
+            "the table is marked as needing a repair (a write the mirror missed): repair it first"
+                .into(),
+        );
     }
     if e.rows_outside > 0 {
         r.soft.push(format!(
