@@ -344,3 +344,44 @@ async fn a_killed_pgbridge_comes_back_with_the_writes_where_they_were() {
         "125750.000000\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_moves_the_writes_and_complete_retires_the_legacy_table_for_good() {
+    let (bridge, db) = one_database("writes_ctl");
+    // The gate names what is missing, and ctl exits 1 with it.
+    let refused = ctl(&bridge, &["writes", "derived_data_bars", "secondary"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no backfill ran") && stderr.contains("no verify ran"), "{stderr}");
+    let forced = ctl(
+        &bridge,
+        &["--json", "writes", "derived_data_bars", "secondary", "--force", "--reason", "drill"],
+    );
+    assert_eq!(forced.status.code(), Some(0), "{}", String::from_utf8_lossy(&forced.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&forced.stdout).unwrap();
+    assert_eq!(answer["writes"], "secondary");
+    assert_eq!(answer["reason"], "drill");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    client
+        .batch_execute("INSERT INTO derived_data_bars VALUES ('DXY', '2026-08-01', 1, 1, 1, 1, 1)")
+        .await
+        .unwrap();
+    assert_images_equal(&bridge, &db);
+
+    let done = ctl(&bridge, &["writes", "derived_data_bars", "complete"]);
+    assert_eq!(done.status.code(), Some(0), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("migration complete"));
+    // Writes stay on the target; the legacy table no longer follows.
+    client
+        .batch_execute("INSERT INTO derived_data_bars VALUES ('DXY', '2026-08-02', 1, 1, 1, 1, 1)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let port = cluster().primary_port;
+    assert_eq!(psql_on(port, &db, "SELECT count(*) FROM data_bars"), "2\n");
+    assert_eq!(psql_on(port, &db, "SELECT count(*) FROM derived_data_bars"), "1\n");
+    let back = ctl(&bridge, &["writes", "derived_data_bars", "primary", "--force"]);
+    assert_eq!(back.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&back.stderr).contains("migration is complete"));
+    assert_eq!(status(&bridge)["tables"][0]["writes"], "complete");
+}
