@@ -304,13 +304,45 @@ async fn a_switch_waits_for_open_transactions_and_aborts_past_its_timeout() {
     );
 }
 
-#[test]
-fn across_two_servers_the_gate_refuses_the_switch_and_says_why() {
-    let (bridge, _db) = with_unmirrored_rows("writes_two_servers", 10);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_two_servers_the_gate_refuses_the_switch_and_shows_the_mixed_transactions() {
+    let (bridge, db) = with_unmirrored_rows("writes_two_servers", 10);
+    // Observed while mirroring: a transaction over the migrated table and another, in the
+    // simple protocol and in the extended one, and one over the migrated table alone.
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO derived_data_bars VALUES ('DXY', '2027-01-01', 1, 1, 1, 1, 1); \
+             INSERT INTO instruments VALUES ('X1', 'x'); COMMIT",
+        )
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute("INSERT INTO instruments VALUES ($1, 'x')", &[&"X2"])
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE derived_data_bars SET close = $1::int8 WHERE symbol = 'DXY' AND ts = '2027-01-01'",
+            &[&2i64],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    client
+        .batch_execute(
+            "UPDATE derived_data_bars SET close = 3 WHERE symbol = 'DXY' AND ts = '2027-01-01'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status(&bridge)["tables"][0]["mixed_transactions"], 2);
     let (code, answer) = put_writes(&bridge, r#"{"target":"secondary","force":true}"#);
     assert_eq!(code, 409, "{answer}");
+    let message = answer.to_string();
+    assert!(message.contains("primary's own database"), "{answer}");
     assert!(
-        answer.to_string().contains("primary's own database"),
+        message.contains("2 transactions seen writing this table and another"),
         "{answer}"
     );
     assert_eq!(status(&bridge)["tables"][0]["writes"], "primary");
@@ -352,12 +384,28 @@ async fn ctl_moves_the_writes_and_complete_retires_the_legacy_table_for_good() {
     let refused = ctl(&bridge, &["writes", "derived_data_bars", "secondary"]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("no backfill ran") && stderr.contains("no verify ran"), "{stderr}");
+    assert!(
+        stderr.contains("no backfill ran") && stderr.contains("no verify ran"),
+        "{stderr}"
+    );
     let forced = ctl(
         &bridge,
-        &["--json", "writes", "derived_data_bars", "secondary", "--force", "--reason", "drill"],
+        &[
+            "--json",
+            "writes",
+            "derived_data_bars",
+            "secondary",
+            "--force",
+            "--reason",
+            "drill",
+        ],
     );
-    assert_eq!(forced.status.code(), Some(0), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert_eq!(
+        forced.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
     let answer: serde_json::Value = serde_json::from_slice(&forced.stdout).unwrap();
     assert_eq!(answer["writes"], "secondary");
     assert_eq!(answer["reason"], "drill");
@@ -369,7 +417,12 @@ async fn ctl_moves_the_writes_and_complete_retires_the_legacy_table_for_good() {
     assert_images_equal(&bridge, &db);
 
     let done = ctl(&bridge, &["writes", "derived_data_bars", "complete"]);
-    assert_eq!(done.status.code(), Some(0), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     assert!(String::from_utf8_lossy(&done.stdout).contains("migration complete"));
     // Writes stay on the target; the legacy table no longer follows.
     client
@@ -379,8 +432,14 @@ async fn ctl_moves_the_writes_and_complete_retires_the_legacy_table_for_good() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let port = cluster().primary_port;
     assert_eq!(psql_on(port, &db, "SELECT count(*) FROM data_bars"), "2\n");
-    assert_eq!(psql_on(port, &db, "SELECT count(*) FROM derived_data_bars"), "1\n");
-    let back = ctl(&bridge, &["writes", "derived_data_bars", "primary", "--force"]);
+    assert_eq!(
+        psql_on(port, &db, "SELECT count(*) FROM derived_data_bars"),
+        "1\n"
+    );
+    let back = ctl(
+        &bridge,
+        &["writes", "derived_data_bars", "primary", "--force"],
+    );
     assert_eq!(back.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&back.stderr).contains("migration is complete"));
     assert_eq!(status(&bridge)["tables"][0]["writes"], "complete");

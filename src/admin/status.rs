@@ -34,6 +34,10 @@ pub struct TableStatus {
     /// Where its writes are executed: primary, secondary or complete (src/writes/mod.rs).
     #[serde(default)]
     pub writes: String,
+    /// Transactions seen writing this table and another table of the primary (they would
+    /// span two databases once its writes moved to a secondary of its own).
+    #[serde(default)]
+    pub mixed_transactions: u64,
     /// The table's backfill running in this process, or its last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillSummary>,
@@ -91,6 +95,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
                     reads_percent: flags.percent(&r.source).unwrap_or(100),
                     mirror: r.mirror.as_str().to_string(),
                     writes: m.writes.flags.load().get(&r.source).as_str().to_string(),
+                    mixed_transactions: crate::writes::mixed::count(&source),
                     backfill: jobs.backfill,
                     last_verify: jobs.verify,
                     needs_repair,

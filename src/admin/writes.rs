@@ -91,6 +91,7 @@ pub(super) async fn set_writes(
         last_verify: summary.verify.map(|v| (v.clean, v.age_seconds as u64)),
         max_verify_age_secs: config.admin.gate_max_verify_age_secs,
         needs_repair: crate::mirror::stale::get(&source).is_some(),
+        mixed_transactions: crate::writes::mixed::count(&source),
         ..Evidence::default()
     };
     let request = Request {

@@ -69,7 +69,8 @@ pub async fn connect(secondary: &PgUrl) -> Result<Client, JobError> {
     // concurrent CREATE ... IF NOT EXISTS may fail on the catalog's unique index; the advisory
     // lock orders pgbridge's own, and a second try finds what the applier made.
     let create = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgbridge.jobs')); {SCHEMA_SQL}; COMMIT"
+        "BEGIN; {}; {SCHEMA_SQL}; COMMIT",
+        crate::mirror::SCHEMA_LOCK_SQL
     );
     if client.batch_execute(&create).await.is_err() {
         let _ = client.batch_execute("ROLLBACK").await;

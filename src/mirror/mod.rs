@@ -44,6 +44,16 @@ use serde::{Deserialize, Serialize};
 use crate::rules::TableName;
 
 pub use apply::{Applier, ApplierHandle, WaitError};
+
+/// Serializes the creation of pgbridge's own schemas and tables (`pgbridge`, `pgbridge_w`) in a
+/// database: concurrent `CREATE ... IF NOT EXISTS` of one name (the applier, the jobs, the
+/// reverse mirror, a write switch, another instance) can fail on the catalog's unique index.
+pub const SCHEMA_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(7262074100812650241)";
+
+/// `sql` (statements separated by `;`) in one transaction under [`SCHEMA_LOCK_SQL`].
+pub fn under_schema_lock(sql: &str) -> String {
+    format!("BEGIN; {SCHEMA_LOCK_SQL}; {sql}; COMMIT")
+}
 pub use journal::{Journal, JournalError, JournalOptions};
 pub use status::MirrorStats;
 

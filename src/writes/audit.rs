@@ -35,6 +35,7 @@ pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
             "needs_repair": e.needs_repair,
             "rows_outside_where": e.rows_outside,
             "same_database": e.same_database,
+            "mixed_transactions": e.mixed_transactions,
         },
     });
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

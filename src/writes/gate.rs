@@ -39,6 +39,8 @@ pub struct Evidence {
     pub rows_outside: u64,
     /// The reverse mirror's applier is connected to both sides.
     pub reverse_connected: bool,
+    /// Transactions seen writing the table and another table of the primary.
+    pub mixed_transactions: u64,
 }
 
 /// The refusals of a switch: those `force` overrides, and those it does not.
@@ -85,11 +87,12 @@ fn to_secondary(e: &Evidence, bounds: &FlagOptions, r: &mut Refusals) {
         );
     }
     if !e.same_database {
-        r.hard.push(
+        r.hard.push(format!(
             "the target is not in the primary's database: this version moves writes only when \
-             [secondary] is the primary's own database"
-                .into(),
-        );
+             [secondary] is the primary's own database ({} transactions seen writing this table \
+             and another one would span two databases)",
+            e.mixed_transactions
+        ));
     }
     match e.backfill.as_deref() {
         Some("done") => {}
@@ -154,6 +157,7 @@ mod tests {
             needs_repair: false,
             rows_outside: 0,
             reverse_connected: true,
+            mixed_transactions: 0,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::sql::write_view;
 /// Why the databases could not do what the switch asked.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{0}")]
+    #[error("{}", crate::net::error_text(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("the rule for {0} was not checked against the databases: its columns are unknown")]
     Unchecked(String),
@@ -47,7 +47,8 @@ pub async fn install(client: &Client, rule: &Rule) -> Result<(), InstallError> {
     }
     client
         .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgbridge_w')); {script} COMMIT"
+            "BEGIN; {}; {script} COMMIT",
+            crate::mirror::SCHEMA_LOCK_SQL
         ))
         .await?;
     Ok(())
@@ -132,7 +133,8 @@ pub async fn ensure_mode(url: &PgUrl, rule: &Rule, mode: &str) -> Result<(), Ins
     let client = connect(url).await?;
     client
         .batch_execute(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('pgbridge_w')); {script} COMMIT"
+            "BEGIN; {}; {script} COMMIT",
+            crate::mirror::SCHEMA_LOCK_SQL
         ))
         .await?;
     MODES

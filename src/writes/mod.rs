@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod gate;
 pub mod install;
+pub mod mixed;
 pub mod persist;
 pub mod switch;
 
@@ -240,11 +241,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The tables one session's open transaction wrote, counted in [`WriteFlags`]' activity until
-/// the session is idle again (or gone).
+/// the session is idle again (or gone). Each is kept with the number of requests the session
+/// had queued when it was counted in (`at`): the ReadyForQuery that ends the count must come
+/// after the request that wrote, not before it was even queued.
 #[derive(Default)]
 pub struct Active {
     flags: Option<Arc<WriteFlags>>,
-    tables: Vec<TableName>,
+    tables: Vec<(TableName, u64)>,
 }
 
 impl Active {
@@ -257,43 +260,48 @@ impl Active {
 
     /// Whether the open transaction wrote `table`.
     pub fn wrote(&self, table: &TableName) -> bool {
-        self.tables.contains(table)
+        self.tables.iter().any(|(t, _)| t == table)
     }
 
-    /// The session writes `table` in its open transaction (or autocommit statement).
-    pub fn enter(&mut self, table: &TableName) {
-        let Some(flags) = &self.flags else { return };
-        if !self.tables.contains(table) {
-            flags.enter(table);
-            self.tables.push(table.clone());
-        }
-    }
-
-    /// The session is about to write `tables`: each is counted in, unless a switch holds one
-    /// the open transaction has not written yet, which is returned (counted out again) for
-    /// the session to wait on ([`WriteFlags::wait_unheld`]) before it tries again. It counts
-    /// itself in before it looks at the hold, and a switch holds before it counts the sessions
-    /// in, so one of the two always sees the other.
-    pub fn try_admit(&mut self, tables: &[TableName]) -> Option<TableName> {
+    /// The session is about to write `tables`, its next request the one after `at` queued
+    /// requests: each is counted in, unless a switch holds one the open transaction has not
+    /// written yet, which is returned (counted out again) for the session to wait on
+    /// ([`WriteFlags::wait_unheld`]) before it tries again. It counts itself in before it
+    /// looks at the hold, and a switch holds before it counts the sessions in, so one of the
+    /// two always sees the other.
+    pub fn try_admit(&mut self, tables: &[TableName], at: u64) -> Option<TableName> {
         let flags = self.flags.clone()?;
         for t in tables {
-            if self.wrote(t) {
+            if let Some(entry) = self.tables.iter_mut().find(|(x, _)| x == t) {
+                entry.1 = entry.1.max(at);
                 continue;
             }
-            self.enter(t);
+            flags.enter(t);
             if flags.is_held(t) {
-                self.tables.retain(|x| x != t);
                 flags.leave(t);
                 return Some(t.clone());
             }
+            self.tables.push((t.clone(), at));
         }
         None
     }
 
-    /// The session is idle: its transaction ended.
-    pub fn idle(&mut self) {
+    /// The session is idle after its first `answered` requests: its transaction ended, and so
+    /// did the writes counted in before those requests were queued.
+    pub fn idle(&mut self, answered: u64) {
+        let Some(flags) = &self.flags else { return };
+        self.tables.retain(|(t, at)| {
+            let done = *at < answered;
+            if done {
+                flags.leave(t);
+            }
+            !done
+        });
+    }
+
+    fn leave_all(&mut self) {
         if let Some(flags) = &self.flags {
-            for t in self.tables.drain(..) {
+            for (t, _) in self.tables.drain(..) {
                 flags.leave(&t);
             }
         }
@@ -302,7 +310,7 @@ impl Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.idle();
+        self.leave_all();
     }
 }
 
@@ -319,8 +327,11 @@ mod tests {
     async fn a_switch_waits_for_the_sessions_writing_the_table_and_a_held_write_for_the_release() {
         let flags = WriteFlags::open(None).unwrap();
         let mut session = Active::new(flags.clone());
-        session.enter(&t("bars"));
-        session.enter(&t("bars"));
+        assert!(session.try_admit(&[t("bars")], 0).is_none());
+        assert!(session.try_admit(&[t("bars")], 1).is_none());
+        assert_eq!(flags.active(&t("bars")), 1);
+        // The ReadyForQuery of a request queued before the second write does not end it.
+        session.idle(1);
         assert_eq!(flags.active(&t("bars")), 1);
         assert!(
             !flags
@@ -335,11 +346,14 @@ mod tests {
                     .await
             })
         };
-        session.idle();
+        session.idle(2);
         assert!(waiter.await.unwrap());
 
         flags.hold(&t("bars"));
         assert!(!flags.quiet());
+        // A session that has not written the table is turned away while it is held.
+        assert_eq!(session.try_admit(&[t("bars")], 3), Some(t("bars")));
+        assert_eq!(flags.active(&t("bars")), 0);
         let held = {
             let flags = flags.clone();
             tokio::spawn(async move { flags.wait_unheld(&[t("bars")]).await })
@@ -358,7 +372,7 @@ mod tests {
         let flags = WriteFlags::open(Some(path.clone())).unwrap();
         {
             let mut s = Active::new(flags.clone());
-            s.enter(&t("bars"));
+            assert!(s.try_admit(&[t("bars")], 0).is_none());
         }
         assert_eq!(flags.active(&t("bars")), 0);
         flags.set(&t("bars"), Direction::Secondary).unwrap();

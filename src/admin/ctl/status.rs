@@ -21,6 +21,14 @@ fn render(s: &Status) -> String {
         "mirror: journal {} applied {} lag {:.1}s parked {}\n",
         s.mirror.journal_seq, s.mirror.applied_seq, s.mirror.lag_seconds, s.mirror.parked
     ));
+    if let Some(r) = &s.reverse {
+        out.push_str(&format!(
+            "reverse mirror: applied {} queued {} lag {:.1}s\n",
+            r["applied"],
+            r["queued"],
+            r["lag_seconds"].as_f64().unwrap_or(0.0)
+        ));
+    }
     out.push_str(&format!("divergences: {}", s.divergences.total));
     for (kind, n) in &s.divergences.by_kind {
         out.push_str(&format!(" {kind}={n}"));
@@ -31,8 +39,8 @@ fn render(s: &Status) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<32} {:<32} {:<16} {}\n",
-        "SOURCE", "TARGET", "READS", "MIRROR"
+        "{:<32} {:<32} {:<16} {:<10} {}\n",
+        "SOURCE", "TARGET", "READS", "WRITES", "MIRROR"
     ));
     for t in &s.tables {
         let reads = match t.reads_percent {
@@ -40,8 +48,8 @@ fn render(s: &Status) -> String {
             p => format!("{} {p}%", t.reads),
         };
         out.push_str(&format!(
-            "{:<32} {:<32} {:<16} {}\n",
-            t.source, t.target, reads, t.mirror
+            "{:<32} {:<32} {:<16} {:<10} {}\n",
+            t.source, t.target, reads, t.writes, t.mirror
         ));
     }
     out

@@ -66,6 +66,15 @@ impl<'a> Driver<'a> {
             let mut t = self.shared.lock();
             let mut record = TxnRecord::new(self.session, t.xid.take());
             record.changes = t.txn.changes().to_vec();
+            if t.other_write {
+                let mut tables: Vec<String> =
+                    record.changes.iter().map(|c| c.table.to_string()).collect();
+                tables.sort();
+                tables.dedup();
+                tables
+                    .iter()
+                    .for_each(|table| crate::writes::mixed::note(table));
+            }
             record.settings = TEXT_SETTINGS
                 .iter()
                 .filter_map(|k| t.settings.get(*k).map(|v| (k.to_string(), v.clone())))

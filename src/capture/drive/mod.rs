@@ -174,6 +174,8 @@ pub struct Driver<'a> {
     hidden_bind: bool,
     /// The client's last Bind of each portal whose statement names a migrated table.
     bound: HashMap<String, Bytes>,
+    /// Prepared statements that write a table no rule migrates (src/writes/mixed.rs).
+    other_writes: std::collections::HashSet<String>,
 }
 
 impl<'a> Driver<'a> {
@@ -213,6 +215,7 @@ impl<'a> Driver<'a> {
             hidden_parse: false,
             hidden_bind: false,
             bound: HashMap::new(),
+            other_writes: Default::default(),
         }
     }
 
@@ -274,11 +277,8 @@ impl<'a> Driver<'a> {
             self.finish_pending(primary).await?;
         }
         let redirected = self.redirect(frame).await;
-        let done = self
-            .handle_frame(redirected.as_deref().unwrap_or(frame), primary)
-            .await;
-        self.admitted();
-        done
+        self.handle_frame(redirected.as_deref().unwrap_or(frame), primary)
+            .await
     }
 
     async fn handle_frame<W: AsyncWrite + Unpin>(

@@ -55,6 +55,16 @@ fn written(analysis: &Analysis) -> Vec<TableName> {
     out
 }
 
+/// Whether a statement of `text` writes a table no rule migrates.
+fn writes_other_tables(text: &str, analysis: &Analysis) -> bool {
+    analysis.statements.iter().any(|s| {
+        s.writes.is_empty()
+            && text
+                .get(s.text.clone())
+                .is_some_and(crate::writes::mixed::starts_with_write)
+    })
+}
+
 impl<'a> Driver<'a> {
     /// Statements on tables whose writes are on the secondary go to their write views.
     pub fn with_writes(mut self, routing: WriteRouting) -> Self {
@@ -71,8 +81,10 @@ impl<'a> Driver<'a> {
                 let text = wire::query_text(frame)?;
                 let analysis = self.analyzer.analyze(text);
                 if analysis.is_unrelated() {
+                    self.note_other_write(crate::writes::mixed::starts_with_write(text));
                     return None;
                 }
+                self.note_other_write(writes_other_tables(text, &analysis));
                 self.admit(&written(&analysis)).await;
                 let new = self.switched_text(text, &analysis).await?;
                 Some(wire::query(&new))
@@ -91,6 +103,7 @@ impl<'a> Driver<'a> {
             b'E' => {
                 let portal = wire::execute_portal(frame)?.to_string();
                 let stmt = self.portal_statements.get(&portal)?.clone();
+                self.note_other_write(self.other_writes.contains(&stmt));
                 let tables = self.prepared.get(&stmt)?.writes.clone();
                 self.admit(&tables).await;
                 self.rebind_if_moved(&portal).await;
@@ -100,10 +113,10 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The request is queued: a ReadyForQuery may end the count again.
-    pub(super) fn admitted(&self) {
-        if self.writes.is_some() {
-            self.shared.lock().admitting = false;
+    /// The session writes a table no rule migrates in its open transaction (if `wrote`).
+    fn note_other_write(&self, wrote: bool) {
+        if wrote {
+            self.shared.lock().other_write = true;
         }
     }
 
@@ -112,8 +125,13 @@ impl<'a> Driver<'a> {
         let analysis = self.analyzer.analyze(text);
         if analysis.is_unrelated() {
             self.prepared.remove(name);
+            match crate::writes::mixed::starts_with_write(text) {
+                true => self.other_writes.insert(name.to_string()),
+                false => self.other_writes.remove(name),
+            };
             return None;
         }
+        self.other_writes.remove(name);
         let version = self.writes.as_ref()?.flags.load().version;
         let prepared = Prepared {
             text: Arc::from(text),
@@ -184,8 +202,8 @@ impl<'a> Driver<'a> {
         loop {
             let held = {
                 let mut t = self.shared.lock();
-                t.admitting = true;
-                t.active.try_admit(tables)
+                let pushed = t.pushed;
+                t.active.try_admit(tables, pushed)
             };
             match held {
                 None => return,

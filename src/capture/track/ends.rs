@@ -171,8 +171,9 @@ impl Tracker {
             // The client's own ReadyForQuery (not one pgbridge holds while it still has
             // statements of its own to send, a COPY's or an autocommit write's): the session's
             // writes are done, for the write switch.
-            if !self.requests_owed() && !self.admitting {
-                self.active.idle();
+            if !self.requests_owed() {
+                self.active.idle(self.pushed);
+                self.other_write = false;
             }
         }
         if hold {

@@ -77,9 +77,12 @@ pub struct Tracker {
     /// The migrated tables the open transaction wrote, counted for the write switch
     /// (src/writes/mod.rs) until the session is idle again.
     pub active: crate::writes::Active,
-    /// The driver counted a write in and has not queued its request yet: a ReadyForQuery of an
-    /// earlier request does not end it.
-    pub admitting: bool,
+    /// How many expectations were queued: a write counted in at a value not passed yet has
+    /// its request still to be queued, and a ReadyForQuery of an earlier request does not end
+    /// it ([`crate::writes::Active`]).
+    pub pushed: u64,
+    /// The open transaction wrote a table no rule migrates (src/writes/mixed.rs).
+    pub other_write: bool,
     /// The journal id of the session's last committed mirrored transaction (read-your-writes).
     pub last_commit: Option<u64>,
     /// The primary's descriptions of the client's prepared statements.
@@ -166,6 +169,7 @@ impl Tracker {
             _ => {}
         }
         self.queue.push_back(e);
+        self.pushed += 1;
     }
 
     /// No reply is owed.

@@ -96,7 +96,9 @@ impl Applier {
             }
         };
         tokio::spawn(conn.in_current_span());
-        client.batch_execute(SCHEMA_SQL).await?;
+        client
+            .batch_execute(&crate::mirror::under_schema_lock(SCHEMA_SQL))
+            .await?;
         let row = client
             .query_opt(READ_POSITION_SQL, &[&self.journal.uuid()])
             .await?;

@@ -20,7 +20,7 @@ pub const QUEUE_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge; \
     at timestamptz NOT NULL DEFAULT clock_timestamp(), old jsonb, new jsonb)";
 
 /// Serializes concurrent installs (two pgbridge instances, or enable racing disable).
-const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(7262074100812650241)";
+const LOCK_SQL: &str = crate::mirror::SCHEMA_LOCK_SQL;
 
 /// The session setting the forward applier's connections carry.
 pub const ORIGIN_SETTING: &str = "pgbridge.origin";

@@ -261,7 +261,9 @@ fn sources(ruled: &[Arc<Rule>]) -> Vec<String> {
 
 /// The position the primary committed last (creating its table when missing).
 async fn read_position(primary: &Client) -> Result<Position, tokio_postgres::Error> {
-    primary.batch_execute(POSITION_SCHEMA_SQL).await?;
+    primary
+        .batch_execute(&crate::mirror::under_schema_lock(POSITION_SCHEMA_SQL))
+        .await?;
     let row = primary.query_one(READ_POSITION_SQL, &[]).await?;
     Ok(write::position(&row))
 }
