@@ -49,6 +49,7 @@
 #   OUT=file     also write every run as CSV (round,mode,run,tps,max_latency_ms,catchup_s,paused_ms)
 #   CATCHUP_TIMEOUT=120  seconds to wait for the mirrors after a run
 #   PGBRIDGE_CONFIG_EXTRA="worker_threads = 1"   top-level lines added to both pgbridge configs
+#   CHECK=run    compare the two tables after every run of the bridge too (default: once a round)
 #   KEEP=1       keep the temp dir (server log, pgbridge logs, pgbench outputs and logs, answers)
 # Needs: PostgreSQL server and client binaries (Debian: postgresql-15 postgresql-client-15), curl,
 # and cargo unless PGBRIDGE_BIN is given.
@@ -64,6 +65,7 @@ SWITCHES=${SWITCHES:-2}
 SWITCH_TIMEOUT_MS=${SWITCH_TIMEOUT_MS:-10000}
 OUT=${OUT:-}
 CATCHUP_TIMEOUT=${CATCHUP_TIMEOUT:-120}
+CHECK=${CHECK:-round}
 TOKEN=bench-writes-token
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -317,6 +319,31 @@ record() {
 
 ticks_of() { echo "$(cluster_ticks primary) $(proc_ticks "${bridge_pid[$1]}")"; }
 
+# Waits for the mirrors, then compares the rule's image of the legacy table's DXY rows with
+# data_bars (tests/common/jobs.rs EXPECTED/ACTUAL); $1 names the check. Sets verdict,
+# rows_expected and rows_actual; a MISMATCH is counted and its diff kept.
+check_images() {
+    local label=$1 pin="SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1;"
+    [ "$(wait_caught_up "$(now)")" != TIMEOUT ] || log "  $label: the mirrors did not catch up; comparing anyway"
+    psql_at "$db_port" -At -c "$pin" -c "SELECT 'DXY.IDX', '1m', ts, open, high, low, close, volume, 't'
+        FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts" >"$work/expected.rows" ||
+        die "reading the legacy table's rows failed"
+    psql_at "$db_port" -At -c "$pin" -c "SELECT symbol, timeframe, ts, open, high, low, close_px,
+        volume, is_synthetic FROM data_bars ORDER BY ts" >"$work/actual.rows" ||
+        die "reading the target's rows failed"
+    rows_expected=$(wc -l <"$work/expected.rows")
+    rows_actual=$(wc -l <"$work/actual.rows")
+    if cmp -s "$work/expected.rows" "$work/actual.rows"; then
+        verdict=MATCH
+    else
+        verdict=MISMATCH
+        mismatches=$((mismatches + 1))
+        diff "$work/expected.rows" "$work/actual.rows" >"$work/rows.diff.$label" || true
+    fi
+    log "$label  correctness: $verdict (legacy DXY image $rows_expected rows, data_bars $rows_actual$(
+        [ "$verdict" = MATCH ] || echo ", $(grep -c '^[<>]' "$work/rows.diff.$label") diff lines"))"
+}
+
 for round in $(seq 1 "$ROUNDS"); do
     for mode in "${modes[@]}"; do
         for i in 0 1 2; do
@@ -341,6 +368,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 fi
             fi
             record "$round" "$run" "$res" "$t0" "$(ticks_of "$bridge")" "$catchup" ""
+            [ "$CHECK" != run ] || [ "$bridge" != bridge ] || check_images "$round.$mode.$run"
         done
 
         # The switch run: the writes on the primary, switched back and forth under the load.
@@ -365,28 +393,12 @@ for round in $(seq 1 "$ROUNDS"); do
         failures=$((failures + switch_failures))
         record "$round" switch "$res" "$t0" "$(ticks_of bridge)" "$catchup" "$(tr '\n' ' ' <"$pfile" | sed 's/ $//')"
         [ "$(direction)" = primary ] || log "  the writes are on $(direction) after the switch run"
+        [ "$CHECK" != run ] || check_images "$round.$mode.switch"
     done
 
     # --- correctness, once per round ---------------------------------------------------------------
-    wait_caught_up "$(now)" >/dev/null
-    pin="SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1;"
-    psql_at "$db_port" -At -c "$pin" -c "SELECT 'DXY.IDX', '1m', ts, open, high, low, close, volume, 't'
-        FROM derived_data_bars WHERE symbol = 'DXY' ORDER BY ts" >"$work/expected.rows" ||
-        die "reading the legacy table's rows failed"
-    psql_at "$db_port" -At -c "$pin" -c "SELECT symbol, timeframe, ts, open, high, low, close_px,
-        volume, is_synthetic FROM data_bars ORDER BY ts" >"$work/actual.rows" ||
-        die "reading the target's rows failed"
-    rows_expected=$(wc -l <"$work/expected.rows")
-    rows_actual=$(wc -l <"$work/actual.rows")
-    if cmp -s "$work/expected.rows" "$work/actual.rows"; then
-        verdict=MATCH
-    else
-        verdict=MISMATCH
-        mismatches=$((mismatches + 1))
-        diff "$work/expected.rows" "$work/actual.rows" | head -n 20 >"$work/rows.diff.$round" || true
-    fi
+    check_images "round-$round"
     echo "$round $verdict $rows_expected $rows_actual" >>"$work/results/verdicts"
-    log "round $round/$ROUNDS  correctness: $verdict (legacy DXY image $rows_expected rows, data_bars $rows_actual)"
 done
 
 # --- the table -------------------------------------------------------------------------------------
@@ -455,8 +467,8 @@ if [ "$mismatches" -eq 0 ]; then echo "correctness: MATCH"; else echo "correctne
 status=0
 if [ "$mismatches" -gt 0 ]; then
     for f in "$work"/rows.diff.*; do
-        echo "round ${f##*.}: the target differs from the legacy table's DXY image (first lines of the diff):"
-        cat "$f"
+        echo "${f#"$work"/rows.diff.}: the target differs from the legacy table's DXY image ($(grep -c '^<' "$f") lines only in the legacy image, $(grep -c '^>' "$f") only in data_bars; first lines of the diff):"
+        head -n 12 "$f"
     done
     status=1
 fi
