@@ -99,8 +99,8 @@ async fn writes_move_to_the_target_and_back_and_the_clients_see_what_the_primary
     assert_eq!(seen, 1);
     client.batch_execute("COMMIT").await.unwrap();
 
-    // What the write view cannot do as the table would, and a row outside the rule's where,
-    // fail with their SQLSTATEs, and the transaction is aborted as PostgreSQL would abort it.
+    // What the write view cannot do as the table would fails with its SQLSTATE, and the
+    // transaction is aborted as PostgreSQL would abort it.
     let err = client
         .batch_execute("TRUNCATE derived_data_bars")
         .await
@@ -115,11 +115,20 @@ async fn writes_move_to_the_target_and_back_and_the_clients_see_what_the_primary
     let (code, answer) = start(&bridge, "derived_data_bars", "{}");
     assert_eq!(code, 409, "{answer}");
     assert!(answer.to_string().contains("authority"), "{answer}");
-    let err = client
+    // A row outside the rule's where stays the legacy table's (src/sql/write_rest.rs).
+    client
         .batch_execute("INSERT INTO derived_data_bars VALUES ('ABC', '2026-03-01', 1, 1, 1, 1, 1)")
         .await
-        .unwrap_err();
-    assert_eq!(err.code().unwrap().code(), "44000", "{err:?}");
+        .unwrap();
+    let port = cluster().primary_port;
+    assert_eq!(
+        psql_on(
+            port,
+            &db,
+            "SELECT count(*) FROM derived_data_bars WHERE symbol = 'ABC'"
+        ),
+        "1\n"
+    );
     let err = client
         .batch_execute("INSERT INTO derived_data_bars VALUES ('DXY', '2026-03-01', 1, 1, 1, 1, 1)")
         .await
@@ -128,7 +137,6 @@ async fn writes_move_to_the_target_and_back_and_the_clients_see_what_the_primary
 
     // The legacy table follows through the reverse mirror.
     assert_images_equal(&bridge, &db);
-    let port = cluster().primary_port;
     assert_eq!(
         psql_on(
             port,
@@ -443,4 +451,81 @@ async fn ctl_moves_the_writes_and_complete_retires_the_legacy_table_for_good() {
     assert_eq!(back.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&back.stderr).contains("migration is complete"));
     assert_eq!(status(&bridge)["tables"][0]["writes"], "complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_outside_the_rules_where_stay_in_the_legacy_table_and_are_still_the_tables() {
+    let (bridge, db) = one_database("writes_rest");
+    let port = cluster().primary_port;
+    psql_on(
+        port,
+        &db,
+        "INSERT INTO derived_data_bars VALUES ('ABC', '2026-01-01', 1, 1, 1, 1, 1), \
+         ('ABC', '2026-01-02', 1, 1, 1, 2, 2)",
+    );
+    let (code, answer) = put_writes(&bridge, r#"{"target":"secondary","force":true}"#);
+    assert_eq!(code, 200, "{answer}");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    let tags = client
+        .simple_query(
+            "INSERT INTO derived_data_bars VALUES ('DXY', '2026-01-03', 1, 1, 1, 3, 3); \
+             INSERT INTO derived_data_bars VALUES ('ABC', '2026-01-04', 1, 1, 1, 4, 4) \
+               ON CONFLICT (symbol, ts) DO UPDATE SET close = EXCLUDED.close; \
+             INSERT INTO derived_data_bars VALUES ('ABC', '2026-01-04', 1, 1, 1, 40, 4) \
+               ON CONFLICT (symbol, ts) DO UPDATE SET close = EXCLUDED.close; \
+             UPDATE derived_data_bars SET volume = volume * 10 WHERE ts <= '2026-01-03'; \
+             UPDATE derived_data_bars SET symbol = 'DXY' WHERE symbol = 'ABC' AND ts = '2026-01-02'; \
+             DELETE FROM derived_data_bars WHERE symbol = 'ABC' AND ts = '2026-01-01'",
+        )
+        .await
+        .unwrap();
+    let counts: Vec<u64> = tags
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, vec![1, 1, 1, 3, 1, 1]);
+    // Through pgbridge the table holds all of its rows, whichever side keeps them.
+    let rows = client
+        .query(
+            "SELECT symbol, ts::text, close::text, volume FROM derived_data_bars ORDER BY ts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, String>(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("DXY".into(), "2.000000".into(), 20),
+            ("DXY".into(), "3.000000".into(), 30),
+            ("ABC".into(), "40.000000".into(), 4),
+        ]
+    );
+    // The ABC row stays in the legacy table; the DXY rows are the target's, mirrored back.
+    assert_images_equal(&bridge, &db);
+    assert_eq!(
+        psql_on(
+            port,
+            &db,
+            "SELECT symbol, close, volume FROM derived_data_bars ORDER BY ts"
+        ),
+        "DXY|2.000000|20\nDXY|3.000000|30\nABC|40.000000|4\n"
+    );
+    assert_eq!(psql_on(port, &db, "SELECT count(*) FROM data_bars"), "2\n");
+    let (code, answer) = put_writes(&bridge, r#"{"target":"primary"}"#);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        psql_on(
+            port,
+            &db,
+            "SELECT count(*) FROM derived_data_bars WHERE symbol = 'ABC'"
+        ),
+        "1\n"
+    );
 }

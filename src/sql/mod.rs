@@ -41,6 +41,7 @@ pub mod shape;
 pub mod splice;
 pub mod statements;
 pub mod view;
+mod write_rest;
 pub mod write_rewrite;
 pub mod write_view;
 

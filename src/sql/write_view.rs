@@ -4,8 +4,10 @@
 //! source are executed against `pgbridge_w.<source>` in the target's database: a view with
 //! the source's exact columns and types (the read view of [`super::view::read_view`]) and one
 //! INSTEAD OF trigger that carries each row over to the target through the rule: columns
-//! renamed, values translated, the `values` columns set, and the rule's `where` kept (a row
-//! outside it is refused with SQLSTATE 44000, as a view's `WITH CHECK OPTION` refuses one).
+//! renamed, values translated, the `values` columns set, and the rule's `where` kept. When the
+//! source table is in the same database, its rows outside the `where` stay in it, part of the
+//! view and written there (`src/sql/write_rest.rs`); otherwise a row outside the `where` is
+//! refused with SQLSTATE 44000, as a view's `WITH CHECK OPTION` refuses one.
 //! PostgreSQL then does the rest as it would for the source: RETURNING in the source's names
 //! and types, command tags counting the rows the trigger wrote, COPY FROM, savepoints, errors.
 //!
@@ -22,6 +24,7 @@
 use crate::rules::{quote_ident, quote_literal, Column, Rule};
 
 use super::view::{read_view, source_value, target_value, values_condition};
+use super::write_rest::rest_body;
 
 /// The schema of the write views.
 pub const SCHEMA: &str = "pgbridge_w";
@@ -57,14 +60,31 @@ fn function_name(rule: &Rule) -> String {
 }
 
 /// The script that creates (or replaces) the sibling view for `mode`, once the write view's
-/// function exists.
-pub fn mode_view_script(rule: &Rule, mode: &str) -> Option<String> {
+/// function exists (`rest` as for [`install_script`]).
+pub fn mode_view_script(rule: &Rule, mode: &str, rest: bool) -> Option<String> {
     let view = mode_view_name(rule, mode);
+    let rest = rest && rule.filter.is_some();
     Some(format!(
-        "CREATE OR REPLACE VIEW {view} AS {};
-{}",
-        read_view(rule)?,
+        "CREATE OR REPLACE VIEW {view} AS {};\n{}",
+        view_sql(rule, rest)?,
         trigger(rule, &view, mode)
+    ))
+}
+
+/// The view's query: the rule's rows from the target, and with `rest` the source's own rows
+/// outside the rule's `where`.
+fn view_sql(rule: &Rule, rest: bool) -> Option<String> {
+    let read = read_view(rule)?;
+    if !rest {
+        return Some(read);
+    }
+    let columns = rule.source_columns.as_ref()?;
+    let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    Some(format!(
+        "{read} UNION ALL SELECT {} FROM {} WHERE NOT coalesce(({}), false)",
+        names.join(", "),
+        rule.source.quoted(),
+        rule.filter.as_deref().unwrap_or("false")
     ))
 }
 
@@ -80,15 +100,18 @@ fn trigger(rule: &Rule, view: &str, mode: &str) -> String {
 
 /// The script that creates (or replaces) the write view of `rule` and its trigger; `None`
 /// while the rule's columns are unknown (rules checked offline). `defaults`: target columns'
-/// default expressions, given to the view's columns they are stored in.
-pub fn install_script(rule: &Rule, defaults: &[(String, String)]) -> Option<String> {
+/// default expressions, given to the view's columns they are stored in. `rest`: the source
+/// table is in the same database, and its rows outside the rule's `where` stay in it, part of
+/// the view and written there ([`rest_view`]).
+pub fn install_script(rule: &Rule, defaults: &[(String, String)], rest: bool) -> Option<String> {
     let columns = rule.source_columns.as_ref()?;
     let view = view_name(rule);
     let function = function_name(rule);
+    let rest = rest && rule.filter.is_some();
     let mut sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {SCHEMA};\n\
          CREATE OR REPLACE VIEW {view} AS {};\n",
-        read_view(rule)?
+        view_sql(rule, rest)?
     );
     for c in columns {
         let target = rule.target_column(&c.name);
@@ -106,8 +129,12 @@ pub fn install_script(rule: &Rule, defaults: &[(String, String)]) -> Option<Stri
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $pgbridge$\n\
          #variable_conflict use_column\n\
          DECLARE\n  pgbridge_n bigint;\n  pgbridge_mode text := coalesce(TG_ARGV[0], '');\n\
+         \x20 pgbridge_old_in boolean;\n  pgbridge_new_in boolean;\n\
          BEGIN\n{}\nEND\n$pgbridge$;\n",
-        body(rule, columns)
+        match rest {
+            true => rest_body(rule, columns),
+            false => body(rule, columns),
+        }
     ));
     sql.push_str(&trigger(rule, &view, ""));
     Some(sql)
@@ -122,45 +149,10 @@ pub fn drop_script(rule: &Rule) -> String {
     )
 }
 
-/// The trigger's body: check the `where`, then INSERT (plain, or an upsert as
-/// `pgbridge.on_conflict` says), UPDATE or DELETE the target row, and return the row.
+/// The trigger's body: check the `where`, then INSERT (plain, or an upsert as the trigger's
+/// mode says), UPDATE or DELETE the target row, and return the row.
 fn body(rule: &Rule, columns: &[Column]) -> String {
     let target = rule.target.quoted();
-    let owned = values_condition(rule, "t.")
-        .map(|c| format!(" AND {c}"))
-        .unwrap_or_default();
-    let by_key = |rec: &str| {
-        let conds: Vec<String> = rule
-            .key
-            .iter()
-            .map(|k| {
-                let value = target_value(rule, k, &format!("{rec}.{}", quote_ident(k)));
-                format!("t.{} = {value}", quote_ident(rule.target_column(k)))
-            })
-            .collect();
-        format!("{}{owned}", conds.join(" AND "))
-    };
-    let assign: Vec<String> = columns
-        .iter()
-        .map(|c| {
-            let value = target_value(rule, &c.name, &format!("NEW.{}", quote_ident(&c.name)));
-            format!("{} = {value}", quote_ident(rule.target_column(&c.name)))
-        })
-        .collect();
-    let reread = format!(
-        "  SELECT {} INTO {} FROM {target} AS t WHERE {};\n",
-        columns
-            .iter()
-            .map(|c| source_value(rule, c, "t."))
-            .collect::<Vec<_>>()
-            .join(", "),
-        columns
-            .iter()
-            .map(|c| format!("NEW.{}", quote_ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        by_key("NEW")
-    );
     format!(
         "{check}\
          IF TG_OP = 'DELETE' THEN\n  DELETE FROM {target} AS t WHERE {old};\n  \
@@ -168,12 +160,65 @@ fn body(rule: &Rule, columns: &[Column]) -> String {
          ELSIF TG_OP = 'UPDATE' THEN\n  UPDATE {target} AS t SET {assign} WHERE {old};\n  \
          GET DIAGNOSTICS pgbridge_n = ROW_COUNT;\n  IF pgbridge_n = 0 THEN RETURN NULL; END IF;\n\
          ELSE\n{insert}\
-         END IF;\n{reread}  RETURN NEW;",
+         END IF;\n  {reread}\n  RETURN NEW;",
         check = where_check(rule),
-        old = by_key("OLD"),
-        assign = assign.join(", "),
+        old = target_by_key(rule, "OLD"),
+        assign = target_assign(rule, columns),
         insert = insert(rule, columns),
+        reread = target_reread(rule, columns),
     )
+}
+
+/// The target row of record `rec` (`NEW` or `OLD`): its mapped key among the rule's rows.
+pub(super) fn target_by_key(rule: &Rule, rec: &str) -> String {
+    let conds: Vec<String> = rule
+        .key
+        .iter()
+        .map(|k| {
+            let value = target_value(rule, k, &format!("{rec}.{}", quote_ident(k)));
+            format!("t.{} = {value}", quote_ident(rule.target_column(k)))
+        })
+        .collect();
+    let owned = values_condition(rule, "t.")
+        .map(|c| format!(" AND {c}"))
+        .unwrap_or_default();
+    format!("{}{owned}", conds.join(" AND "))
+}
+
+/// The SET list that stores `NEW` in the target row.
+pub(super) fn target_assign(rule: &Rule, columns: &[Column]) -> String {
+    let assign: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let value = target_value(rule, &c.name, &format!("NEW.{}", quote_ident(&c.name)));
+            format!("{} = {value}", quote_ident(rule.target_column(&c.name)))
+        })
+        .collect();
+    assign.join(", ")
+}
+
+/// Reads `NEW` back from the target row it was stored in.
+pub(super) fn target_reread(rule: &Rule, columns: &[Column]) -> String {
+    format!(
+        "SELECT {} INTO {} FROM {} AS t WHERE {};",
+        columns
+            .iter()
+            .map(|c| source_value(rule, c, "t."))
+            .collect::<Vec<_>>()
+            .join(", "),
+        new_fields(columns),
+        rule.target.quoted(),
+        target_by_key(rule, "NEW")
+    )
+}
+
+/// `NEW.a, NEW.b, ...`: every source column of the record.
+pub(super) fn new_fields(columns: &[Column]) -> String {
+    columns
+        .iter()
+        .map(|c| format!("NEW.{}", quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Refuses a new row outside the rule's `where` (SQLSTATE 44000).
@@ -193,8 +238,7 @@ fn where_check(rule: &Rule) -> String {
 }
 
 /// The INSERT branch: the row mapped to the target, plain or upserted on the target's key.
-fn insert(rule: &Rule, columns: &[Column]) -> String {
-    let target = rule.target.quoted();
+pub(super) fn insert(rule: &Rule, columns: &[Column]) -> String {
     let mut names: Vec<String> = Vec::new();
     let mut values: Vec<String> = Vec::new();
     for c in columns {
@@ -209,26 +253,41 @@ fn insert(rule: &Rule, columns: &[Column]) -> String {
         names.push(quote_ident(c));
         values.push(v.clone());
     }
+    let key = rule
+        .conflict_key
+        .clone()
+        .unwrap_or_else(|| rule.target_key());
+    let assigned: Vec<(String, String)> = columns
+        .iter()
+        .filter(|c| !rule.key.contains(&c.name))
+        .map(|c| (c.name.clone(), rule.target_column(&c.name).to_string()))
+        .collect();
+    upsert(&rule.target.quoted(), &names, &values, &key, &assigned)
+}
+
+/// `INSERT INTO table AS t (names) VALUES (values)`, plain, or on conflict on `key` doing
+/// nothing (the row then not counted) or assigning the `(source column, column)` pairs the
+/// client's `DO UPDATE SET` named (`pgbridge_mode`).
+pub(super) fn upsert(
+    table: &str,
+    names: &[String],
+    values: &[String],
+    key: &[String],
+    assigned: &[(String, String)],
+) -> String {
     let head = format!(
-        "INSERT INTO {target} AS t ({}) VALUES ({})",
+        "INSERT INTO {table} AS t ({}) VALUES ({})",
         names.join(", "),
         values.join(", ")
     );
-    let key: Vec<String> = rule
-        .conflict_key
-        .clone()
-        .unwrap_or_else(|| rule.target_key())
+    let key: Vec<String> = key.iter().map(|c| quote_ident(c)).collect();
+    let updates: Vec<String> = assigned
         .iter()
-        .map(|c| quote_ident(c))
-        .collect();
-    let updates: Vec<String> = columns
-        .iter()
-        .filter(|c| !rule.key.contains(&c.name))
-        .map(|c| {
-            let t = quote_ident(rule.target_column(&c.name));
+        .map(|(source, column)| {
+            let t = quote_ident(column);
             format!(
                 "{t} = CASE WHEN {} = ANY (pgbridge_cols) THEN EXCLUDED.{t} ELSE t.{t} END",
-                quote_literal(&c.name)
+                quote_literal(source)
             )
         })
         .collect();
@@ -263,7 +322,7 @@ mod tests {
     #[test]
     fn the_trigger_maps_every_column_sets_the_values_and_keeps_the_where() {
         let rule = dxy_rule();
-        let sql = install_script(&rule, &[("volume".into(), "0".into())]).unwrap();
+        let sql = install_script(&rule, &[("volume".into(), "0".into())], false).unwrap();
         // The view is the read view, with the target's default for a column stored as is.
         assert!(sql.contains("CREATE OR REPLACE VIEW pgbridge_w.derived_data_bars AS SELECT"));
         assert!(sql.contains("ALTER COLUMN volume SET DEFAULT 0"));
@@ -287,9 +346,25 @@ mod tests {
     }
 
     #[test]
+    fn with_the_source_beside_it_the_rest_of_the_table_stays_there() {
+        let rule = dxy_rule();
+        let sql = install_script(&rule, &[], true).unwrap();
+        assert!(sql.contains(
+            "UNION ALL SELECT symbol, ts, open, high, low, close, volume FROM public.derived_data_bars \
+             WHERE NOT coalesce((symbol = 'DXY'), false)"
+        ));
+        // No refusal of a row outside the where: it goes to the legacy table.
+        assert!(!sql.contains("44000"));
+        assert!(sql.contains("INSERT INTO public.derived_data_bars AS t (symbol, ts, open, high, low, close, volume) VALUES (NEW.symbol"));
+        assert!(sql.contains("ELSIF pgbridge_old_in THEN\n    DELETE FROM public.data_bars"));
+        let sibling = mode_view_script(&rule, "nothing", true).unwrap();
+        assert!(sibling.contains("UNION ALL") && sibling.contains("('nothing')"));
+    }
+
+    #[test]
     fn an_unchecked_rule_has_no_view() {
         let mut rule = dxy_rule();
         rule.source_columns = None;
-        assert!(install_script(&rule, &[]).is_none());
+        assert!(install_script(&rule, &[], false).is_none());
     }
 }

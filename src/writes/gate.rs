@@ -5,9 +5,10 @@
 //! the primary's own database (this version executes a switched table's statements in the
 //! client's own session, so its transactions stay atomic; across two servers the gate says
 //! so), a finished backfill, a clean verify no older than `[admin] gate_max_verify_age_secs`,
-//! the forward mirror within the read gate's bounds with nothing parked, no mark of a write
-//! the mirror missed, and every source row inside the rule's `where` (a row outside it would
-//! stay on the primary, where the switched table's statements no longer go). `force`
+//! the forward mirror within the read gate's bounds with nothing parked, and no mark of a write
+//! the mirror missed. (Source rows outside the rule's `where` stay in the legacy table, part of
+//! the write view, `src/sql/write_rest.rs`; they are counted for the record, and would refuse
+//! a switch across two servers.) `force`
 //! overrides everything but the first two and the repair mark (a write the mirror missed
 //! would be lost for good: no repair runs from the legacy table once the target is the
 //! authority), and is recorded with what it overrode. The way
@@ -124,7 +125,7 @@ fn to_secondary(e: &Evidence, bounds: &FlagOptions, r: &mut Refusals) {
                 .into(),
         );
     }
-    if e.rows_outside > 0 {
+    if e.rows_outside > 0 && !e.same_database {
         r.soft.push(format!(
             "{} source rows are outside the rule's where: they would stay on the primary",
             e.rows_outside
@@ -169,16 +170,24 @@ mod tests {
             last_verify: Some((true, 100_000)),
             needs_repair: true,
             rows_outside: 3,
-            same_database: false,
+            same_database: true,
             ..ready()
         };
         let r = refusals(Direction::Secondary, &e, &bounds());
-        assert_eq!(r.hard.len(), 2, "{r:?}");
-        assert!(r.hard[0].contains("primary's own database"));
-        assert!(r.hard[1].contains("repair it first"));
-        assert_eq!(r.soft.len(), 3, "{r:?}");
+        assert_eq!(r.hard.len(), 1, "{r:?}");
+        assert!(r.hard[0].contains("repair it first"));
+        assert_eq!(r.soft.len(), 2, "{r:?}");
         assert!(r.soft.iter().any(|s| s.contains("100000s old")));
-        assert!(r.soft.iter().any(|s| s.contains("3 source rows")));
+        let apart = Evidence {
+            same_database: false,
+            ..e
+        };
+        let r = refusals(Direction::Secondary, &apart, &bounds());
+        assert!(
+            r.hard.iter().any(|s| s.contains("primary's own database")),
+            "{r:?}"
+        );
+        assert!(r.soft.iter().any(|s| s.contains("3 source rows")), "{r:?}");
     }
 
     #[test]

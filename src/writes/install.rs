@@ -40,10 +40,11 @@ pub async fn connect(url: &PgUrl) -> Result<Client, tokio_postgres::Error> {
 /// (DO NOTHING, and DO UPDATE of every non-key column), under an advisory lock.
 pub async fn install(client: &Client, rule: &Rule) -> Result<(), InstallError> {
     let defaults = target_defaults(client, rule).await?;
+    let rest = source_here(client, rule).await?;
     let unchecked = || InstallError::Unchecked(rule.source.to_string());
-    let mut script = write_view::install_script(rule, &defaults).ok_or_else(unchecked)?;
+    let mut script = write_view::install_script(rule, &defaults, rest).ok_or_else(unchecked)?;
     for mode in common_modes(rule) {
-        script.push_str(&write_view::mode_view_script(rule, &mode).ok_or_else(unchecked)?);
+        script.push_str(&write_view::mode_view_script(rule, &mode, rest).ok_or_else(unchecked)?);
     }
     client
         .batch_execute(&format!(
@@ -64,6 +65,18 @@ fn common_modes(rule: &Rule) -> Vec<String> {
         .collect();
     cols.sort();
     vec!["nothing".into(), format!("update:{}", cols.join(","))]
+}
+
+/// Whether the source table is in the database `client` is connected to (the target's): its
+/// rows outside the rule's `where` then stay there, part of the write view.
+async fn source_here(client: &Client, rule: &Rule) -> Result<bool, InstallError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&rule.source.quoted()],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// The default expressions of the target's columns.
@@ -128,9 +141,10 @@ pub async fn ensure_mode(url: &PgUrl, rule: &Rule, mode: &str) -> Result<(), Ins
     if known(&view) {
         return Ok(());
     }
-    let script = write_view::mode_view_script(rule, mode)
-        .ok_or_else(|| InstallError::Unchecked(rule.source.to_string()))?;
     let client = connect(url).await?;
+    let rest = source_here(&client, rule).await?;
+    let script = write_view::mode_view_script(rule, mode, rest)
+        .ok_or_else(|| InstallError::Unchecked(rule.source.to_string()))?;
     client
         .batch_execute(&format!(
             "BEGIN; {}; {script} COMMIT",
