@@ -10,7 +10,9 @@
 
 use crate::rules::{quote_ident, Column, Rule};
 
-use super::write_view::{insert, new_fields, target_assign, target_by_key, target_reread, upsert};
+use super::write_view::{
+    insert, mapped_row, new_fields, target_assign, target_by_key, target_reread, upsert,
+};
 
 /// The trigger's body with the rest of the table kept in the legacy table.
 pub(super) fn rest_body(rule: &Rule, columns: &[Column]) -> String {
@@ -88,20 +90,7 @@ pub(super) fn rest_body(rule: &Rule, columns: &[Column]) -> String {
 
 /// The plain INSERT of `NEW` mapped into the target (a row moving into the `where`).
 fn mapped_insert(rule: &Rule, columns: &[Column]) -> String {
-    let mut names: Vec<String> = Vec::new();
-    let mut values: Vec<String> = Vec::new();
-    for c in columns {
-        names.push(quote_ident(rule.target_column(&c.name)));
-        values.push(super::view::target_value(
-            rule,
-            &c.name,
-            &format!("NEW.{}", quote_ident(&c.name)),
-        ));
-    }
-    for (c, v) in &rule.values {
-        names.push(quote_ident(c));
-        values.push(v.clone());
-    }
+    let (names, values) = mapped_row(rule, columns);
     format!(
         "INSERT INTO {} ({}) VALUES ({});",
         rule.target.quoted(),

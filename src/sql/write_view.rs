@@ -239,6 +239,21 @@ fn where_check(rule: &Rule) -> String {
 
 /// The INSERT branch: the row mapped to the target, plain or upserted on the target's key.
 pub(super) fn insert(rule: &Rule, columns: &[Column]) -> String {
+    let (names, values) = mapped_row(rule, columns);
+    let key = rule
+        .conflict_key
+        .clone()
+        .unwrap_or_else(|| rule.target_key());
+    let assigned: Vec<(String, String)> = columns
+        .iter()
+        .filter(|c| !rule.key.contains(&c.name))
+        .map(|c| (c.name.clone(), rule.target_column(&c.name).to_string()))
+        .collect();
+    upsert(&rule.target.quoted(), &names, &values, &key, &assigned)
+}
+
+/// The target's columns and the values `NEW` gives them: mapped, and the `values` set.
+pub(super) fn mapped_row(rule: &Rule, columns: &[Column]) -> (Vec<String>, Vec<String>) {
     let mut names: Vec<String> = Vec::new();
     let mut values: Vec<String> = Vec::new();
     for c in columns {
@@ -253,16 +268,7 @@ pub(super) fn insert(rule: &Rule, columns: &[Column]) -> String {
         names.push(quote_ident(c));
         values.push(v.clone());
     }
-    let key = rule
-        .conflict_key
-        .clone()
-        .unwrap_or_else(|| rule.target_key());
-    let assigned: Vec<(String, String)> = columns
-        .iter()
-        .filter(|c| !rule.key.contains(&c.name))
-        .map(|c| (c.name.clone(), rule.target_column(&c.name).to_string()))
-        .collect();
-    upsert(&rule.target.quoted(), &names, &values, &key, &assigned)
+    (names, values)
 }
 
 /// `INSERT INTO table AS t (names) VALUES (values)`, plain, or on conflict on `key` doing
