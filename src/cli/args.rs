@@ -47,6 +47,10 @@ pub enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+        /// One server: the new table in the legacy database, as moving the writes needs
+        /// (`ctl writes`); by default the new schema has a server of its own.
+        #[arg(long)]
+        one_database: bool,
     },
 }
 

@@ -91,15 +91,16 @@ impl From<DemoError> for CliError {
 /// removes every file the demo wrote.
 struct Demo {
     primary: PgServer,
-    secondary: PgServer,
+    /// `None` with `--one-database`: the target is in the primary's database.
+    secondary: Option<PgServer>,
     dir: tempfile::TempDir,
     admin: SocketAddr,
     token: String,
 }
 
-/// `pgbridge demo --listen ADDR`.
-pub fn run(listen: &str) -> Result<(), CliError> {
-    let (demo, config) = set_up(listen)?;
+/// `pgbridge demo --listen ADDR [--one-database]`.
+pub fn run(listen: &str, one_database: bool) -> Result<(), CliError> {
+    let (demo, config) = set_up(listen, one_database)?;
     print_banner(&demo, &config);
     let result = super::serve::run(config);
     // Stop the servers before saying so: dropping `demo` does both.
@@ -108,7 +109,7 @@ pub fn run(listen: &str) -> Result<(), CliError> {
     result
 }
 
-fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
+fn set_up(listen: &str, one_database: bool) -> Result<(Demo, Config), DemoError> {
     let listen: SocketAddr = listen.parse().map_err(|_| DemoError::BadListen {
         listen: listen.to_string(),
     })?;
@@ -116,7 +117,7 @@ fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
     check_free(listen)?;
     let admin = pick_admin_addr(listen)?;
 
-    let (primary, secondary) = start_servers()?;
+    let (primary, secondary) = start_servers(one_database)?;
     let dir = tempfile::Builder::new()
         .prefix("pgbridge-demo-")
         .tempdir()
@@ -129,7 +130,10 @@ fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
         listen,
         admin,
         &primary.url("postgres", DBNAME),
-        &secondary.url("postgres", DBNAME),
+        &secondary
+            .as_ref()
+            .unwrap_or(&primary)
+            .url("postgres", DBNAME),
         &token,
     );
     let config_path = write_files(dir.path(), &text)?;
@@ -144,18 +148,35 @@ fn set_up(listen: &str) -> Result<(Demo, Config), DemoError> {
     Ok((demo, config))
 }
 
-/// The primary and the secondary, each with its schema loaded.
-fn start_servers() -> Result<(PgServer, PgServer), DemoError> {
+/// The primary and the secondary, each with its schema loaded; with `one_database`, the
+/// primary alone, holding the target table beside the legacy one (the write switch needs it
+/// there, src/writes/gate.rs).
+fn start_servers(one_database: bool) -> Result<(PgServer, Option<PgServer>), DemoError> {
     eprintln!(
-        "pgbridge demo: starting two PostgreSQL servers from this machine's PostgreSQL server \
-         binaries (Debian: postgresql-15; initdb takes a few seconds)..."
+        "pgbridge demo: starting {} PostgreSQL server{} from this machine's PostgreSQL server \
+         binaries (Debian: postgresql-15; initdb takes a few seconds)...",
+        if one_database { "one" } else { "two" },
+        if one_database { "" } else { "s" },
     );
     let start = |role| {
         PgServer::start(&PgOptions::default()).map_err(|source| DemoError::Server { role, source })
     };
-    let (primary, secondary) = (start("primary")?, start("secondary")?);
-    load_schemas(&primary, &secondary)?;
+    let primary = start("primary")?;
+    let secondary = match one_database {
+        true => None,
+        false => Some(start("secondary")?),
+    };
+    load_schemas(&primary, secondary.as_ref())?;
     Ok((primary, secondary))
+}
+
+/// The target table's DDL of docker/secondary-init.sql, without the shared `instruments` (the
+/// primary has its own).
+fn target_table_sql() -> &'static str {
+    let end = SECONDARY_SQL
+        .find("\n-- Unmigrated")
+        .unwrap_or(SECONDARY_SQL.len());
+    &SECONDARY_SQL[..end]
 }
 
 fn check_free(addr: SocketAddr) -> Result<(), DemoError> {
@@ -179,8 +200,9 @@ fn pick_admin_addr(listen: SocketAddr) -> Result<SocketAddr, DemoError> {
         .map_err(|source| DemoError::ListenTaken { addr: any, source })
 }
 
-/// Creates the `trading` database on both servers and loads each one's schema and sample rows.
-fn load_schemas(primary: &PgServer, secondary: &PgServer) -> Result<(), DemoError> {
+/// Creates the `trading` database on both servers and loads each one's schema and sample rows
+/// (without a secondary, the target table and its rows go into the primary's database).
+fn load_schemas(primary: &PgServer, secondary: Option<&PgServer>) -> Result<(), DemoError> {
     // A runtime of its own, dropped before the proxy builds its own one.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -188,9 +210,19 @@ fn load_schemas(primary: &PgServer, secondary: &PgServer) -> Result<(), DemoErro
         .map_err(DemoError::Runtime)?;
     rt.block_on(async {
         load_one("primary", primary, PRIMARY_SQL).await?;
-        load_one("secondary", secondary, SECONDARY_SQL).await?;
-        let url = secondary.url("postgres", DBNAME);
-        execute("secondary", &url, SECONDARY_BACKFILL).await
+        let (role, server) = match secondary {
+            Some(s) => {
+                load_one("secondary", s, SECONDARY_SQL).await?;
+                ("secondary", s)
+            }
+            None => {
+                let url = primary.url("postgres", DBNAME);
+                execute("primary", &url, target_table_sql()).await?;
+                ("primary", primary)
+            }
+        };
+        let url = server.url("postgres", DBNAME);
+        execute(role, &url, SECONDARY_BACKFILL).await
     })
 }
 
@@ -294,9 +326,25 @@ fn banner(demo: &Demo, config: &Config) -> String {
         format!("pgbridge ctl --admin {admin}")
     };
     let (token, dir) = (&demo.token, demo.dir.path().display());
-    let (primary, secondary) = (psql(demo.primary.port()), psql(demo.secondary.port()));
-    let (primary_dir, secondary_dir) =
-        (demo.primary.dir().display(), demo.secondary.dir().display());
+    let primary = psql(demo.primary.port());
+    let (secondary, logs) = match &demo.secondary {
+        Some(s) => (
+            format!(
+                "secondary (new schema: data_bars, instruments)\n      {}",
+                psql(s.port())
+            ),
+            format!(
+                "{}/postgres.log and {}/postgres.log",
+                demo.primary.dir().display(),
+                s.dir().display()
+            ),
+        ),
+        None => (
+            "secondary: the primary's own database (data_bars beside derived_data_bars)"
+                .to_string(),
+            format!("{}/postgres.log", demo.primary.dir().display()),
+        ),
+    };
     format!(
         "
 pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed).
@@ -307,8 +355,7 @@ pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed)
   The servers behind it (PostgreSQL, trust auth on loopback):
     primary   (legacy schema: derived_data_bars, instruments)
       {primary}
-    secondary (new schema: data_bars, instruments)
-      {secondary}
+    {secondary}
 
   Admin API and metrics: {admin}/api/status  {admin}/metrics
     {ctl} status
@@ -317,7 +364,7 @@ pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed)
 
   Files: {dir}
     pgbridge.toml, rules/dxy.toml, divergences.jsonl, pgbridge-journal/
-    server logs: {primary_dir}/postgres.log and {secondary_dir}/postgres.log
+    server logs: {logs}
 "
     )
 }
@@ -368,7 +415,7 @@ mod tests {
 
     #[test]
     fn a_bad_listen_address_is_a_user_error() {
-        let err = CliError::from(set_up("nowhere").map(|_| ()).unwrap_err());
+        let err = CliError::from(set_up("nowhere", false).map(|_| ()).unwrap_err());
         assert_eq!(err.code, 1);
         assert!(err.message.contains("nowhere"), "{}", err.message);
     }
@@ -377,42 +424,51 @@ mod tests {
     fn a_taken_port_is_reported_before_any_server_starts() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let err = CliError::from(set_up(&addr).map(|_| ()).unwrap_err());
+        let err = CliError::from(set_up(&addr, false).map(|_| ()).unwrap_err());
         assert_eq!(err.code, 2);
         assert!(err.message.contains("cannot listen on"), "{}", err.message);
     }
 
     #[test]
-    fn the_demo_loads_both_schemas() {
-        let listen = format!("127.0.0.1:{}", pgcluster::free_port().unwrap());
-        let (demo, config) = set_up(&listen).expect("demo set-up");
-        assert!(config.rules.join("dxy.toml").is_file());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            for (server, table) in [
-                (&demo.primary, "derived_data_bars"),
-                (&demo.secondary, "data_bars"),
-            ] {
-                let (client, conn) =
-                    tokio_postgres::connect(&server.url("postgres", DBNAME), tokio_postgres::NoTls)
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
-                let n: i64 = client
-                    .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+    fn the_demo_loads_both_schemas_on_two_servers_or_in_one_database() {
+        for one_database in [false, true] {
+            let listen = format!("127.0.0.1:{}", pgcluster::free_port().unwrap());
+            let (demo, config) = set_up(&listen, one_database).expect("demo set-up");
+            assert!(config.rules.join("dxy.toml").is_file());
+            let secondary = config.secondary.as_ref().unwrap().url.clone();
+            assert_eq!(
+                secondary.server_addr() == config.primary.url.server_addr(),
+                one_database
+            );
+            let target = demo.secondary.as_ref().unwrap_or(&demo.primary);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for (server, table) in [(&demo.primary, "derived_data_bars"), (target, "data_bars")]
+                {
+                    let (client, conn) = tokio_postgres::connect(
+                        &server.url("postgres", DBNAME),
+                        tokio_postgres::NoTls,
+                    )
                     .await
-                    .unwrap()
-                    .get(0);
-                // DXY and EURUSD bars on the primary; the DXY ones backfilled on the secondary.
-                let expected = if table == "data_bars" { 60 } else { 120 };
-                assert_eq!(n, expected, "{table}");
-            }
-        });
-        let dir = demo.dir.path().to_path_buf();
-        drop(demo);
-        assert!(!dir.exists());
+                    .unwrap();
+                    tokio::spawn(conn);
+                    let n: i64 = client
+                        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    // DXY and EURUSD bars on the primary; the DXY ones backfilled on the
+                    // secondary (or beside them).
+                    let expected = if table == "data_bars" { 60 } else { 120 };
+                    assert_eq!(n, expected, "{table}");
+                }
+            });
+            let dir = demo.dir.path().to_path_buf();
+            drop(demo);
+            assert!(!dir.exists());
+        }
     }
 }

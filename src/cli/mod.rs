@@ -49,7 +49,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             json,
             command,
         } => ctl(&Ctl { admin, token, json }, command),
-        Command::Demo { listen } => demo::run(&listen),
+        Command::Demo {
+            listen,
+            one_database,
+        } => demo::run(&listen, one_database),
     }
 }
 
