@@ -270,9 +270,19 @@ pub fn find_bin_dir() -> Result<PathBuf, PgClusterError> {
     })
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and that this process was not given before:
+/// tests start servers and bridges side by side, and a port handed to one of them but not yet
+/// bound must not be handed to another (a bridge listening where another's admin API does).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// When running as root, the uid and gid of the `postgres` user, which then owns the servers.
