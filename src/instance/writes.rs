@@ -55,30 +55,48 @@ pub fn start(
 }
 
 /// Sets up the write views and reverse capture of the tables switched before a restart
-/// (idempotent; retried until it succeeds).
+/// (idempotent; retried until it succeeds), and again whenever the rules change (a reload), so
+/// that the views and the capture follow the rule the sessions and the reverse mirror use.
 async fn restore(
     flags: Arc<WriteFlags>,
     rules: Arc<ArcSwap<RuleSet>>,
     secondary: crate::config::PgUrl,
 ) {
+    let mut done: Option<Arc<RuleSet>> = None;
     let mut wait = std::time::Duration::from_millis(200);
     loop {
+        let current = rules.load_full();
+        let due = done.as_ref().is_none_or(|d| !Arc::ptr_eq(d, &current));
+        // Not while a switch runs: it installs and starts or stops the capture itself.
+        let one = match due {
+            true => Some(flags.switching.lock().await),
+            false => None,
+        };
         let directions = flags.load();
-        if directions.switched.is_empty() {
-            return;
-        }
-        match restore_once(&directions, &rules.load(), &secondary).await {
-            Ok(()) => {
-                info!(
-                    tables = directions.switched.len(),
-                    "write views of switched tables ready"
-                );
-                return;
+        if due && !directions.switched.is_empty() {
+            let restored = restore_once(&directions, &current, &secondary).await;
+            drop(one);
+            match restored {
+                Ok(()) => {
+                    info!(
+                        tables = directions.switched.len(),
+                        "write views of switched tables ready"
+                    );
+                    done = Some(current);
+                    wait = std::time::Duration::from_millis(200);
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot set up the write views of switched tables yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
             }
-            Err(e) => warn!(error = %e, "cannot set up the write views of switched tables yet"),
+        } else if due {
+            drop(one);
+            done = Some(current);
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
