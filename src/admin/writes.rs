@@ -81,19 +81,7 @@ pub(super) async fn set_writes(
         );
     };
     let source = rule.source.to_string();
-    let summary = m
-        .jobs
-        .as_ref()
-        .map(|j| j.table_summary(&source))
-        .unwrap_or_default();
-    let evidence = Evidence {
-        backfill: summary.backfill.map(|b| b.state),
-        last_verify: summary.verify.map(|v| (v.clean, v.age_seconds as u64)),
-        max_verify_age_secs: config.admin.gate_max_verify_age_secs,
-        needs_repair: crate::mirror::stale::get(&source).is_some(),
-        mixed_transactions: crate::writes::mixed::count(&source),
-        ..Evidence::default()
-    };
+    let evidence = jobs_evidence(m, config, &source);
     let request = Request {
         to,
         reason: change.reason.unwrap_or_default(),
@@ -110,7 +98,35 @@ pub(super) async fn set_writes(
         reverse,
         bounds: &bounds,
     };
-    match switch::switch(&m.writes.flags, &rule, &request, evidence, &ports).await {
+    let switched = switch::switch(&m.writes.flags, &rule, &request, evidence, &ports).await;
+    answer(switched, &source)
+}
+
+/// What the gate learns from the jobs and the mirror's marks: the last backfill and verify,
+/// a missed write, the mixed transactions seen.
+fn jobs_evidence(
+    m: &crate::instance::migration::Migration,
+    config: &crate::config::Config,
+    source: &str,
+) -> Evidence {
+    let summary = m
+        .jobs
+        .as_ref()
+        .map(|j| j.table_summary(source))
+        .unwrap_or_default();
+    Evidence {
+        backfill: summary.backfill.map(|b| b.state),
+        last_verify: summary.verify.map(|v| (v.clean, v.age_seconds as u64)),
+        max_verify_age_secs: config.admin.gate_max_verify_age_secs,
+        needs_repair: crate::mirror::stale::get(source).is_some(),
+        mixed_transactions: crate::writes::mixed::count(source),
+        ..Evidence::default()
+    }
+}
+
+/// The answer to a switch: the outcome, or why it was refused or aborted (409), or failed.
+fn answer(switched: Result<switch::Outcome, SwitchError>, source: &str) -> Response {
+    match switched {
         Ok(outcome) => (StatusCode::OK, Json(outcome)).into_response(),
         Err(e @ (SwitchError::Refused(_) | SwitchError::Aborted(_))) => {
             problem(StatusCode::CONFLICT, e.to_string())

@@ -101,21 +101,7 @@ pub async fn switch(
         return Ok(outcome);
     }
     evidence.from = from;
-    evidence.rule_checked = rule.source_columns.is_some();
-    evidence.forward = Some(ports.applier.report());
-    let reverse = ports.reverse.stats().report();
-    evidence.reverse_connected = reverse.primary_connected && reverse.secondary_connected;
-    if req.to == Direction::Secondary {
-        let secondary = install::connect(ports.secondary)
-            .await
-            .map_err(InstallError::from)?;
-        install::install(&secondary, rule).await?;
-        let primary = install::connect(ports.primary)
-            .await
-            .map_err(InstallError::from)?;
-        evidence.same_database = install::visible(&primary, rule).await?;
-        evidence.rows_outside = install::rows_outside(&primary, rule).await?;
-    }
+    gather(&mut evidence, rule, req.to, ports).await?;
     let refusals = gate::refusals(req.to, &evidence, ports.bounds);
     if !refusals.hard.is_empty() || (!refusals.soft.is_empty() && !req.force) {
         let mut all = refusals.hard;
@@ -146,6 +132,32 @@ pub async fn switch(
             Err(e)
         }
     }
+}
+
+/// The evidence the switch gathers itself: the rule, both mirrors, and for a switch to the
+/// secondary (its write view installed first) whether the target is the primary's database.
+async fn gather(
+    e: &mut Evidence,
+    rule: &Rule,
+    to: Direction,
+    ports: &Ports<'_>,
+) -> Result<(), SwitchError> {
+    e.rule_checked = rule.source_columns.is_some();
+    e.forward = Some(ports.applier.report());
+    let reverse = ports.reverse.stats().report();
+    e.reverse_connected = reverse.primary_connected && reverse.secondary_connected;
+    if to == Direction::Secondary {
+        let secondary = install::connect(ports.secondary)
+            .await
+            .map_err(InstallError::from)?;
+        install::install(&secondary, rule).await?;
+        let primary = install::connect(ports.primary)
+            .await
+            .map_err(InstallError::from)?;
+        e.same_database = install::visible(&primary, rule).await?;
+        e.rows_outside = install::rows_outside(&primary, rule).await?;
+    }
+    Ok(())
 }
 
 fn outcome(rule: &Rule, req: &Request, from: Direction) -> Outcome {
