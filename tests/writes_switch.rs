@@ -529,3 +529,55 @@ async fn rows_outside_the_rules_where_stay_in_the_legacy_table_and_are_still_the
         "1\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_role_writes_what_it_could_write_in_the_legacy_table() {
+    let (bridge, db) = one_database("writes_role");
+    let port = cluster().primary_port;
+    let (app, reader) = (format!("app_{db}"), format!("reader_{db}"));
+    psql_on(
+        port,
+        &db,
+        &format!(
+            "CREATE ROLE {app} LOGIN; CREATE ROLE {reader} LOGIN; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON derived_data_bars TO {app}; \
+             GRANT SELECT ON derived_data_bars TO {reader}"
+        ),
+    );
+    let (code, answer) = put_writes(&bridge, r#"{"target":"secondary","force":true}"#);
+    assert_eq!(code, 200, "{answer}");
+    // No privilege on data_bars, none on pgbridge's schemas: the legacy table's are enough.
+    let client = connect(&bridge.conn_str(&app, "", &db)).await;
+    let rows = client
+        .query(
+            "INSERT INTO derived_data_bars VALUES ('DXY', '2026-09-01', 1, 1, 1, 1, 1) RETURNING volume",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    client
+        .batch_execute(
+            "UPDATE derived_data_bars SET close = 5 WHERE symbol = 'DXY'; \
+             INSERT INTO derived_data_bars VALUES ('DXY', '2026-09-02', 1, 1, 1, 1, 1) \
+               ON CONFLICT (symbol, ts) DO UPDATE SET close = EXCLUDED.close; \
+             DELETE FROM derived_data_bars WHERE ts = '2026-09-02'",
+        )
+        .await
+        .unwrap();
+    assert_images_equal(&bridge, &db);
+    assert_eq!(psql_on(port, &db, "SELECT close_px FROM data_bars"), "5.000000\n");
+    // A role that may only read the legacy table may only read through the view.
+    let client = connect(&bridge.conn_str(&reader, "", &db)).await;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM derived_data_bars", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let err = client
+        .batch_execute("DELETE FROM derived_data_bars")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501", "{err:?}");
+}

@@ -20,6 +20,11 @@
 //!
 //! After each INSERT or UPDATE the trigger reads the row back from the target by its key, so
 //! RETURNING shows what the target stored (its defaults and its own triggers included).
+//!
+//! Privileges: the views get the legacy table's grants (`src/writes/install.rs`), and the
+//! trigger runs as its owner, pgbridge (`SECURITY DEFINER`, with a fixed `search_path`): an
+//! application may write through the view what it could write in the legacy table, and needs
+//! no privilege on the target.
 
 use crate::rules::{quote_ident, quote_literal, Column, Rule};
 
@@ -126,7 +131,8 @@ pub fn install_script(rule: &Rule, defaults: &[(String, String)], rest: bool) ->
         }
     }
     sql.push_str(&format!(
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $pgbridge$\n\
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
+         SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $pgbridge$\n\
          #variable_conflict use_column\n\
          DECLARE\n  pgbridge_n bigint;\n  pgbridge_mode text := coalesce(TG_ARGV[0], '');\n\
          \x20 pgbridge_old_in boolean;\n  pgbridge_new_in boolean;\n\

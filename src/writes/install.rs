@@ -42,9 +42,16 @@ pub async fn install(client: &Client, rule: &Rule) -> Result<(), InstallError> {
     let defaults = target_defaults(client, rule).await?;
     let rest = source_here(client, rule).await?;
     let unchecked = || InstallError::Unchecked(rule.source.to_string());
+    let grants = match rest {
+        true => source_grants(client, rule).await?,
+        false => Vec::new(),
+    };
     let mut script = write_view::install_script(rule, &defaults, rest).ok_or_else(unchecked)?;
+    script.push_str(&grant_script(&write_view::view_name(rule), &grants));
     for mode in common_modes(rule) {
         script.push_str(&write_view::mode_view_script(rule, &mode, rest).ok_or_else(unchecked)?);
+        let view = write_view::mode_view_name(rule, &mode);
+        script.push_str(&grant_script(&view, &grants));
     }
     client
         .batch_execute(&format!(
@@ -77,6 +84,34 @@ async fn source_here(client: &Client, rule: &Rule) -> Result<bool, InstallError>
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Who may do what on the legacy table (its owner everything): `(role, privilege)`, the role
+/// quoted or `PUBLIC`.
+async fn source_grants(
+    client: &Client,
+    rule: &Rule,
+) -> Result<Vec<(String, String)>, InstallError> {
+    let rows = client
+        .query(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+                    a.privilege_type \
+             FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
+             WHERE c.oid = to_regclass($1) \
+               AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE')",
+            &[&rule.source.quoted()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The legacy table's grants, given on `view` too.
+fn grant_script(view: &str, grants: &[(String, String)]) -> String {
+    let mut sql = format!("GRANT USAGE ON SCHEMA {} TO PUBLIC;\n", write_view::SCHEMA);
+    for (role, privilege) in grants {
+        sql.push_str(&format!("GRANT {privilege} ON {view} TO {role};\n"));
+    }
+    sql
 }
 
 /// The default expressions of the target's columns.
@@ -143,8 +178,13 @@ pub async fn ensure_mode(url: &PgUrl, rule: &Rule, mode: &str) -> Result<(), Ins
     }
     let client = connect(url).await?;
     let rest = source_here(&client, rule).await?;
-    let script = write_view::mode_view_script(rule, mode, rest)
+    let grants = match rest {
+        true => source_grants(&client, rule).await?,
+        false => Vec::new(),
+    };
+    let mut script = write_view::mode_view_script(rule, mode, rest)
         .ok_or_else(|| InstallError::Unchecked(rule.source.to_string()))?;
+    script.push_str(&grant_script(&view, &grants));
     client
         .batch_execute(&format!(
             "BEGIN; {}; {script} COMMIT",
