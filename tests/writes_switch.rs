@@ -566,7 +566,10 @@ async fn an_application_role_writes_what_it_could_write_in_the_legacy_table() {
         .await
         .unwrap();
     assert_images_equal(&bridge, &db);
-    assert_eq!(psql_on(port, &db, "SELECT close_px FROM data_bars"), "5.000000\n");
+    assert_eq!(
+        psql_on(port, &db, "SELECT close_px FROM data_bars"),
+        "5.000000\n"
+    );
     // A role that may only read the legacy table may only read through the view.
     let client = connect(&bridge.conn_str(&reader, "", &db)).await;
     let n: i64 = client
