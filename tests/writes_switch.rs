@@ -111,6 +111,18 @@ async fn writes_move_to_the_target_and_back_and_the_clients_see_what_the_primary
         message.contains("TRUNCATE of derived_data_bars"),
         "{message}"
     );
+    // Prepared, with parameters: its Execute fails the same way.
+    let err = client
+        .execute(
+            "INSERT INTO derived_data_bars VALUES ('DXY', $1::text::timestamptz, 1, 1, 1, 1, 1) \
+             ON CONFLICT (ts) DO NOTHING",
+            &[&"2026-10-01 00:00:00+00"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000", "{err:?}");
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("must name its key"), "{message}");
     // A repair or backfill would overwrite the authority from the legacy table: refused.
     let (code, answer) = start(&bridge, "derived_data_bars", "{}");
     assert_eq!(code, 409, "{answer}");

@@ -90,6 +90,9 @@ pub fn rewrite_text(
     rules: &RuleSet,
     switched: &HashSet<TableName>,
 ) -> (String, Vec<(TableName, String)>) {
+    // A prepared statement's refusal takes its parameters, so that its Bind succeeds and its
+    // Execute fails with the refusal's own SQLSTATE.
+    let params = max_placeholder(text);
     let mut edits = Vec::new();
     let mut modes = Vec::new();
     for r in ranges {
@@ -103,10 +106,11 @@ pub fn rewrite_text(
                     modes.extend(m);
                     sql
                 }
-                Rewritten::Refused(why) => refusal(&why),
+                Rewritten::Refused(why) => refusal(&why, params),
             },
             _ => refusal(
                 "pgbridge cannot parse this statement on a table whose writes are on the secondary",
+                params,
             ),
         };
         edits.push((r.start, r.len(), new));
@@ -115,13 +119,36 @@ pub fn rewrite_text(
 }
 
 /// A statement that fails with SQLSTATE 0A000 and `why`. The message goes in hex, so that
-/// the text names no table: it is a statement of pgbridge's, not a write pgbridge missed.
-pub fn refusal(why: &str) -> String {
+/// the text names no table: it is a statement of pgbridge's, not a write pgbridge missed. With
+/// `params` parameters (`$1` to `$n`) it is a call of the write views' `refuse` function that
+/// takes them (`src/sql/write_view.rs`).
+pub fn refusal(why: &str, params: usize) -> String {
     let hex: String = why.bytes().map(|b| format!("{b:02x}")).collect();
+    if params == 0 {
+        return format!(
+            "DO $pgbridge$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+             MESSAGE = convert_from(decode('{hex}', 'hex'), 'UTF8'); END$pgbridge$"
+        );
+    }
+    let args: Vec<String> = (1..=params).map(|i| format!("${i}::text")).collect();
     format!(
-        "DO $pgbridge$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
-         MESSAGE = convert_from(decode('{hex}', 'hex'), 'UTF8'); END$pgbridge$"
+        "SELECT {}.refuse('{hex}', ARRAY[{}]::text[])",
+        super::write_view::SCHEMA,
+        args.join(", ")
     )
+}
+
+/// The highest parameter number (`$n`) of `text`, 0 when it has none.
+fn max_placeholder(text: &str) -> usize {
+    super::splice::tokens(text)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| match &t.token {
+            sqlparser::tokenizer::Token::Placeholder(p) => p.strip_prefix('$')?.parse().ok(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn view_object(view: &str) -> ObjectName {
@@ -405,6 +432,10 @@ mod tests {
         let (sql, modes) = rewrite_text(text, &ranges, &rules, &switched);
         assert!(modes.is_empty());
         assert!(sql.starts_with("SELECT 1; DELETE FROM pgbridge_w.derived_data_bars AS derived_data_bars; DO $pgbridge$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000'"), "{sql}");
+        let text = "TRUNCATE derived_data_bars; SELECT $2";
+        let (sql, _) = rewrite_text(text, &[0..26], &rules, &switched);
+        assert!(sql.starts_with("SELECT pgbridge_w.refuse('"), "{sql}");
+        assert!(sql.contains("ARRAY[$1::text, $2::text]::text[])"), "{sql}");
     }
 
     #[test]

@@ -48,6 +48,13 @@ fn bare_name(rule: &Rule) -> String {
     }
 }
 
+/// The refusal of a prepared statement the write views cannot run as the legacy table would
+/// (`src/sql/write_rewrite.rs`): it takes the statement's parameters and fails with 0A000 and
+/// the message (in hex).
+const REFUSE: &str = "CREATE OR REPLACE FUNCTION pgbridge_w.refuse(message text, params text[]) \
+    RETURNS void LANGUAGE plpgsql AS $pgbridge$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+    MESSAGE = convert_from(decode(message, 'hex'), 'UTF8'); END$pgbridge$;\n";
+
 /// The sibling write view whose INSERT is an upsert as `mode` says (`nothing`, or `update:`
 /// and the comma-separated source columns to assign).
 pub fn mode_view_name(rule: &Rule, mode: &str) -> String {
@@ -114,7 +121,7 @@ pub fn install_script(rule: &Rule, defaults: &[(String, String)], rest: bool) ->
     let function = function_name(rule);
     let rest = rest && rule.filter.is_some();
     let mut sql = format!(
-        "CREATE SCHEMA IF NOT EXISTS {SCHEMA};\n\
+        "CREATE SCHEMA IF NOT EXISTS {SCHEMA};\n{REFUSE}\
          CREATE OR REPLACE VIEW {view} AS {};\n",
         view_sql(rule, rest)?
     );
