@@ -68,10 +68,7 @@ pub async fn connect(secondary: &PgUrl) -> Result<Client, JobError> {
     // The applier creates the schema too, and so may a job and an API call at once: a
     // concurrent CREATE ... IF NOT EXISTS may fail on the catalog's unique index; the advisory
     // lock orders pgbridge's own, and a second try finds what the applier made.
-    let create = format!(
-        "BEGIN; {}; {SCHEMA_SQL}; COMMIT",
-        crate::mirror::SCHEMA_LOCK_SQL
-    );
+    let create = crate::mirror::under_schema_lock(SCHEMA_SQL);
     if client.batch_execute(&create).await.is_err() {
         let _ = client.batch_execute("ROLLBACK").await;
         client

@@ -2,7 +2,6 @@
 //! src/reads/flags/audit.rs, with `"kind": "writes"`), appended and synced before the switch
 //! returns, with the gate's evidence at that moment.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::gate::Evidence;
@@ -38,15 +37,5 @@ pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
             "mixed_transactions": e.mixed_transactions,
         },
     });
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut text = line.to_string();
-    text.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_data()
+    crate::reads::flags::audit::write_line(path, &line)
 }

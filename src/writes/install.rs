@@ -40,12 +40,8 @@ pub async fn connect(url: &PgUrl) -> Result<Client, tokio_postgres::Error> {
 /// (DO NOTHING, and DO UPDATE of every non-key column), under an advisory lock.
 pub async fn install(client: &Client, rule: &Rule) -> Result<(), InstallError> {
     let defaults = target_defaults(client, rule).await?;
-    let rest = source_here(client, rule).await?;
+    let (rest, grants) = source_here(client, rule).await?;
     let unchecked = || InstallError::Unchecked(rule.source.to_string());
-    let grants = match rest {
-        true => source_grants(client, rule).await?,
-        false => Vec::new(),
-    };
     let mut script = write_view::install_script(rule, &defaults, rest).ok_or_else(unchecked)?;
     script.push_str(&grant_script(&write_view::view_name(rule), &grants));
     for mode in common_modes(rule) {
@@ -54,10 +50,7 @@ pub async fn install(client: &Client, rule: &Rule) -> Result<(), InstallError> {
         script.push_str(&grant_script(&view, &grants));
     }
     client
-        .batch_execute(&format!(
-            "BEGIN; {}; {script} COMMIT",
-            crate::mirror::SCHEMA_LOCK_SQL
-        ))
+        .batch_execute(&crate::mirror::under_schema_lock(&script))
         .await?;
     Ok(())
 }
@@ -75,15 +68,22 @@ fn common_modes(rule: &Rule) -> Vec<String> {
 }
 
 /// Whether the source table is in the database `client` is connected to (the target's): its
-/// rows outside the rule's `where` then stay there, part of the write view.
-async fn source_here(client: &Client, rule: &Rule) -> Result<bool, InstallError> {
+/// rows outside the rule's `where` then stay there, part of the write view, and the views take
+/// its grants ([`source_grants`]; none otherwise).
+async fn source_here(
+    client: &Client,
+    rule: &Rule,
+) -> Result<(bool, Vec<(String, String)>), InstallError> {
     let row = client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",
             &[&rule.source.quoted()],
         )
         .await?;
-    Ok(row.get(0))
+    match row.get(0) {
+        true => Ok((true, source_grants(client, rule).await?)),
+        false => Ok((false, Vec::new())),
+    }
 }
 
 /// Who may do what on the legacy table (its owner everything): `(role, privilege)`, the role
@@ -177,19 +177,12 @@ pub async fn ensure_mode(url: &PgUrl, rule: &Rule, mode: &str) -> Result<(), Ins
         return Ok(());
     }
     let client = connect(url).await?;
-    let rest = source_here(&client, rule).await?;
-    let grants = match rest {
-        true => source_grants(&client, rule).await?,
-        false => Vec::new(),
-    };
+    let (rest, grants) = source_here(&client, rule).await?;
     let mut script = write_view::mode_view_script(rule, mode, rest)
         .ok_or_else(|| InstallError::Unchecked(rule.source.to_string()))?;
     script.push_str(&grant_script(&view, &grants));
     client
-        .batch_execute(&format!(
-            "BEGIN; {}; {script} COMMIT",
-            crate::mirror::SCHEMA_LOCK_SQL
-        ))
+        .batch_execute(&crate::mirror::under_schema_lock(&script))
         .await?;
     MODES
         .lock()

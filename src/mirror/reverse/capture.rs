@@ -19,9 +19,6 @@ pub const QUEUE_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge; \
     source text NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), \
     at timestamptz NOT NULL DEFAULT clock_timestamp(), old jsonb, new jsonb)";
 
-/// Serializes concurrent installs (two pgbridge instances, or enable racing disable).
-const LOCK_SQL: &str = crate::mirror::SCHEMA_LOCK_SQL;
-
 /// The session setting the forward applier's connections carry.
 pub const ORIGIN_SETTING: &str = "pgbridge.origin";
 
@@ -48,7 +45,7 @@ pub async fn disable(client: &Client, rule: &Rule) -> Result<(), tokio_postgres:
 
 async fn in_transaction(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
     let result = client
-        .batch_execute(&format!("BEGIN; {LOCK_SQL}; {sql}; COMMIT"))
+        .batch_execute(&crate::mirror::under_schema_lock(sql))
         .await;
     if result.is_err() {
         // The batch stopped at the failed statement, inside the transaction.

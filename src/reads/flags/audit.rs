@@ -45,7 +45,9 @@ pub(super) fn append(path: &Path, s: &TableState) -> Result<(), FlagError> {
     })
 }
 
-fn write_line(path: &Path, line: &AuditLine) -> std::io::Result<()> {
+/// Appends `line` as one JSON line to the audit log at `path` (its directory made when missing)
+/// and syncs it; the write switch's lines go through here too (src/writes/audit.rs).
+pub(crate) fn write_line<T: Serialize>(path: &Path, line: &T) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

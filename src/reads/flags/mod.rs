@@ -23,7 +23,7 @@
 //!
 //! [`super::route`] is the pure decision the session makes per statement, with these flags.
 
-mod audit;
+pub(crate) mod audit;
 pub(crate) mod gate;
 mod reload;
 
