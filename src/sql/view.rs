@@ -5,9 +5,96 @@
 //! Every rewrite is built from these few functions, so a read, a mirrored row and a rewritten
 //! statement all agree on what the rule means.
 
-use sqlparser::ast::{BinaryOperator, Expr, Ident, ObjectName, Value};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, Ident, ObjectName, Query, TableAlias, TableFactor, Value, VisitorMut,
+};
 
 use crate::rules::{quote_ident, quote_literal, Column, Rule, TableName};
+
+/// Points every reference to some tables somewhere else: the read rewrite's inline views
+/// (`src/sql/read/mod.rs`), the write rewrite's write views (`src/sql/write_rewrite.rs`).
+/// `to` gives a table's new name, or `None` to leave it. A reference (in FROM, JOIN, UPDATE,
+/// DELETE, subqueries and CTE bodies) keeps the name it had as its alias, so `b.close`,
+/// `derived_data_bars.close` and unqualified columns resolve as before, and
+/// `public.derived_data_bars.close` loses its schema; a `WITH derived_data_bars AS (...)`
+/// shadows the table and is left alone.
+pub struct Retarget<F> {
+    to: F,
+    ctes: Vec<String>,
+    /// How many references were pointed elsewhere.
+    pub replaced: usize,
+}
+
+impl<F: FnMut(&TableName) -> Option<ObjectName>> Retarget<F> {
+    pub fn new(to: F) -> Retarget<F> {
+        Retarget {
+            to,
+            ctes: Vec::new(),
+            replaced: 0,
+        }
+    }
+}
+
+impl<F: FnMut(&TableName) -> Option<ObjectName>> VisitorMut for Retarget<F> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+        if let Some(with) = &q.with {
+            for cte in &with.cte_tables {
+                self.ctes.push(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let Some(table) = resolve(name) else {
+            return ControlFlow::Continue(());
+        };
+        if name.0.len() == 1 && self.ctes.contains(&table.name) {
+            return ControlFlow::Continue(());
+        }
+        let Some(new) = (self.to)(&table) else {
+            return ControlFlow::Continue(());
+        };
+        let last = name.0.last().and_then(|p| p.as_ident()).cloned();
+        if alias.is_none() {
+            *alias = last.map(|name| TableAlias {
+                explicit: true,
+                name,
+                columns: Vec::new(),
+                at: None,
+            });
+        }
+        *name = new;
+        self.replaced += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        // `public.derived_data_bars.close`: the new reference is named by the table alone.
+        if let Expr::CompoundIdentifier(parts) = e {
+            if parts.len() == 3 {
+                let name = TableName::new(&fold(&parts[0]), &fold(&parts[1]));
+                if (self.to)(&name).is_some() {
+                    parts.remove(0);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
 
 /// The source table an object name refers to (unquoted parts folded, default schema `public`).
 pub fn resolve(name: &ObjectName) -> Option<TableName> {

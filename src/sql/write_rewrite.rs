@@ -13,18 +13,17 @@
 //! principle 3: statements for the secondary may be).
 
 use std::collections::HashSet;
-use std::ops::{ControlFlow, Range};
+use std::ops::Range;
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use sqlparser::ast::{
     AssignmentTarget, ConflictTarget, CopySource, Expr, Ident, ObjectName, ObjectNamePart,
-    OnConflictAction, OnInsert, Query, Statement, TableAlias, TableAliasWithoutColumns,
-    TableFactor, TableObject, VisitMut, VisitorMut,
+    OnConflictAction, OnInsert, Statement, TableAliasWithoutColumns, TableObject, VisitMut,
 };
 
-use super::view::{fold, resolve};
+use super::view::{fold, resolve, Retarget};
 use super::write_view::{mode_view_name, view_name};
 use crate::rules::{Rule, RuleSet, TableName};
 
@@ -65,14 +64,13 @@ pub fn rewrite(stmt: &Statement, rules: &RuleSet, switched: &HashSet<TableName>)
         }
     }
     changed |= copy_target(&mut stmt, rules, switched);
-    let mut r = Renamer {
-        rules,
-        switched,
-        ctes: Vec::new(),
-        renamed: 0,
-    };
+    // Every other reference (UPDATE and DELETE targets, reads) becomes the write view.
+    let mut r = Retarget::new(|table: &TableName| {
+        let rule = rules.get(table).filter(|_| switched.contains(table))?;
+        Some(view_object(&view_name(rule)))
+    });
     let _ = stmt.visit(&mut r);
-    if !changed && r.renamed == 0 {
+    if !changed && r.replaced == 0 {
         return Rewritten::Untouched;
     }
     Rewritten::Sql {
@@ -294,56 +292,6 @@ fn copy_target(stmt: &mut Statement, rules: &RuleSet, switched: &HashSet<TableNa
     false
 }
 
-/// Every other reference (UPDATE and DELETE targets, reads) becomes the write view.
-struct Renamer<'r> {
-    rules: &'r RuleSet,
-    switched: &'r HashSet<TableName>,
-    ctes: Vec<String>,
-    renamed: usize,
-}
-
-impl VisitorMut for Renamer<'_> {
-    type Break = ();
-
-    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
-        if let Some(with) = &q.with {
-            for cte in &with.cte_tables {
-                self.ctes.push(cte.alias.name.value.to_lowercase());
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        let TableFactor::Table {
-            name,
-            alias,
-            args: None,
-            ..
-        } = factor
-        else {
-            return ControlFlow::Continue(());
-        };
-        if name.0.len() == 1 && last_ident(name).is_some_and(|i| self.ctes.contains(&fold(&i))) {
-            return ControlFlow::Continue(());
-        }
-        let Some(rule) = switched_rule(name, self.rules, self.switched) else {
-            return ControlFlow::Continue(());
-        };
-        if alias.is_none() {
-            *alias = last_ident(name).map(|name| TableAlias {
-                explicit: true,
-                name,
-                columns: vec![],
-                at: None,
-            });
-        }
-        *name = view_object(&view_name(rule));
-        self.renamed += 1;
-        ControlFlow::Continue(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +330,11 @@ mod tests {
         assert_eq!(
             sql("COPY derived_data_bars (symbol, ts) FROM STDIN"),
             "COPY pgbridge_w.derived_data_bars (symbol, ts) FROM STDIN"
+        );
+        // As in the read rewrite: a column named through the schema loses it.
+        assert_eq!(
+            sql("UPDATE public.derived_data_bars SET close = 1 RETURNING public.derived_data_bars.close"),
+            "UPDATE pgbridge_w.derived_data_bars AS derived_data_bars SET close = 1 RETURNING derived_data_bars.close"
         );
         assert_eq!(run("SELECT 1 FROM other_table"), Rewritten::Untouched);
         assert_eq!(
