@@ -50,8 +50,53 @@ pub fn start(
     });
     if let Some(s) = &config.secondary {
         tokio::spawn(restore(flags.clone(), rules.clone(), s.url.clone()));
+        tokio::spawn(settle(
+            flags.clone(),
+            config.primary.url.clone(),
+            s.url.clone(),
+        ));
     }
     Ok(Writes { flags, reverse })
+}
+
+/// While the targets are on another server: every few seconds, the prepared parts of
+/// transactions that their sessions left unsettled are settled by the primary's outcome
+/// (src/writes/twophase.rs).
+async fn settle(
+    flags: Arc<WriteFlags>,
+    primary: crate::config::PgUrl,
+    secondary: crate::config::PgUrl,
+) {
+    let every = std::time::Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(every).await;
+        if !flags.load().remote {
+            continue;
+        }
+        let settled = async {
+            let p = install::connect(&primary).await?;
+            let s = install::connect(&secondary).await?;
+            Ok::<_, tokio_postgres::Error>((p, s))
+        }
+        .await;
+        let (p, s) = match settled {
+            Ok(clients) => clients,
+            Err(e) => {
+                warn!(error = %crate::net::error_text(&e), "cannot settle prepared transactions yet");
+                continue;
+            }
+        };
+        loop {
+            if let Err(e) = crate::writes::twophase::settle_orphans(&p, &s).await {
+                warn!(error = %e, "cannot settle prepared transactions yet");
+                break;
+            }
+            tokio::time::sleep(every).await;
+            if p.is_closed() || s.is_closed() {
+                break;
+            }
+        }
+    }
 }
 
 /// Sets up the write views and reverse capture of the tables switched before a restart

@@ -236,6 +236,7 @@ impl<'p> Relayed<'p> {
             flags: m.writes.flags.clone(),
             rules: m.rules.clone(),
             secondary: m.serve.as_ref().map(|o| o.secondary.clone()),
+            startup: crate::writes::remote::startup(self.params.iter()),
         });
         let Some(opts) = &m.serve else {
             return driver;

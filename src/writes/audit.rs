@@ -34,6 +34,7 @@ pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
             "needs_repair": e.needs_repair,
             "rows_outside_where": e.rows_outside,
             "same_database": e.same_database,
+            "two_phase": e.two_phase,
             "mixed_transactions": e.mixed_transactions,
         },
     });

@@ -38,6 +38,9 @@ pub struct Evidence {
     pub needs_repair: bool,
     /// Source rows outside the rule's `where`.
     pub rows_outside: u64,
+    /// For a target on another server: whether it can prepare transactions
+    /// (`max_prepared_transactions` > 0), for transactions that also write the primary.
+    pub two_phase: Option<bool>,
     /// The reverse mirror's applier is connected to both sides.
     pub reverse_connected: bool,
     /// Transactions seen writing the table and another table of the primary.
@@ -88,10 +91,18 @@ fn to_secondary(e: &Evidence, bounds: &FlagOptions, r: &mut Refusals) {
         );
     }
     if !e.same_database {
-        r.hard.push(format!(
-            "the target is not in the primary's database: this version moves writes only when \
-             [secondary] is the primary's own database ({} transactions seen writing this table \
-             and another one would span two databases)",
+        r.soft.push(
+            "the target is on another server: statements on this table will run there in step \
+             with the client's transaction over the simple protocol; prepared writes (the \
+             extended protocol) of it will be refused with SQLSTATE 0A000"
+                .into(),
+        );
+    }
+    if !e.same_database && e.mixed_transactions > 0 && e.two_phase == Some(false) {
+        r.soft.push(format!(
+            "{} transactions were seen writing this table and another table of the primary; the \
+             target is on another server whose max_prepared_transactions is 0, so such \
+             transactions would be refused (SQLSTATE 0A000) rather than committed on both",
             e.mixed_transactions
         ));
     }
@@ -157,6 +168,7 @@ mod tests {
             forward: Some(crate::reads::flags::gate::tests::healthy()),
             needs_repair: false,
             rows_outside: 0,
+            two_phase: None,
             reverse_connected: true,
             mixed_transactions: 0,
         }
@@ -183,11 +195,32 @@ mod tests {
             ..e
         };
         let r = refusals(Direction::Secondary, &apart, &bounds());
+        assert_eq!(r.hard.len(), 1, "{r:?}");
+        assert!(r.soft.iter().any(|s| s.contains("3 source rows")), "{r:?}");
+    }
+
+    #[test]
+    fn mixed_transactions_across_two_servers_need_two_phase_commit() {
+        let apart = |mixed, two_phase| Evidence {
+            same_database: false,
+            mixed_transactions: mixed,
+            two_phase,
+            ..ready()
+        };
+        let on = |e: &Evidence| refusals(Direction::Secondary, e, &bounds());
+        // Another server: the extended protocol's refusal is named, overridable.
+        let r = on(&apart(0, Some(false)));
+        assert!(r.hard.is_empty() && r.soft.len() == 1, "{r:?}");
+        assert!(r.soft[0].contains("extended protocol"), "{r:?}");
+        assert_eq!(on(&apart(7, Some(true))).soft.len(), 1);
+        let r = on(&apart(7, Some(false)));
+        assert!(r.hard.is_empty(), "{r:?}");
         assert!(
-            r.hard.iter().any(|s| s.contains("primary's own database")),
+            r.soft.len() == 2
+                && r.soft[1].contains("7 transactions")
+                && r.soft[1].contains("0A000"),
             "{r:?}"
         );
-        assert!(r.soft.iter().any(|s| s.contains("3 source rows")), "{r:?}");
     }
 
     #[test]

@@ -143,6 +143,17 @@ pub async fn visible(client: &Client, rule: &Rule) -> Result<bool, InstallError>
     Ok(row.get(0))
 }
 
+/// Whether the server of `client` can prepare transactions (`max_prepared_transactions` > 0).
+pub async fn two_phase(client: &Client) -> Result<bool, InstallError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_prepared_transactions')::int > 0",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// How many rows of the source are outside the rule's `where`.
 pub async fn rows_outside(client: &Client, rule: &Rule) -> Result<u64, InstallError> {
     let Some(filter) = &rule.filter else {

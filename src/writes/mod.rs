@@ -25,7 +25,9 @@ pub mod gate;
 pub mod install;
 pub mod mixed;
 pub mod persist;
+pub mod remote;
 pub mod switch;
+pub mod twophase;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -80,10 +82,14 @@ pub struct Directions {
     pub switched: HashSet<TableName>,
     /// Goes up on every change: statements prepared under an older one are prepared again.
     pub version: u64,
+    /// The targets are on another server than the primary's database: statements on switched
+    /// tables run on a connection of the session's own there, in step with its transaction
+    /// (src/capture/drive/lockstep.rs), not in its own session.
+    pub remote: bool,
 }
 
 impl Directions {
-    fn new(tables: BTreeMap<TableName, Direction>, version: u64) -> Directions {
+    fn new(tables: BTreeMap<TableName, Direction>, version: u64, remote: bool) -> Directions {
         let switched = tables
             .iter()
             .filter(|(_, d)| d.on_secondary())
@@ -93,6 +99,7 @@ impl Directions {
             tables,
             switched,
             version,
+            remote,
         }
     }
 
@@ -118,12 +125,12 @@ pub struct WriteFlags {
 impl WriteFlags {
     /// The directions kept at `path` (every table `primary` when there is no file yet).
     pub fn open(path: Option<PathBuf>) -> Result<Arc<WriteFlags>, persist::PersistError> {
-        let tables = match &path {
+        let (tables, remote) = match &path {
             Some(p) => persist::load(p)?,
-            None => BTreeMap::new(),
+            None => (BTreeMap::new(), false),
         };
         Ok(Arc::new(WriteFlags {
-            current: ArcSwap::from_pointee(Directions::new(tables, 1)),
+            current: ArcSwap::from_pointee(Directions::new(tables, 1, remote)),
             held: Mutex::default(),
             released: Notify::new(),
             active: Mutex::default(),
@@ -143,11 +150,13 @@ impl WriteFlags {
         self.current.load().switched.is_empty() && lock(&self.held).is_empty()
     }
 
-    /// Makes `table`'s direction `to`, durably first.
+    /// Makes `table`'s direction `to`, durably first; `remote`: whether the target is on
+    /// another server (unchanged when `None`).
     pub(crate) fn set(
         &self,
         table: &TableName,
         to: Direction,
+        remote: Option<bool>,
     ) -> Result<(), persist::PersistError> {
         let old = self.current.load_full();
         let mut tables = old.tables.clone();
@@ -156,11 +165,12 @@ impl WriteFlags {
         } else {
             tables.insert(table.clone(), to);
         }
+        let remote = remote.unwrap_or(old.remote);
         if let Some(p) = &self.path {
-            persist::save(p, &tables)?;
+            persist::save(p, &tables, remote)?;
         }
         self.current
-            .store(Arc::new(Directions::new(tables, old.version + 1)));
+            .store(Arc::new(Directions::new(tables, old.version + 1, remote)));
         Ok(())
     }
 
@@ -375,7 +385,7 @@ mod tests {
             assert!(s.try_admit(&[t("bars")], 0).is_none());
         }
         assert_eq!(flags.active(&t("bars")), 0);
-        flags.set(&t("bars"), Direction::Secondary).unwrap();
+        flags.set(&t("bars"), Direction::Secondary, None).unwrap();
         let again = WriteFlags::open(Some(path)).unwrap();
         assert_eq!(again.load().get(&t("bars")), Direction::Secondary);
         assert!(again.load().switched.contains(&t("bars")));

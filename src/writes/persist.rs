@@ -29,13 +29,20 @@ pub enum PersistError {
 struct File {
     /// Source table (`schema.name`) and direction; tables absent are `primary`.
     tables: BTreeMap<String, Direction>,
+    /// The target is on another server than the primary's database (src/writes/remote.rs).
+    #[serde(default)]
+    remote: bool,
 }
 
-/// The directions kept at `path`; none when the file does not exist.
-pub fn load(path: &Path) -> Result<BTreeMap<TableName, Direction>, PersistError> {
+/// What `writes.json` keeps.
+pub type Kept = (BTreeMap<TableName, Direction>, bool);
+
+/// The directions kept at `path`, and whether the target is remote; none when the file does not
+/// exist.
+pub fn load(path: &Path) -> Result<Kept, PersistError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((BTreeMap::new(), false)),
         Err(source) => {
             return Err(PersistError::Read {
                 path: path.into(),
@@ -48,20 +55,27 @@ pub fn load(path: &Path) -> Result<BTreeMap<TableName, Direction>, PersistError>
         message,
     };
     let file: File = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    file.tables
+    let tables = file
+        .tables
         .into_iter()
         .map(|(t, d)| {
             let name =
                 TableName::parse(&t).ok_or_else(|| invalid(format!("not a table name: {t:?}")))?;
             Ok((name, d))
         })
-        .collect()
+        .collect::<Result<_, PersistError>>()?;
+    Ok((tables, file.remote))
 }
 
 /// Replaces the directions at `path` with `tables`, durably.
-pub fn save(path: &Path, tables: &BTreeMap<TableName, Direction>) -> Result<(), PersistError> {
+pub fn save(
+    path: &Path,
+    tables: &BTreeMap<TableName, Direction>,
+    remote: bool,
+) -> Result<(), PersistError> {
     let file = File {
         tables: tables.iter().map(|(t, d)| (t.to_string(), *d)).collect(),
+        remote,
     };
     let text = serde_json::to_string_pretty(&file).expect("directions serialize");
     write_durably(path, text.as_bytes()).map_err(|source| PersistError::Write {

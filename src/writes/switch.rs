@@ -112,7 +112,8 @@ pub async fn switch(
     outcome.overridden = refusals.soft;
     let started = Instant::now();
     flags.hold(table);
-    let flipped = flip(flags, rule, req, from, started, ports).await;
+    let remote = (req.to == Direction::Secondary).then_some(!evidence.same_database);
+    let flipped = flip(flags, rule, req, (from, remote), started, ports).await;
     flags.release(table);
     outcome.paused_ms = started.elapsed().as_millis() as u64;
     match flipped {
@@ -156,6 +157,9 @@ async fn gather(
             .map_err(InstallError::from)?;
         e.same_database = install::visible(&primary, rule).await?;
         e.rows_outside = install::rows_outside(&primary, rule).await?;
+        if !e.same_database {
+            e.two_phase = Some(install::two_phase(&secondary).await?);
+        }
     }
     Ok(())
 }
@@ -181,7 +185,7 @@ async fn flip(
     flags: &WriteFlags,
     rule: &Rule,
     req: &Request,
-    from: Direction,
+    (from, remote): (Direction, Option<bool>),
     started: Instant,
     ports: &Ports<'_>,
 ) -> Result<(), SwitchError> {
@@ -220,7 +224,7 @@ async fn flip(
             .await
             .map_err(InstallError::from)?;
     }
-    if let Err(e) = flags.set(table, req.to) {
+    if let Err(e) = flags.set(table, req.to, remote) {
         if from == Direction::Primary {
             let _ = reverse::disable(&secondary, rule).await;
         }

@@ -1,6 +1,6 @@
 //! The write switch driven as an operator drives it, shared by tests/writes_switch.rs and
 //! tests/writes_fidelity.rs: the DXY tables in one database (the target in the primary's own
-//! database, which this version's switch needs), `PUT .../writes`, and the comparison of the
+//! database: the rewritten statements run in the client's session), `PUT .../writes`, and the comparison of the
 //! two tables once both mirrors are idle.
 
 #![allow(dead_code)]

@@ -12,6 +12,7 @@ mod copy;
 mod extended;
 mod inject;
 mod journal;
+mod lockstep;
 mod route;
 mod simple;
 mod switched;
@@ -176,6 +177,8 @@ pub struct Driver<'a> {
     bound: HashMap<String, Bytes>,
     /// Prepared statements that write a table no rule migrates (src/writes/mixed.rs).
     other_writes: std::collections::HashSet<String>,
+    /// Statements on switched tables whose target is on another server ([`lockstep`]).
+    lockstep: Option<lockstep::Lockstep>,
 }
 
 impl<'a> Driver<'a> {
@@ -216,6 +219,7 @@ impl<'a> Driver<'a> {
             hidden_bind: false,
             bound: HashMap::new(),
             other_writes: Default::default(),
+            lockstep: None,
         }
     }
 
@@ -276,9 +280,13 @@ impl<'a> Driver<'a> {
             // waits until pgbridge is done with it, as it would have waited for its own end.
             self.finish_pending(primary).await?;
         }
+        if self.lockstep(frame, primary).await? {
+            return Ok(());
+        }
         let redirected = self.redirect(frame).await;
         self.handle_frame(redirected.as_deref().unwrap_or(frame), primary)
-            .await
+            .await?;
+        self.settle_prepared(primary).await
     }
 
     async fn handle_frame<W: AsyncWrite + Unpin>(

@@ -32,6 +32,9 @@ pub struct WriteRouting {
     pub rules: Arc<arc_swap::ArcSwap<crate::rules::RuleSet>>,
     /// Where the sibling views of upserts are created.
     pub secondary: Option<crate::config::PgUrl>,
+    /// The client's startup settings, for a connection of the session's own to a secondary on
+    /// another server (src/capture/drive/lockstep.rs).
+    pub startup: Vec<(String, String)>,
 }
 
 /// A statement the client prepared that names a migrated table.
@@ -45,7 +48,7 @@ pub(super) struct Prepared {
 }
 
 /// The migrated tables `analysis` writes.
-fn written(analysis: &Analysis) -> Vec<TableName> {
+pub(super) fn written(analysis: &Analysis) -> Vec<TableName> {
     let mut out: Vec<TableName> = Vec::new();
     for w in analysis.statements.iter().flat_map(|s| &s.writes) {
         if !out.contains(&w.table) {
@@ -86,7 +89,7 @@ impl<'a> Driver<'a> {
                 }
                 self.note_other_write(writes_other_tables(text, &analysis));
                 self.admit(&written(&analysis)).await;
-                let new = self.switched_text(text, &analysis).await?;
+                let new = self.switched_text(text, &analysis, false).await?;
                 Some(wire::query(&new))
             }
             b'P' => self.redirect_parse(frame).await,
@@ -140,7 +143,7 @@ impl<'a> Driver<'a> {
             writes: written(&analysis),
         };
         self.prepared.insert(name.to_string(), prepared);
-        let new = self.switched_text(text, &analysis).await?;
+        let new = self.switched_text(text, &analysis, true).await?;
         wire::replace_parse_query(frame, &new)
     }
 
@@ -192,7 +195,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Counts the session in as writing `tables`, waiting while a switch holds one of them.
-    async fn admit(&mut self, tables: &[TableName]) {
+    pub(super) async fn admit(&mut self, tables: &[TableName]) {
         if tables.is_empty() {
             return;
         }
@@ -214,7 +217,12 @@ impl<'a> Driver<'a> {
 
     /// `text` with its statements on switched tables pointed at their write views; `None` when
     /// it names none.
-    async fn switched_text(&mut self, text: &str, analysis: &Analysis) -> Option<String> {
+    pub(super) async fn switched_text(
+        &mut self,
+        text: &str,
+        analysis: &Analysis,
+        prepared: bool,
+    ) -> Option<String> {
         let routing = self.writes.as_ref()?;
         let directions = routing.flags.load();
         if directions.switched.is_empty() {
@@ -231,6 +239,11 @@ impl<'a> Driver<'a> {
             .map(|s| s.text.clone())
             .collect();
         if ranges.is_empty() {
+            return None;
+        }
+        if directions.remote && prepared {
+            // Parsed on the primary as it is (the legacy table's types); a write among its
+            // statements is refused at its Execute (src/capture/drive/lockstep.rs).
             return None;
         }
         let rules = routing.rules.load_full();

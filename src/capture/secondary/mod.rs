@@ -27,7 +27,7 @@ const REPORTED: [&str; 3] = ["DateStyle", "IntervalStyle", "TimeZone"];
 
 /// The session's reads served by the secondary.
 pub struct Serving<'a> {
-    server: SessionServer,
+    pub(in crate::capture) server: SessionServer,
     applier: Option<&'a ApplierHandle>,
     /// A Bind of the unnamed portal held back for the secondary.
     held: Option<Held>,
@@ -38,7 +38,7 @@ pub struct Serving<'a> {
     /// The record of a read the secondary failed, for the primary's Execute of it.
     fallback: Option<Divergence>,
     /// The session's user, whose privileges on the primary a read needs.
-    user: String,
+    pub(in crate::capture) user: String,
     /// The session's database, and the isolation level its startup packet made the default.
     database: String,
     startup_level: Option<Isolation>,
@@ -149,7 +149,7 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn settings_script(&mut self) -> String {
+    pub(in crate::capture) fn settings_script(&mut self) -> String {
         let t = self.shared.lock();
         let reported: Vec<(&'static str, &str)> = REPORTED
             .iter()

@@ -25,7 +25,7 @@ use crate::sql::isolation::Isolation;
 /// How long an answer is kept.
 const KEPT: Duration = Duration::from_secs(10);
 
-const CHECK: &str = "SELECT has_table_privilege($1::text::name, c.oid, 'SELECT') \
+const CHECK: &str = "SELECT has_table_privilege($1::text::name, c.oid, $4) \
                             AND NOT c.relrowsecurity \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE n.nspname = $2 AND c.relname = $3";
@@ -42,13 +42,16 @@ const DEFAULT_ISOLATION: &str = "SELECT coalesce(\
        (SELECT setting FROM pg_settings WHERE name = 'default_transaction_isolation' \
           AND source IN ('default', 'configuration file', 'command line', 'environment variable')))";
 
+/// A user, a table and a privilege asked about.
+type Asked = (String, TableName, &'static str);
+
 /// A user's (and database's) default level, and when the primary said it.
 type DefaultLevel = (Option<Isolation>, Instant);
 
 pub struct Access {
     primary: PgUrl,
     client: tokio::sync::Mutex<Option<Client>>,
-    answers: Mutex<HashMap<(String, TableName), (bool, Instant)>>,
+    answers: Mutex<HashMap<Asked, (bool, Instant)>>,
     levels: Mutex<HashMap<(String, String), DefaultLevel>>,
 }
 
@@ -99,8 +102,14 @@ impl Access {
 
     /// Whether `user` may read every table of `tables` on the primary, without row security.
     pub async fn may_read(&self, user: &str, tables: &[&TableName]) -> bool {
+        self.may(user, tables, "SELECT").await
+    }
+
+    /// Whether `user` holds `privilege` (`SELECT`, `INSERT`, `UPDATE`, `DELETE`) on every table
+    /// of `tables` on the primary, none of them with row security.
+    pub async fn may(&self, user: &str, tables: &[&TableName], privilege: &'static str) -> bool {
         for table in tables {
-            let key = (user.to_string(), (*table).clone());
+            let key = (user.to_string(), (*table).clone(), privilege);
             let known = self
                 .answers
                 .lock()
@@ -111,7 +120,7 @@ impl Access {
             let ok = match known {
                 Some(ok) => ok,
                 None => {
-                    let ok = self.ask(user, table).await;
+                    let ok = self.ask(user, table, privilege).await;
                     self.answers
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -126,9 +135,23 @@ impl Access {
         true
     }
 
-    async fn ask(&self, user: &str, table: &TableName) -> bool {
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&user, &table.schema, &table.name];
+    /// What the primary says of transaction `xid` (`pg_xact_status`: committed, aborted, in
+    /// progress); `None` when it cannot be asked or no longer knows.
+    pub async fn xact_status(&self, xid: i64) -> Option<String> {
+        let xid = xid.to_string();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&xid];
+        self.query_opt(
+            "SELECT pg_xact_status($1::text::xid8)",
+            &params,
+            "a transaction's outcome",
+        )
+        .await
+        .and_then(|row| row.get::<_, Option<String>>(0))
+    }
+
+    async fn ask(&self, user: &str, table: &TableName, privilege: &str) -> bool {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&user, &table.schema, &table.name, &privilege];
         self.query_opt(CHECK, &params, "privileges")
             .await
             .and_then(|row| row.get::<_, Option<bool>>(0))
