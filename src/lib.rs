@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod reads;
 pub mod rules;
 pub mod sql;
+pub mod state;
 pub mod writes;
 
 /// An error that ends a command; its code is the process's exit code.

@@ -336,9 +336,15 @@ async fn metrics_count_sessions_and_bytes() {
         .unwrap();
     let (code, body) = bridge.admin_get("/metrics");
     assert_eq!(code, 200);
+    // `name` or `name{label="v"}`: whatever other labels the line has (the instance's).
     let value = |name: &str| -> f64 {
+        let (metric, label) = match name.split_once('{') {
+            Some((m, l)) => (m, l.trim_end_matches('}')),
+            None => (name, ""),
+        };
         body.lines()
-            .find(|l| l.starts_with(name))
+            .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+            .find(|l| l.contains(label))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{name} missing from:\n{body}"))

@@ -10,6 +10,7 @@ use tracing::error;
 
 use super::{authorize, problem, AppState};
 use crate::reads::FlagError;
+use crate::rules::{ReadSource, TableName};
 
 /// The body of `PUT /api/tables/{source}/reads`.
 #[derive(Debug, Deserialize)]
@@ -61,14 +62,43 @@ pub(super) async fn set_reads(
     let reason = change.reason.unwrap_or_default();
     let who = change.who.unwrap_or_else(|| "admin api".into());
     let (force, percent) = (change.force, change.percent);
-    // The audit line is written and synced before the switch: off the runtime's threads.
-    let set =
-        tokio::task::spawn_blocking(move || flags.set(&table, to, percent, &reason, &who, force));
-    match set.await {
-        Ok(Ok(state)) => (StatusCode::OK, Json(state)).into_response(),
-        Ok(Err(e)) => flag_error(e),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    // Shared with the other instances (src/state/mod.rs): refused while the state database
+    // is unreachable, so that no instance switches alone.
+    let known = TableName::parse(&table).is_some_and(|t| m.reads.load().get(&t).is_some());
+    if !known {
+        let message = format!("no rule migrates a table named {table:?}");
+        return problem(StatusCode::NOT_FOUND, message);
     }
+    let _changing = match &m.state {
+        Some(shared) => match shared.check_reachable().await {
+            Ok(()) => Some(shared.changing.lock().await),
+            Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        None => None,
+    };
+    // The audit line is written and synced before the switch: off the runtime's threads.
+    let local = flags.clone();
+    let set =
+        tokio::task::spawn_blocking(move || local.set(&table, to, percent, &reason, &who, force));
+    let made = match set.await {
+        Ok(Ok(made)) => made,
+        Ok(Err(e)) => return flag_error(e),
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let (Some(shared), true) = (&m.state, made.changed) {
+        let name = TableName::parse(&made.source).expect("a table the flags know");
+        let word = |w: &str| ReadSource::parse(w).expect("a read source the flags wrote");
+        let published = shared
+            .publish_reads(&name, word(&made.reads), made.percent)
+            .await;
+        if let Err(e) = published {
+            // Not shared: not made here either.
+            flags.apply_shared(&name, word(&made.previous), made.previous_percent);
+            error!(error = %e, table = %name, "read switch undone: it could not be shared");
+            return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+    }
+    (StatusCode::OK, Json(made)).into_response()
 }
 
 /// The answer to a switch the flags did not make.

@@ -21,6 +21,12 @@ pub struct Status {
     /// secondary): applied, queued, lag_seconds, connected, last_error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverse: Option<serde_json::Value>,
+    /// The instances sharing the state (src/state/mod.rs), this one included.
+    #[serde(default)]
+    pub instances: Vec<crate::state::InstanceView>,
+    /// The shared state's database: this instance's name, whether it is reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::state::StateReport>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,6 +78,8 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
         divergences: DivergenceStatus::default(),
         sessions: proxy.sessions() as u64,
         reverse: None,
+        instances: Vec::new(),
+        state: None,
     };
     if let Some(m) = &proxy.migration {
         let flags = m.reads.load();
@@ -106,6 +114,10 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
         status.divergences = DivergenceStatus::from(m.recorder.counts());
         if let Some(mirror) = &m.mirror {
             status.mirror = MirrorStatus::from(&mirror.applier.report());
+        }
+        if let Some(shared) = &m.state {
+            status.instances = shared.instances();
+            status.state = Some(shared.report());
         }
         status.reverse = m
             .writes

@@ -71,6 +71,22 @@ pub(super) async fn set_writes(
     let Some(rule) = TableName::parse(&table).and_then(|t| rules.get(&t).cloned()) else {
         return unknown();
     };
+    if let Some(shared) = &m.state {
+        if let Err(e) = shared.check_reachable().await {
+            return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+        let others = shared.other_live();
+        if !others.is_empty() {
+            let message = format!(
+                "refused: {} other pgbridge instances share this state and are live ({}): a \
+                 write switch must be agreed by every instance, which this version does not do \
+                 yet; switch with only this instance running",
+                others.len(),
+                others.join(", ")
+            );
+            return problem(StatusCode::CONFLICT, message);
+        }
+    }
     let config = &state.instance.config;
     let (Some(secondary), Some(mirror), Some(reverse)) =
         (&config.secondary, &m.mirror, &m.writes.reverse)
@@ -99,6 +115,21 @@ pub(super) async fn set_writes(
         bounds: &bounds,
     };
     let switched = switch::switch(&m.writes.flags, &rule, &request, evidence, &ports).await;
+    if let (Ok(_), Some(shared)) = (&switched, &m.state) {
+        // Instances started later adopt it (src/state/writes.rs).
+        let now = m.writes.flags.load();
+        let shared_now = shared
+            .publish_writes(&rule.source, now.get(&rule.source), now.remote)
+            .await;
+        if let Err(e) = shared_now {
+            let message = format!(
+                "the switch was made on this instance but could not be shared: {e}; run the \
+                 same command again to share it"
+            );
+            error!(table = %source, "{message}");
+            return problem(StatusCode::SERVICE_UNAVAILABLE, message);
+        }
+    }
     answer(switched, &source)
 }
 

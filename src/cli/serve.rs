@@ -32,7 +32,8 @@ pub fn run(config: Config) -> Result<(), CliError> {
 
 /// Binds both listeners, then serves until a signal; returns after the drain.
 pub async fn serve(config: Config) -> Result<(), CliError> {
-    let metrics = crate::admin::metrics::install();
+    let instance_name = config.state_url().map(|_| config.instance_name());
+    let metrics = crate::admin::metrics::install_for(instance_name.as_deref());
     // Registered with the recorder now, so they show from the start.
     crate::proxy::metrics::get();
     let listener = bind(config.listen, "").await?;

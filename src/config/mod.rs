@@ -22,6 +22,7 @@ pub mod load;
 pub mod mirror;
 pub mod ops;
 pub mod reads;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use load::{line_col, ConfigError};
 pub use mirror::{MirrorConfig, MirrorMode, OnError, OnFull};
 pub use ops::{AdminConfig, DivergenceConfig, LimitsConfig, TlsConfig};
 pub use reads::{ReadsConfig, ShadowConfig};
+pub use state::StateConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +72,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
+    /// Where the instances' shared state lives (src/config/state.rs).
+    #[serde(default)]
+    pub state: StateConfig,
     /// Threads that run sessions; defaults to the number of cores.
     #[serde(default)]
     pub worker_threads: Option<usize>,

@@ -87,6 +87,9 @@ pub struct Migration {
     pub jobs: Option<Arc<crate::migrate::Jobs>>,
     /// Each table's write direction and the reverse mirror (src/writes/mod.rs).
     pub writes: super::writes::Writes,
+    /// The state shared with the other instances (src/state/mod.rs); `None` without a
+    /// `[state]` or `[secondary]` url.
+    pub state: Option<Arc<crate::state::SharedState>>,
     _reload: JoinHandle<()>,
     _resolver: Option<JoinHandle<()>>,
 }
@@ -125,8 +128,12 @@ impl Migration {
             .map(|s| secondary_reads(config, s, &rules, &recorder, mirror.as_ref()))
             .unzip();
         let writes = super::writes::start(config, &rules)?;
+        let state = config
+            .state_url()
+            .map(|url| shared_state(config, url, &reads, &writes, mirror.as_ref()));
         let jobs = start_jobs(config, mirror.as_ref(), &rules, &recorder, &writes.flags);
         Ok(Some(Migration {
+            state,
             writes,
             serve,
             jobs,
@@ -174,6 +181,31 @@ fn warn_unmirrored(rules: &RuleSet) {
     {
         warn!("no [secondary]: writes to migrated tables are not mirrored");
     }
+}
+
+/// The state shared with the other instances; the writes of every migrated table held until
+/// the shared write directions were read (src/state/writes.rs).
+fn shared_state(
+    config: &Config,
+    url: &crate::config::PgUrl,
+    reads: &Arc<ReadFlags>,
+    writes: &super::writes::Writes,
+    mirror: Option<&Mirror>,
+) -> Arc<crate::state::SharedState> {
+    let forward = mirror.map(|m| {
+        let (journal, stats) = (m.journal.clone(), m.applier.stats().clone());
+        Arc::new(move || {
+            let r = stats.report(&journal);
+            (r.journal_seq, r.applied_seq)
+        }) as crate::state::writes::ForwardProbe
+    });
+    let shared = crate::state::writes::SharedWrites {
+        flags: writes.flags.clone(),
+        forward,
+        held_at_start: Default::default(),
+    };
+    shared.hold_at_start(reads.list().into_iter().map(|(t, _)| t).collect());
+    crate::state::SharedState::new(url.clone(), config.instance_name(), reads.clone(), shared)
 }
 
 /// Each table's read flag, its gate asking the mirror for its figures.

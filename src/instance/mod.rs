@@ -35,10 +35,24 @@ impl Instance {
             Some(t) => Some(crate::net::tls::acceptor(&t.cert, &t.key)?),
             None => None,
         };
+        let cancels = CancelRegistry::new();
+        if let Some(m) = &migration {
+            if let Some(state) = &m.state {
+                let sessions = cancels.clone();
+                let lag = m
+                    .mirror
+                    .as_ref()
+                    .map(|m| (m.journal.clone(), m.applier.stats().clone()));
+                state.spawn(Arc::new(move || {
+                    let lag = lag.as_ref().map_or(0.0, |(j, s)| s.report(j).lag_seconds);
+                    (sessions.len() as u64, lag)
+                }));
+            }
+        }
         Ok(Arc::new(Instance {
             config,
             tls,
-            cancels: CancelRegistry::new(),
+            cancels,
             migration,
             drain: watch::channel(false).0,
         }))

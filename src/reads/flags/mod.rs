@@ -331,6 +331,22 @@ impl ReadFlags {
         Ok(state)
     }
 
+    /// Makes `table`'s flag what another instance made it (src/state/mod.rs): no gate, no
+    /// audit line (that instance's are the switch's). True when it changed anything.
+    pub fn apply_shared(&self, table: &TableName, to: ReadSource, percent: u8) -> bool {
+        let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.load_locked();
+        let Some(flag) = current.tables.get(table) else {
+            return false;
+        };
+        if (flag.source, flag.percent) == (to, percent) {
+            return false;
+        }
+        let flag = flag.clone();
+        self.store_switch(&current, table, &flag, (to, percent));
+        true
+    }
+
     /// Whether the switch `state` proposes may be made: the gate's reasons that `force`
     /// overrides, or the refusal. Without a secondary, only `primary` can be chosen at all.
     fn admit(

@@ -1,0 +1,240 @@
+//! Several pgbridge instances on one shared state (src/state/mod.rs): a read flag changed
+//! through one is applied by the other within a second; each lists the instances; with the
+//! state database stopped both keep serving, changes are refused, and everything resumes once
+//! it is back. What a user checks: each instance's status and metrics, which side served a read,
+//! and the answers of the admin API.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dxy::*;
+use common::*;
+use pgbridge::pgcluster::{PgOptions, PgServer};
+
+/// A second pgbridge over the same databases as the first, named `name`, with `state` lines.
+fn another(db: &str, name: &str, state_url: Option<&str>) -> Bridge {
+    let c = cluster();
+    let url = |port| format!("postgres://postgres@127.0.0.1:{port}/{db}");
+    let (port, admin, config) = dxy_config(
+        &url(c.primary_port),
+        &url(c.secondary_port),
+        DXY_RULE,
+        &state_section(name, state_url),
+    );
+    Bridge::start_with_config(port, admin, &config)
+}
+
+fn state_section(name: &str, url: Option<&str>) -> String {
+    let url = url.map(|u| format!("url = \"{u}\"\n")).unwrap_or_default();
+    format!("[state]\ninstance = \"{name}\"\n{url}")
+}
+
+fn put_reads(bridge: &Bridge, body: &str) -> (u16, String) {
+    http(
+        bridge.admin_port,
+        "PUT",
+        "/api/tables/derived_data_bars/reads",
+        Some(TOKEN),
+        Some(body),
+    )
+}
+
+/// Waits until `check` holds of the bridge's status; returns how long it took.
+fn until(bridge: &Bridge, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let s = status(bridge);
+        if check(&s) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{what}: {s}\n{}",
+            bridge.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn names(s: &serde_json::Value) -> Vec<String> {
+    s["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["live"] == true)
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
+    let c = cluster();
+    let db = fresh_db("state_flip");
+    let (a, db) = mirrored_with(
+        c.primary_port,
+        c.secondary_port,
+        &db,
+        DXY_RULE,
+        &state_section("a", None),
+    );
+    let b = another(&db, "b", None);
+    for bridge in [&a, &b] {
+        until(bridge, "both instances listed", |s| {
+            names(s) == ["a", "b"] && s["state"]["connected"] == true
+        });
+    }
+    assert_eq!(status(&b)["state"]["instance"], "b");
+
+    let (code, body) = put_reads(&a, r#"{"source":"shadow","reason":"compare"}"#);
+    assert_eq!(code, 200, "{body}");
+    let took = until(&b, "b follows a's flip", |s| {
+        s["tables"][0]["reads"] == "shadow"
+    });
+    println!("b applied a's flip after {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(1), "{} ms", took.as_millis());
+
+    // B's sessions read as the shared flag says: the read is compared on the secondary.
+    let client = connect(&b.conn_str("postgres", "", &db)).await;
+    client
+        .simple_query("SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY'")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&b, "pgbridge_reads_total", "side=\"shadow\"") < 1.0 {
+        assert!(Instant::now() < deadline, "no shadow read on b");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Metrics carry the instance.
+    let (_, metrics) = b.admin_get("/metrics");
+    assert!(metrics.contains("pgbridge_instance=\"b\""), "{metrics}");
+
+    // A percent set through b is applied by a, and the way back too.
+    let (code, body) = put_reads(&b, r#"{"source":"primary"}"#);
+    assert_eq!(code, 200, "{body}");
+    until(&a, "a follows b", |s| s["tables"][0]["reads"] == "primary");
+
+    // A write switch is refused while another instance is live: it must be agreed by all.
+    let (code, body) = http(
+        a.admin_port,
+        "PUT",
+        "/api/tables/derived_data_bars/writes",
+        Some(TOKEN),
+        Some(r#"{"target":"secondary","force":true}"#),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("(b)"), "{body}");
+    assert_eq!(status(&a)["tables"][0]["writes"], "primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_state_database_stopped_both_serve_refuse_changes_and_resume() {
+    let c = cluster();
+    let mut state = PgServer::start(&PgOptions::default())
+        .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"));
+    let state_url = format!("postgres://postgres@127.0.0.1:{}/postgres", state.port());
+    let db = fresh_db("state_down");
+    let (a, db) = mirrored_with(
+        c.primary_port,
+        c.secondary_port,
+        &db,
+        DXY_RULE,
+        &state_section("a", Some(&state_url)),
+    );
+    let b = another(&db, "b", Some(&state_url));
+    for bridge in [&a, &b] {
+        until(bridge, "connected", |s| names(s) == ["a", "b"]);
+    }
+    let (code, body) = put_reads(&a, r#"{"source":"shadow"}"#);
+    assert_eq!(code, 200, "{body}");
+    until(&b, "b follows", |s| s["tables"][0]["reads"] == "shadow");
+
+    state.stop().unwrap();
+    for bridge in [&a, &b] {
+        until(bridge, "the state is unreachable", |s| {
+            s["state"]["connected"] == false
+        });
+        assert!(metric(bridge, "pgbridge_state_connected", "") == 0.0);
+    }
+    // Changes are refused, and say why; nothing switched.
+    let (code, body) = put_reads(&b, r#"{"source":"primary"}"#);
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("unreachable") && body.contains("nothing was changed"),
+        "{body}"
+    );
+    for bridge in [&a, &b] {
+        assert_eq!(status(bridge)["tables"][0]["reads"], "shadow");
+        // Sessions go on through both.
+        let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+        client
+            .batch_execute(&format!(
+                "{INSERT} ('DXY', now(), 1, 1, 1, 1, {})",
+                bridge.port
+            ))
+            .await
+            .unwrap();
+    }
+
+    state.start_again().unwrap();
+    for bridge in [&a, &b] {
+        until(bridge, "reconnected", |s| {
+            s["state"]["connected"] == true && names(s) == ["a", "b"]
+        });
+    }
+    let (code, body) = put_reads(&b, r#"{"source":"primary"}"#);
+    assert_eq!(code, 200, "{body}");
+    until(&a, "a follows b after the outage", |s| {
+        s["tables"][0]["reads"] == "primary"
+    });
+    // Both sessions' writes were mirrored by their own instance.
+    wait_applied(&a);
+    wait_applied(&b);
+    let rows = psql_on(c.secondary_port, &db, "SELECT count(*) FROM data_bars");
+    assert_eq!(rows.trim(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_after_a_write_switch_adopts_it_before_it_writes() {
+    let c = cluster();
+    let db = fresh_db("state_writes");
+    let (a, db) = mirrored_with(
+        c.primary_port,
+        c.secondary_port,
+        &db,
+        DXY_RULE,
+        &state_section("a", None),
+    );
+    let b = another(&db, "b", None);
+    until(&a, "b listed", |s| names(s) == ["a", "b"]);
+    drop(b);
+    until(&a, "b no longer live", |s| names(s) == ["a"]);
+    let (code, body) = http(
+        a.admin_port,
+        "PUT",
+        "/api/tables/derived_data_bars/writes",
+        Some(TOKEN),
+        Some(r#"{"target":"secondary","force":true,"reason":"alone"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // A new instance (its own, empty journal and writes.json) comes up with writes on the
+    // secondary, and its sessions' writes go there at once.
+    let c2 = another(&db, "c", None);
+    until(&c2, "c adopted the direction", |s| {
+        s["tables"][0]["writes"] == "secondary"
+    });
+    let client = connect(&c2.conn_str("postgres", "", &db)).await;
+    client
+        .batch_execute(&format!(
+            "{INSERT} ('DXY', '2026-05-05 00:00:00+00', 1, 1, 1, 1, 7)"
+        ))
+        .await
+        .unwrap();
+    let on_target = psql_on(
+        c.secondary_port,
+        &db,
+        "SELECT volume FROM data_bars WHERE ts = '2026-05-05 00:00:00+00'",
+    );
+    assert_eq!(on_target.trim(), "7");
+}
