@@ -238,3 +238,36 @@ async fn an_instance_started_after_a_write_switch_adopts_it_before_it_writes() {
     );
     assert_eq!(on_target.trim(), "7");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_whose_instance_is_killed_goes_on_on_the_other() {
+    let c = cluster();
+    let db = fresh_db("state_jobs");
+    let (mut a, db) = mirrored_with(
+        c.primary_port,
+        c.secondary_port,
+        &db,
+        DXY_RULE,
+        &state_section("a", None),
+    );
+    let b = another(&db, "b", None);
+    common::jobs::insert_unmirrored(c.primary_port, &db, 6000);
+    // Throttled, so that it is still running when its instance dies.
+    let id = common::jobs::start_job(&a, r#"{"max_rows_per_sec":1000,"chunk_rows":200}"#);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::jobs::job(&a, id)["rows_done"].as_i64().unwrap_or(0) < 400 {
+        assert!(Instant::now() < deadline, "the backfill does not progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(common::jobs::job(&a, id)["owner"], "a");
+    a.signal(9);
+    a.wait_exit(Duration::from_secs(10));
+
+    // Its lease lapses; b takes it over, resumes after the last chunk a applied, and ends it.
+    let done = common::jobs::wait_state_within(&b, id, "done", Duration::from_secs(60));
+    assert_eq!(done["owner"], "b", "{done}");
+    let expected = psql_on(c.primary_port, &db, common::jobs::EXPECTED);
+    let actual = psql_on(c.secondary_port, &db, common::jobs::ACTUAL);
+    assert_eq!(expected, actual);
+    assert!(b.log().contains("resuming the job"), "{}", b.log());
+}

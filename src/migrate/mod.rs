@@ -203,9 +203,15 @@ pub struct Jobs {
     max_lag_seconds: f64,
     max_lag_transactions: u64,
     running: Mutex<HashMap<i64, Arc<Running>>>,
+    /// This instance's name: a running job is held by one instance at a time, which renews
+    /// its lease; another takes it over once the lease lapsed (src/migrate/store.rs).
+    instance: String,
     /// Each table's last jobs, as `pgbridge.jobs` says (status shows them).
     summaries: Mutex<HashMap<String, summary::TableSummary>>,
 }
+
+/// How often the jobs' leases are renewed, and abandoned jobs looked for.
+const LEASE_EVERY: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -270,6 +276,7 @@ impl Jobs {
             max_lag_seconds: config.admin.gate_max_lag_seconds,
             max_lag_transactions: config.admin.gate_max_lag_transactions,
             running: Mutex::default(),
+            instance: config.instance_name(),
             summaries: Mutex::default(),
         });
         let resumer = jobs.clone();
@@ -349,6 +356,16 @@ impl Jobs {
     }
 
     async fn run(self: Arc<Self>, run: Arc<Running>, row: JobRow) {
+        match self.claim(run.id).await {
+            Ok(true) => {}
+            held => {
+                if let Err(e) = held {
+                    warn!(error = %e, "cannot take the job");
+                }
+                lock(&self.running).remove(&run.id);
+                return;
+            }
+        }
         let result = self.work(&run, row).await;
         let (state, error) = match &result {
             Ok(backfill::Ended::Done) => ("done", None),
@@ -402,25 +419,51 @@ impl Jobs {
         }
     }
 
-    /// Resumes the jobs left running by a previous process (retrying until the secondary
-    /// answers).
+    /// Whether this instance holds job `id` now.
+    async fn claim(&self, id: i64) -> Result<bool, JobError> {
+        let client = store::connect(&self.secondary).await?;
+        store::claim(&client, id, &self.instance).await
+    }
+
+    /// Resumes the jobs left running by a previous process of this instance, and those whose
+    /// instance stopped renewing their lease (another instance's, taken over); renews the
+    /// lease of those running here. Every [`LEASE_EVERY`], for the life of the process.
     async fn resume(self: Arc<Self>) {
+        let mut first = true;
         loop {
             match self.running_rows().await {
                 Ok(rows) => {
                     for row in rows {
-                        info!(job = row.id, kind = %row.kind, table = %row.table, "resuming the job");
+                        if lock(&self.running).contains_key(&row.id) {
+                            continue;
+                        }
+                        let ours = row.owner.as_deref().is_none_or(|o| o == self.instance);
+                        if !ours && !row.lease_lapsed {
+                            continue;
+                        }
+                        info!(job = row.id, kind = %row.kind, table = %row.table, from = ?row.owner, "resuming the job");
                         self.spawn(row);
                     }
-                    self.refresh().await;
-                    return;
+                    if first {
+                        self.refresh().await;
+                        first = false;
+                    }
+                    if let Err(e) = self.renew().await {
+                        warn!(error = %e, "cannot renew the jobs' lease");
+                    }
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot read the jobs to resume; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
+                Err(e) => warn!(error = %e, "cannot read the jobs to resume; retrying"),
             }
+            tokio::time::sleep(LEASE_EVERY).await;
         }
+    }
+
+    async fn renew(&self) -> Result<(), JobError> {
+        if lock(&self.running).is_empty() {
+            return Ok(());
+        }
+        let client = store::connect(&self.secondary).await?;
+        store::renew(&client, &self.instance).await.map(|_| ())
     }
 
     async fn running_rows(&self) -> Result<Vec<JobRow>, JobError> {

@@ -16,16 +16,47 @@ const SCHEMA_SQL: &str = "CREATE SCHEMA IF NOT EXISTS pgbridge; \
     started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), \
     finished_at timestamptz, error text); \
     ALTER TABLE pgbridge.jobs ADD COLUMN IF NOT EXISTS params jsonb, \
-    ADD COLUMN IF NOT EXISTS result jsonb, ADD COLUMN IF NOT EXISTS checkpoint jsonb; \
+    ADD COLUMN IF NOT EXISTS result jsonb, ADD COLUMN IF NOT EXISTS checkpoint jsonb, \
+    ADD COLUMN IF NOT EXISTS owner text, ADD COLUMN IF NOT EXISTS owner_seen timestamptz; \
     CREATE TABLE IF NOT EXISTS pgbridge.job_keys (job bigint NOT NULL, \"table\" text NOT NULL, \
     key jsonb NOT NULL, what text NOT NULL, columns text[], PRIMARY KEY (job, \"table\", key))";
+
+/// How long a running job's owner may go without renewing its lease before another instance
+/// takes the job over.
+pub const LEASE_SECS: f64 = 10.0;
+
+/// Takes job `$1` for instance `$2` when it runs and no live instance holds it.
+const CLAIM_SQL: &str = "UPDATE pgbridge.jobs SET owner = $2, owner_seen = now() \
+    WHERE id = $1 AND state = 'running' AND (owner IS NULL OR owner = $2 \
+    OR owner_seen < now() - make_interval(secs => $3)) RETURNING owner";
+
+/// Whether instance `owner` holds running job `id` now (taking it when free or abandoned).
+pub async fn claim(client: &Client, id: i64, owner: &str) -> Result<bool, JobError> {
+    let row = client
+        .query_opt(CLAIM_SQL, &[&id, &owner, &LEASE_SECS])
+        .await
+        .map_err(JobError::Secondary)?;
+    Ok(row.is_some())
+}
+
+/// Renews the lease of every running job instance `owner` holds.
+pub async fn renew(client: &Client, owner: &str) -> Result<u64, JobError> {
+    client
+        .execute(
+            "UPDATE pgbridge.jobs SET owner_seen = now() WHERE owner = $1 AND state = 'running'",
+            &[&owner],
+        )
+        .await
+        .map_err(JobError::Secondary)
+}
 
 /// A chunk's progress, in the chunk's transaction: `$1` id, `$2` last key (JSON), `$3` rows.
 pub const PROGRESS_SQL: &str = "UPDATE pgbridge.jobs SET last_key = $2::text::jsonb, \
     rows_done = rows_done + $3::text::bigint, updated_at = now() WHERE id = $1::text::bigint";
 
 const COLUMNS: &str = "id, kind, \"table\", state, last_key::text, rows_done, rows_total, \
-    chunk_rows, max_rows_per_sec, started_at::text, updated_at::text, finished_at::text, error, params::text, result::text";
+    chunk_rows, max_rows_per_sec, started_at::text, updated_at::text, finished_at::text, error, params::text, result::text, \
+    owner, coalesce(owner_seen < now() - interval '10 seconds', true)";
 
 /// One row of `pgbridge.jobs`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +82,12 @@ pub struct JobRow {
     /// What it found or did (a verify: per table, matched, missing, extra, differing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// The instance that runs it, or ran it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Its owner has not renewed the lease for [`LEASE_SECS`] (or it has none).
+    #[serde(skip)]
+    pub lease_lapsed: bool,
 }
 
 /// A connection to the secondary with the jobs tables in place.
@@ -201,6 +238,8 @@ fn job_row(r: &tokio_postgres::Row) -> Result<JobRow, JobError> {
         error: r.get(12),
         params: json_column(r, 13)?,
         result: json_column(r, 14)?,
+        owner: r.get(15),
+        lease_lapsed: r.get(16),
     })
 }
 
