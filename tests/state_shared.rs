@@ -113,18 +113,6 @@ async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
     let (code, body) = put_reads(&b, r#"{"source":"primary"}"#);
     assert_eq!(code, 200, "{body}");
     until(&a, "a follows b", |s| s["tables"][0]["reads"] == "primary");
-
-    // A write switch is refused while another instance is live: it must be agreed by all.
-    let (code, body) = http(
-        a.admin_port,
-        "PUT",
-        "/api/tables/derived_data_bars/writes",
-        Some(TOKEN),
-        Some(r#"{"target":"secondary","force":true}"#),
-    );
-    assert_eq!(code, 409, "{body}");
-    assert!(body.contains("(b)"), "{body}");
-    assert_eq!(status(&a)["tables"][0]["writes"], "primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,4 +258,136 @@ async fn a_backfill_whose_instance_is_killed_goes_on_on_the_other() {
     let actual = psql_on(c.secondary_port, &db, common::jobs::ACTUAL);
     assert_eq!(expected, actual);
     assert!(b.log().contains("resuming the job"), "{}", b.log());
+}
+
+/// Two instances in front of one database (the target in the primary's database), on one
+/// state.
+fn two_on_one_database(hint: &str) -> (Bridge, Bridge, String) {
+    let port = cluster().primary_port;
+    let db = fresh_db(hint);
+    psql_on(port, &db, PRIMARY_DDL);
+    psql_on(port, &db, "TRUNCATE derived_data_bars");
+    psql_on(port, &db, common::writes::target_ddl());
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{db}");
+    let start = |name: &str| {
+        let (p, admin, config) = dxy_config(&url, &url, DXY_RULE, &state_section(name, None));
+        Bridge::start_with_config(p, admin, &config)
+    };
+    let (a, b) = (start("a"), start("b"));
+    for bridge in [&a, &b] {
+        until(bridge, "both listed", |s| names(s) == ["a", "b"]);
+    }
+    (a, b, db)
+}
+
+fn put_writes(bridge: &Bridge, body: &str) -> (u16, String) {
+    http(
+        bridge.admin_port,
+        "PUT",
+        "/api/tables/derived_data_bars/writes",
+        Some(TOKEN),
+        Some(body),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_switch_under_load_through_two_instances_is_agreed_and_loses_nothing() {
+    let (a, b, db) = two_on_one_database("state_switch");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (n, bridge) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let conn = bridge.conn_str("postgres", "", &db);
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let client = connect(&conn).await;
+            let mut written = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let minute = n as u32 * 100_000 + written;
+                client
+                    .batch_execute(&format!(
+                        "BEGIN; {INSERT} ('DXY', '2026-01-01'::timestamptz + {minute} * interval '1 minute', 1, 1, 1, 1, {n}); \
+                         UPDATE derived_data_bars SET volume = volume + 1 WHERE symbol = 'DXY' \
+                         AND ts = '2026-01-01'::timestamptz + {minute} * interval '1 minute'; COMMIT"
+                    ))
+                    .await
+                    .unwrap();
+                written += 1;
+            }
+            written
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, body) = put_writes(
+        &a,
+        r#"{"target":"secondary","force":true,"timeout_ms":10000}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    println!(
+        "switch to secondary agreed by both: paused {} ms",
+        answer["paused_ms"]
+    );
+    // The other instance set the direction with the decision.
+    assert_eq!(status(&b)["tables"][0]["writes"], "secondary");
+    assert!(b.log().contains("write switch agreed"), "{}", b.log());
+    std::thread::sleep(Duration::from_millis(700));
+    // And back, through the other instance.
+    let (code, body) = put_writes(&b, r#"{"target":"primary","timeout_ms":10000}"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&a)["tables"][0]["writes"], "primary");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in writers {
+        total += w.await.unwrap();
+    }
+    assert!(total > 20, "{total} transactions");
+    // Every transaction is in the legacy table once, updated once; the target is its image.
+    let port = cluster().primary_port;
+    let rows = psql_on(
+        port,
+        &db,
+        "SELECT count(*), count(*) FILTER (WHERE volume = 1 + (extract(epoch FROM ts - '2026-01-01') / 60)::int / 100000) FROM derived_data_bars",
+    );
+    assert_eq!(rows.trim(), format!("{total}|{total}"));
+    wait_applied(&b);
+    common::writes::assert_images_equal(&a, port, &db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_on_the_other_instance_aborts_the_switch_for_both() {
+    let (a, b, db) = two_on_one_database("state_abort");
+    let client = connect(&b.conn_str("postgres", "", &db)).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; {INSERT} ('DXY', '2026-06-01', 1, 1, 1, 1, 1)"
+        ))
+        .await
+        .unwrap();
+    let (code, body) = put_writes(
+        &a,
+        r#"{"target":"secondary","force":true,"timeout_ms":800}"#,
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("sessions of b"), "{body}");
+    for bridge in [&a, &b] {
+        assert_eq!(status(bridge)["tables"][0]["writes"], "primary");
+    }
+    // Released: the transaction goes on and commits, and new writes through both run.
+    client.batch_execute("COMMIT").await.unwrap();
+    for bridge in [&a, &b] {
+        let c = connect(&bridge.conn_str("postgres", "", &db)).await;
+        c.batch_execute(&format!(
+            "{INSERT} ('DXY', now(), 1, 1, 1, 1, {})",
+            bridge.port
+        ))
+        .await
+        .unwrap();
+    }
+    let rows = psql_on(
+        cluster().primary_port,
+        &db,
+        "SELECT count(*) FROM derived_data_bars",
+    );
+    assert_eq!(rows.trim(), "3");
 }

@@ -75,17 +75,6 @@ pub(super) async fn set_writes(
         if let Err(e) = shared.check_reachable().await {
             return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         }
-        let others = shared.other_live();
-        if !others.is_empty() {
-            let message = format!(
-                "refused: {} other pgbridge instances share this state and are live ({}): a \
-                 write switch must be agreed by every instance, which this version does not do \
-                 yet; switch with only this instance running",
-                others.len(),
-                others.join(", ")
-            );
-            return problem(StatusCode::CONFLICT, message);
-        }
     }
     let config = &state.instance.config;
     let (Some(secondary), Some(mirror), Some(reverse)) =
@@ -113,6 +102,10 @@ pub(super) async fn set_writes(
         applier: &mirror.applier,
         reverse,
         bounds: &bounds,
+        agreement: m
+            .state
+            .as_deref()
+            .map(|s| s as &dyn crate::writes::switch::Agreement),
     };
     let switched = switch::switch(&m.writes.flags, &rule, &request, evidence, &ports).await;
     if let (Ok(_), Some(shared)) = (&switched, &m.state) {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{info, warn};
 
+mod epoch;
 pub mod writes;
 
 use crate::config::PgUrl;
@@ -117,6 +118,8 @@ pub struct SharedState {
     /// Held across a change made here and its publication, and while the shared flags are
     /// applied, so that a flag read before a change was published does not undo it here.
     pub changing: tokio::sync::Mutex<()>,
+    /// The epochs of write switches this instance takes part in (src/state/epoch.rs).
+    taking_part: Mutex<std::collections::HashSet<i64>>,
 }
 
 impl SharedState {
@@ -136,6 +139,7 @@ impl SharedState {
             error: Mutex::new(Some("not connected yet".into())),
             instances: ArcSwap::from_pointee(Vec::new()),
             changing: tokio::sync::Mutex::new(()),
+            taking_part: Mutex::default(),
         })
     }
 
@@ -253,7 +257,11 @@ impl SharedState {
         }
     }
 
-    async fn follow_once(&self, probe: &Probe, announced: &mut bool) -> Result<(), String> {
+    async fn follow_once(
+        self: &Arc<Self>,
+        probe: &Probe,
+        announced: &mut bool,
+    ) -> Result<(), String> {
         let text = |e: tokio_postgres::Error| crate::net::error_text(&e);
         let (client, mut connection) = self.url.connect().await.map_err(text)?;
         let notified = Arc::new(tokio::sync::Notify::new());
@@ -273,7 +281,11 @@ impl SharedState {
         });
         let _pump = AbortOnDrop(pump);
         let client = Arc::new(client);
-        let schema = format!("{SCHEMA_SQL}; {}", writes::SCHEMA_SQL);
+        let schema = format!(
+            "{SCHEMA_SQL}; {}; {}",
+            writes::SCHEMA_SQL,
+            epoch::SCHEMA_SQL
+        );
         client
             .batch_execute(&crate::mirror::under_schema_lock(&schema))
             .await
@@ -294,6 +306,7 @@ impl SharedState {
         loop {
             self.heartbeat(&client, probe).await.map_err(text)?;
             self.apply(&client).await.map_err(text)?;
+            self.answer_proposals(&client).await?;
             self.writes.apply(&client).await.map_err(text)?;
             tokio::select! {
                 _ = notified.notified() => {}

@@ -112,6 +112,11 @@ impl SharedWrites {
         by: &str,
     ) {
         let _one = self.flags.switching.lock().await;
+        // Set meanwhile by the switch (or the part in one) that held the lock.
+        let now = self.flags.load();
+        if now.get(table) == to && (to == Direction::Primary || now.remote == remote) {
+            return;
+        }
         self.flags.hold(table);
         if !self.flags.wait_inactive(table, ADOPT_WAIT).await {
             warn!(table = %table, "adopting the shared write direction while transactions of this instance still write the table");

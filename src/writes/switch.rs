@@ -27,7 +27,7 @@ use crate::config::PgUrl;
 use crate::mirror::reverse::{self, ReverseHandle};
 use crate::mirror::{ApplierHandle, Journal};
 use crate::reads::FlagOptions;
-use crate::rules::Rule;
+use crate::rules::{Rule, TableName};
 
 /// What the operator asked.
 #[derive(Debug, Clone)]
@@ -48,6 +48,37 @@ pub struct Ports<'a> {
     pub applier: &'a ApplierHandle,
     pub reverse: &'a ReverseHandle,
     pub bounds: &'a FlagOptions,
+    /// The other instances sharing the state, when there are any (src/state/epoch.rs).
+    pub agreement: Option<&'a dyn Agreement>,
+}
+
+/// A future of the agreement's.
+pub type Agreed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How the instances sharing one state agree on a write switch: every other live instance
+/// holds the table's writes, ends its own transactions that wrote it and applies its own
+/// forward journal, and says so, before the switching one flips; the decision is recorded
+/// once, so that an instance that did not answer adopts it later.
+pub trait Agreement: Sync {
+    /// Proposes the switch and waits (at most `within`) until every other live instance is
+    /// ready; with `force`, goes on without those that did not answer. The epoch, if any
+    /// instance was asked.
+    fn agree<'a>(
+        &'a self,
+        table: &'a TableName,
+        to: Direction,
+        within: Duration,
+        force: bool,
+    ) -> Agreed<'a, Result<Option<i64>, String>>;
+
+    /// Records the epoch's outcome (`remote` for a switch made); false when it was decided
+    /// already (aborted by a waiting instance).
+    fn decide<'a>(
+        &'a self,
+        epoch: i64,
+        table: &'a TableName,
+        made: Option<(Direction, bool)>,
+    ) -> Agreed<'a, Result<bool, String>>;
 }
 
 /// A switch made (or nothing to do).
@@ -198,6 +229,34 @@ async fn flip(
             req.timeout.as_millis()
         )));
     }
+    let epoch = match ports.agreement {
+        Some(a) => a
+            .agree(table, req.to, left(), req.force)
+            .await
+            .map_err(SwitchError::Aborted)?,
+        None => None,
+    };
+    let made = drain_and_flip(flags, rule, req, (from, remote), &left, ports, epoch).await;
+    if let (Err(_), Some(epoch), Some(a)) = (&made, epoch, ports.agreement) {
+        if let Err(e) = a.decide(epoch, table, None).await {
+            warn!(table = %table, epoch, error = %e, "cannot record the aborted switch");
+        }
+    }
+    made
+}
+
+/// The flip itself, once every instance is ready: the mirrors drained, the reverse capture
+/// started or stopped, the decision recorded, the direction set.
+async fn drain_and_flip(
+    flags: &WriteFlags,
+    rule: &Rule,
+    req: &Request,
+    (from, remote): (Direction, Option<bool>),
+    left: &(dyn Fn() -> Duration + Sync),
+    ports: &Ports<'_>,
+    epoch: Option<i64>,
+) -> Result<(), SwitchError> {
+    let table = &rule.source;
     let secondary = install::connect(ports.secondary)
         .await
         .map_err(InstallError::from)?;
@@ -223,6 +282,23 @@ async fn flip(
         reverse::disable(&secondary, rule)
             .await
             .map_err(InstallError::from)?;
+    }
+    if let (Some(epoch), Some(a)) = (epoch, ports.agreement) {
+        let remote_now = remote.unwrap_or(flags.load().remote);
+        let decided = a.decide(epoch, table, Some((req.to, remote_now))).await;
+        match decided {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(SwitchError::Aborted(
+                    "an instance gave up waiting for the decision and aborted the switch".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(SwitchError::Aborted(format!(
+                    "cannot record the decision: {e}"
+                )))
+            }
+        }
     }
     if let Err(e) = flags.set(table, req.to, remote) {
         if from == Direction::Primary {
