@@ -392,6 +392,14 @@ async fn a_kill_between_the_primary_commit_and_the_dequeue_applies_nothing_twice
         assert!(Instant::now() < deadline, "{:?}", handle.stats().report());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The page's position is counted before its dequeue is sent: wait until the dequeue waits
+    // on the lock.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE 'DELETE FROM pgbridge.reverse_changes%'";
+    while pair.count(&locker, waiting).await != 1 {
+        assert!(Instant::now() < deadline, "the dequeue never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Killed there: its dequeue never happens.
     drop(handle);
     let kill = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
