@@ -109,6 +109,21 @@ async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
     let (_, metrics) = b.admin_get("/metrics");
     assert!(metrics.contains("pgbridge_instance=\"b\""), "{metrics}");
 
+    // The switch's audit line is in the shared trail, with the instance that made it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let trail = psql_on(
+            c.secondary_port,
+            &db,
+            "SELECT instance || ' ' || (line->>'to') || ' ' || (line->>'reason') FROM pgbridge.audit",
+        );
+        if trail.trim() == "a shadow compare" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{trail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // A percent set through b is applied by a, and the way back too.
     let (code, body) = put_reads(&b, r#"{"source":"primary"}"#);
     assert_eq!(code, 200, "{body}");

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{info, warn};
 
+pub mod audit;
 mod epoch;
 pub mod writes;
 
@@ -182,6 +183,36 @@ impl SharedState {
         }
     }
 
+    /// The audit trail of every instance, newest first: (when, instance, line), at most
+    /// `limit`, of `table` when given.
+    pub async fn audit(
+        &self,
+        table: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, String, serde_json::Value)>, Unreachable> {
+        let client = self.client.lock().await.clone();
+        let Some(client) = client else {
+            return Err(self.unreachable("not connected".into()));
+        };
+        let rows = client
+            .query(
+                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                 instance, line::text FROM pgbridge.audit \
+                 WHERE $1::text IS NULL OR line->>'table' = $1 ORDER BY id DESC LIMIT $2",
+                &[&table, &limit],
+            )
+            .await
+            .map_err(|e| self.unreachable(crate::net::error_text(&e)))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let line: String = r.get(2);
+                let value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+                (r.get(0), r.get(1), value)
+            })
+            .collect())
+    }
+
     /// The instances as last read, this one included.
     pub fn instances(&self) -> Vec<InstanceView> {
         self.instances.load().as_ref().clone()
@@ -282,9 +313,10 @@ impl SharedState {
         let _pump = AbortOnDrop(pump);
         let client = Arc::new(client);
         let schema = format!(
-            "{SCHEMA_SQL}; {}; {}",
+            "{SCHEMA_SQL}; {}; {}; {}",
             writes::SCHEMA_SQL,
-            epoch::SCHEMA_SQL
+            epoch::SCHEMA_SQL,
+            audit::SCHEMA_SQL
         );
         client
             .batch_execute(&crate::mirror::under_schema_lock(&schema))
@@ -307,6 +339,7 @@ impl SharedState {
             self.heartbeat(&client, probe).await.map_err(text)?;
             self.apply(&client).await.map_err(text)?;
             self.answer_proposals(&client).await?;
+            audit::flush(&client, &self.instance).await.map_err(text)?;
             self.writes.apply(&client).await.map_err(text)?;
             tokio::select! {
                 _ = notified.notified() => {}

@@ -46,7 +46,8 @@ pub(super) fn append(path: &Path, s: &TableState) -> Result<(), FlagError> {
 }
 
 /// Appends `line` as one JSON line to the audit log at `path` (its directory made when missing)
-/// and syncs it; the write switch's lines go through here too (src/writes/audit.rs).
+/// and syncs it, then queues it for the shared state (src/state/audit.rs); the write switch's
+/// lines go through here too (src/writes/audit.rs).
 pub(crate) fn write_line<T: Serialize>(path: &Path, line: &T) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -58,7 +59,9 @@ pub(crate) fn write_line<T: Serialize>(path: &Path, line: &T) -> std::io::Result
         .append(true)
         .open(path)?;
     f.write_all(text.as_bytes())?;
-    f.sync_data()
+    f.sync_data()?;
+    crate::state::audit::queue(text.trim_end());
+    Ok(())
 }
 
 /// A read source's word in the log, from the state's spelling of it.
