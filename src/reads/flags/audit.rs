@@ -60,8 +60,37 @@ pub(crate) fn write_line<T: Serialize>(path: &Path, line: &T) -> std::io::Result
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_data()?;
-    crate::state::audit::queue(text.trim_end());
+    queue(text.trim_end());
     Ok(())
+}
+
+/// How many lines wait for the shared state at most.
+const QUEUED_AT_MOST: usize = 10_000;
+
+/// Audit lines not yet written to the shared state (src/state/audit.rs).
+static QUEUE: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn queue(line: &str) {
+    let mut q = QUEUE.lock().unwrap_or_else(|e| e.into_inner());
+    if q.len() == QUEUED_AT_MOST {
+        q.pop_front();
+    }
+    q.push_back(line.to_string());
+}
+
+/// The oldest line not yet in the shared state.
+pub(crate) fn queued_front() -> Option<String> {
+    QUEUE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .front()
+        .cloned()
+}
+
+/// The oldest line is in the shared state now.
+pub(crate) fn written_front() {
+    QUEUE.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
 }
 
 /// A read source's word in the log, from the state's spelling of it.
