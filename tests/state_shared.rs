@@ -263,6 +263,9 @@ async fn a_backfill_whose_instance_is_killed_goes_on_on_the_other() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(common::jobs::job(&a, id)["owner"], "a");
+    // The job runs on a: b refuses a second one on the table.
+    let (code, answer) = common::jobs::start(&b, "derived_data_bars", "{}");
+    assert_eq!(code, 409, "{answer}");
     a.signal(9);
     a.wait_exit(Duration::from_secs(10));
 

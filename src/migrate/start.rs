@@ -24,6 +24,8 @@ impl Jobs {
         self.refuse_authority(&table)?;
         self.refuse_busy(std::slice::from_ref(&table))?;
         let client = store::connect(&self.secondary).await?;
+        self.refuse_busy_elsewhere(&client, std::slice::from_ref(&table))
+            .await?;
         let earlier = store::list(&client, None).await?.into_iter().find(|j| {
             j.kind == "backfill" && j.table == table && j.state != "done" && j.state != "running"
         });
@@ -83,6 +85,8 @@ impl Jobs {
         }
         let names: Vec<String> = chosen.iter().map(|r| r.source.to_string()).collect();
         self.refuse_busy(&names)?;
+        let shared = store::connect(&self.secondary).await?;
+        self.refuse_busy_elsewhere(&shared, &names).await?;
         let mut total = 0;
         for rule in &chosen {
             total += backfill::count(self, rule).await?;
@@ -115,6 +119,8 @@ impl Jobs {
         self.refuse_authority(&table)?;
         self.refuse_busy(std::slice::from_ref(&table))?;
         let client = store::connect(&self.secondary).await?;
+        self.refuse_busy_elsewhere(&client, std::slice::from_ref(&table))
+            .await?;
         let verify = repair::find_verify(&client, &table, verify).await?;
         let keys = store::keys(&client, verify, &table).await?.len() as i64;
         let job = store::NewJob {
@@ -153,6 +159,25 @@ impl Jobs {
     }
 
     /// Refuses a job on a table another job of this process works on.
+    /// A job another live instance runs on one of `tables` (its lease renewed) refuses it
+    /// too.
+    async fn refuse_busy_elsewhere(
+        &self,
+        client: &tokio_postgres::Client,
+        tables: &[String],
+    ) -> Result<(), JobError> {
+        for row in store::list(client, Some("running")).await? {
+            if row.lease_lapsed || row.owner.as_deref() == Some(self.instance.as_str()) {
+                continue;
+            }
+            let busy: Vec<&str> = row.table.split(',').collect();
+            if let Some(t) = tables.iter().find(|t| busy.contains(&t.as_str())) {
+                return Err(JobError::Running(t.clone(), row.id));
+            }
+        }
+        Ok(())
+    }
+
     fn refuse_busy(&self, tables: &[String]) -> Result<(), JobError> {
         let running = lock(&self.running);
         for t in tables {
