@@ -124,6 +124,41 @@ async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // b's status shows the phase and the next step; its audit trail has a's switch.
+    let t = &status(&b)["tables"][0];
+    assert_eq!(t["phase"], "shadow", "{t}");
+    assert_eq!(
+        t["next"]["command"],
+        "pgbridge ctl reads derived_data_bars secondary --percent 10"
+    );
+    let out = common::jobs::ctl(&b, &["--json", "status", "derived_data_bars"]);
+    assert!(out.status.success(), "{out:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["phase"], "shadow");
+    let out = common::jobs::ctl(&b, &["status", "derived_data_bars"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("phase: shadow") && text.contains("next: "),
+        "{text}"
+    );
+    let (code, trail) = b.admin_get("/api/audit?table=derived_data_bars");
+    assert_eq!(code, 200, "{trail}");
+    let trail: serde_json::Value = serde_json::from_str(&trail).unwrap();
+    assert_eq!(trail["source"], "state", "{trail}");
+    let first = &trail["entries"][0];
+    assert_eq!(
+        (first["instance"].as_str(), first["kind"].as_str()),
+        (Some("a"), Some("reads")),
+        "{trail}"
+    );
+    assert_eq!(first["to"], "shadow");
+    let out = common::jobs::ctl(&b, &["audit", "derived_data_bars"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("primary -> shadow") && text.contains("compare"),
+        "{text}"
+    );
+
     // A percent set through b is applied by a, and the way back too.
     let (code, body) = put_reads(&b, r#"{"source":"primary"}"#);
     assert_eq!(code, 200, "{body}");

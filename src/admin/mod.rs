@@ -11,9 +11,11 @@
 //! - [`metrics`]: the Prometheus recorder `GET /metrics` renders.
 //! - [`ctl`]: `pgbridge ctl`, the client of this API.
 
+mod audit;
 pub mod ctl;
 pub mod jobs;
 pub mod metrics;
+pub mod phase;
 pub mod reads;
 pub mod status;
 mod writes;
@@ -53,6 +55,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/api/status", get(status::status))
+        .route("/api/audit", get(audit::audit))
         .route("/api/tables/{source}/reads", put(reads::set_reads))
         .route("/api/tables/{source}/writes", put(writes::set_writes))
         .route("/api/tables/{source}/backfill", post(jobs::start_backfill))

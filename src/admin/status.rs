@@ -54,6 +54,11 @@ pub struct TableStatus {
     /// a CTE or a function): a verify and repair are due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_repair: Option<serde_json::Value>,
+    /// Its phase in the migration (src/admin/phase.rs), and the next step with its command.
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<super::phase::Next>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -97,12 +102,26 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
                 }
                 let needs_repair = crate::mirror::stale::get(&source)
                     .and_then(|mark| serde_json::to_value(mark).ok());
+                let reads = flags.get(&r.source).unwrap_or(r.reads).as_str();
+                let reads_percent = flags.percent(&r.source).unwrap_or(100);
+                let writes = m.writes.flags.load().get(&r.source).as_str();
+                let (phase, next) = super::phase::phase(&super::phase::Facts {
+                    table: &source,
+                    reads,
+                    percent: reads_percent,
+                    writes,
+                    backfill: jobs.backfill.as_ref().map(|b| b.state.as_str()),
+                    verify: jobs.verify.as_ref().map(|v| (v.clean, v.current)),
+                    needs_repair: needs_repair.is_some(),
+                });
                 TableStatus {
+                    phase: phase.to_string(),
+                    next,
                     target: r.target.to_string(),
-                    reads: flags.get(&r.source).unwrap_or(r.reads).as_str().to_string(),
-                    reads_percent: flags.percent(&r.source).unwrap_or(100),
+                    reads: reads.to_string(),
+                    reads_percent,
                     mirror: r.mirror.as_str().to_string(),
-                    writes: m.writes.flags.load().get(&r.source).as_str().to_string(),
+                    writes: writes.to_string(),
                     mixed_transactions: crate::writes::mixed::count(&source),
                     backfill: jobs.backfill,
                     last_verify: jobs.verify,

@@ -69,8 +69,20 @@ pub enum RulesCommand {
 
 #[derive(Subcommand)]
 pub enum CtlCommand {
-    /// The state of the proxy: tables, read sources, mirror lag, divergences, sessions.
-    Status,
+    /// The state of the proxy: tables, read sources, mirror lag, divergences, sessions; with
+    /// TABLE, that table's phase in its migration and the command of the next step.
+    Status {
+        /// One migrated table.
+        table: Option<String>,
+    },
+    /// The audit trail, newest first: every switch, job and forced override, by instance.
+    Audit {
+        /// One table's entries only.
+        table: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Change where reads of a table are served from.
     Reads {
         /// The source table, as the rules name it.

@@ -58,7 +58,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
     match command {
-        CtlCommand::Status => ctl.status(),
+        CtlCommand::Status { table } => match table {
+            Some(t) => ctl.table_status(&t),
+            None => ctl.status(),
+        },
+        CtlCommand::Audit { table, limit } => ctl.audit(table.as_deref(), limit),
         CtlCommand::Reads {
             table,
             source,

@@ -108,7 +108,7 @@ fn refusal(code: StatusCode, text: String) -> CliError {
 }
 
 /// A path segment, percent-encoded.
-fn encode_segment(s: &str) -> String {
+pub(super) fn encode_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
