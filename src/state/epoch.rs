@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::SharedState;
+use super::{lock, SharedState};
 use crate::rules::TableName;
 use crate::writes::switch::{Agreed, Agreement};
 use crate::writes::Direction;
@@ -155,19 +155,12 @@ impl SharedState {
                 self.instance
             ));
         }
-        if from == Direction::Primary {
-            if let Some(probe) = &self.writes.forward {
-                let (last, _) = probe();
-                while probe().1 < last {
-                    if started.elapsed() > within {
-                        return Err(format!(
-                            "the forward mirror of {} had not applied transaction {last}",
-                            self.instance
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
+        let left = within.saturating_sub(started.elapsed());
+        if from == Direction::Primary && !self.writes.forward_applied(left).await {
+            return Err(format!(
+                "the forward mirror of {} had not applied what it journaled",
+                self.instance
+            ));
         }
         Ok(())
     }
@@ -308,8 +301,4 @@ impl SharedState {
         }
         why
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

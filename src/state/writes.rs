@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use super::lock;
 use crate::rules::TableName;
 use crate::writes::{Direction, WriteFlags};
 
@@ -61,6 +62,23 @@ impl SharedWrites {
         for t in std::mem::take(&mut *lock(&self.held_at_start)) {
             self.flags.release(&t);
         }
+    }
+
+    /// Waits (at most `within`) until this instance's forward mirror applied everything it had
+    /// journaled when asked; false past `within`.
+    pub async fn forward_applied(&self, within: Duration) -> bool {
+        let Some(probe) = &self.forward else {
+            return true;
+        };
+        let (last, _) = probe();
+        let started = std::time::Instant::now();
+        while probe().1 < last {
+            if started.elapsed() > within {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Publishes `table`'s direction, with a NOTIFY.
@@ -122,15 +140,8 @@ impl SharedWrites {
             warn!(table = %table, "adopting the shared write direction while transactions of this instance still write the table");
         }
         if from == Direction::Primary {
-            if let Some(probe) = &self.forward {
-                let (last, _) = probe();
-                let started = std::time::Instant::now();
-                while probe().1 < last {
-                    if started.elapsed() > ADOPT_WAIT {
-                        warn!(table = %table, last, "waiting for this instance's forward mirror before adopting writes on the secondary");
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            while !self.forward_applied(ADOPT_WAIT).await {
+                warn!(table = %table, "waiting for this instance's forward mirror before adopting writes on the secondary");
             }
         }
         let remote = (to != Direction::Primary).then_some(remote);
@@ -142,8 +153,4 @@ impl SharedWrites {
         }
         self.flags.release(table);
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -170,10 +170,10 @@ impl<'a> Driver<'a> {
             }
         }
         if !analysis.statements.iter().any(|s| names(s, &switched)) {
-            return self.primary_statement(text, &analysis, primary).await;
+            return self.primary_statement(text, &analysis).await;
         }
         if let Some(why) = self.not_on_one_server(&analysis, &switched) {
-            return self.refuse(&why, primary).await;
+            return self.refuse(&why);
         }
         self.on_secondary(text, &analysis, primary).await
     }
@@ -275,11 +275,10 @@ impl<'a> Driver<'a> {
 
     /// A Query on the primary's tables only: while the secondary's block wrote, a write here
     /// makes the transaction span both servers, which needs two-phase commit.
-    async fn primary_statement<W: AsyncWrite + Unpin>(
+    async fn primary_statement(
         &mut self,
         text: &str,
         analysis: &Analysis,
-        primary: &mut W,
     ) -> std::io::Result<bool> {
         let wrote_there = self.lockstep.as_ref().is_some_and(|l| l.open && l.wrote);
         if !wrote_there || !(analysis.may_write() || crate::writes::mixed::starts_with_write(text))
@@ -288,8 +287,8 @@ impl<'a> Driver<'a> {
         }
         match self.two_phase().await {
             Ok(true) => Ok(false),
-            Ok(false) => self.refuse(&no_two_phase(), primary).await,
-            Err(Lost(why)) => self.block_failed(LOST, &lost_message(&why), primary).await,
+            Ok(false) => self.refuse(&no_two_phase()),
+            Err(Lost(why)) => self.lost_in_block(&why).await,
         }
     }
 
@@ -327,7 +326,7 @@ impl<'a> Driver<'a> {
         if !self.may_write_there(analysis).await {
             let why = "pgbridge: permission denied: the session's user lacks a privilege on the \
                        table (as the primary says) that this statement needs";
-            return self.refuse_with("42501", why, primary).await;
+            return Ok(self.refuse_with("42501", why));
         }
         let written = super::switched::written(analysis);
         self.admit(&written).await;
@@ -343,10 +342,10 @@ impl<'a> Driver<'a> {
                 let why = "pgbridge: inside a transaction block, send transaction control as a \
                            query of its own when the text names a table whose writes are on \
                            the secondary (another server)";
-                return self.refuse(why, primary).await;
+                return self.refuse(why);
             }
             if let Err(Lost(why)) = self.open_block().await {
-                return self.block_failed(LOST, &lost_message(&why), primary).await;
+                return self.lost_in_block(&why).await;
             }
             let primary_wrote = {
                 let t = self.shared.lock();
@@ -355,10 +354,8 @@ impl<'a> Driver<'a> {
             if !written.is_empty() && primary_wrote {
                 match self.two_phase().await {
                     Ok(true) => {}
-                    Ok(false) => return self.refuse(&no_two_phase(), primary).await,
-                    Err(Lost(why)) => {
-                        return self.block_failed(LOST, &lost_message(&why), primary).await
-                    }
+                    Ok(false) => return self.refuse(&no_two_phase()),
+                    Err(Lost(why)) => return self.lost_in_block(&why).await,
                 }
             }
         }
@@ -367,7 +364,7 @@ impl<'a> Driver<'a> {
         let reply = match reply {
             Ok(r) => r,
             Err(Lost(why)) if status == b'T' => {
-                return self.block_failed(LOST, &lost_message(&why), primary).await;
+                return self.lost_in_block(&why).await;
             }
             Err(Lost(why)) if written.is_empty() => {
                 let e = error_response(Severity::Error, LOST, &lost_message(&why));
@@ -380,8 +377,10 @@ impl<'a> Driver<'a> {
         };
         if status == b'T' {
             if let Some((code, message, _)) = &reply.error {
-                let (code, message) = (code.clone(), message.clone());
-                self.fail_primary_block(&code, &message, primary).await?;
+                // The primary's part fails too, with pgbridge's own statement (its reply kept
+                // from the client, which gets the secondary's error).
+                let raise = injected::raise(code, message);
+                self.held_query(&raise, vec![Step::Hidden], primary).await?;
             } else if !written.is_empty() {
                 self.lockstep_mut().wrote = true;
             }
@@ -394,9 +393,9 @@ impl<'a> Driver<'a> {
             l.wrote = !written.is_empty();
         }
         self.queue_served(reply.frames, true);
-        if self.shared.lock().status == b'I' {
+        let mut t = self.shared.lock();
+        if t.status == b'I' {
             // Done there: the session writes nothing now, for the write switch.
-            let mut t = self.shared.lock();
             let pushed = t.pushed;
             t.active.idle(pushed);
         }
@@ -474,7 +473,7 @@ impl<'a> Driver<'a> {
                 // primary's too: the same savepoints are open on both).
                 match self.lockstep_mut().remote.statement(text).await {
                     Ok(_) => Ok(false),
-                    Err(Lost(why)) => self.block_failed(LOST, &lost_message(&why), primary).await,
+                    Err(Lost(why)) => self.lost_in_block(&why).await,
                 }
             }
             TxControl::Begin(_) => Ok(false),
@@ -483,7 +482,7 @@ impl<'a> Driver<'a> {
             | TxControl::RollbackPrepared(_) => {
                 let why = "pgbridge: this transaction wrote a table whose writes are on the \
                            secondary (another server); pgbridge commits it in two phases itself";
-                self.refuse(why, primary).await
+                self.refuse(why)
             }
         }
     }
@@ -538,13 +537,9 @@ impl<'a> Driver<'a> {
                 .await?;
         }
         let Some(xid) = self.shared.lock().xid else {
-            return self
-                .block_failed(
-                    LOST,
-                    "pgbridge: the primary gave no transaction id",
-                    primary,
-                )
-                .await;
+            self.end_remote(injected::ROLLBACK).await;
+            let why = "pgbridge: the primary gave no transaction id to commit in two phases by";
+            return Ok(self.refuse_with("XX000", why));
         };
         let gid = twophase::gid(xid, self.session);
         let prepare = format!("PREPARE TRANSACTION {}", crate::rules::quote_literal(&gid));
@@ -605,57 +600,30 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    /// The client's transaction fails on both sides with `code` and `message`: the client
-    /// gets the error (from the primary), the secondary's block is rolled back.
-    async fn block_failed<W: AsyncWrite + Unpin>(
-        &mut self,
-        code: &str,
-        message: &str,
-        primary: &mut W,
-    ) -> std::io::Result<bool> {
+    /// The connection to the secondary was lost inside the client's block: the block fails on
+    /// both sides with 08006 (the client gets the error from the primary).
+    async fn lost_in_block(&mut self, why: &str) -> std::io::Result<bool> {
         if self.lockstep.as_ref().is_some_and(|l| l.open) {
             self.end_remote(injected::ROLLBACK).await;
         }
-        self.refuse_with(code, message, primary).await
+        Ok(self.refuse_with(LOST, &lost_message(why)))
     }
 
     /// The client's Query fails with 0A000 and `why` on the primary: in a block, the block
     /// fails, as it would with any error.
-    async fn refuse<W: AsyncWrite + Unpin>(
-        &mut self,
-        why: &str,
-        primary: &mut W,
-    ) -> std::io::Result<bool> {
-        self.refuse_with(UNSUPPORTED, why, primary).await
+    fn refuse(&mut self, why: &str) -> std::io::Result<bool> {
+        Ok(self.refuse_with(UNSUPPORTED, why))
     }
 
-    async fn refuse_with<W: AsyncWrite + Unpin>(
-        &mut self,
-        code: &str,
-        why: &str,
-        _primary: &mut W,
-    ) -> std::io::Result<bool> {
+    /// The client's Query fails with `code` and `why`, in its place on the primary.
+    fn refuse_with(&mut self, code: &str, why: &str) -> bool {
         self.expect(super::Expect::Query {
             steps: Default::default(),
             hold: false,
         });
         self.out
             .extend_from_slice(&wire::query(&injected::raise(code, why)));
-        Ok(true)
-    }
-
-    /// A statement failed on the secondary inside the client's block: the primary's part
-    /// fails too, with pgbridge's own statement (its reply kept from the client, which gets
-    /// the secondary's error).
-    async fn fail_primary_block<W: AsyncWrite + Unpin>(
-        &mut self,
-        code: &str,
-        message: &str,
-        primary: &mut W,
-    ) -> std::io::Result<()> {
-        self.held_query(&injected::raise(code, message), vec![Step::Hidden], primary)
-            .await?;
-        Ok(())
+        true
     }
 }
 
