@@ -25,6 +25,22 @@ fn another(db: &str, name: &str, state_url: Option<&str>) -> Bridge {
     Bridge::start_with_config(port, admin, &config)
 }
 
+/// Instances `a` and `b` over a fresh pair of databases, on the state at `state_url` (the
+/// secondary's by default).
+fn pair(hint: &str, state_url: Option<&str>) -> (Bridge, Bridge, String) {
+    let c = cluster();
+    let db = fresh_db(hint);
+    let (a, db) = mirrored_with(
+        c.primary_port,
+        c.secondary_port,
+        &db,
+        DXY_RULE,
+        &state_section("a", state_url),
+    );
+    let b = another(&db, "b", state_url);
+    (a, b, db)
+}
+
 fn state_section(name: &str, url: Option<&str>) -> String {
     let url = url.map(|u| format!("url = \"{u}\"\n")).unwrap_or_default();
     format!("[state]\ninstance = \"{name}\"\n{url}")
@@ -70,15 +86,7 @@ fn names(s: &serde_json::Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
     let c = cluster();
-    let db = fresh_db("state_flip");
-    let (a, db) = mirrored_with(
-        c.primary_port,
-        c.secondary_port,
-        &db,
-        DXY_RULE,
-        &state_section("a", None),
-    );
-    let b = another(&db, "b", None);
+    let (a, b, db) = pair("state_flip", None);
     for bridge in [&a, &b] {
         until(bridge, "both instances listed", |s| {
             names(s) == ["a", "b"] && s["state"]["connected"] == true
@@ -171,15 +179,7 @@ async fn with_the_state_database_stopped_both_serve_refuse_changes_and_resume() 
     let mut state = PgServer::start(&PgOptions::default())
         .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"));
     let state_url = format!("postgres://postgres@127.0.0.1:{}/postgres", state.port());
-    let db = fresh_db("state_down");
-    let (a, db) = mirrored_with(
-        c.primary_port,
-        c.secondary_port,
-        &db,
-        DXY_RULE,
-        &state_section("a", Some(&state_url)),
-    );
-    let b = another(&db, "b", Some(&state_url));
+    let (a, b, db) = pair("state_down", Some(&state_url));
     for bridge in [&a, &b] {
         until(bridge, "connected", |s| names(s) == ["a", "b"]);
     }
@@ -235,15 +235,7 @@ async fn with_the_state_database_stopped_both_serve_refuse_changes_and_resume() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_after_a_write_switch_adopts_it_before_it_writes() {
     let c = cluster();
-    let db = fresh_db("state_writes");
-    let (a, db) = mirrored_with(
-        c.primary_port,
-        c.secondary_port,
-        &db,
-        DXY_RULE,
-        &state_section("a", None),
-    );
-    let b = another(&db, "b", None);
+    let (a, b, db) = pair("state_writes", None);
     until(&a, "b listed", |s| names(s) == ["a", "b"]);
     drop(b);
     until(&a, "b no longer live", |s| names(s) == ["a"]);
@@ -280,15 +272,7 @@ async fn an_instance_started_after_a_write_switch_adopts_it_before_it_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_whose_instance_is_killed_goes_on_on_the_other() {
     let c = cluster();
-    let db = fresh_db("state_jobs");
-    let (mut a, db) = mirrored_with(
-        c.primary_port,
-        c.secondary_port,
-        &db,
-        DXY_RULE,
-        &state_section("a", None),
-    );
-    let b = another(&db, "b", None);
+    let (mut a, b, db) = pair("state_jobs", None);
     common::jobs::insert_unmirrored(c.primary_port, &db, 6000);
     // Throttled, so that it is still running when its instance dies.
     let id = common::jobs::start_job(&a, r#"{"max_rows_per_sec":1000,"chunk_rows":200}"#);

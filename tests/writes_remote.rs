@@ -61,9 +61,9 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| format!("{e}"))
 }
 
-/// pgbridge over the primary and `secondary_port`, orders on the primary, writes switched to
-/// the secondary (forced past the gate's notice of the extended protocol); returns the answer.
-fn switched(secondary_port: u16, hint: &str) -> (Bridge, String, serde_json::Value) {
+/// pgbridge over the primary and `secondary_port`, orders on the primary, the table backfilled
+/// and verified: ready for its writes to move.
+fn ready(secondary_port: u16, hint: &str) -> (Bridge, String) {
     let primary_port = cluster().primary_port;
     let db = fresh_db(hint);
     if secondary_port != cluster().secondary_port {
@@ -73,7 +73,22 @@ fn switched(secondary_port: u16, hint: &str) -> (Bridge, String, serde_json::Val
     psql_on(primary_port, &db, ORDERS);
     backfilled(&bridge);
     assert_verify_clean(&bridge);
-    (bridge, db, serde_json::Value::Null)
+    (bridge, db)
+}
+
+/// A client of `bridge`, after it wrote the table and orders in one transaction while the
+/// writes were mirrored (the gate counts it).
+async fn mixed_while_mirroring(bridge: &Bridge, db: &str) -> tokio_postgres::Client {
+    let client = connect(&bridge.conn_str("postgres", "", db)).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; {}; INSERT INTO orders VALUES (0, 'm'); COMMIT",
+            dxy(0)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status(bridge)["tables"][0]["mixed_transactions"], 1);
+    client
 }
 
 fn force_switch(bridge: &Bridge) -> serde_json::Value {
@@ -89,18 +104,9 @@ fn force_switch(bridge: &Bridge) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_over_both_servers_commits_on_both_or_on_neither() {
     let c = cluster();
-    let (bridge, db, _) = switched(c.secondary_port, "remote_2pc");
+    let (bridge, db) = ready(c.secondary_port, "remote_2pc");
     let (p, s) = (c.primary_port, c.secondary_port);
-    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
-    // Seen while mirroring: a transaction writing the table and another one.
-    client
-        .batch_execute(&format!(
-            "BEGIN; {}; INSERT INTO orders VALUES (0, 'm'); COMMIT",
-            dxy(0)
-        ))
-        .await
-        .unwrap();
-    assert_eq!(status(&bridge)["tables"][0]["mixed_transactions"], 1);
+    let client = mixed_while_mirroring(&bridge, &db).await;
     // Without --force the gate names what an operator must know of two servers.
     let (code, refused) = put_writes(&bridge, r#"{"target":"secondary"}"#);
     assert_eq!(code, 409, "{refused}");
@@ -232,7 +238,7 @@ async fn a_transaction_over_both_servers_commits_on_both_or_on_neither() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_its_session_left_prepared_follows_the_primarys_outcome() {
     let c = cluster();
-    let (bridge, db, _) = switched(c.secondary_port, "remote_orphans");
+    let (bridge, db) = ready(c.secondary_port, "remote_orphans");
     force_switch(&bridge);
     let (p, s) = (c.primary_port, c.secondary_port);
     // Two primary transactions: one committed, one rolled back (a pgbridge killed between
@@ -288,15 +294,8 @@ async fn without_prepared_transactions_a_transaction_over_both_servers_is_refuse
     .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"));
     let s = secondary.port();
     let p = cluster().primary_port;
-    let (bridge, db, _) = switched(s, "remote_no2pc");
-    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
-    client
-        .batch_execute(&format!(
-            "BEGIN; {}; INSERT INTO orders VALUES (0, 'm'); COMMIT",
-            dxy(0)
-        ))
-        .await
-        .unwrap();
+    let (bridge, db) = ready(s, "remote_no2pc");
+    let client = mixed_while_mirroring(&bridge, &db).await;
     let (code_, refused) = put_writes(&bridge, r#"{"target":"secondary"}"#);
     assert_eq!(code_, 409, "{refused}");
     assert!(
