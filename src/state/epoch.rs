@@ -28,7 +28,12 @@ pub(super) const SCHEMA_SQL: &str = "CREATE TABLE IF NOT EXISTS pgbridge.switche
     deadline timestamptz NOT NULL, created_at timestamptz NOT NULL DEFAULT now()); \
     CREATE TABLE IF NOT EXISTS pgbridge.switch_acks (epoch bigint NOT NULL, instance text NOT NULL, \
     ok boolean NOT NULL, error text, at timestamptz NOT NULL DEFAULT now(), \
-    PRIMARY KEY (epoch, instance))";
+    PRIMARY KEY (epoch, instance)); \
+    ALTER TABLE pgbridge.switch_acks ADD COLUMN IF NOT EXISTS applied boolean NOT NULL DEFAULT false";
+
+/// How long the switching instance waits, after the decision, for the others to say they set
+/// the direction (so that every live instance routes the new way when the switch answers).
+const APPLIED_WAIT: Duration = Duration::from_secs(3);
 
 /// How long past its deadline a waiting instance gives the switching one to decide.
 const GRACE: Duration = Duration::from_secs(10);
@@ -124,10 +129,22 @@ impl SharedState {
             Err(e) => Err(crate::net::error_text(&e)),
         };
         let result = match decision {
-            Ok(Some(remote)) => flags
-                .set(table, to, (to != Direction::Primary).then_some(remote))
-                .map(|_| info!(epoch, table = %table, to = to.as_str(), "write switch agreed: direction set"))
-                .map_err(|e| e.to_string()),
+            Ok(Some(remote)) => {
+                let set = flags
+                    .set(table, to, (to != Direction::Primary).then_some(remote))
+                    .map(|_| info!(epoch, table = %table, to = to.as_str(), "write switch agreed: direction set"))
+                    .map_err(|e| e.to_string());
+                let applied = client
+                    .execute(
+                        "UPDATE pgbridge.switch_acks SET applied = true WHERE epoch = $1 AND instance = $2",
+                        &[&epoch, &self.instance],
+                    )
+                    .await;
+                if let Err(e) = applied {
+                    warn!(epoch, error = %crate::net::error_text(&e), "cannot say the direction was set");
+                }
+                set
+            }
             Ok(None) => {
                 info!(epoch, table = %table, "write switch aborted: writes released");
                 Ok(())
@@ -286,12 +303,43 @@ impl Agreement for SharedState {
                 .query(DECIDE_SQL, &[&epoch, &state, &remote])
                 .await
                 .map_err(|e| crate::net::error_text(&e))?;
+            if made.is_some() && !rows.is_empty() {
+                self.await_applied(&client, epoch).await;
+            }
             Ok(!rows.is_empty())
         })
     }
 }
 
 impl SharedState {
+    /// Waits (up to [`APPLIED_WAIT`]) until every instance that acknowledged epoch `epoch`
+    /// says it set the direction; one that does not is logged (it holds the table's writes
+    /// until it has).
+    async fn await_applied(&self, client: &Client, epoch: i64) {
+        let started = Instant::now();
+        loop {
+            let pending = client
+                .query(
+                    "SELECT instance FROM pgbridge.switch_acks WHERE epoch = $1 AND ok AND NOT applied",
+                    &[&epoch],
+                )
+                .await;
+            match pending {
+                Ok(rows) if rows.is_empty() => return,
+                Ok(rows) if started.elapsed() > APPLIED_WAIT => {
+                    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    warn!(epoch, instances = ?names, "the write switch answers before these instances said they set the direction");
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => {
+                    warn!(epoch, error = %crate::net::error_text(&e), "cannot see whether the others set the direction");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn abort_with(&self, client: &Client, epoch: i64, why: String) -> String {
         if let Err(e) = client
             .query(DECIDE_SQL, &[&epoch, &"aborted", &false])
