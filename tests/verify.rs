@@ -11,16 +11,6 @@ use common::*;
 
 const ROWS: usize = 3000;
 
-/// The DXY rule with the seeds' daily reconciliation.
-fn reconciled_rule() -> String {
-    format!(
-        "{DXY_RULE}\n[table.reconcile]\ngroup_by = [\"symbol\", \"date_trunc('day', ts)\"]\n\
-         metrics = [\"count\", \"sum(volume)\", \"sum(close)\"]\n\
-         [table.reconcile.thresholds]\ncount = {{ critical = 0 }}\n\
-         \"sum(close)\" = {{ warning = 100, critical = 1000 }}\n"
-    )
-}
-
 /// The report's line of one group and metric, split at its commas.
 fn report_line(csv: &str, group: &str, metric: &str) -> Vec<String> {
     let line = csv

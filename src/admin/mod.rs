@@ -9,10 +9,13 @@
 //!   /api/tables/{source}/repair`, `GET /api/jobs[/{id}]`, `DELETE /api/jobs/{id}`, `GET
 //!   /api/jobs/{id}/report.csv`.
 //! - [`metrics`]: the Prometheus recorder `GET /metrics` renders.
+//! - [`dashboard`]: `GET /`, the page; [`history`]: `GET /api/history`, what it draws over time.
 //! - [`ctl`]: `pgbridge ctl`, the client of this API.
 
 mod audit;
 pub mod ctl;
+mod dashboard;
+pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod phase;
@@ -41,11 +44,18 @@ pub use status::{DivergenceStatus, MirrorStatus, Status, TableStatus};
 struct AppState {
     instance: Arc<Instance>,
     metrics: PrometheusHandle,
+    history: Arc<history::History>,
 }
 
 /// Serves the admin API on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, instance: Arc<Instance>, metrics: PrometheusHandle) {
-    let app = router(AppState { instance, metrics });
+    let history = Arc::new(history::History::default());
+    history.spawn(instance.clone());
+    let app = router(AppState {
+        instance,
+        metrics,
+        history,
+    });
     if let Err(e) = axum::serve(listener, app).await {
         error!(error = %e, "the admin API stopped");
     }
@@ -53,6 +63,10 @@ pub async fn serve(listener: TcpListener, instance: Arc<Instance>, metrics: Prom
 
 fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route("/api/history", get(history::history))
         .route("/metrics", get(render_metrics))
         .route("/api/status", get(status::status))
         .route("/api/audit", get(audit::audit))

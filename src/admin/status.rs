@@ -44,6 +44,9 @@ pub struct TableStatus {
     /// span two databases once its writes moved to a secondary of its own).
     #[serde(default)]
     pub mixed_transactions: u64,
+    /// The divergences recorded for this table since start, by kind.
+    #[serde(default)]
+    pub divergences: std::collections::BTreeMap<String, u64>,
     /// The table's backfill running in this process, or its last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillSummary>,
@@ -88,6 +91,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
     };
     if let Some(m) = &proxy.migration {
         let flags = m.reads.load();
+        let mut divergences = m.recorder.by_table();
         status.tables = flags
             .rules()
             .rules()
@@ -123,6 +127,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Json<Status> {
                     mirror: r.mirror.as_str().to_string(),
                     writes: writes.to_string(),
                     mixed_transactions: crate::writes::mixed::count(&source),
+                    divergences: divergences.remove(&source).unwrap_or_default(),
                     backfill: jobs.backfill,
                     last_verify: jobs.verify,
                     needs_repair,

@@ -357,6 +357,7 @@ pgbridge demo is running. Stop it with Ctrl-C (everything below is then removed)
       {primary}
     {secondary}
 
+  Dashboard: {admin}/
   Admin API and metrics: {admin}/api/status  {admin}/metrics
     {ctl} status
     {ctl} --token {token} reads derived_data_bars shadow --reason \"compare\"

@@ -27,8 +27,8 @@ pub struct Recorder {
     redact: bool,
     tx: Mutex<mpsc::Sender<Msg>>,
     counts: Mutex<BTreeMap<String, u64>>,
-    /// Records by table, for the read switch's safety gate.
-    by_table: Mutex<BTreeMap<String, u64>>,
+    /// Records by table and kind, for the read switch's safety gate and the dashboard.
+    by_table: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -110,6 +110,8 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(d.table.clone())
+            .or_default()
+            .entry(kind.to_string())
             .or_default() += 1;
         warn!(kind, table = %d.table, session = ?d.session, secondary = %d.secondary, "divergence");
         let line = Line {
@@ -162,8 +164,16 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(table)
-            .copied()
+            .map(|kinds| kinds.values().sum())
             .unwrap_or(0)
+    }
+
+    /// The records of each table (as rules name it), by kind.
+    pub fn by_table(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.by_table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// How many records of one kind.

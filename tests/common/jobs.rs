@@ -34,6 +34,16 @@ pub fn insert_unmirrored(port: u16, db: &str, n: usize) {
     );
 }
 
+/// The DXY rule with the seeds' daily reconciliation.
+pub fn reconciled_rule() -> String {
+    format!(
+        "{DXY_RULE}\n[table.reconcile]\ngroup_by = [\"symbol\", \"date_trunc('day', ts)\"]\n\
+         metrics = [\"count\", \"sum(volume)\", \"sum(close)\"]\n\
+         [table.reconcile.thresholds]\ncount = {{ critical = 0 }}\n\
+         \"sum(close)\" = {{ warning = 100, critical = 1000 }}\n"
+    )
+}
+
 /// pgbridge in front of a fresh DXY pair, and `n` DXY rows (and some ABC rows, outside the
 /// rule) written straight to the primary, which the mirror never sees.
 pub fn with_unmirrored_rows(hint: &str, n: usize) -> (Bridge, String) {

@@ -348,6 +348,7 @@ pub fn lock(server: &Mutex<PgServer>) -> MutexGuard<'_, PgServer> {
     server.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+pub mod cdp;
 pub mod dxy;
 pub mod jobs;
 pub mod python;
