@@ -27,6 +27,8 @@ async fn fixture() -> Fixture {
         max_lag_seconds: 5.0,
         max_lag_transactions: 0,
         has_secondary: true,
+        shadow_window_secs: 900,
+        max_shadow_mismatch_rate: 0.0,
     };
     Fixture {
         analyzer,

@@ -16,6 +16,12 @@ use crate::migrate::{JobError, Jobs};
 /// The body of `POST /api/tables/{source}/backfill` (empty is fine).
 #[derive(Debug, Default, Deserialize)]
 struct BackfillStart {
+    /// Say what it would do, and start nothing.
+    #[serde(default)]
+    dry_run: bool,
+    /// Who asks, for the audit log (`pgbridge ctl` sends `$USER@ctl`).
+    #[serde(default)]
+    who: Option<String>,
     #[serde(default)]
     chunk_rows: Option<i64>,
     #[serde(default)]
@@ -25,6 +31,11 @@ struct BackfillStart {
 /// The body of `POST /api/verify` (empty: every table).
 #[derive(Debug, Default, Deserialize)]
 struct VerifyStart {
+    #[serde(default)]
+    dry_run: bool,
+    /// Who asks, for the audit log (`pgbridge ctl` sends `$USER@ctl`).
+    #[serde(default)]
+    who: Option<String>,
     #[serde(default)]
     tables: Vec<String>,
     #[serde(default)]
@@ -36,6 +47,11 @@ struct VerifyStart {
 /// The body of `POST /api/tables/{source}/repair` (empty: the table's last verify).
 #[derive(Debug, Default, Deserialize)]
 struct RepairStart {
+    #[serde(default)]
+    dry_run: bool,
+    /// Who asks, for the audit log (`pgbridge ctl` sends `$USER@ctl`).
+    #[serde(default)]
+    who: Option<String>,
     #[serde(default)]
     verify: Option<i64>,
 }
@@ -76,10 +92,9 @@ fn body_of<T: Default + serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(Arc<Jobs>, T), Box<Response>> {
-    if let Err((code, message)) = authorize(state, headers) {
-        return Err(Box::new(problem(code, message)));
-    }
+) -> Result<(Arc<Jobs>, T, super::TokenName), Box<Response>> {
+    let token =
+        authorize(state, headers).map_err(|(code, message)| Box::new(problem(code, message)))?;
     let parsed = match body.is_empty() {
         true => T::default(),
         false => serde_json::from_slice(body).map_err(|e| {
@@ -89,13 +104,53 @@ fn body_of<T: Default + serde::de::DeserializeOwned>(
             ))
         })?,
     };
-    Ok((jobs(state)?, parsed))
+    Ok((jobs(state)?, parsed, token))
 }
 
-fn started(result: Result<i64, JobError>) -> Response {
+/// The answer to a dry run: 200 and what the job would do, or the refusal a start would get.
+fn planned(result: Result<crate::migrate::JobPlan, JobError>) -> Response {
     match result {
-        Ok(id) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "job": id }))).into_response(),
+        Ok(plan) => (StatusCode::OK, Json(plan)).into_response(),
         Err(e) => failed(e),
+    }
+}
+
+/// The answer to a start: 202 and the job, its audit line written; or why not.
+fn started(state: &AppState, result: Result<i64, JobError>, line: Audit<'_>) -> Response {
+    match result {
+        Ok(id) => {
+            audit(state, "start", id, line);
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "job": id }))).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// What a job's audit line says besides its action and id: its kind and tables, who asked,
+/// and what was asked.
+struct Audit<'a> {
+    kind: &'a str,
+    table: String,
+    who: String,
+    params: serde_json::Value,
+}
+
+/// Appends a job's audit line (`"kind": "job"`): started or cancelled, by whom. A line that
+/// cannot be written is logged; the job goes on, as it is resumable and visible in the jobs.
+fn audit(state: &AppState, action: &str, id: i64, a: Audit<'_>) {
+    let line = serde_json::json!({
+        "ts": crate::divergence::record::rfc3339(std::time::SystemTime::now()),
+        "kind": "job",
+        "action": action,
+        "job": id,
+        "job_kind": a.kind,
+        "table": a.table,
+        "who": a.who,
+        "params": a.params,
+    });
+    let path = &state.instance.config.admin.audit_log;
+    if let Err(e) = crate::reads::flags::audit::write_line(path, &line) {
+        tracing::error!(error = %e, job = id, "the job's audit line was not written");
     }
 }
 
@@ -105,14 +160,25 @@ pub(super) async fn start_backfill(
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (jobs, start) = match body_of::<BackfillStart>(&state, &headers, &body) {
+    let (jobs, start, token) = match body_of::<BackfillStart>(&state, &headers, &body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    started(
-        jobs.start_backfill(&table, start.chunk_rows, start.max_rows_per_sec)
-            .await,
-    )
+    if start.dry_run {
+        return planned(jobs.plan_backfill(&table, start.chunk_rows).await);
+    }
+    let line = Audit {
+        kind: "backfill",
+        table: table.clone(),
+        who: super::who(&token, start.who, "admin api"),
+        params: serde_json::json!({
+            "chunk_rows": start.chunk_rows, "max_rows_per_sec": start.max_rows_per_sec,
+        }),
+    };
+    let result = jobs
+        .start_backfill(&table, start.chunk_rows, start.max_rows_per_sec)
+        .await;
+    started(&state, result, line)
 }
 
 pub(super) async fn start_verify(
@@ -120,14 +186,26 @@ pub(super) async fn start_verify(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (jobs, start) = match body_of::<VerifyStart>(&state, &headers, &body) {
+    let (jobs, start, token) = match body_of::<VerifyStart>(&state, &headers, &body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    started(
-        jobs.start_verify(&start.tables, start.chunk_rows, start.max_rows_per_sec)
-            .await,
-    )
+    if start.dry_run {
+        return planned(jobs.plan_verify(&start.tables).await);
+    }
+    let line = Audit {
+        kind: "verify",
+        table: start.tables.join(","),
+        who: super::who(&token, start.who, "admin api"),
+        params: serde_json::json!({
+            "tables": start.tables, "chunk_rows": start.chunk_rows,
+            "max_rows_per_sec": start.max_rows_per_sec,
+        }),
+    };
+    let result = jobs
+        .start_verify(&start.tables, start.chunk_rows, start.max_rows_per_sec)
+        .await;
+    started(&state, result, line)
 }
 
 pub(super) async fn start_repair(
@@ -136,11 +214,21 @@ pub(super) async fn start_repair(
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (jobs, start) = match body_of::<RepairStart>(&state, &headers, &body) {
+    let (jobs, start, token) = match body_of::<RepairStart>(&state, &headers, &body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    started(jobs.start_repair(&table, start.verify).await)
+    if start.dry_run {
+        return planned(jobs.plan_repair(&table, start.verify).await);
+    }
+    let line = Audit {
+        kind: "repair",
+        table: table.clone(),
+        who: super::who(&token, start.who, "admin api"),
+        params: serde_json::json!({ "verify": start.verify }),
+    };
+    let result = jobs.start_repair(&table, start.verify).await;
+    started(&state, result, line)
 }
 
 pub(super) async fn list(State(state): State<AppState>) -> Response {
@@ -170,15 +258,25 @@ pub(super) async fn cancel(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    if let Err((code, message)) = authorize(&state, &headers) {
-        return problem(code, message);
-    }
+    let token = match authorize(&state, &headers) {
+        Ok(name) => name,
+        Err((code, message)) => return problem(code, message),
+    };
     let jobs = match jobs(&state) {
         Ok(j) => j,
         Err(r) => return *r,
     };
     match jobs.cancel(id).await {
-        Ok(job) => Json(job).into_response(),
+        Ok(job) => {
+            let line = Audit {
+                kind: &job.row.kind,
+                table: job.row.table.clone(),
+                who: super::who(&token, None, "admin api"),
+                params: serde_json::Value::Null,
+            };
+            audit(&state, "cancel", id, line);
+            Json(job).into_response()
+        }
         Err(e) => failed(e),
     }
 }

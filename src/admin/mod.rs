@@ -95,24 +95,50 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Mutating calls need the configured token; without one configured they are refused.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
-    let Some(token) = state.instance.config.admin.token.as_deref() else {
+/// Who made a change, as the token tells: the name of a named token (`[admin.tokens]`), or
+/// `None` for the unnamed `[admin] token`.
+type TokenName = Option<String>;
+
+/// Mutating calls need a configured token; without one configured they are refused. The
+/// answer is the token's name, when it has one.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<TokenName, (StatusCode, String)> {
+    let admin = &state.instance.config.admin;
+    if admin.token.is_none() && admin.tokens.is_empty() {
         return Err((
             StatusCode::UNAUTHORIZED,
             "set [admin] token in the config to allow changes".into(),
         ));
-    };
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !bearer_matches(token, given) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token".into(),
-        ));
+    // Every token is compared, so the time taken tells nothing of which one matched.
+    let mut found = None;
+    for (name, token) in &admin.tokens {
+        if bearer_matches(token, given) && found.is_none() {
+            found = Some(Some(name.clone()));
+        }
     }
-    Ok(())
+    if let Some(token) = &admin.token {
+        if bearer_matches(token, given) && found.is_none() {
+            found = Some(None);
+        }
+    }
+    found.ok_or((
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token".into(),
+    ))
+}
+
+/// The `who` of an audit line: the token's name when it has one (the client's claim after it,
+/// when it makes one), else what the client says, else `fallback`.
+fn who(token: &TokenName, claimed: Option<String>, fallback: &str) -> String {
+    match (token, claimed) {
+        (Some(name), Some(c)) if &c != name => format!("{name} ({c})"),
+        (Some(name), _) => name.clone(),
+        (None, Some(c)) => c,
+        (None, None) => fallback.to_string(),
+    }
 }
 
 /// Whether an Authorization header value carries `Bearer <token>`. The comparison takes as long
@@ -132,7 +158,19 @@ fn problem(code: StatusCode, message: String) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_matches;
+    use super::{bearer_matches, who};
+
+    #[test]
+    fn a_named_token_is_who_made_the_change() {
+        let alice = Some("alice".to_string());
+        assert_eq!(
+            who(&alice, Some("root@ctl".into()), "admin api"),
+            "alice (root@ctl)"
+        );
+        assert_eq!(who(&alice, None, "admin api"), "alice");
+        assert_eq!(who(&None, Some("root@ctl".into()), "admin api"), "root@ctl");
+        assert_eq!(who(&None, None, "admin api"), "admin api");
+    }
 
     #[test]
     fn only_the_exact_bearer_token_authorizes() {

@@ -28,6 +28,9 @@ struct ReadsChange {
     /// Who asks, for the audit log (`pgbridge ctl` sends `$USER@host`).
     #[serde(default)]
     who: Option<String>,
+    /// Say what the switch would do and what the gate would say; change nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 fn all() -> u8 {
@@ -40,9 +43,10 @@ pub(super) async fn set_reads(
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err((code, message)) = authorize(&state, &headers) {
-        return problem(code, message);
-    }
+    let token = match authorize(&state, &headers) {
+        Ok(name) => name,
+        Err((code, message)) => return problem(code, message),
+    };
     let change: ReadsChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
@@ -60,7 +64,7 @@ pub(super) async fn set_reads(
     };
     let flags = m.reads.clone();
     let reason = change.reason.unwrap_or_default();
-    let who = change.who.unwrap_or_else(|| "admin api".into());
+    let who = super::who(&token, change.who, "admin api");
     let (force, percent) = (change.force, change.percent);
     // Shared with the other instances (src/state/mod.rs): refused while the state database
     // is unreachable, so that no instance switches alone.
@@ -68,6 +72,12 @@ pub(super) async fn set_reads(
     if !known {
         let message = format!("no rule migrates a table named {table:?}");
         return problem(StatusCode::NOT_FOUND, message);
+    }
+    if change.dry_run {
+        return match flags.preview(&table, to, percent, force) {
+            Ok(preview) => (StatusCode::OK, Json(preview)).into_response(),
+            Err(e) => flag_error(e),
+        };
     }
     let _changing = match &m.state {
         Some(shared) => match shared.check_reachable().await {

@@ -36,6 +36,9 @@ struct WritesChange {
     /// drains; past it the switch is aborted.
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Say what the switch would do and what the gate would say; change nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 pub(super) async fn set_writes(
@@ -44,9 +47,10 @@ pub(super) async fn set_writes(
     Path(table): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err((code, message)) = authorize(&state, &headers) {
-        return problem(code, message);
-    }
+    let token = match authorize(&state, &headers) {
+        Ok(name) => name,
+        Err((code, message)) => return problem(code, message),
+    };
     let change: WritesChange = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
@@ -91,7 +95,7 @@ pub(super) async fn set_writes(
         to,
         reason: change.reason.unwrap_or_default(),
         force: change.force,
-        who: change.who.unwrap_or_else(|| "admin api".into()),
+        who: super::who(&token, change.who, "admin api"),
         timeout: Duration::from_millis(change.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
     };
     let bounds = FlagOptions::from_config(config);
@@ -107,6 +111,12 @@ pub(super) async fn set_writes(
             .as_deref()
             .map(|s| s as &dyn crate::writes::switch::Agreement),
     };
+    if change.dry_run {
+        return match switch::preview(&m.writes.flags, &rule, &request, evidence, &ports).await {
+            Ok(preview) => (StatusCode::OK, Json(preview)).into_response(),
+            Err(e) => answer(Err(e), &source),
+        };
+    }
     let switched = switch::switch(&m.writes.flags, &rule, &request, evidence, &ports).await;
     if let (Ok(_), Some(shared)) = (&switched, &m.state) {
         // Instances started later adopt it (src/state/writes.rs).

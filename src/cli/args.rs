@@ -99,6 +99,9 @@ pub enum CtlCommand {
         /// Switch even when the safety gate refuses (mirror lag, unresolved divergences).
         #[arg(long)]
         force: bool,
+        /// Say what would be done and what the gate would say; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Change where writes of a table are executed: secondary (the target becomes the
     /// authority, mirrored back into the legacy table), primary (the way back), or complete
@@ -119,6 +122,9 @@ pub enum CtlCommand {
         /// drains, in milliseconds; past it the switch is aborted (default 5000).
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Say what would be done and what the gate would say; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Copy the source rows that existed before mirroring to the target, while applications
     /// keep writing; resumable. Waits for the job with a progress bar unless --detach.
@@ -134,6 +140,9 @@ pub enum CtlCommand {
         /// Start the job and return at once.
         #[arg(long)]
         detach: bool,
+        /// Say what would be done and what the gate would say; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Compare the rules' image of the source with the target, consistently with the mirror;
     /// exit 0 equal, 3 differences found. Waits with a progress bar unless --detach.
@@ -152,6 +161,9 @@ pub enum CtlCommand {
         /// Start the job and return at once.
         #[arg(long)]
         detach: bool,
+        /// Say what would be done and what the gate would say; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Make the target equal to the source where a verify found it different (missing and
     /// differing rows copied, extra rows deleted), then check those keys again.
@@ -164,10 +176,27 @@ pub enum CtlCommand {
         /// Start the job and return at once.
         #[arg(long)]
         detach: bool,
+        /// Say what would be done and what the gate would say; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Backfill, verify and repair jobs: state, progress, rate, ETA, result; all, or job ID.
     Jobs {
         /// One job's id.
         id: Option<i64>,
     },
+}
+
+impl CtlCommand {
+    /// Whether a mutating command was asked for with `--dry-run`.
+    pub fn dry_run(&self) -> bool {
+        match self {
+            CtlCommand::Reads { dry_run, .. }
+            | CtlCommand::Writes { dry_run, .. }
+            | CtlCommand::Backfill { dry_run, .. }
+            | CtlCommand::Verify { dry_run, .. }
+            | CtlCommand::Repair { dry_run, .. } => *dry_run,
+            CtlCommand::Status { .. } | CtlCommand::Audit { .. } | CtlCommand::Jobs { .. } => false,
+        }
+    }
 }

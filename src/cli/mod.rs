@@ -48,7 +48,16 @@ fn run(cli: Cli) -> Result<(), CliError> {
             token,
             json,
             command,
-        } => ctl(&Ctl { admin, token, json }, command),
+        } => {
+            let dry_run = command.dry_run();
+            let client = Ctl {
+                admin,
+                token,
+                json,
+                dry_run,
+            };
+            ctl(&client, command)
+        }
         Command::Demo {
             listen,
             one_database,
@@ -69,6 +78,7 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             percent,
             reason,
             force,
+            ..
         } => ctl.set_reads(&table, &source, percent, reason.as_deref(), force),
         CtlCommand::Writes {
             table,
@@ -76,12 +86,14 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             reason,
             force,
             timeout_ms,
+            ..
         } => ctl.set_writes(&table, &target, reason.as_deref(), force, timeout_ms),
         CtlCommand::Backfill {
             table,
             chunk_rows,
             max_rows_per_sec,
             detach,
+            ..
         } => ctl.backfill(&table, chunk_rows, max_rows_per_sec, detach),
         CtlCommand::Verify {
             tables,
@@ -89,6 +101,7 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             chunk_rows,
             max_rows_per_sec,
             detach,
+            ..
         } => ctl.verify(crate::admin::ctl::VerifyArgs {
             tables: &tables,
             chunk_rows,
@@ -100,6 +113,7 @@ fn ctl(ctl: &Ctl, command: CtlCommand) -> Result<(), CliError> {
             table,
             verify,
             detach,
+            ..
         } => ctl.repair(&table, verify, detach),
         CtlCommand::Jobs { id } => ctl.jobs(id),
     }

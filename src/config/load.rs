@@ -71,7 +71,11 @@ impl Config {
 
     /// Checks between keys that no single value's type can express.
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.admin.token.is_none() && !self.admin_listen.ip().is_loopback() {
+        if let Some((name, _)) = self.admin.tokens.iter().find(|(_, t)| t.is_empty()) {
+            return Err(("tokens", format!("the token named {name:?} is empty")));
+        }
+        let no_token = self.admin.token.is_none() && self.admin.tokens.is_empty();
+        if no_token && !self.admin_listen.ip().is_loopback() {
             return Err((
                 "admin_listen",
                 "[admin] token is required when admin_listen is not a loopback address".into(),
@@ -82,6 +86,10 @@ impl Config {
             ("float_tolerance_abs", self.shadow.float_tolerance_abs),
             ("float_tolerance_rel", self.shadow.float_tolerance_rel),
             ("gate_max_lag_seconds", self.admin.gate_max_lag_seconds),
+            (
+                "gate_max_shadow_mismatch_rate",
+                self.admin.gate_max_shadow_mismatch_rate,
+            ),
         ];
         for (key, v) in tolerances {
             if !(v >= 0.0 && v.is_finite()) {

@@ -49,6 +49,10 @@ pub struct AdminConfig {
     /// Required on mutating admin calls, and whenever `admin_listen` is not a loopback address.
     #[serde(default)]
     pub token: Option<String>,
+    /// Named tokens, `name = "token"`: a change made with one is audited with its name as
+    /// `who` (the unnamed `token` records who the client says it is).
+    #[serde(default)]
+    pub tokens: std::collections::BTreeMap<String, String>,
     /// Every change of a table's read source, one JSON object per line.
     #[serde(default = "default_audit_log")]
     pub audit_log: PathBuf,
@@ -63,16 +67,27 @@ pub struct AdminConfig {
     /// by default).
     #[serde(default = "default_gate_verify_age")]
     pub gate_max_verify_age_secs: u64,
+    /// The read gate looks at the shadow reads of this many last seconds (15 minutes by
+    /// default) ...
+    #[serde(default = "default_gate_shadow_window")]
+    pub gate_shadow_window_secs: u64,
+    /// ... and refuses a switch to `secondary` when more than this share of them differed
+    /// (0 by default: any mismatch in the window).
+    #[serde(default)]
+    pub gate_max_shadow_mismatch_rate: f64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             token: None,
+            tokens: Default::default(),
             audit_log: default_audit_log(),
             gate_max_lag_seconds: default_gate_lag_seconds(),
             gate_max_lag_transactions: default_gate_lag_transactions(),
             gate_max_verify_age_secs: default_gate_verify_age(),
+            gate_shadow_window_secs: default_gate_shadow_window(),
+            gate_max_shadow_mismatch_rate: 0.0,
         }
     }
 }
@@ -88,6 +103,9 @@ fn default_gate_lag_transactions() -> u64 {
 }
 fn default_gate_verify_age() -> u64 {
     86_400
+}
+fn default_gate_shadow_window() -> u64 {
+    900
 }
 
 /// Protection of the proxy itself. Every key has a default, so the section may be left out.

@@ -30,6 +30,7 @@ pub mod image;
 pub mod reconcile;
 pub mod repair;
 mod start;
+pub use start::JobPlan;
 pub mod store;
 pub mod summary;
 pub mod verify;

@@ -10,7 +10,87 @@ use super::{backfill, chunk_size, lock, repair, store, verifiable, JobError, Job
 use super::{DEFAULT_CHUNK_ROWS, DEFAULT_MAX_ROWS_PER_SEC};
 use crate::rules::Rule;
 
+/// What a job would do, for `--dry-run`: nothing is written, no job is made.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct JobPlan {
+    pub dry_run: bool,
+    /// backfill, verify or repair.
+    pub kind: &'static str,
+    pub tables: Vec<String>,
+    /// The rows it would copy or compare (the source's rows in the rule's `where`), or the
+    /// keys a repair would make equal.
+    pub rows: i64,
+    /// The cancelled or failed backfill it would resume, after its last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<i64>,
+    /// The rows that backfill has copied already.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_done: Option<i64>,
+    /// The verify a repair works from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<i64>,
+}
+
+/// A backfill that passed its checks: its rule, the jobs' database, the job it resumes.
+struct Backfill {
+    rule: Arc<Rule>,
+    table: String,
+    chunk_rows: i64,
+    client: tokio_postgres::Client,
+    earlier: Option<JobRow>,
+}
+
+impl JobPlan {
+    fn new(kind: &'static str, tables: Vec<String>, rows: i64) -> JobPlan {
+        JobPlan {
+            dry_run: true,
+            kind,
+            tables,
+            rows,
+            resumes: None,
+            rows_done: None,
+            verify: None,
+        }
+    }
+}
+
 impl Jobs {
+    /// The checks of a backfill of `table`, and the cancelled or failed one it would resume.
+    async fn prepare_backfill(
+        &self,
+        table: &str,
+        chunk_rows: Option<i64>,
+    ) -> Result<Backfill, JobError> {
+        let rule = self.backfillable(table)?;
+        let table = rule.source.to_string();
+        let chunk_rows = chunk_size(chunk_rows)?;
+        let client = self.refuse_taken(&table).await?;
+        let earlier = store::list(&client, None).await?.into_iter().find(|j| {
+            j.kind == "backfill" && j.table == table && j.state != "done" && j.state != "running"
+        });
+        Ok(Backfill {
+            rule,
+            table,
+            chunk_rows,
+            client,
+            earlier,
+        })
+    }
+
+    /// What a backfill of `table` would do, or why it would be refused.
+    pub async fn plan_backfill(
+        self: &Arc<Self>,
+        table: &str,
+        chunk_rows: Option<i64>,
+    ) -> Result<JobPlan, JobError> {
+        let b = self.prepare_backfill(table, chunk_rows).await?;
+        let rows = backfill::count(self, &b.rule).await?;
+        let mut plan = JobPlan::new("backfill", vec![b.table], rows);
+        plan.resumes = b.earlier.as_ref().map(|j| j.id);
+        plan.rows_done = b.earlier.map(|j| j.rows_done);
+        Ok(plan)
+    }
+
     /// Starts a backfill of `table` (resuming its last cancelled or failed one); its job id.
     pub async fn start_backfill(
         self: &Arc<Self>,
@@ -18,17 +98,13 @@ impl Jobs {
         chunk_rows: Option<i64>,
         max_rows_per_sec: Option<i64>,
     ) -> Result<i64, JobError> {
-        let rule = self.backfillable(table)?;
-        let table = rule.source.to_string();
-        let chunk_rows = chunk_size(chunk_rows)?;
-        self.refuse_authority(&table)?;
-        self.refuse_busy(std::slice::from_ref(&table))?;
-        let client = store::connect(&self.secondary).await?;
-        self.refuse_busy_elsewhere(&client, std::slice::from_ref(&table))
-            .await?;
-        let earlier = store::list(&client, None).await?.into_iter().find(|j| {
-            j.kind == "backfill" && j.table == table && j.state != "done" && j.state != "running"
-        });
+        let Backfill {
+            rule,
+            table,
+            chunk_rows,
+            client,
+            earlier,
+        } = self.prepare_backfill(table, chunk_rows).await?;
         let (mut row, resumed) = match earlier {
             Some(j) => {
                 store::reopen(&client, j.id).await?;
@@ -58,13 +134,9 @@ impl Jobs {
         Ok(id)
     }
 
-    /// Starts a verify of `tables` (every verifiable rule's when empty); its job id.
-    pub async fn start_verify(
-        self: &Arc<Self>,
-        tables: &[String],
-        chunk_rows: Option<i64>,
-        max_rows_per_sec: Option<i64>,
-    ) -> Result<i64, JobError> {
+    /// What a verify of `tables` (empty: every table that can be verified) would compare, or
+    /// why it would be refused.
+    pub async fn plan_verify(self: &Arc<Self>, tables: &[String]) -> Result<JobPlan, JobError> {
         let rules = self.rules.load();
         let chosen: Vec<Arc<Rule>> = match tables.is_empty() {
             true => rules
@@ -91,49 +163,71 @@ impl Jobs {
         for rule in &chosen {
             total += backfill::count(self, rule).await?;
         }
+        Ok(JobPlan::new("verify", names, total))
+    }
+
+    /// Starts a verify of `tables` (empty: every table that can be verified); its job id.
+    pub async fn start_verify(
+        self: &Arc<Self>,
+        tables: &[String],
+        chunk_rows: Option<i64>,
+        max_rows_per_sec: Option<i64>,
+    ) -> Result<i64, JobError> {
+        let plan = self.plan_verify(tables).await?;
         let client = store::connect(&self.secondary).await?;
         let job = store::NewJob {
             kind: "verify",
-            table: &names.join(","),
+            table: &plan.tables.join(","),
             chunk_rows: chunk_size(chunk_rows)?,
             max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
-            params: Some(serde_json::json!({ "tables": names })),
+            params: Some(serde_json::json!({ "tables": plan.tables })),
         };
         let mut row = self.create(&client, &job).await?;
-        store::set_total(&client, row.id, total).await?;
-        row.rows_total = Some(total);
+        store::set_total(&client, row.id, plan.rows).await?;
+        row.rows_total = Some(plan.rows);
         info!(job = row.id, tables = %row.table, "verify started");
         let id = row.id;
         self.spawn(row);
         Ok(id)
     }
 
-    /// Starts a repair of `table` from verify job `verify` (its last verify when `None`).
+    /// What a repair of `table` from verify `verify` (default: its last) would make equal, or
+    /// why it would be refused.
+    pub async fn plan_repair(
+        self: &Arc<Self>,
+        table: &str,
+        verify: Option<i64>,
+    ) -> Result<JobPlan, JobError> {
+        let rule = verifiable(&self.rules.load(), table)?;
+        let table = rule.source.to_string();
+        let client = self.refuse_taken(&table).await?;
+        let verify = repair::find_verify(&client, &table, verify).await?;
+        let keys = store::keys(&client, verify, &table).await?.len() as i64;
+        let mut plan = JobPlan::new("repair", vec![table], keys);
+        plan.verify = Some(verify);
+        Ok(plan)
+    }
+
+    /// Starts a repair of `table` from verify `verify` (default: its last); its job id.
     pub async fn start_repair(
         self: &Arc<Self>,
         table: &str,
         verify: Option<i64>,
     ) -> Result<i64, JobError> {
-        let rule = verifiable(&self.rules.load(), table)?;
-        let table = rule.source.to_string();
-        self.refuse_authority(&table)?;
-        self.refuse_busy(std::slice::from_ref(&table))?;
+        let plan = self.plan_repair(table, verify).await?;
+        let (table, verify) = (&plan.tables[0], plan.verify);
         let client = store::connect(&self.secondary).await?;
-        self.refuse_busy_elsewhere(&client, std::slice::from_ref(&table))
-            .await?;
-        let verify = repair::find_verify(&client, &table, verify).await?;
-        let keys = store::keys(&client, verify, &table).await?.len() as i64;
         let job = store::NewJob {
             kind: "repair",
-            table: &table,
+            table,
             chunk_rows: DEFAULT_CHUNK_ROWS.min(1000),
             max_rows_per_sec: 0,
             params: Some(serde_json::json!({ "verify": verify })),
         };
         let mut row = self.create(&client, &job).await?;
-        store::set_total(&client, row.id, keys).await?;
-        row.rows_total = Some(keys);
-        info!(job = row.id, table = %table, verify, keys, "repair started");
+        store::set_total(&client, row.id, plan.rows).await?;
+        row.rows_total = Some(plan.rows);
+        info!(job = row.id, table = %table, verify, keys = plan.rows, "repair started");
         let id = row.id;
         self.spawn(row);
         Ok(id)
@@ -146,6 +240,17 @@ impl Jobs {
     ) -> Result<JobRow, JobError> {
         let id = store::create(client, job).await?;
         store::get(client, id).await?.ok_or(JobError::NoJob(id))
+    }
+
+    /// Refuses a job that writes `table` (a backfill or repair) while its writes are on the
+    /// secondary or a job of any instance works on it; the jobs' database.
+    async fn refuse_taken(&self, table: &str) -> Result<tokio_postgres::Client, JobError> {
+        let tables = [table.to_string()];
+        self.refuse_authority(table)?;
+        self.refuse_busy(&tables)?;
+        let client = store::connect(&self.secondary).await?;
+        self.refuse_busy_elsewhere(&client, &tables).await?;
+        Ok(client)
     }
 
     /// Refuses a backfill or repair of a table whose writes are on the secondary.

@@ -11,7 +11,7 @@ pub mod route;
 pub mod secondary;
 pub mod shadow;
 
-pub use flags::{FlagError, FlagOptions, Flags, MirrorProbe, ReadFlags, TableState};
+pub use flags::{FlagError, FlagOptions, Flags, MirrorProbe, Preview, ReadFlags, TableState};
 pub use route::{route, Route, SharedTables};
 
 /// The largest answer kept to compare, or served from the secondary (rows, in bytes): larger

@@ -9,13 +9,6 @@ use super::switch::Outcome;
 
 /// Appends the switch `o`, judged on `e`, to the log at `path`.
 pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
-    let forward = e.forward.as_ref().map(|m| {
-        serde_json::json!({
-            "lag_seconds": m.lag_seconds,
-            "lag_transactions": m.lag_transactions,
-            "parked": m.parked,
-        })
-    });
     let line = serde_json::json!({
         "ts": o.ts,
         "kind": "writes",
@@ -27,16 +20,28 @@ pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
         "overridden": o.overridden,
         "who": o.who,
         "paused_ms": o.paused_ms,
-        "evidence": {
-            "backfill": e.backfill,
-            "last_verify": e.last_verify.map(|(clean, age)| serde_json::json!({"clean": clean, "age_seconds": age})),
-            "forward": forward,
-            "needs_repair": e.needs_repair,
-            "rows_outside_where": e.rows_outside,
-            "same_database": e.same_database,
-            "two_phase": e.two_phase,
-            "mixed_transactions": e.mixed_transactions,
-        },
+        "evidence": evidence(e),
     });
     crate::reads::flags::audit::write_line(path, &line)
+}
+
+/// The gate's evidence as the audit line and a dry run show it.
+pub fn evidence(e: &Evidence) -> serde_json::Value {
+    let forward = e.forward.as_ref().map(|m| {
+        serde_json::json!({
+            "lag_seconds": m.lag_seconds,
+            "lag_transactions": m.lag_transactions,
+            "parked": m.parked,
+        })
+    });
+    serde_json::json!({
+        "backfill": e.backfill,
+        "last_verify": e.last_verify.map(|(clean, age)| serde_json::json!({"clean": clean, "age_seconds": age})),
+        "forward": forward,
+        "needs_repair": e.needs_repair,
+        "rows_outside_where": e.rows_outside,
+        "same_database": e.same_database,
+        "two_phase": e.two_phase,
+        "mixed_transactions": e.mixed_transactions,
+    })
 }

@@ -154,6 +154,8 @@ mod tests {
             max_lag_seconds: 5.0,
             max_lag_transactions: 1000,
             has_secondary: true,
+            shadow_window_secs: 900,
+            max_shadow_mismatch_rate: 0.0,
         }
     }
 

@@ -131,9 +131,7 @@ pub async fn switch(
     if from == req.to {
         return Ok(outcome);
     }
-    evidence.from = from;
-    gather(&mut evidence, rule, req.to, ports).await?;
-    let refusals = gate::refusals(req.to, &evidence, ports.bounds);
+    let refusals = judge(&mut evidence, from, rule, req.to, ports).await?;
     if !refusals.hard.is_empty() || (!refusals.soft.is_empty() && !req.force) {
         let mut all = refusals.hard;
         all.extend(refusals.soft);
@@ -164,6 +162,71 @@ pub async fn switch(
             Err(e)
         }
     }
+}
+
+/// What a switch would do (`--dry-run`): nothing is held, flipped or audited.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub dry_run: bool,
+    pub source: String,
+    pub target: String,
+    pub writes: Direction,
+    pub previous: Direction,
+    pub would_change: bool,
+    /// Why it would be refused (empty: it would go ahead).
+    pub refused: Vec<String>,
+    /// The gate's reasons `force` would override.
+    pub overridden: Vec<String>,
+    /// The gate's evidence now, as the audit line would record it.
+    pub evidence: serde_json::Value,
+}
+
+/// What [`switch`] would do with `req`: the gate's verdict on the evidence now. For a switch
+/// to the secondary it prepares the write view as the switch would (that changes no data and
+/// no flag), to learn whether the target is in the primary's database.
+pub async fn preview(
+    flags: &WriteFlags,
+    rule: &Rule,
+    req: &Request,
+    mut evidence: Evidence,
+    ports: &Ports<'_>,
+) -> Result<Preview, SwitchError> {
+    let from = flags.load().get(&rule.source);
+    let mut preview = Preview {
+        dry_run: true,
+        source: rule.source.to_string(),
+        target: rule.target.to_string(),
+        writes: req.to,
+        previous: from,
+        would_change: from != req.to,
+        refused: Vec::new(),
+        overridden: Vec::new(),
+        evidence: serde_json::Value::Null,
+    };
+    if !preview.would_change {
+        return Ok(preview);
+    }
+    let refusals = judge(&mut evidence, from, rule, req.to, ports).await?;
+    preview.refused = refusals.hard;
+    match req.force {
+        true => preview.overridden = refusals.soft,
+        false => preview.refused.extend(refusals.soft),
+    }
+    preview.evidence = super::audit::evidence(&evidence);
+    Ok(preview)
+}
+
+/// The gate's verdict on a switch from `from` to `to`, with the evidence it gathers itself.
+async fn judge(
+    evidence: &mut Evidence,
+    from: Direction,
+    rule: &Rule,
+    to: Direction,
+    ports: &Ports<'_>,
+) -> Result<gate::Refusals, SwitchError> {
+    evidence.from = from;
+    gather(evidence, rule, to, ports).await?;
+    Ok(gate::refusals(to, evidence, ports.bounds))
 }
 
 /// The evidence the switch gathers itself: the rule, both mirrors, and for a switch to the

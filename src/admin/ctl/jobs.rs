@@ -42,6 +42,11 @@ impl Ctl {
         body: serde_json::Value,
         detach: bool,
     ) -> Result<Option<JobView>, CliError> {
+        let mut body = body;
+        body["who"] = serde_json::Value::String(super::who());
+        if self.dry_run {
+            return self.dry_run(Method::POST, path, body).map(|()| None);
+        }
         let answer = self.call(Method::POST, path, Some(body))?;
         let started: serde_json::Value =
             serde_json::from_str(&answer).map_err(CliError::unreachable)?;

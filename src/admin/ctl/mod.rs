@@ -25,6 +25,8 @@ pub struct Ctl {
     pub token: Option<String>,
     /// Print the API's JSON as it is, for scripts.
     pub json: bool,
+    /// Ask the mutating command what it would do, and change nothing.
+    pub dry_run: bool,
 }
 
 impl Ctl {
@@ -90,6 +92,89 @@ impl Ctl {
         print!("{}", render(&value));
         Ok(())
     }
+}
+
+impl Ctl {
+    /// Asks for a dry run of the change `body` describes (`PUT` or `POST path`), prints what
+    /// it would do, and fails (exit 1) when it would be refused.
+    fn dry_run(
+        &self,
+        method: Method,
+        path: &str,
+        mut body: serde_json::Value,
+    ) -> Result<(), CliError> {
+        body["dry_run"] = serde_json::Value::Bool(true);
+        let answer = self.call(method, path, Some(body))?;
+        let plan: serde_json::Value =
+            serde_json::from_str(&answer).map_err(CliError::unreachable)?;
+        self.print(&answer, render_dry_run)?;
+        match plan["refused"].as_array().filter(|r| !r.is_empty()) {
+            Some(_) => Err(CliError::user("dry run: it would be refused")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A dry run's answer for people: a switch's verdict, or a job's plan.
+fn render_dry_run(p: &serde_json::Value) -> String {
+    let text = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+    let list = |k: &str| -> Vec<String> {
+        p[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut out = String::from("dry run, nothing changed: ");
+    if let Some(kind) = p["kind"].as_str() {
+        let (tables, rows) = (list("tables").join(", "), &p["rows"]);
+        out.push_str(&match kind {
+            "repair" => format!(
+                "a repair of {tables} would make {rows} keys equal again, from verify {}",
+                p["verify"]
+            ),
+            "verify" => format!("a verify of {tables} would compare {rows} rows"),
+            _ => format!("a {kind} of {tables} would copy {rows} rows"),
+        });
+        if let Some(id) = p["resumes"].as_i64() {
+            out.push_str(&format!(
+                ", resuming job {id} after its {} rows done",
+                p["rows_done"]
+            ));
+        }
+        out.push('\n');
+        return out;
+    }
+    let (what, now, before) = match p.get("writes") {
+        Some(_) => ("writes", text("writes"), text("previous")),
+        None => ("reads", text("reads"), text("previous")),
+    };
+    let share = |source: String, k: &str| match p[k].as_u64() {
+        Some(n) if n != 100 => format!("{source} for {n}% of the sessions"),
+        _ => source,
+    };
+    let (now, before) = (share(now, "percent"), share(before, "previous_percent"));
+    if p["would_change"] != true {
+        out.push_str(&format!("{}: {what} already on {now}\n", text("source")));
+        return out;
+    }
+    out.push_str(&format!(
+        "{}: {what} would move from {before} to {now}\n",
+        text("source")
+    ));
+    let refused = list("refused");
+    match refused.is_empty() {
+        true => out.push_str("the gate would let it through\n"),
+        false => out.push_str(&format!("the gate would refuse: {}\n", refused.join("; "))),
+    }
+    let overridden = list("overridden");
+    if !overridden.is_empty() {
+        out.push_str(&format!(
+            "--force would override: {}\n",
+            overridden.join("; ")
+        ));
+    }
+    out
 }
 
 /// The API's error for a failed call: its message and status code, as a user error (exit 1),

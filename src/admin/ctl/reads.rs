@@ -22,6 +22,9 @@ impl Ctl {
         let body = serde_json::json!({
             "source": source, "percent": percent, "reason": reason, "force": force, "who": who(),
         });
+        if self.dry_run {
+            return self.dry_run(Method::PUT, &path, body);
+        }
         let answer = self.call(Method::PUT, &path, Some(body))?;
         self.print(&answer, render)
     }

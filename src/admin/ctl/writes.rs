@@ -20,6 +20,9 @@ impl Ctl {
             "target": target, "reason": reason, "force": force, "who": who(),
             "timeout_ms": timeout_ms,
         });
+        if self.dry_run {
+            return self.dry_run(Method::PUT, &path, body);
+        }
         let answer = self.call(Method::PUT, &path, Some(body))?;
         self.print(&answer, render)
     }

@@ -23,6 +23,8 @@ struct AuditLine<'a> {
     forced: bool,
     overridden: &'a [String],
     who: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: Option<&'a serde_json::Value>,
 }
 
 /// Appends the switch `s` to the log at `path` (its directory made when missing) and syncs it.
@@ -38,6 +40,7 @@ pub(super) fn append(path: &Path, s: &TableState) -> Result<(), FlagError> {
         forced: s.forced,
         overridden: &s.overridden,
         who: &s.who,
+        evidence: s.evidence.as_ref(),
     };
     write_line(path, &line).map_err(|source| FlagError::Audit {
         path: path.to_path_buf(),
@@ -120,6 +123,7 @@ mod tests {
             reason: "go".into(),
             who: "op".into(),
             ts: "2026-12-01T00:00:00Z".into(),
+            evidence: None,
         }
     }
 

@@ -16,6 +16,8 @@ pub(super) struct Evidence<'a> {
     pub mirror: Option<&'a MirrorReport>,
     /// Divergences recorded for the table since its last switch.
     pub divergences: u64,
+    /// Its shadow reads compared in the last `shadow_window_secs`, and how many differed.
+    pub shadow: (u64, u64),
 }
 
 /// Why a switch of `table` to `to` must be refused, every reason; empty when it may go ahead.
@@ -41,6 +43,16 @@ pub(super) fn refusals(
         why.push(format!(
             "{} divergences recorded for {table} since its last switch",
             evidence.divergences
+        ));
+    }
+    let (compared, mismatched) = evidence.shadow;
+    if mismatched > 0 && mismatched as f64 > bounds.max_shadow_mismatch_rate * compared as f64 {
+        why.push(format!(
+            "{mismatched} of {compared} shadow reads of {table} differed in the last {} s \
+             ({:.2}%; gate_max_shadow_mismatch_rate = {})",
+            bounds.shadow_window_secs,
+            100.0 * mismatched as f64 / compared as f64,
+            bounds.max_shadow_mismatch_rate
         ));
     }
     why
@@ -107,6 +119,8 @@ pub(crate) mod tests {
             max_lag_seconds: 5.0,
             max_lag_transactions: 10,
             has_secondary: true,
+            shadow_window_secs: 900,
+            max_shadow_mismatch_rate: 0.01,
         }
     }
 
@@ -122,6 +136,7 @@ pub(crate) mod tests {
             mirror_mode: MirrorMode::Rows,
             mirror: Some(&m),
             divergences: 0,
+            shadow: (0, 0),
         };
         assert!(judge(ReadSource::Secondary, evidence).is_empty());
     }
@@ -138,6 +153,7 @@ pub(crate) mod tests {
             mirror_mode: MirrorMode::Off,
             mirror: Some(&m),
             divergences: 3,
+            shadow: (200, 3),
         };
         assert_eq!(
             judge(ReadSource::Secondary, evidence),
@@ -149,6 +165,8 @@ pub(crate) mod tests {
                 "the mirror applier is halted",
                 "the mirror applier is not connected to the secondary",
                 "3 divergences recorded for bars since its last switch",
+                "3 of 200 shadow reads of bars differed in the last 900 s (1.50%; \
+                 gate_max_shadow_mismatch_rate = 0.01)",
             ]
         );
         // Lag at the bounds is not over them.
@@ -158,6 +176,7 @@ pub(crate) mod tests {
             mirror_mode: MirrorMode::Rows,
             mirror: Some(&m),
             divergences: 0,
+            shadow: (0, 0),
         };
         assert!(judge(ReadSource::Secondary, at_bounds).is_empty());
     }
@@ -168,6 +187,7 @@ pub(crate) mod tests {
             mirror_mode: MirrorMode::Off,
             mirror: None,
             divergences: 1,
+            shadow: (0, 0),
         };
         assert_eq!(
             judge(ReadSource::Secondary, without_mirror)

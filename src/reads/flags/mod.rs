@@ -131,6 +131,18 @@ pub enum FlagError {
     },
 }
 
+/// What a read switch would do (`dry_run`): whether it would change anything, the gate's
+/// reasons that would refuse it (empty: it would go ahead), and the state it proposes, with
+/// `overridden` the reasons `force` would override.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Preview {
+    pub dry_run: bool,
+    pub would_change: bool,
+    pub refused: Vec<String>,
+    #[serde(flatten)]
+    pub state: TableState,
+}
+
 /// A table's read source after a change, as the admin API answers it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct TableState {
@@ -151,6 +163,9 @@ pub struct TableState {
     pub reason: String,
     pub who: String,
     pub ts: String,
+    /// What the gate judged the switch on (a switch that raises the secondary's share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
 }
 
 impl TableState {
@@ -175,6 +190,7 @@ impl TableState {
             reason: reason.to_string(),
             who: who.to_string(),
             ts: rfc3339(SystemTime::now()),
+            evidence: None,
         }
     }
 }
@@ -187,6 +203,10 @@ pub struct FlagOptions {
     pub max_lag_transactions: u64,
     /// A secondary is configured (without one, reads can only be served by the primary).
     pub has_secondary: bool,
+    /// The shadow reads of the last this many seconds are the gate's evidence ...
+    pub shadow_window_secs: u64,
+    /// ... and a larger share of them mismatched refuses a switch to `secondary`.
+    pub max_shadow_mismatch_rate: f64,
 }
 
 impl FlagOptions {
@@ -196,6 +216,8 @@ impl FlagOptions {
             max_lag_seconds: config.admin.gate_max_lag_seconds,
             max_lag_transactions: config.admin.gate_max_lag_transactions,
             has_secondary: config.secondary.is_some(),
+            shadow_window_secs: config.admin.gate_shadow_window_secs,
+            max_shadow_mismatch_rate: config.admin.gate_max_shadow_mismatch_rate,
         }
     }
 }
@@ -282,6 +304,35 @@ impl ReadFlags {
             .collect()
     }
 
+    /// The switch of `table` to `to` for `percent` of the sessions, proposed against the
+    /// flags `current`: the table, its flag, its rule's mirror mode and the proposed state.
+    fn propose(
+        &self,
+        current: &Flags,
+        table: &str,
+        (to, percent): (ReadSource, u8),
+        reason: &str,
+        who: &str,
+    ) -> Result<(TableName, TableFlag, MirrorMode, TableState), FlagError> {
+        let unknown = || FlagError::UnknownTable(table.to_string());
+        let name = TableName::parse(table).ok_or_else(unknown)?;
+        let flag = current.tables.get(&name).ok_or_else(unknown)?.clone();
+        let rule = current.rules.get(&name).ok_or_else(unknown)?;
+        if !(1..=100).contains(&percent) {
+            return Err(FlagError::Percent(percent));
+        }
+        // The primary serves everyone: a share of it means nothing.
+        let percent = if to == ReadSource::Primary {
+            100
+        } else {
+            percent
+        };
+        let target = rule.target.to_string();
+        let moves = ((flag.source, flag.percent), (to, percent));
+        let state = TableState::proposed(&name, target, moves, reason, who);
+        Ok((name, flag, rule.mirror, state))
+    }
+
     /// Changes where reads of `table` are served, for `percent` of the sessions (1 to 100; the
     /// others' stay on the primary). Refused by the safety gate unless `force` (a switch to
     /// `primary` is never refused, nor a lower share). The change is logged and audited.
@@ -296,26 +347,13 @@ impl ReadFlags {
     ) -> Result<TableState, FlagError> {
         let _one_at_a_time = self.change.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.load_locked();
-        let unknown = || FlagError::UnknownTable(table.to_string());
-        let name = TableName::parse(table).ok_or_else(unknown)?;
-        let flag = current.tables.get(&name).ok_or_else(unknown)?;
-        let rule = current.rules.get(&name).ok_or_else(unknown)?;
-        if !(1..=100).contains(&percent) {
-            return Err(FlagError::Percent(percent));
-        }
-        // The primary serves everyone: a share of it means nothing.
-        let percent = if to == ReadSource::Primary {
-            100
-        } else {
-            percent
-        };
-        let target = rule.target.to_string();
-        let moves = ((flag.source, flag.percent), (to, percent));
-        let mut state = TableState::proposed(&name, target, moves, reason, who);
-        if moves.0 == moves.1 {
+        let (name, flag, mirror, mut state) =
+            self.propose(&current, table, (to, percent), reason, who)?;
+        let percent = state.percent;
+        if (flag.source, flag.percent) == (to, percent) {
             return Ok(state);
         }
-        state.overridden = self.admit(&name, flag, (to, percent), rule.mirror, force, &state)?;
+        state.overridden = self.admit(&name, &flag, (to, percent), mirror, force, &mut state)?;
         state.changed = true;
         state.forced = force;
         if let Err(e) = audit::append(&self.opts.audit_log, &state) {
@@ -327,8 +365,46 @@ impl ReadFlags {
         }
         info!(table = %name, from = flag.source.as_str(), to = to.as_str(), percent, reason, who,
               forced = force, overridden = ?state.overridden, "reads switched");
-        self.store_switch(&current, &name, flag, (to, percent));
+        self.store_switch(&current, &name, &flag, (to, percent));
         Ok(state)
+    }
+
+    /// What [`ReadFlags::set`] would do, without doing it (`--dry-run`): nothing is stored or
+    /// audited.
+    pub fn preview(
+        &self,
+        table: &str,
+        to: ReadSource,
+        percent: u8,
+        force: bool,
+    ) -> Result<Preview, FlagError> {
+        let current = self.load();
+        let (name, flag, mirror, mut state) =
+            self.propose(&current, table, (to, percent), "", "")?;
+        let would_change = (flag.source, flag.percent) != (to, state.percent);
+        let mut refused = Vec::new();
+        if would_change {
+            let gate = self.refusals(&name, &flag, (to, state.percent), mirror);
+            let gate = gate.map(|(reasons, evidence)| {
+                state.evidence = evidence;
+                reasons
+            });
+            match gate {
+                Ok(reasons) if force => {
+                    state.forced = !reasons.is_empty();
+                    state.overridden = reasons;
+                }
+                Ok(reasons) => refused = reasons,
+                Err(FlagError::Refused(why)) => refused = vec![why],
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Preview {
+            dry_run: true,
+            would_change,
+            refused,
+            state,
+        })
     }
 
     /// Makes `table`'s flag what another instance made it (src/state/mod.rs): no gate, no
@@ -347,17 +423,15 @@ impl ReadFlags {
         true
     }
 
-    /// Whether the switch `state` proposes may be made: the gate's reasons that `force`
-    /// overrides, or the refusal. Without a secondary, only `primary` can be chosen at all.
-    fn admit(
+    /// The gate's reasons against a switch of `name` to `to` (empty: none), or the refusal no
+    /// `force` overrides: without a secondary, only `primary` can be chosen at all.
+    fn refusals(
         &self,
         name: &TableName,
         flag: &TableFlag,
         (to, percent): (ReadSource, u8),
         mirror: MirrorMode,
-        force: bool,
-        state: &TableState,
-    ) -> Result<Vec<String>, FlagError> {
+    ) -> Result<(Vec<String>, Option<serde_json::Value>), FlagError> {
         if to != ReadSource::Primary && !self.opts.has_secondary {
             return Err(FlagError::Refused(
                 "no [secondary] is configured: reads can only be served by the primary".into(),
@@ -366,10 +440,28 @@ impl ReadFlags {
         // More of the reads on the secondary is a switch to it; fewer is a way back.
         let more = to == ReadSource::Secondary
             && (flag.source != ReadSource::Secondary || percent > flag.percent);
-        let refusals = match more {
-            true => self.gate(name, flag, to, mirror),
-            false => Vec::new(),
-        };
+        Ok(match more {
+            true => {
+                let (why, evidence) = self.gate(name, flag, to, mirror);
+                (why, Some(evidence))
+            }
+            false => (Vec::new(), None),
+        })
+    }
+
+    /// Whether the switch `state` proposes may be made: the gate's reasons that `force`
+    /// overrides, or the refusal.
+    fn admit(
+        &self,
+        name: &TableName,
+        flag: &TableFlag,
+        (to, percent): (ReadSource, u8),
+        mirror: MirrorMode,
+        force: bool,
+        state: &mut TableState,
+    ) -> Result<Vec<String>, FlagError> {
+        let (refusals, evidence) = self.refusals(name, flag, (to, percent), mirror)?;
+        state.evidence = evidence;
         if !refusals.is_empty() && !force {
             let (reason, who) = (state.reason.as_str(), state.who.as_str());
             warn!(table = %name, from = flag.source.as_str(), to = to.as_str(), reason,
@@ -404,25 +496,44 @@ impl ReadFlags {
         }));
     }
 
-    /// Why a switch to `to` must be refused ([`gate::refusals`]); empty when it may go ahead.
+    /// Why a switch to `to` must be refused ([`gate::refusals`]; empty when it may go ahead),
+    /// and the evidence it was judged on, as the audit line records it.
     fn gate(
         &self,
         table: &TableName,
         flag: &TableFlag,
         to: ReadSource,
         mirror_mode: MirrorMode,
-    ) -> Vec<String> {
-        if to != ReadSource::Secondary {
-            return Vec::new();
-        }
+    ) -> (Vec<String>, serde_json::Value) {
         let report = self.mirror.as_ref().map(|probe| probe());
         let seen = self.recorder.count_table(&table.to_string());
         let evidence = gate::Evidence {
             mirror_mode,
             mirror: report.as_ref(),
             divergences: seen.saturating_sub(flag.baseline),
+            shadow: crate::reads::shadow::window::over(
+                &table.to_string(),
+                self.opts.shadow_window_secs,
+            ),
         };
-        gate::refusals(table, to, &evidence, &self.opts)
+        let why = gate::refusals(table, to, &evidence, &self.opts);
+        let mirror = report.as_ref().map(|m| {
+            serde_json::json!({
+                "lag_seconds": m.lag_seconds,
+                "lag_transactions": m.lag_transactions,
+                "parked": m.parked,
+            })
+        });
+        let shown = serde_json::json!({
+            "mirror": mirror,
+            "divergences_since_switch": evidence.divergences,
+            "shadow": {
+                "window_secs": self.opts.shadow_window_secs,
+                "compared": evidence.shadow.0,
+                "mismatched": evidence.shadow.1,
+            },
+        });
+        (why, shown)
     }
 }
 
@@ -453,6 +564,8 @@ mod tests {
                 max_lag_seconds: 5.0,
                 max_lag_transactions: 10,
                 has_secondary: true,
+                shadow_window_secs: 900,
+                max_shadow_mismatch_rate: 0.0,
             },
             recorder.clone(),
             Some(Arc::new(move || probe.lock().unwrap().clone())),

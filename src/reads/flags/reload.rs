@@ -78,7 +78,7 @@ impl ReadFlags {
             rule_reads: to,
             ..f.clone()
         };
-        let mut refusals = self.gate(name, f, to, mirror);
+        let (mut refusals, _) = self.gate(name, f, to, mirror);
         if to != ReadSource::Primary && !self.opts.has_secondary {
             refusals.push("no [secondary] is configured".into());
         }

@@ -26,6 +26,7 @@
 
 mod conn;
 mod run;
+pub mod window;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -226,4 +227,9 @@ fn count(table: &str, outcome: &Outcome) {
     metrics::counter!("pgbridge_shadow_reads_total",
         "table" => table.to_string(), "result" => outcome.label())
     .increment(1);
+    match outcome {
+        Outcome::Equal => window::record(table, false),
+        Outcome::Mismatch(_) => window::record(table, true),
+        _ => {}
+    }
 }
