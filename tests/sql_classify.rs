@@ -211,10 +211,13 @@ fn the_capture_splices_into_the_original_text() {
         "insert into Derived_Data_Bars (symbol, ts, open, high, low, close)\n  values ('DXY', now(), 1, 1, 1, 1) \
          RETURNING Derived_Data_Bars.symbol, Derived_Data_Bars.ts, Derived_Data_Bars.open, Derived_Data_Bars.high, \
          Derived_Data_Bars.low, Derived_Data_Bars.close, Derived_Data_Bars.volume, \
-         (Derived_Data_Bars.symbol = 'DXY'), pg_current_xact_id() /* keep me */ ;"
+         (Derived_Data_Bars.symbol = 'DXY'), pg_current_wal_insert_lsn(), pg_current_xact_id() /* keep me */ ;"
     );
     let c = an.statements[0].capture.as_ref().unwrap();
-    assert_eq!((c.client_returning, c.extra, c.in_filter), (false, 9, true));
+    assert_eq!(
+        (c.client_returning, c.extra, c.in_filter),
+        (false, 10, true)
+    );
 
     let an = a.analyze("UPDATE derived_data_bars b SET ts = b.ts + interval '1 day' WHERE b.ts < now() RETURNING b.ts");
     assert_eq!(
@@ -222,12 +225,12 @@ fn the_capture_splices_into_the_original_text() {
         "UPDATE derived_data_bars b SET ts = b.ts + interval '1 day' FROM (SELECT ctid AS pgbridge_ctid, \
          symbol AS pgbridge_k0, ts AS pgbridge_k1 FROM derived_data_bars b WHERE b.ts < now() FOR UPDATE) AS pgbridge_old \
          WHERE b.ctid = pgbridge_old.pgbridge_ctid RETURNING b.ts, b.symbol, b.ts, b.open, b.high, b.low, b.close, \
-         b.volume, (b.symbol = 'DXY'), pgbridge_old.pgbridge_k0, pgbridge_old.pgbridge_k1, pg_current_xact_id()"
+         b.volume, (b.symbol = 'DXY'), pgbridge_old.pgbridge_k0, pgbridge_old.pgbridge_k1, pg_current_wal_insert_lsn(), pg_current_xact_id()"
     );
     let c = an.statements[0].capture.as_ref().unwrap();
     assert_eq!(
         (c.client_returning, c.extra, c.old_key.len()),
-        (true, 11, 2)
+        (true, 12, 2)
     );
 }
 
@@ -267,7 +270,7 @@ fn a_capture_inside_a_multi_statement_query() {
     assert_eq!(
         an.capture_sql.as_deref().unwrap(),
         "BEGIN; DELETE FROM derived_data_bars WHERE ts < '2026-01-01' RETURNING ts, \
-         derived_data_bars.symbol, derived_data_bars.ts, (derived_data_bars.symbol = 'DXY'), pg_current_xact_id(); \
+         derived_data_bars.symbol, derived_data_bars.ts, (derived_data_bars.symbol = 'DXY'), pg_current_wal_insert_lsn(), pg_current_xact_id(); \
          SELECT 1; COMMIT;"
     );
     let kinds: Vec<Kind> = an.statements.iter().map(|s| s.kind.clone()).collect();
@@ -285,7 +288,7 @@ fn a_capture_inside_a_multi_statement_query() {
         "DELETE FROM derived_data_bars WHERE ts < '2026-01-01' RETURNING ts"
     );
     let c = an.statements[1].capture.as_ref().unwrap();
-    assert_eq!((c.client_returning, c.extra, c.columns.len()), (true, 4, 2));
+    assert_eq!((c.client_returning, c.extra, c.columns.len()), (true, 5, 2));
 }
 
 #[test]

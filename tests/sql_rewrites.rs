@@ -40,8 +40,9 @@ async fn apply(
     key_pos: &[usize],
     row: &[Option<String>],
 ) {
-    // The transaction id comes last; the journal, not the target, needs it.
-    let extra = &row[row.len() - c.extra..row.len() - 1];
+    // The WAL position and the transaction id come last; the journal, not the target, needs
+    // them.
+    let extra = &row[row.len() - c.extra..row.len() - 2];
     let image = &extra[..c.columns.len()];
     let in_filter = !c.in_filter || extra[c.columns.len()].as_deref() == Some("t");
     let key: Vec<Option<String>> = key_pos.iter().map(|&i| image[i].clone()).collect();

@@ -330,29 +330,14 @@ fn put_writes(bridge: &Bridge, body: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_switch_under_load_through_two_instances_is_agreed_and_loses_nothing() {
     let (a, b, db) = two_on_one_database("state_switch");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for (n, bridge) in [&a, &b, &a, &b].into_iter().enumerate() {
-        let conn = bridge.conn_str("postgres", "", &db);
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let client = connect(&conn).await;
-            let mut written = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let minute = n as u32 * 100_000 + written;
-                client
-                    .batch_execute(&format!(
-                        "BEGIN; {INSERT} ('DXY', '2026-01-01'::timestamptz + {minute} * interval '1 minute', 1, 1, 1, 1, {n}); \
-                         UPDATE derived_data_bars SET volume = volume + 1 WHERE symbol = 'DXY' \
-                         AND ts = '2026-01-01'::timestamptz + {minute} * interval '1 minute'; COMMIT"
-                    ))
-                    .await
-                    .unwrap();
-                written += 1;
-            }
-            written
-        }));
-    }
+    let (stop, writers) = common::writes::writers(&[&a, &b, &a, &b], &db, |n, round| {
+        let minute = n * 100_000 + round;
+        format!(
+            "BEGIN; {INSERT} ('DXY', '2026-01-01'::timestamptz + {minute} * interval '1 minute', 1, 1, 1, 1, {n}); \
+             UPDATE derived_data_bars SET volume = volume + 1 WHERE symbol = 'DXY' \
+             AND ts = '2026-01-01'::timestamptz + {minute} * interval '1 minute'; COMMIT"
+        )
+    });
     std::thread::sleep(Duration::from_millis(500));
     let (code, body) = put_writes(
         &a,

@@ -101,6 +101,28 @@ pub fn xid(fields: &[FieldInfo], values: &[Option<&[u8]>]) -> Option<i64> {
     }
 }
 
+/// The WAL position a captured DataRow carries before its transaction id (a pg_lsn, text
+/// `X/Y` in hexadecimal or binary); `None` when the value does not read as one.
+pub fn lsn(fields: &[FieldInfo], values: &[Option<&[u8]>]) -> Option<u64> {
+    if fields.len() != values.len() || fields.len() < 2 {
+        return None;
+    }
+    let at = fields.len() - 2;
+    let value = values[at]?;
+    match fields[at].format {
+        1 => Some(u64::from_be_bytes(value.try_into().ok()?)),
+        _ => parse_lsn(std::str::from_utf8(value).ok()?),
+    }
+}
+
+/// A pg_lsn's text, `16/B374D848`: the high and low 32 bits in hexadecimal.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((hi as u64) << 32 | lo as u64)
+}
+
 /// A boolean in text (`t`/`f`) or binary (one byte) format; NULL is false, as in a WHERE.
 fn boolean(field: FieldInfo, value: Option<&[u8]>) -> bool {
     match (field.format, value) {
@@ -189,6 +211,22 @@ mod tests {
             Some(&b"OLD"[..])
         );
         assert!(super::change(&c, &text(4), &values[..4]).is_none());
+    }
+
+    #[test]
+    fn the_wal_position_before_the_xid_is_read_in_either_format() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("nope"), None);
+        let fields = text(3);
+        let values = [Some(&b"a"[..]), Some(&b"1/2A"[..]), Some(&b"77"[..])];
+        assert_eq!(lsn(&fields, &values), Some((1 << 32) | 0x2A));
+        let mut fields = text(3);
+        fields[1].format = 1;
+        let bytes = 0x0102_0304_0506_0708u64.to_be_bytes();
+        let values = [Some(&b"a"[..]), Some(&bytes[..]), Some(&b"77"[..])];
+        assert_eq!(lsn(&fields, &values), Some(0x0102_0304_0506_0708));
+        assert_eq!(lsn(&fields[..1], &values[..1]), None);
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub struct MirrorConfig {
     /// (a sync COMMIT waits for the apply).
     #[serde(default)]
     pub apply_linger_ms: Option<u64>,
+    /// Apply each row's images in the primary's order across instances (src/mirror/apply/
+    /// order.rs): needed when several instances write the same rows; it costs the applier one
+    /// statement per batch and a row per key in `pgbridge.row_versions`. Off by default.
+    #[serde(default)]
+    pub order_rows: bool,
 }
 
 impl MirrorConfig {
@@ -108,6 +113,7 @@ impl Default for MirrorConfig {
             resolve_after_secs: default_resolve_after(),
             assume_committed_without_xid: false,
             apply_linger_ms: None,
+            order_rows: false,
         }
     }
 }

@@ -47,6 +47,9 @@ impl Instance {
                     let lag = lag.as_ref().map_or(0.0, |(j, s)| s.report(j).lag_seconds);
                     (sessions.len() as u64, lag)
                 }));
+                if !config.mirror.order_rows {
+                    warn_unordered(state.clone());
+                }
             }
         }
         Ok(Arc::new(Instance {
@@ -82,4 +85,20 @@ impl Instance {
     pub fn sessions(&self) -> usize {
         self.cancels.len()
     }
+}
+
+/// Warns (once) when other instances share the state while `[mirror] order_rows` is off: their
+/// writes of a row this instance also writes may reach the target in either order.
+fn warn_unordered(state: Arc<crate::state::SharedState>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let others = state.other_live();
+            if !others.is_empty() {
+                tracing::warn!(others = ?others, "other instances share this state but [mirror] order_rows is off: \
+                    writes of one row through two instances may reach the target in either order");
+                return;
+            }
+        }
+    });
 }

@@ -7,6 +7,9 @@
 //! what the write comparison needs uses a kind of its own (6: an upsert with the primary's
 //! effect, 7: a statement with the primary's command tag), and one that does not is written in
 //! its original kind (1, 5), so records written before those existed decode as they always did.
+//!
+//! Version 2 is version 1 with the transaction's WAL position ([`TxnRecord::lsn`]) after its
+//! changes; a record without one is written as version 1, as before.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -14,6 +17,8 @@ use super::{Change, ChangeOp, Effect, Row, TxnRecord, Value};
 use crate::rules::TableName;
 
 const VERSION: u8 = 1;
+/// [`VERSION`] with the WAL position after the changes.
+const VERSION_WITH_LSN: u8 = 2;
 
 // Change kinds. Only ever added; see the module docs.
 const UPSERT: u8 = 1;
@@ -55,7 +60,10 @@ impl DecodeError {
 }
 
 pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
-    out.put_u8(VERSION);
+    out.put_u8(match txn.lsn {
+        Some(_) => VERSION_WITH_LSN,
+        None => VERSION,
+    });
     out.put_u64_le(txn.session);
     match txn.xid {
         Some(x) => {
@@ -75,6 +83,9 @@ pub fn encode(txn: &TxnRecord, out: &mut BytesMut) {
         put_str(out, &c.table.schema);
         put_str(out, &c.table.name);
         put_op(out, &c.op);
+    }
+    if let Some(lsn) = txn.lsn {
+        out.put_u64_le(lsn);
     }
 }
 
@@ -134,7 +145,8 @@ fn put_statement(out: &mut BytesMut, sql: &str, params: &Row, tag: Option<&str>)
 
 pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
     let b = &mut buf;
-    if get_u8(b)? != VERSION {
+    let version = get_u8(b)?;
+    if version != VERSION && version != VERSION_WITH_LSN {
         return Err(DecodeError::UnknownVersion);
     }
     let session = get_u64(b)?;
@@ -160,12 +172,17 @@ pub fn decode(mut buf: Bytes) -> Result<TxnRecord, DecodeError> {
             op: get_op(b)?,
         });
     }
+    let lsn = match version {
+        VERSION_WITH_LSN => Some(get_u64(b)?),
+        _ => None,
+    };
     Ok(TxnRecord {
         session,
         xid,
         captured_at_us,
         settings,
         changes,
+        lsn,
     })
 }
 
@@ -364,6 +381,7 @@ mod tests {
                     op: ChangeOp::Truncate,
                 },
             ],
+            lsn: None,
         }
     }
 
@@ -387,11 +405,15 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let txn = sample();
-        let mut buf = BytesMut::new();
-        encode(&txn, &mut buf);
-        let back = decode(buf.freeze()).unwrap();
-        assert_eq!(back, txn);
+        let mut txn = sample();
+        for lsn in [None, Some(0x16_B374_D848)] {
+            txn.lsn = lsn;
+            let mut buf = BytesMut::new();
+            encode(&txn, &mut buf);
+            assert_eq!(buf[0], if lsn.is_some() { 2 } else { 1 });
+            let back = decode(buf.freeze()).unwrap();
+            assert_eq!(back, txn);
+        }
     }
 
     /// A record as pgbridge wrote it before upserts kept their effect and statements their
@@ -457,7 +479,7 @@ mod tests {
         );
         assert_eq!(DecodeError::UnknownEffect.reason(), "unknown upsert effect");
         let mut unknown = BytesMut::from(&unhex(SAMPLE)[..]);
-        unknown[0] = 2;
+        unknown[0] = 3;
         assert_eq!(decode(unknown.freeze()), Err(DecodeError::UnknownVersion));
     }
 

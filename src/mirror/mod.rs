@@ -72,6 +72,12 @@ pub struct TxnRecord {
     /// changes are applied.
     pub settings: Vec<(String, String)>,
     pub changes: Vec<Change>,
+    /// The largest WAL position its captured rows were written at on the primary
+    /// (`pg_current_wal_insert_lsn()`): of two transactions that wrote one row, the later one's
+    /// is the larger, whichever instance captured them. `None` for records without rows, or
+    /// journaled before it was captured.
+    #[serde(default)]
+    pub lsn: Option<u64>,
 }
 
 impl TxnRecord {
@@ -83,6 +89,7 @@ impl TxnRecord {
             captured_at_us: now_us(),
             settings: Vec::new(),
             changes: Vec::new(),
+            lsn: None,
         }
     }
 }

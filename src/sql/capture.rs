@@ -131,6 +131,10 @@ pub fn capture(
         old_key = rule.key.clone();
         items.extend((0..old_key.len()).map(|i| format!("pgbridge_old.pgbridge_k{i}")));
     }
+    // Where the primary's WAL was when the row was written: a write of a row that another
+    // transaction wrote waits for that one's commit, so its value is the larger, and the
+    // appliers of several instances apply one row's images in the primary's order by it.
+    items.push("pg_current_wal_insert_lsn()".to_string());
     items.push("pg_current_xact_id()".to_string());
     let client_returning = returning(stmt).is_some();
     edits.push(returning_edit(toks, range, client_returning, &items));
@@ -315,11 +319,11 @@ mod tests {
             sql,
             "DELETE FROM derived_data_bars /* c */ WHERE ts < now() RETURNING \
              derived_data_bars.symbol, derived_data_bars.ts, (derived_data_bars.symbol = 'DXY'), \
-             pg_current_xact_id()"
+             pg_current_wal_insert_lsn(), pg_current_xact_id()"
         );
         assert_eq!(
             (c.columns.len(), c.extra, c.client_returning),
-            (2, 4, false)
+            (2, 5, false)
         );
     }
 
@@ -340,7 +344,8 @@ mod tests {
             "{sql}"
         );
         assert!(sql.ends_with(
-            ", pgbridge_old.pgbridge_k0, pgbridge_old.pgbridge_k1, pg_current_xact_id()"
+            ", pgbridge_old.pgbridge_k0, pgbridge_old.pgbridge_k1, pg_current_wal_insert_lsn(), \
+             pg_current_xact_id()"
         ));
         assert_eq!(c.old_key, ["symbol", "ts"]);
         assert!(c.client_returning);

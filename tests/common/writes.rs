@@ -74,3 +74,35 @@ pub fn assert_images_equal(bridge: &Bridge, port: u16, db: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sessions writing through `bridges`, one each, until the answer's flag is set: round by
+/// round, session `n` runs the text `sql(n, round)` gives. Each task answers its rounds.
+pub fn writers(
+    bridges: &[&Bridge],
+    db: &str,
+    sql: fn(usize, usize) -> String,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<tokio::task::JoinHandle<usize>>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let tasks = bridges
+        .iter()
+        .enumerate()
+        .map(|(n, bridge)| {
+            let conn = bridge.conn_str("postgres", "", db);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = connect(&conn).await;
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    client.batch_execute(&sql(n, round)).await.unwrap();
+                    round += 1;
+                }
+                round
+            })
+        })
+        .collect();
+    (stop, tasks)
+}

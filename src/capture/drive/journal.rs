@@ -65,6 +65,7 @@ impl<'a> Driver<'a> {
         let record = {
             let mut t = self.shared.lock();
             let mut record = TxnRecord::new(self.session, t.xid.take());
+            record.lsn = t.lsn.take();
             record.changes = t.txn.changes().to_vec();
             if t.other_write {
                 let mut tables: Vec<String> =

@@ -168,6 +168,7 @@ impl Tracker {
                 self.end_unjournaled();
             }
             self.xid = None;
+            self.lsn = None;
             // The client's own ReadyForQuery (not one pgbridge holds while it still has
             // statements of its own to send, a COPY's or an autocommit write's): the session's
             // writes are done, for the write switch.

@@ -36,6 +36,8 @@ pub struct Tracker {
     pub txn: TxnBuffer,
     /// The value of the last `pg_current_xact_id()`.
     pub xid: Option<i64>,
+    /// The largest `pg_current_wal_insert_lsn()` a captured row of the transaction carried.
+    pub lsn: Option<u64>,
     /// The status of a held ReadyForQuery, for the side that asked to hold it.
     pub held: Option<u8>,
     /// The transaction status of the last ReadyForQuery.

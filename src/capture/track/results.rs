@@ -84,6 +84,7 @@ impl Tracker {
         if self.xid.is_none() {
             self.xid = rows::xid(&self.fields, &values);
         }
+        self.lsn = self.lsn.max(rows::lsn(&self.fields, &values));
         if !c.client_returning || !self.forwarded() {
             return Action::Drop;
         }
@@ -186,10 +187,12 @@ impl Tracker {
                 self.sets.rollback();
                 // AND CHAIN starts a transaction with an id of its own.
                 self.xid = None;
+                self.lsn = None;
             }
             Step::Tx(TxControl::Commit | TxControl::PrepareTransaction(_)) => {
                 self.end_unjournaled();
                 self.xid = None;
+                self.lsn = None;
             }
             Step::Commit { id, .. } => self.outcome(id, tag == "COMMIT"),
             Step::Shadow(plan) => self.submit_shadow(&plan),

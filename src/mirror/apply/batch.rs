@@ -5,6 +5,7 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
+use super::order::{Side, Skips};
 use super::plan::Target;
 use super::task::Txns;
 use super::{Applier, ApplyError};
@@ -68,6 +69,7 @@ impl Applier {
         if let Some(settings) = settings {
             self.queue_settings(client, settings).await?;
         }
+        let skips = self.newer_elsewhere(client, txns).await?;
         let mut last = 0;
         for (i, (id, txn)) in txns.iter().enumerate() {
             last = *id;
@@ -76,7 +78,7 @@ impl Applier {
             let check = WriteCheck::new(*id, session, self.recorder.redact());
             self.checks.push(check);
             if let Some(txn) = txn {
-                self.apply_txn(client, txn).await?;
+                self.apply_txn(client, txn, i, &skips).await?;
             }
         }
         // An error at COMMIT (a deferred constraint) names the batch's last transaction, so the
@@ -112,9 +114,25 @@ impl Applier {
         self.control(client, &sql, &refs).await
     }
 
-    /// Queues one journal transaction's changes.
-    async fn apply_txn(&mut self, client: &Client, txn: &TxnRecord) -> Result<(), ApplyError> {
+    /// Queues one journal transaction's changes (the `i`th of the batch), without the keys
+    /// `skips` names ([`super::order`]).
+    async fn apply_txn(
+        &mut self,
+        client: &Client,
+        txn: &TxnRecord,
+        i: usize,
+        skips: &Skips,
+    ) -> Result<(), ApplyError> {
         for (k, change) in txn.changes.iter().enumerate() {
+            let newer = |side| skips.contains(&(i, k, side));
+            let newer = (newer(Side::Row), newer(Side::OldKey));
+            if newer != (false, false) {
+                // What an upsert left out carried is not for the next row.
+                self.carried = None;
+            }
+            if newer.0 && !matches!(change.op, ChangeOp::UpdateKey { .. }) {
+                continue;
+            }
             if self.superseded(change, txn.changes.get(k + 1)) {
                 // What the primary did first is what the row's one upsert must match.
                 if let ChangeOp::Upsert { effect, .. } = &change.op {
@@ -123,17 +141,21 @@ impl Applier {
                 continue;
             }
             // Errors name their transaction (a queued statement's may be an earlier one's).
-            self.apply_change(client, &change.table, &change.op).await?;
+            self.apply_change(client, &change.table, &change.op, newer)
+                .await?;
         }
         Ok(())
     }
 
-    /// Queues one change through the live rule of its table (none any more: skipped).
+    /// Queues one change through the live rule of its table (none any more: skipped). `newer`
+    /// says which of an UPDATE of a key's two keys an instance wrote later ([`super::order`]):
+    /// what it does to the other one is still done.
     async fn apply_change(
         &mut self,
         client: &Client,
         table: &TableName,
         op: &ChangeOp,
+        newer: (bool, bool),
     ) -> Result<(), ApplyError> {
         if let ChangeOp::Statement { sql, params, tag } = op {
             return self.replay(client, table, sql, params, tag.as_ref()).await;
@@ -160,7 +182,12 @@ impl Applier {
                 old_key,
                 row,
                 in_filter: f,
-            } => self.update_key(client, t, old_key, row, *f).await,
+            } => match newer {
+                (false, false) => self.update_key(client, t, old_key, row, *f).await,
+                (true, false) => self.delete(client, t, old_key, Some(true)).await,
+                (false, true) => self.upsert(client, t, row, *f, None).await,
+                (true, true) => Ok(()),
+            },
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::Client;
 use tracing::warn;
 
-use super::plan::{key_values, Target};
+use super::plan::{KeyValues, Target};
 use super::task::Txns;
 use super::{Applier, ApplyError};
 use crate::mirror::status::{MirrorReport, MirrorStats};
@@ -299,17 +299,27 @@ impl Applier {
     ) -> Result<u64, ApplyError> {
         self.control(client, "BEGIN", &[]).await?;
         self.queue_settings(client, &chunk.settings).await?;
+        // Keys another instance applied a write to that the snapshot did not see.
+        let images: Vec<&Row> = chunk
+            .rows
+            .iter()
+            .chain(&chunk.deletes)
+            .map(|(_, r)| r)
+            .collect();
+        let later = self
+            .written_after(client, t.table, &images, &chunk.snapshot)
+            .await?;
         let mut written = 0;
-        for (key, row) in &chunk.rows {
-            if skip.contains(key) {
+        for (n, (key, row)) in chunk.rows.iter().enumerate() {
+            if skip.contains(key) || later.contains(&n) {
                 continue;
             }
             // Read within the rule's `where`: inside it by construction.
             self.upsert(client, t, row, Some(true), None).await?;
             written += 1;
         }
-        for (key, row) in &chunk.deletes {
-            if skip.contains(key) {
+        for (n, (key, row)) in chunk.deletes.iter().enumerate() {
+            if skip.contains(key) || later.contains(&(chunk.rows.len() + n)) {
                 continue;
             }
             self.delete(client, t, row, Some(true)).await?;
@@ -383,45 +393,19 @@ impl Applier {
         table: &TableName,
         rows: &[&Row],
     ) -> Option<Vec<Option<CanonicalKey>>> {
-        let rules = self.rules.load();
+        let rules = self.rules.load_full();
         let rule = rules.get(table)?;
-        let cols = rule.source_columns.as_ref()?;
-        let types: Vec<&str> = rule
-            .key
-            .iter()
-            .map(|k| {
-                cols.iter()
-                    .find(|c| &c.name == k)
-                    .map(|c| c.type_name.as_str())
-            })
-            .collect::<Option<_>>()?;
-        let padded = rows.len().next_power_of_two().max(8);
-        let null = Value::null(Type::TEXT.oid());
-        let mut values: Vec<&Value> = Vec::with_capacity(padded * types.len());
-        let mut tuples = Vec::with_capacity(padded);
-        for i in 0..padded {
-            let key = match rows.get(i) {
-                Some(row) => key_values(rule, row).ok()?,
-                None => vec![&null; types.len()],
-            };
-            let first = values.len() + 1;
-            let casts: Vec<String> = types
-                .iter()
-                .enumerate()
-                .map(|(j, ty)| format!("${}::text::{ty}", first + j))
-                .collect();
-            values.extend(key);
-            tuples.push(format!("({}, {i})", casts.join(", ")));
-        }
-        let n = types.len();
+        let plain: Vec<(&Row, &[Value])> = rows.iter().map(|r| (*r, &[][..])).collect();
+        let keys = KeyValues::build(rule, &plain, &[], 1)?;
+        let n = rule.key.len();
         let sql = format!(
             "SELECT * FROM (VALUES {}) AS v ORDER BY {}",
-            tuples.join(", "),
+            keys.tuples,
             n + 1
         );
-        let stmt = self.prepare(client, &sql, &values).await.ok()?;
+        let stmt = self.prepare(client, &sql, &keys.values).await.ok()?;
         let answer = client
-            .query(&stmt, &super::wire::params(&values))
+            .query(&stmt, &super::wire::params(&keys.values))
             .await
             .ok()?;
         let keys: Vec<Option<CanonicalKey>> = answer

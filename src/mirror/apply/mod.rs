@@ -20,13 +20,15 @@
 //! secondary transaction and the change dispatch), [`pipeline`] (its statements, prepared and
 //! sent together), one file per change kind ([`upsert`], [`delete`], [`update_key`],
 //! [`truncate`], [`statement`]), [`plan`] (the rules' live plans), [`park`], [`wire`] (values
-//! on the wire, errors classified), [`chunk`] (backfill chunks on the ordered path) and
-//! [`handle`] (what sessions and the admin API hold).
+//! on the wire, errors classified), [`chunk`] (backfill chunks on the ordered path), [`order`]
+//! (each row's images in the primary's order across instances) and [`handle`] (what sessions
+//! and the admin API hold).
 
 mod batch;
 mod chunk;
 mod delete;
 mod handle;
+mod order;
 mod park;
 mod pipeline;
 mod plan;
@@ -74,6 +76,8 @@ pub struct ApplierConfig {
     /// How long a batch that is not full waits for more transactions (`[mirror]
     /// apply_linger_ms`).
     pub linger: Duration,
+    /// `[mirror] order_rows`: each row's images applied in the primary's order ([`order`]).
+    pub order_rows: bool,
 }
 
 impl ApplierConfig {
@@ -86,6 +90,7 @@ impl ApplierConfig {
             max_backoff: Duration::from_secs(10),
             halt_retry: Duration::from_secs(5),
             linger: mirror.apply_linger(),
+            order_rows: mirror.order_rows,
         }
     }
 }

@@ -143,6 +143,77 @@ pub(super) fn key_row(rule: &Rule, row: &Row) -> Row {
         .fold(Row::new(), |r, (k, v)| r.with(k, v.clone()))
 }
 
+/// The key columns of rows as a VALUES list: `($n::text::type, ..., extra..., i)` per row, padded
+/// with NULL rows to a power of two so that few prepared statements serve every batch.
+pub(super) struct KeyValues<'a> {
+    /// `c0, c1, ...`: the key columns' names in the list.
+    pub columns: String,
+    pub tuples: String,
+    pub values: Vec<&'a Value>,
+}
+
+static NULL_TEXT: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| Value::null(tokio_postgres::types::Type::TEXT.oid()));
+
+impl<'a> KeyValues<'a> {
+    /// `rows` with their `extra` values (of types `extra_types`), numbered from `$first`.
+    pub(super) fn build(
+        rule: &Rule,
+        rows: &[(&'a Row, &'a [Value])],
+        extra_types: &[&str],
+        first: usize,
+    ) -> Option<KeyValues<'a>> {
+        let cols = rule.source_columns.as_ref()?;
+        let types: Vec<&str> = rule
+            .key
+            .iter()
+            .map(|k| {
+                cols.iter()
+                    .find(|c| &c.name == k)
+                    .map(|c| c.type_name.as_str())
+            })
+            .collect::<Option<_>>()?;
+        let padded = rows.len().next_power_of_two().max(8);
+        let mut values: Vec<&Value> =
+            Vec::with_capacity(padded * (types.len() + extra_types.len()));
+        let mut tuples = Vec::with_capacity(padded);
+        for i in 0..padded {
+            let at = first + values.len();
+            let mut casts: Vec<String> = types
+                .iter()
+                .enumerate()
+                .map(|(j, ty)| format!("${}::text::{ty}", at + j))
+                .collect();
+            casts.extend(
+                extra_types
+                    .iter()
+                    .enumerate()
+                    .map(|(j, ty)| format!("${}::{ty}", at + types.len() + j)),
+            );
+            match rows.get(i) {
+                Some((row, extra)) => {
+                    values.extend(key_values(rule, row).ok()?);
+                    values.extend(extra.iter());
+                }
+                None => values.extend(std::iter::repeat_n(
+                    &*NULL_TEXT,
+                    types.len() + extra_types.len(),
+                )),
+            }
+            tuples.push(format!("({}, {i})", casts.join(", ")));
+        }
+        let columns = (0..types.len())
+            .map(|j| format!("c{j}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(KeyValues {
+            columns,
+            tuples: tuples.join(", "),
+            values,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

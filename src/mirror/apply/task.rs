@@ -97,7 +97,10 @@ impl Applier {
         };
         tokio::spawn(conn.in_current_span());
         client
-            .batch_execute(&crate::mirror::under_schema_lock(SCHEMA_SQL))
+            .batch_execute(&crate::mirror::under_schema_lock(&format!(
+                "{SCHEMA_SQL}; {}",
+                super::order::SCHEMA_SQL
+            )))
             .await?;
         let row = client
             .query_opt(READ_POSITION_SQL, &[&self.journal.uuid()])
