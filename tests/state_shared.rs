@@ -1,5 +1,5 @@
 //! Several pgbridge instances on one shared state (src/state/mod.rs): a read flag changed
-//! through one is applied by the other within a second; each lists the instances; with the
+//! through one is applied by the two others within a second; each lists the instances; with the
 //! state database stopped both keep serving, changes are refused, and everything resumes once
 //! it is back. What a user checks: each instance's status and metrics, which side served a read,
 //! and the answers of the admin API.
@@ -28,17 +28,22 @@ fn another(db: &str, name: &str, state_url: Option<&str>) -> Bridge {
 /// Instances `a` and `b` over a fresh pair of databases, on the state at `state_url` (the
 /// secondary's by default).
 fn pair(hint: &str, state_url: Option<&str>) -> (Bridge, Bridge, String) {
+    let (a, db) = first(hint, state_url);
+    let b = another(&db, "b", state_url);
+    (a, b, db)
+}
+
+/// Instance `a` over a fresh pair of databases, on the state at `state_url`.
+fn first(hint: &str, state_url: Option<&str>) -> (Bridge, String) {
     let c = cluster();
     let db = fresh_db(hint);
-    let (a, db) = mirrored_with(
+    mirrored_with(
         c.primary_port,
         c.secondary_port,
         &db,
         DXY_RULE,
         &state_section("a", state_url),
-    );
-    let b = another(&db, "b", state_url);
-    (a, b, db)
+    )
 }
 
 fn state_section(name: &str, url: Option<&str>) -> String {
@@ -84,23 +89,46 @@ fn names(s: &serde_json::Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
+async fn a_flip_on_one_instance_is_applied_by_the_two_others_within_a_second() {
     let c = cluster();
     let (a, b, db) = pair("state_flip", None);
-    for bridge in [&a, &b] {
-        until(bridge, "both instances listed", |s| {
-            names(s) == ["a", "b"] && s["state"]["connected"] == true
+    let third = another(&db, "c", None);
+    for bridge in [&a, &b, &third] {
+        until(bridge, "the three instances listed", |s| {
+            names(s) == ["a", "b", "c"] && s["state"]["connected"] == true
         });
     }
     assert_eq!(status(&b)["state"]["instance"], "b");
 
     let (code, body) = put_reads(&a, r#"{"source":"shadow","reason":"compare"}"#);
     assert_eq!(code, 200, "{body}");
-    let took = until(&b, "b follows a's flip", |s| {
+    for (name, other) in [("b", &b), ("c", &third)] {
+        let took = until(other, "the others follow a's flip", |s| {
+            s["tables"][0]["reads"] == "shadow"
+        });
+        println!("{name} applied a's flip after {} ms", took.as_millis());
+        assert!(took < Duration::from_secs(1), "{} ms", took.as_millis());
+    }
+
+    // More of the reads on the secondary: agreed by both others (their mirrors are ready).
+    let (code, body) = put_reads(&a, r#"{"source":"secondary","percent":50,"reason":"ramp"}"#);
+    assert_eq!(code, 200, "{body}");
+    for other in [&b, &third] {
+        until(other, "the others follow the agreed ramp", |s| {
+            s["tables"][0]["reads"] == "secondary" && s["tables"][0]["reads_percent"] == 50
+        });
+    }
+    assert!(
+        a.log()
+            .contains("reads on the secondary agreed by every live instance"),
+        "{}",
+        a.log()
+    );
+    let (code, body) = put_reads(&a, r#"{"source":"shadow","reason":"compare"}"#);
+    assert_eq!(code, 200, "{body}");
+    until(&b, "b follows a's way back", |s| {
         s["tables"][0]["reads"] == "shadow"
     });
-    println!("b applied a's flip after {} ms", took.as_millis());
-    assert!(took < Duration::from_secs(1), "{} ms", took.as_millis());
 
     // B's sessions read as the shared flag says: the read is compared on the secondary.
     let client = connect(&b.conn_str("postgres", "", &db)).await;
@@ -123,9 +151,10 @@ async fn a_flip_on_one_instance_is_applied_by_the_other_within_a_second() {
         let trail = psql_on(
             c.secondary_port,
             &db,
-            "SELECT instance || ' ' || (line->>'to') || ' ' || (line->>'reason') FROM pgbridge.audit",
+            "SELECT instance || ' ' || (line->>'to') || ' ' || (line->>'reason') FROM pgbridge.audit \
+             ORDER BY id",
         );
-        if trail.trim() == "a shadow compare" {
+        if trail.trim() == "a shadow compare\na secondary ramp\na shadow compare" {
             break;
         }
         assert!(Instant::now() < deadline, "{trail}");
@@ -295,6 +324,55 @@ async fn a_backfill_whose_instance_is_killed_goes_on_on_the_other() {
     let actual = psql_on(c.secondary_port, &db, common::jobs::ACTUAL);
     assert_eq!(expected, actual);
     assert!(b.log().contains("resuming the job"), "{}", b.log());
+}
+
+#[test]
+fn a_read_switch_to_the_secondary_waits_for_every_instances_mirror() {
+    let c = cluster();
+    let (a, db) = first("state_reads_agree", None);
+    // Instance b mirrors to a secondary of its own, which then goes away; it shares the state
+    // with a all the same.
+    let mut own = PgServer::start(&PgOptions::default())
+        .unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"));
+    psql_on(own.port(), "postgres", &format!("CREATE DATABASE {db}"));
+    psql_on(own.port(), &db, SECONDARY_DDL);
+    let state_url = format!("postgres://postgres@127.0.0.1:{}/{db}", c.secondary_port);
+    let (port, admin, config) = dxy_config(
+        &format!("postgres://postgres@127.0.0.1:{}/{db}", c.primary_port),
+        &format!("postgres://postgres@127.0.0.1:{}/{db}", own.port()),
+        DXY_RULE,
+        &state_section("b", Some(&state_url)),
+    );
+    let b = Bridge::start_with_config(port, admin, &config);
+    until(&a, "both listed", |s| names(s) == ["a", "b"]);
+    own.stop().unwrap();
+    // A write through b that its applier cannot apply.
+    psql_script(
+        &b.conn_str("postgres", "", &db),
+        &format!("{INSERT} ('DXY', now(), 1, 1, 1, 1, 1);"),
+    );
+    until(&b, "b's write journaled, not applied", |s| {
+        s["mirror"]["journal_seq"].as_u64() > s["mirror"]["applied_seq"].as_u64()
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let (code, body) = put_reads(&a, r#"{"source":"secondary","reason":"cut over"}"#);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("instance b is not ready: the mirror"),
+        "{body}"
+    );
+    println!("a's switch: {body}");
+    assert_eq!(status(&a)["tables"][0]["reads"], "primary");
+    assert_eq!(status(&b)["tables"][0]["reads"], "primary");
+    // Forced past the gate, it goes through, and b follows.
+    let (code, body) = put_reads(
+        &a,
+        r#"{"source":"secondary","reason":"cut over","force":true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    until(&b, "b follows the forced switch", |s| {
+        s["tables"][0]["reads"] == "secondary"
+    });
 }
 
 /// Two instances in front of one database (the target in the primary's database), on one

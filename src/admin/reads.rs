@@ -86,6 +86,20 @@ pub(super) async fn set_reads(
         },
         None => None,
     };
+    // More of the reads on the secondary is agreed by every live instance first (unless
+    // forced past the gate): each one's own mirror must be ready.
+    if let (Some(shared), false) = (&m.state, force) {
+        let name = TableName::parse(&table).expect("a table the flags know");
+        let now = m.reads.load();
+        let (from, from_percent) = (now.get(&name), now.percent(&name).unwrap_or(100));
+        let more = to == ReadSource::Secondary
+            && (from != Some(ReadSource::Secondary) || percent > from_percent);
+        if more {
+            if let Err(why) = shared.agree_reads(&name).await {
+                return problem(StatusCode::CONFLICT, format!("refused: {why}"));
+            }
+        }
+    }
     // The audit line is written and synced before the switch: off the runtime's threads.
     let local = flags.clone();
     let set =

@@ -43,7 +43,8 @@ const PROPOSE_SQL: &str =
     deadline) VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING epoch) \
     SELECT epoch, pg_notify('pgbridge_state', 'switch') FROM p";
 
-const ACK_SQL: &str = "WITH a AS (INSERT INTO pgbridge.switch_acks (epoch, instance, ok, error) \
+pub(super) const ACK_SQL: &str =
+    "WITH a AS (INSERT INTO pgbridge.switch_acks (epoch, instance, ok, error) \
     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1) \
     SELECT pg_notify('pgbridge_state', 'ack') FROM a";
 
@@ -57,7 +58,7 @@ const DECIDE_SQL: &str = "WITH d AS (UPDATE pgbridge.switches SET state = $2 \
     SELECT pg_notify('pgbridge_state', 'decided') FROM d";
 
 impl SharedState {
-    async fn connected_client(&self) -> Result<Arc<Client>, String> {
+    pub(super) async fn connected_client(&self) -> Result<Arc<Client>, String> {
         self.client
             .lock()
             .await
@@ -79,8 +80,14 @@ impl SharedState {
         for row in rows {
             let (epoch, source, direction): (i64, String, String) =
                 (row.get(0), row.get(1), row.get(2));
-            let (Some(table), Some(to)) = (TableName::parse(&source), Direction::parse(&direction))
-            else {
+            let Some(table) = TableName::parse(&source) else {
+                continue;
+            };
+            if direction == super::agree_reads::READS_ON_SECONDARY {
+                self.answer_reads(client, epoch, &table).await?;
+                continue;
+            }
+            let Some(to) = Direction::parse(&direction) else {
                 continue;
             };
             if !lock(&self.taking_part).insert(epoch) {
@@ -229,62 +236,7 @@ impl Agreement for SharedState {
         within: Duration,
         force: bool,
     ) -> Agreed<'a, Result<Option<i64>, String>> {
-        Box::pin(async move {
-            let others: HashSet<String> = self.other_live().into_iter().collect();
-            if others.is_empty() {
-                return Ok(None);
-            }
-            let client = self.connected_client().await?;
-            let text = |e: tokio_postgres::Error| crate::net::error_text(&e);
-            let source = table.to_string();
-            let row = client
-                .query_one(
-                    PROPOSE_SQL,
-                    &[&source, &to.as_str(), &self.instance, &within.as_secs_f64()],
-                )
-                .await
-                .map_err(text)?;
-            let epoch: i64 = row.get(0);
-            info!(epoch, table = %table, to = to.as_str(), others = ?others, "write switch proposed to the other instances");
-            let started = Instant::now();
-            loop {
-                let acks = client
-                    .query(
-                        "SELECT instance, ok, coalesce(error, '') FROM pgbridge.switch_acks WHERE epoch = $1",
-                        &[&epoch],
-                    )
-                    .await
-                    .map_err(text)?;
-                if let Some(r) = acks.iter().find(|r| !r.get::<_, bool>(1)) {
-                    let why = format!(
-                        "instance {} is not ready: {}",
-                        r.get::<_, String>(0),
-                        r.get::<_, String>(2)
-                    );
-                    return Err(self.abort_with(&client, epoch, why).await);
-                }
-                let answered: HashSet<String> = acks.iter().map(|r| r.get(0)).collect();
-                let missing: Vec<&String> = others.difference(&answered).collect();
-                if missing.is_empty() {
-                    return Ok(Some(epoch));
-                }
-                if started.elapsed() > within {
-                    if force {
-                        warn!(epoch, missing = ?missing, "write switch forced past instances that did not answer: they adopt it when back");
-                        return Ok(Some(epoch));
-                    }
-                    let mut names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-                    names.sort_unstable();
-                    let why = format!(
-                        "instances {} did not answer within {} ms",
-                        names.join(", "),
-                        within.as_millis()
-                    );
-                    return Err(self.abort_with(&client, epoch, why).await);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
+        Box::pin(self.propose(table, to.as_str(), within, force))
     }
 
     fn decide<'a>(
@@ -312,6 +264,72 @@ impl Agreement for SharedState {
 }
 
 impl SharedState {
+    /// Proposes switching `table` to `direction` (a write direction, or `reads:secondary`) to
+    /// the other live instances and waits until each acknowledged it ready; one not ready, or
+    /// (without `force`) silent past `within`, aborts it. The epoch, if any instance was asked.
+    pub(super) async fn propose(
+        &self,
+        table: &TableName,
+        direction: &str,
+        within: Duration,
+        force: bool,
+    ) -> Result<Option<i64>, String> {
+        let others: HashSet<String> = self.other_live().into_iter().collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let client = self.connected_client().await?;
+        let text = |e: tokio_postgres::Error| crate::net::error_text(&e);
+        let source = table.to_string();
+        let row = client
+            .query_one(
+                PROPOSE_SQL,
+                &[&source, &direction, &self.instance, &within.as_secs_f64()],
+            )
+            .await
+            .map_err(text)?;
+        let epoch: i64 = row.get(0);
+        info!(epoch, table = %table, direction, others = ?others, "switch proposed to the other instances");
+        let started = Instant::now();
+        loop {
+            let acks = client
+                .query(
+                    "SELECT instance, ok, coalesce(error, '') FROM pgbridge.switch_acks WHERE epoch = $1",
+                    &[&epoch],
+                )
+                .await
+                .map_err(text)?;
+            if let Some(r) = acks.iter().find(|r| !r.get::<_, bool>(1)) {
+                let why = format!(
+                    "instance {} is not ready: {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(2)
+                );
+                return Err(self.abort_with(&client, epoch, why).await);
+            }
+            let answered: HashSet<String> = acks.iter().map(|r| r.get(0)).collect();
+            let missing: Vec<&String> = others.difference(&answered).collect();
+            if missing.is_empty() {
+                return Ok(Some(epoch));
+            }
+            if started.elapsed() > within {
+                if force {
+                    warn!(epoch, missing = ?missing, "switch forced past instances that did not answer: they adopt it when back");
+                    return Ok(Some(epoch));
+                }
+                let mut names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+                names.sort_unstable();
+                let why = format!(
+                    "instances {} did not answer within {} ms",
+                    names.join(", "),
+                    within.as_millis()
+                );
+                return Err(self.abort_with(&client, epoch, why).await);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits (up to [`APPLIED_WAIT`]) until every instance that acknowledged epoch `epoch`
     /// says it set the direction; one that does not is logged (it holds the table's writes
     /// until it has).

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::{AsyncMessage, Client};
 use tracing::{info, warn};
 
+mod agree_reads;
 pub mod audit;
 mod epoch;
 pub mod writes;
@@ -130,7 +131,7 @@ impl SharedState {
         reads: Arc<ReadFlags>,
         writes: writes::SharedWrites,
     ) -> Arc<SharedState> {
-        Arc::new(SharedState {
+        let state = Arc::new(SharedState {
             url,
             instance,
             reads,
@@ -141,7 +142,21 @@ impl SharedState {
             instances: ArcSwap::from_pointee(Vec::new()),
             changing: tokio::sync::Mutex::new(()),
             taking_part: Mutex::default(),
-        })
+        });
+        // The read gate weighs the other instances' lag too (their heartbeats').
+        let weak = Arc::downgrade(&state);
+        state.reads.set_peers(Arc::new(move || {
+            let Some(s) = weak.upgrade() else {
+                return Vec::new();
+            };
+            let peers = s.instances.load();
+            peers
+                .iter()
+                .filter(|i| i.live && i.name != s.instance)
+                .map(|i| (i.name.clone(), i.lag_seconds))
+                .collect()
+        }));
+        state
     }
 
     /// Starts following the shared state, with `probe` for the heartbeats.

@@ -14,6 +14,8 @@ pub(super) struct Evidence<'a> {
     pub mirror_mode: MirrorMode,
     /// The mirror's figures now; `None` when no mirror runs.
     pub mirror: Option<&'a MirrorReport>,
+    /// The other live instances and their mirrors' lag in seconds (from their heartbeats).
+    pub peers: &'a [(String, f64)],
     /// Divergences recorded for the table since its last switch.
     pub divergences: u64,
     /// Its shadow reads compared in the last `shadow_window_secs`, and how many differed.
@@ -38,6 +40,14 @@ pub(super) fn refusals(
     match evidence.mirror {
         None => why.push("the mirror is not running".into()),
         Some(m) => why.extend(mirror_refusals(m, bounds)),
+    }
+    for (name, lag) in evidence.peers {
+        if *lag > bounds.max_lag_seconds {
+            why.push(format!(
+                "the mirror of instance {name} lags {lag:.1}s (gate_max_lag_seconds = {})",
+                bounds.max_lag_seconds
+            ));
+        }
     }
     if evidence.divergences > 0 {
         why.push(format!(
@@ -135,6 +145,7 @@ pub(crate) mod tests {
         let evidence = Evidence {
             mirror_mode: MirrorMode::Rows,
             mirror: Some(&m),
+            peers: &[],
             divergences: 0,
             shadow: (0, 0),
         };
@@ -152,6 +163,7 @@ pub(crate) mod tests {
         let evidence = Evidence {
             mirror_mode: MirrorMode::Off,
             mirror: Some(&m),
+            peers: &[],
             divergences: 3,
             shadow: (200, 3),
         };
@@ -175,6 +187,7 @@ pub(crate) mod tests {
         let at_bounds = Evidence {
             mirror_mode: MirrorMode::Rows,
             mirror: Some(&m),
+            peers: &[],
             divergences: 0,
             shadow: (0, 0),
         };
@@ -182,10 +195,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn another_instance_whose_mirror_lags_refuses_the_switch() {
+        let m = healthy();
+        let peers = [("b".to_string(), 9.0), ("c".to_string(), 0.2)];
+        let evidence = Evidence {
+            mirror_mode: MirrorMode::Rows,
+            mirror: Some(&m),
+            peers: &peers,
+            divergences: 0,
+            shadow: (10, 0),
+        };
+        assert_eq!(
+            judge(ReadSource::Secondary, evidence),
+            vec!["the mirror of instance b lags 9.0s (gate_max_lag_seconds = 5)"]
+        );
+    }
+
+    #[test]
     fn only_a_switch_to_the_secondary_is_gated() {
         let without_mirror = Evidence {
             mirror_mode: MirrorMode::Off,
             mirror: None,
+            peers: &[],
             divergences: 1,
             shadow: (0, 0),
         };

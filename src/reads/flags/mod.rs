@@ -225,6 +225,10 @@ impl FlagOptions {
 /// The mirror's figures, asked at each gated switch.
 pub type MirrorProbe = Arc<dyn Fn() -> MirrorReport + Send + Sync>;
 
+/// The other live instances sharing the state and their mirrors' lag (src/state/mod.rs), asked
+/// at each gated switch: a read switched to the secondary is served by every instance.
+pub type PeersProbe = Arc<dyn Fn() -> Vec<(String, f64)> + Send + Sync>;
+
 /// The live read flags of every migrated table.
 pub struct ReadFlags {
     rules: Arc<ArcSwap<RuleSet>>,
@@ -234,6 +238,7 @@ pub struct ReadFlags {
     opts: FlagOptions,
     recorder: Arc<Recorder>,
     mirror: Option<MirrorProbe>,
+    peers: std::sync::OnceLock<PeersProbe>,
 }
 
 impl std::fmt::Debug for ReadFlags {
@@ -278,7 +283,22 @@ impl ReadFlags {
             opts,
             recorder,
             mirror,
+            peers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Why this instance's own mirror is not ready for reads on the secondary (empty: it is),
+    /// for another instance's agreed switch (src/state/agree_reads.rs).
+    pub fn local_refusals(&self) -> Vec<String> {
+        match self.mirror.as_ref().map(|probe| probe()) {
+            None => vec!["the mirror is not running".into()],
+            Some(report) => gate::mirror_refusals(&report, &self.opts),
+        }
+    }
+
+    /// Where the gate learns the other instances' lag (set once, by the shared state).
+    pub fn set_peers(&self, peers: PeersProbe) {
+        let _ = self.peers.set(peers);
     }
 
     /// The flags now, for one statement. Lock-free unless the rules were just reloaded (then
@@ -507,9 +527,11 @@ impl ReadFlags {
     ) -> (Vec<String>, serde_json::Value) {
         let report = self.mirror.as_ref().map(|probe| probe());
         let seen = self.recorder.count_table(&table.to_string());
+        let peers = self.peers.get().map(|p| p()).unwrap_or_default();
         let evidence = gate::Evidence {
             mirror_mode,
             mirror: report.as_ref(),
+            peers: &peers,
             divergences: seen.saturating_sub(flag.baseline),
             shadow: crate::reads::shadow::window::over(
                 &table.to_string(),
@@ -524,8 +546,13 @@ impl ReadFlags {
                 "parked": m.parked,
             })
         });
+        let instances: Vec<_> = peers
+            .iter()
+            .map(|(name, lag)| serde_json::json!({"name": name, "lag_seconds": lag}))
+            .collect();
         let shown = serde_json::json!({
             "mirror": mirror,
+            "instances": instances,
             "divergences_since_switch": evidence.divergences,
             "shadow": {
                 "window_secs": self.opts.shadow_window_secs,
