@@ -70,6 +70,12 @@ pub struct MirrorStatus {
     pub applied_seq: u64,
     pub lag_seconds: f64,
     pub parked: u64,
+    /// The applier is connected to the secondary (it retries while not).
+    #[serde(default)]
+    pub connected: bool,
+    /// The applier halted on a transaction the secondary refuses (`on_error = "halt"`).
+    #[serde(default)]
+    pub halted: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -159,6 +165,8 @@ impl From<&MirrorReport> for MirrorStatus {
             applied_seq: r.applied_seq,
             lag_seconds: r.lag_seconds,
             parked: r.parked,
+            connected: r.connected,
+            halted: r.halted,
         }
     }
 }

@@ -101,6 +101,8 @@ function health(status) {
   const m = status.mirror || {};
   const problems = [];
   if (m.parked) problems.push(m.parked + ' parked');
+  if (m.halted) problems.push('mirror applier halted');
+  if (status.tables && status.tables.length && m.connected === false) problems.push('mirror applier not connected');
   if (m.lag_seconds > 5) problems.push('mirror lags ' + seconds(m.lag_seconds));
   if (status.state && !status.state.connected) problems.push('shared state unreachable');
   if (status.reverse && status.reverse.last_error) problems.push('reverse mirror failing');
