@@ -36,6 +36,8 @@
 #                go on (SIGCONT) after it: the run measures the session path alone (capture and
 #                journal), as when the secondary has a machine of its own, and the catch-up after
 #                it the applier's rate on a backlog. Default: running.
+#   MIRROR_EXTRA="order_rows = true"  lines added to both pgbridges' [mirror] section (the
+#                relay has no rules, so they change only the mirrored one)
 #   PGBRIDGE_BIN=path  skip the cargo build (else cargo build --release; CARGO_TARGET_DIR is honoured)
 #   PG_BIN=dir   PostgreSQL binaries (default: newest /usr/lib/postgresql/*/bin)
 #   OUT=file     also write every run as CSV (round,mode,target,tps,max_lag_s,catchup_s,journal_seq)
@@ -133,6 +135,7 @@ EOF
 
 [mirror]
 journal_dir = "$dir/journal"
+${MIRROR_EXTRA:-}
 
 [divergence]
 log = "$dir/divergences.jsonl"
@@ -333,6 +336,7 @@ echo
 echo "mirror benchmark: upsert + update of one bar per transaction, $CLIENTS clients, $THREADS threads,"
 echo "${DURATION}s x $ROUNDS rounds${RATE:+, at $RATE tps}: median tps"
 [ -z "${PRIMARY_DURABLE:-}" ] || echo "(the primary fsyncs its commits)"
+[ -z "${MIRROR_EXTRA:-}" ] || echo "([mirror] ${MIRROR_EXTRA//$'\n'/; })"
 [ "${SECONDARY:-}" != paused ] ||
     echo "(the secondary paused during the mirrored runs: the session path alone; applied after each)"
 printf '%-10s%12s%12s%17s\n' mode relay mirrored mirrored/relay
