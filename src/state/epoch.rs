@@ -31,6 +31,9 @@ pub(super) const SCHEMA_SQL: &str = "CREATE TABLE IF NOT EXISTS pgbridge.switche
     PRIMARY KEY (epoch, instance)); \
     ALTER TABLE pgbridge.switch_acks ADD COLUMN IF NOT EXISTS applied boolean NOT NULL DEFAULT false";
 
+/// The share of a switch's bound within which an instance answers whether it is ready.
+const ANSWER_SHARE: f64 = 0.75;
+
 /// How long the switching instance waits, after the decision, for the others to say they set
 /// the direction (so that every live instance routes the new way when the switch answers).
 const APPLIED_WAIT: Duration = Duration::from_secs(3);
@@ -122,7 +125,10 @@ impl SharedState {
         flags.hold(table);
         info!(epoch, table = %table, to = to.as_str(), "taking part in a write switch: writes held");
         let from = flags.load().get(table);
-        let ready = self.get_ready(table, from, within, started).await;
+        // Not ready is answered well before the switching instance's own bound, so that it
+        // hears it: past that bound, a forced switch leaves out only instances that said nothing.
+        let answer_by = within.mul_f64(ANSWER_SHARE);
+        let ready = self.get_ready(table, from, answer_by, started).await;
         let (ok, error) = match &ready {
             Ok(()) => (true, None),
             Err(e) => (false, Some(e.clone())),
