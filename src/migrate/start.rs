@@ -137,6 +137,14 @@ impl Jobs {
     /// What a verify of `tables` (empty: every table that can be verified) would compare, or
     /// why it would be refused.
     pub async fn plan_verify(self: &Arc<Self>, tables: &[String]) -> Result<JobPlan, JobError> {
+        Ok(self.verify_plan(tables).await?.0)
+    }
+
+    /// [`Jobs::plan_verify`], and the jobs' database it asked.
+    async fn verify_plan(
+        self: &Arc<Self>,
+        tables: &[String],
+    ) -> Result<(JobPlan, tokio_postgres::Client), JobError> {
         let rules = self.rules.load();
         let chosen: Vec<Arc<Rule>> = match tables.is_empty() {
             true => rules
@@ -157,13 +165,13 @@ impl Jobs {
         }
         let names: Vec<String> = chosen.iter().map(|r| r.source.to_string()).collect();
         self.refuse_busy(&names)?;
-        let shared = store::connect(&self.secondary).await?;
-        self.refuse_busy_elsewhere(&shared, &names).await?;
+        let client = store::connect(&self.secondary).await?;
+        self.refuse_busy_elsewhere(&client, &names).await?;
         let mut total = 0;
         for rule in &chosen {
             total += backfill::count(self, rule).await?;
         }
-        Ok(JobPlan::new("verify", names, total))
+        Ok((JobPlan::new("verify", names, total), client))
     }
 
     /// Starts a verify of `tables` (empty: every table that can be verified); its job id.
@@ -173,8 +181,7 @@ impl Jobs {
         chunk_rows: Option<i64>,
         max_rows_per_sec: Option<i64>,
     ) -> Result<i64, JobError> {
-        let plan = self.plan_verify(tables).await?;
-        let client = store::connect(&self.secondary).await?;
+        let (plan, client) = self.verify_plan(tables).await?;
         let job = store::NewJob {
             kind: "verify",
             table: &plan.tables.join(","),
@@ -182,13 +189,7 @@ impl Jobs {
             max_rows_per_sec: max_rows_per_sec.unwrap_or(0),
             params: Some(serde_json::json!({ "tables": plan.tables })),
         };
-        let mut row = self.create(&client, &job).await?;
-        store::set_total(&client, row.id, plan.rows).await?;
-        row.rows_total = Some(plan.rows);
-        info!(job = row.id, tables = %row.table, "verify started");
-        let id = row.id;
-        self.spawn(row);
-        Ok(id)
+        self.launch(&client, &job, plan.rows).await
     }
 
     /// What a repair of `table` from verify `verify` (default: its last) would make equal, or
@@ -198,6 +199,15 @@ impl Jobs {
         table: &str,
         verify: Option<i64>,
     ) -> Result<JobPlan, JobError> {
+        Ok(self.repair_plan(table, verify).await?.0)
+    }
+
+    /// [`Jobs::plan_repair`], and the jobs' database it asked.
+    async fn repair_plan(
+        self: &Arc<Self>,
+        table: &str,
+        verify: Option<i64>,
+    ) -> Result<(JobPlan, tokio_postgres::Client), JobError> {
         let rule = verifiable(&self.rules.load(), table)?;
         let table = rule.source.to_string();
         let client = self.refuse_taken(&table).await?;
@@ -205,7 +215,7 @@ impl Jobs {
         let keys = store::keys(&client, verify, &table).await?.len() as i64;
         let mut plan = JobPlan::new("repair", vec![table], keys);
         plan.verify = Some(verify);
-        Ok(plan)
+        Ok((plan, client))
     }
 
     /// Starts a repair of `table` from verify `verify` (default: its last); its job id.
@@ -214,20 +224,28 @@ impl Jobs {
         table: &str,
         verify: Option<i64>,
     ) -> Result<i64, JobError> {
-        let plan = self.plan_repair(table, verify).await?;
-        let (table, verify) = (&plan.tables[0], plan.verify);
-        let client = store::connect(&self.secondary).await?;
+        let (plan, client) = self.repair_plan(table, verify).await?;
         let job = store::NewJob {
             kind: "repair",
-            table,
+            table: &plan.tables[0],
             chunk_rows: DEFAULT_CHUNK_ROWS.min(1000),
             max_rows_per_sec: 0,
-            params: Some(serde_json::json!({ "verify": verify })),
+            params: Some(serde_json::json!({ "verify": plan.verify })),
         };
-        let mut row = self.create(&client, &job).await?;
-        store::set_total(&client, row.id, plan.rows).await?;
-        row.rows_total = Some(plan.rows);
-        info!(job = row.id, table = %table, verify, keys = plan.rows, "repair started");
+        self.launch(&client, &job, plan.rows).await
+    }
+
+    /// Makes `job`'s row with its total in the jobs' database and runs it; its id.
+    async fn launch(
+        self: &Arc<Self>,
+        client: &tokio_postgres::Client,
+        job: &store::NewJob<'_>,
+        total: i64,
+    ) -> Result<i64, JobError> {
+        let mut row = self.create(client, job).await?;
+        store::set_total(client, row.id, total).await?;
+        row.rows_total = Some(total);
+        info!(job = row.id, kind = job.kind, table = %row.table, rows = total, "job started");
         let id = row.id;
         self.spawn(row);
         Ok(id)
