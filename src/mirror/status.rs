@@ -120,6 +120,15 @@ impl MirrorStats {
 }
 
 impl MirrorReport {
+    /// The figures a gate judges a switch on, as its audit line and dry run show them.
+    pub fn gate_evidence(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lag_seconds": self.lag_seconds,
+            "lag_transactions": self.lag_transactions,
+            "parked": self.parked,
+        })
+    }
+
     fn export(&self) {
         use metrics::gauge;
         gauge!("pgbridge_mirror_journal_seq").set(self.journal_seq as f64);

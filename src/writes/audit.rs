@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::gate::Evidence;
 use super::switch::Outcome;
+use crate::mirror::status::MirrorReport;
 
 /// Appends the switch `o`, judged on `e`, to the log at `path`.
 pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
@@ -27,13 +28,7 @@ pub fn append(path: &Path, o: &Outcome, e: &Evidence) -> std::io::Result<()> {
 
 /// The gate's evidence as the audit line and a dry run show it.
 pub fn evidence(e: &Evidence) -> serde_json::Value {
-    let forward = e.forward.as_ref().map(|m| {
-        serde_json::json!({
-            "lag_seconds": m.lag_seconds,
-            "lag_transactions": m.lag_transactions,
-            "parked": m.parked,
-        })
-    });
+    let forward = e.forward.as_ref().map(MirrorReport::gate_evidence);
     serde_json::json!({
         "backfill": e.backfill,
         "last_verify": e.last_verify.map(|(clean, age)| serde_json::json!({"clean": clean, "age_seconds": age})),

@@ -539,13 +539,7 @@ impl ReadFlags {
             ),
         };
         let why = gate::refusals(table, to, &evidence, &self.opts);
-        let mirror = report.as_ref().map(|m| {
-            serde_json::json!({
-                "lag_seconds": m.lag_seconds,
-                "lag_transactions": m.lag_transactions,
-                "parked": m.parked,
-            })
-        });
+        let mirror = report.as_ref().map(MirrorReport::gate_evidence);
         let instances: Vec<_> = peers
             .iter()
             .map(|(name, lag)| serde_json::json!({"name": name, "lag_seconds": lag}))
