@@ -170,7 +170,7 @@ pub(super) async fn start_backfill(
     let line = Audit {
         kind: "backfill",
         table: table.clone(),
-        who: super::who(&token, start.who, "admin api"),
+        who: super::who(&token, start.who),
         params: serde_json::json!({
             "chunk_rows": start.chunk_rows, "max_rows_per_sec": start.max_rows_per_sec,
         }),
@@ -196,7 +196,7 @@ pub(super) async fn start_verify(
     let line = Audit {
         kind: "verify",
         table: start.tables.join(","),
-        who: super::who(&token, start.who, "admin api"),
+        who: super::who(&token, start.who),
         params: serde_json::json!({
             "tables": start.tables, "chunk_rows": start.chunk_rows,
             "max_rows_per_sec": start.max_rows_per_sec,
@@ -224,7 +224,7 @@ pub(super) async fn start_repair(
     let line = Audit {
         kind: "repair",
         table: table.clone(),
-        who: super::who(&token, start.who, "admin api"),
+        who: super::who(&token, start.who),
         params: serde_json::json!({ "verify": start.verify }),
     };
     let result = jobs.start_repair(&table, start.verify).await;
@@ -271,7 +271,7 @@ pub(super) async fn cancel(
             let line = Audit {
                 kind: &job.row.kind,
                 table: job.row.table.clone(),
-                who: super::who(&token, None, "admin api"),
+                who: super::who(&token, None),
                 params: serde_json::Value::Null,
             };
             audit(&state, "cancel", id, line);

@@ -131,13 +131,13 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<TokenName, (Status
 }
 
 /// The `who` of an audit line: the token's name when it has one (the client's claim after it,
-/// when it makes one), else what the client says, else `fallback`.
-fn who(token: &TokenName, claimed: Option<String>, fallback: &str) -> String {
+/// when it makes one), else what the client says, else `admin api`.
+fn who(token: &TokenName, claimed: Option<String>) -> String {
     match (token, claimed) {
         (Some(name), Some(c)) if &c != name => format!("{name} ({c})"),
         (Some(name), _) => name.clone(),
         (None, Some(c)) => c,
-        (None, None) => fallback.to_string(),
+        (None, None) => "admin api".to_string(),
     }
 }
 
@@ -163,13 +163,10 @@ mod tests {
     #[test]
     fn a_named_token_is_who_made_the_change() {
         let alice = Some("alice".to_string());
-        assert_eq!(
-            who(&alice, Some("root@ctl".into()), "admin api"),
-            "alice (root@ctl)"
-        );
-        assert_eq!(who(&alice, None, "admin api"), "alice");
-        assert_eq!(who(&None, Some("root@ctl".into()), "admin api"), "root@ctl");
-        assert_eq!(who(&None, None, "admin api"), "admin api");
+        assert_eq!(who(&alice, Some("root@ctl".into())), "alice (root@ctl)");
+        assert_eq!(who(&alice, None), "alice");
+        assert_eq!(who(&None, Some("root@ctl".into())), "root@ctl");
+        assert_eq!(who(&None, None), "admin api");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub(super) async fn set_reads(
     };
     let flags = m.reads.clone();
     let reason = change.reason.unwrap_or_default();
-    let who = super::who(&token, change.who, "admin api");
+    let who = super::who(&token, change.who);
     let (force, percent) = (change.force, change.percent);
     // Shared with the other instances (src/state/mod.rs): refused while the state database
     // is unreachable, so that no instance switches alone.

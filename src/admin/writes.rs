@@ -95,7 +95,7 @@ pub(super) async fn set_writes(
         to,
         reason: change.reason.unwrap_or_default(),
         force: change.force,
-        who: super::who(&token, change.who, "admin api"),
+        who: super::who(&token, change.who),
         timeout: Duration::from_millis(change.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
     };
     let bounds = FlagOptions::from_config(config);

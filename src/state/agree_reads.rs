@@ -20,7 +20,7 @@ use crate::rules::TableName;
 pub(super) const READS_ON_SECONDARY: &str = "reads:secondary";
 
 /// How long the other instances have to answer.
-pub const READS_AGREE_WITHIN: Duration = Duration::from_secs(5);
+const READS_AGREE_WITHIN: Duration = Duration::from_secs(5);
 
 impl SharedState {
     /// Asks every other live instance whether its mirror is ready for `table`'s reads on the
