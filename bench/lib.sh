@@ -108,6 +108,27 @@ cluster_ticks() {
     echo "$total"
 }
 
+# The number of live processes of PostgreSQL server $1 (its postmaster's children).
+cluster_children() {
+    local pm
+    pm=$(head -n 1 "$work/$1/data/postmaster.pid" 2>/dev/null) || {
+        echo 0
+        return
+    }
+    wc -w <"/proc/$pm/task/$pm/children" 2>/dev/null || echo 0
+}
+
+# Waits (at most 5 s) until server $1 has no more than $2 live processes: the backends of a run's
+# connections have exited and been reaped, so that cluster_ticks counts their CPU (a backend that
+# is exiting is in neither the live children nor the reaped ones).
+settle_cluster() {
+    local _
+    for _ in $(seq 1 50); do
+        [ "$(cluster_children "$1")" -gt "$2" ] || return 0
+        sleep 0.1
+    done
+}
+
 # Milliseconds of CPU per 1000 transactions for $1 clock ticks over $2 transactions (nothing when
 # none ran).
 cpu_per_ktxn() {

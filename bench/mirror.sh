@@ -246,6 +246,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 die "pgbridge $target exited during the runs"
             fi
             lag=- catchup=- jseq=-
+            children=$(cluster_children primary)
             ticks0=("$(cluster_ticks primary)" "$(cluster_ticks secondary)" "$(proc_ticks "${bridge_pid[$target]}")")
             if [ "$target" = mirrored ]; then
                 samples=$work/results/$round.$mode.status
@@ -276,6 +277,7 @@ for round in $(seq 1 "$ROUNDS"); do
             fi
             # CPU per transaction, by process, over the run and the catch-up after it (the
             # applier's work on the secondary included).
+            settle_cluster primary "$children"
             ticks1=("$(cluster_ticks primary)" "$(cluster_ticks secondary)" "$(proc_ticks "${bridge_pid[$target]}")")
             txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
                 "$work/results/$round.$mode.$target.log" 2>/dev/null | tail -n 1)

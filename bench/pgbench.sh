@@ -9,7 +9,8 @@
 # `postgres` user when run as root), loads `pgbench -i -s $SCALE`, starts pgbouncer (session pooling)
 # and pgbridge (a release build, no rules: the relay alone) in front of it, then for every round
 # and workload runs the targets one after the other, so that noise on the machine hits all of them
-# alike. It ends with the median tps of each target and workload and the ratios. Everything is
+# alike. It ends with the median tps of each target and workload and the ratios, and the CPU each
+# run cost per 1000 transactions: the proxy's process and PostgreSQL's (every backend). Everything is
 # stopped and removed on exit.
 #
 # Settings (environment):
@@ -279,6 +280,15 @@ log_of() {
     esac
 }
 
+# Clock ticks of the proxy a target goes through (0 for direct, which has none).
+proxy_ticks() {
+    case "$1" in
+    pgbouncer) proc_ticks "$bouncer_pid" ;;
+    pgbridge) proc_ticks "$bridge_pid" ;;
+    *) echo 0 ;;
+    esac
+}
+
 failures=0
 read -r -a targets <<<"$TARGETS"
 runs=$((ROUNDS * ${#WORKLOADS[@]} * ${#targets[@]}))
@@ -293,7 +303,17 @@ for round in $(seq 1 "$ROUNDS"); do
             if [ -n "${broken[$target]:-}" ]; then
                 continue
             fi
+            children=$(cluster_children pg)
+            ticks0=("$(cluster_ticks pg)" "$(proxy_ticks "$target")")
             tps=$(run_pgbench "$target" "$workload" "$round")
+            settle_cluster pg "$children"
+            ticks1=("$(cluster_ticks pg)" "$(proxy_ticks "$target")")
+            txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
+                "$work/results/$round.$workload.$target.log" 2>/dev/null | tail -n 1)
+            for k in 0 1; do
+                [ -z "$txns" ] || cpu_per_ktxn $((ticks1[k] - ticks0[k])) "$txns" \
+                    >>"$work/results/$workload.$target.cpu$k"
+            done
             if [ -z "$tps" ]; then
                 tps=FAIL
                 failures=$((failures + 1))
@@ -347,6 +367,19 @@ for workload in "${WORKLOADS[@]}"; do
     has pgbridge && has pgbouncer &&
         printf '%19s' "$(ratio "${med[$workload.pgbridge]}" "${med[$workload.pgbouncer]}")"
     echo
+done
+echo
+echo "CPU per 1000 transactions, ms (medians): the proxy's process, PostgreSQL's (every backend), and both"
+printf '%-22s%-11s%8s%12s%8s\n' workload target proxy postgres total
+for workload in "${WORKLOADS[@]}"; do
+    for target in "${targets[@]}"; do
+        c0=$(median "$work/results/$workload.$target.cpu0" 2>/dev/null)
+        c1=$(median "$work/results/$workload.$target.cpu1" 2>/dev/null)
+        [ -n "$c0" ] || continue
+        [ "$target" != direct ] || c1=0
+        printf '%-22s%-11s%8s%12s%8s\n' "$(workload_title "$workload")" "$target" "$c1" "$c0" \
+            "$(awk -v a="$c0" -v b="${c1:-0}" 'BEGIN { print a + b }')"
+    done
 done
 status=0
 if [ "$failures" -gt 0 ]; then
