@@ -566,3 +566,78 @@ async fn a_primary_on_a_unix_socket_is_relayed_and_cancelled_too() {
     let err = running.await.unwrap().unwrap_err();
     assert_eq!(err.code().unwrap().code(), "57014");
 }
+
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn sessions_spread_over_session_threads_relay_cancel_and_drain() {
+    let port = pgbridge::pgcluster::free_port().unwrap();
+    let admin_port = pgbridge::pgcluster::free_port().unwrap();
+    let config = format!(
+        "worker_threads = 3\n{}",
+        default_config(port, admin_port, cluster().primary_port)
+    );
+    let bridge = Bridge::start_with_config(port, admin_port, &config);
+    let names = thread_names(bridge.pid());
+    let sessions = names
+        .iter()
+        .filter(|n| n.starts_with("pgbridge-session"))
+        .count();
+    assert_eq!(sessions, 3, "three session threads: {names:?}");
+
+    // Twelve sessions at once, each on whichever thread took it: every one gets its own answers.
+    let conn = bridge.conn_str("postgres", "", "postgres");
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(connect(&conn).await);
+    }
+    let mut runs = Vec::new();
+    for (i, client) in clients.iter().enumerate() {
+        let i = i as i64;
+        runs.push(async move {
+            let mut sum = 0;
+            for k in 0..50i64 {
+                let row = client
+                    .query_one("SELECT $1::int8 * 1000 + $2::int8", &[&i, &k])
+                    .await;
+                sum += row.unwrap().get::<_, i64>(0);
+            }
+            sum
+        });
+    }
+    let sums = futures_util::future::join_all(runs).await;
+    for (i, sum) in sums.into_iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(sum, 50 * 1000 * i + 49 * 50 / 2, "session {i}");
+    }
+
+    // A cancel request (a connection of its own, on any thread) reaches the query of another.
+    let victim = clients.pop().unwrap();
+    let token = victim.cancel_token();
+    let running = tokio::spawn(async move { victim.query("SELECT pg_sleep(30)", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "57014", "query_canceled");
+
+    // SIGTERM drains the idle sessions of every thread, and pgbridge exits.
+    let mut bridge = bridge;
+    bridge.signal(libc::SIGTERM);
+    let status = bridge.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}, log: {}",
+        bridge.log()
+    );
+    for client in &clients {
+        let err = client.simple_query("SELECT 1").await.unwrap_err();
+        assert!(err.is_closed() || err.code().is_some(), "{err}");
+    }
+}

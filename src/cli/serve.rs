@@ -13,16 +13,10 @@ use crate::CliError;
 /// Runs until SIGTERM or SIGINT, then drains.
 pub fn run(config: Config) -> Result<(), CliError> {
     super::init_logging();
-    // One thread: no cross-thread wake-ups at all, the cheapest relay where cores are scarce.
-    let threads = config.worker_threads();
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    let runtime = builder
+    // The control plane (accept loop, admin API, mirror, shared state) runs on this thread; the
+    // sessions on `worker_threads` threads of their own (src/proxy/workers.rs), or on this one
+    // too when that is 1.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("pgbridge")
         .build()

@@ -75,7 +75,7 @@ pub struct Config {
     /// Where the instances' shared state lives (src/config/state.rs).
     #[serde(default)]
     pub state: StateConfig,
-    /// Threads that run sessions; defaults to the number of cores.
+    /// Threads that run sessions; defaults to the number of cores less one.
     #[serde(default)]
     pub worker_threads: Option<usize>,
     /// Whether the file named `rules` itself (else the default `rules` may be absent: no rules).
@@ -84,11 +84,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// The number of runtime worker threads to start.
+    /// The number of threads that run sessions (src/proxy/workers.rs): by default one per core
+    /// but the one the control plane runs on, so 1 on two cores, where one thread that also runs
+    /// the control plane costs least (bench/pgbench.sh).
     pub fn worker_threads(&self) -> usize {
-        self.worker_threads
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        self.worker_threads.filter(|n| *n > 0).unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            cores.saturating_sub(1).max(1)
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! The accept loop: one task per client, a connection limit, and a graceful drain.
+//! The accept loop: one task per client on a session thread ([`super::workers`]), a connection
+//! limit, and a graceful drain.
 //!
 //! On SIGTERM or SIGINT pgbridge stops accepting, lets every session finish what it is doing
 //! (each ends at its next idle point, between transactions with nothing in flight), and closes the
@@ -13,6 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
+use super::workers::Sessions;
 use crate::instance::Instance;
 
 /// Accepts clients on `listener` until SIGTERM or SIGINT, then drains; returns after the drain.
@@ -22,6 +24,7 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener) -> std::io::R
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let ids = AtomicU64::new(1);
+    let threads = Sessions::start(instance.config.worker_threads())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -29,7 +32,8 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener) -> std::io::R
                     super::metrics::get().accepted.increment(1);
                     let permit = Arc::clone(&sessions).try_acquire_owned().ok();
                     let id = ids.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(super::session::serve(Arc::clone(&instance), tcp, peer, permit, id));
+                    let instance = Arc::clone(&instance);
+                    threads.spawn(tcp, move |tcp| super::session::serve(instance, tcp, peer, permit, id));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off instead of spinning.
@@ -43,6 +47,7 @@ pub async fn serve(instance: Arc<Instance>, listener: TcpListener) -> std::io::R
     }
     drop(listener);
     drain(&instance, &sessions, &mut term, &mut int).await;
+    drop(threads);
     Ok(())
 }
 
