@@ -306,7 +306,8 @@ for round in $(seq 1 "$ROUNDS"); do
             children=$(cluster_children pg)
             ticks0=("$(cluster_ticks pg)" "$(proxy_ticks "$target")")
             tps=$(run_pgbench "$target" "$workload" "$round")
-            settle_cluster pg "$children"
+            # pgbouncer keeps its server connections between runs: only the others' backends exit.
+            [ "$target" = pgbouncer ] || settle_cluster pg "$children"
             ticks1=("$(cluster_ticks pg)" "$(proxy_ticks "$target")")
             txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
                 "$work/results/$round.$workload.$target.log" 2>/dev/null | tail -n 1)
