@@ -586,10 +586,7 @@ async fn sessions_spread_over_session_threads_relay_cancel_and_drain() {
     );
     let bridge = Bridge::start_with_config(port, admin_port, &config);
     let names = thread_names(bridge.pid());
-    let sessions = names
-        .iter()
-        .filter(|n| n.starts_with("pgbridge-session"))
-        .count();
+    let sessions = names.iter().filter(|n| n.starts_with("session-")).count();
     assert_eq!(sessions, 3, "three session threads: {names:?}");
 
     // Twelve sessions at once, each on whichever thread took it: every one gets its own answers.

@@ -48,7 +48,7 @@ impl Workers {
             let handle = runtime.handle().clone();
             let mut stopped = stopped.clone();
             std::thread::Builder::new()
-                .name(format!("pgbridge-session-{i}"))
+                .name(format!("session-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
                         let _ = stopped.wait_for(|s| *s).await;
