@@ -129,6 +129,13 @@ settle_cluster() {
     done
 }
 
+# The number of transactions pgbench says it processed in its output file $1 (nothing when it
+# says none: a failed run).
+pgbench_txns() {
+    sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$1" 2>/dev/null |
+        tail -n 1
+}
+
 # Milliseconds of CPU per 1000 transactions for $1 clock ticks over $2 transactions (nothing when
 # none ran).
 cpu_per_ktxn() {

@@ -279,8 +279,7 @@ for round in $(seq 1 "$ROUNDS"); do
             # applier's work on the secondary included).
             settle_cluster primary "$children"
             ticks1=("$(cluster_ticks primary)" "$(cluster_ticks secondary)" "$(proc_ticks "${bridge_pid[$target]}")")
-            txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
-                "$work/results/$round.$mode.$target.log" 2>/dev/null | tail -n 1)
+            txns=$(pgbench_txns "$work/results/$round.$mode.$target.log")
             for k in 0 1 2; do
                 [ -z "$txns" ] || cpu_per_ktxn $((ticks1[k] - ticks0[k])) "$txns" >>"$work/results/$mode.$target.cpu$k"
             done

@@ -309,8 +309,7 @@ for round in $(seq 1 "$ROUNDS"); do
             # pgbouncer keeps its server connections between runs: only the others' backends exit.
             [ "$target" = pgbouncer ] || settle_cluster pg "$children"
             ticks1=("$(cluster_ticks pg)" "$(proxy_ticks "$target")")
-            txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
-                "$work/results/$round.$workload.$target.log" 2>/dev/null | tail -n 1)
+            txns=$(pgbench_txns "$work/results/$round.$workload.$target.log")
             for k in 0 1; do
                 [ -z "$txns" ] || cpu_per_ktxn $((ticks1[k] - ticks0[k])) "$txns" \
                     >>"$work/results/$workload.$target.cpu$k"
@@ -377,7 +376,6 @@ for workload in "${WORKLOADS[@]}"; do
         c0=$(median "$work/results/$workload.$target.cpu0" 2>/dev/null)
         c1=$(median "$work/results/$workload.$target.cpu1" 2>/dev/null)
         [ -n "$c0" ] || continue
-        [ "$target" != direct ] || c1=0
         printf '%-22s%-11s%8s%12s%8s\n' "$(workload_title "$workload")" "$target" "$c1" "$c0" \
             "$(awk -v a="$c0" -v b="${c1:-0}" 'BEGIN { print a + b }')"
     done

@@ -297,8 +297,7 @@ record() {
     tps=${res%% *}
     maxlat=${res#* }
     [ -n "$res" ] || { tps=FAIL; maxlat=-; }
-    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' \
-        "$work/results/$round.$mode.$run.log" 2>/dev/null | tail -n 1)
+    txns=$(pgbench_txns "$work/results/$round.$mode.$run.log")
     for k in 0 1; do
         [ -z "$txns" ] || cpu_per_ktxn $((t1[k] - t0[k])) "$txns" >>"$work/results/$mode.$run.cpu$k"
     done
