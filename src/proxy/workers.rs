@@ -36,8 +36,7 @@ struct Worker {
 }
 
 impl Workers {
-    /// Starts `n` session threads (`n` ≥ 2; one thread is the caller's runtime itself, see
-    /// [`Sessions`]).
+    /// Starts `n` session threads (for `worker_threads = 1`, [`Sessions::Here`] starts none).
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::with_capacity(n);
