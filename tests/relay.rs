@@ -585,9 +585,6 @@ async fn sessions_spread_over_session_threads_relay_cancel_and_drain() {
         default_config(port, admin_port, cluster().primary_port)
     );
     let bridge = Bridge::start_with_config(port, admin_port, &config);
-    let names = thread_names(bridge.pid());
-    let sessions = names.iter().filter(|n| n.starts_with("session-")).count();
-    assert_eq!(sessions, 3, "three session threads: {names:?}");
 
     // Twelve sessions at once, each on whichever thread took it: every one gets its own answers.
     let conn = bridge.conn_str("postgres", "", "postgres");
@@ -595,6 +592,11 @@ async fn sessions_spread_over_session_threads_relay_cancel_and_drain() {
     for _ in 0..12 {
         clients.push(connect(&conn).await);
     }
+    // Sessions are being served, so the accept loop has started its threads.
+    let names = thread_names(bridge.pid());
+    let sessions = names.iter().filter(|n| n.starts_with("session-")).count();
+    assert_eq!(sessions, 3, "three session threads: {names:?}");
+
     let mut runs = Vec::new();
     for (i, client) in clients.iter().enumerate() {
         let i = i as i64;
