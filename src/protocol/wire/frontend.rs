@@ -188,11 +188,20 @@ pub fn bind_to_statement(frame: &[u8], stmt: &str) -> Option<Bytes> {
 
 /// Bind without parameters, text results.
 pub fn bind(portal: &str, stmt: &str) -> Bytes {
+    bind_text(portal, stmt, &[])
+}
+
+/// Bind of `values` as text parameters (none NULL), text results.
+pub fn bind_text(portal: &str, stmt: &str, values: &[String]) -> Bytes {
     let mut body = BytesMut::new();
     put_cstr(&mut body, portal);
     put_cstr(&mut body, stmt);
     body.put_u16(0);
-    body.put_u16(0);
+    body.put_u16(values.len() as u16);
+    for v in values {
+        body.put_u32(v.len() as u32);
+        body.extend_from_slice(v.as_bytes());
+    }
     body.put_u16(0);
     framed(b'B', &body)
 }

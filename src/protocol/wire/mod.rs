@@ -37,8 +37,8 @@ pub use backend::{
     truncate_data_row, truncate_row_description, with_formats, FieldInfo,
 };
 pub use frontend::{
-    bind, bind_names, bind_params, bind_result_formats, bind_to_statement, close, copy_done,
-    describe_portal, describe_statement, execute, execute_max_rows, execute_portal,
+    bind, bind_names, bind_params, bind_result_formats, bind_text, bind_to_statement, close,
+    copy_done, describe_portal, describe_statement, execute, execute_max_rows, execute_portal,
     extend_bind_formats, flush, parse, parse_message, parse_param_types, parse_typed, query,
     query_text, replace_parse_query, sync, target, Param,
 };
