@@ -1,5 +1,6 @@
 //! The shape cache is exact: for texts that differ only in their literals, the analysis filled
-//! from a cached shape equals the uncached parse of each text, in `rows` and `statements` mode.
+//! from a cached shape equals the uncached parse of each text, in `rows` and `statements` mode;
+//! and a read the shape binds to parameters, with its values put back, is its read rewrite.
 
 mod sql_support;
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pgbridge::rules::{MirrorMode, RuleSet};
-use pgbridge::sql::Analyzer;
+use pgbridge::sql::{Analysis, Analyzer};
 use proptest::prelude::*;
 
 /// The DXY rule with the columns the online check would find, mirrored in `mode`.
@@ -19,6 +20,34 @@ fn dxy_rules(mode: MirrorMode) -> RuleSet {
 
 fn analyzer(mode: MirrorMode) -> Analyzer {
     Analyzer::new(Arc::new(ArcSwap::from_pointee(dxy_rules(mode))), 1000)
+}
+
+/// `a` without its bound reads, each checked first: its text with each parameter replaced by its
+/// value (a string's quoted, a number's as it is) is the statement's read rewrite.
+fn unbound(a: &Analysis) -> Analysis {
+    let mut a = a.clone();
+    for s in &mut a.statements {
+        let Some(bound) = s.read_bound.take() else {
+            continue;
+        };
+        assert_eq!(bound.types.len(), bound.values.len());
+        let mut sql = bound.sql.to_string();
+        // From the last, so that `$1` does not take the start of `$12`.
+        for (k, (ty, value)) in bound.types.iter().zip(&bound.values).enumerate().rev() {
+            let literal = match ty {
+                0 => format!("'{}'", value.replace('\'', "''")),
+                _ => value.clone(),
+            };
+            sql = sql.replace(&format!("${}", k + 1), &literal);
+        }
+        assert_eq!(
+            Some(sql.as_str()),
+            s.read_rewrite.as_deref(),
+            "{}",
+            bound.sql
+        );
+    }
+    a
 }
 
 /// Statement texts with literal slots: `{s}` a string, `{n}` a number.
@@ -92,7 +121,7 @@ proptest! {
             for sql in [&first, &second, &first] {
                 let cached = a.analyze(sql);
                 let uncached = a.analyze_uncached(sql);
-                prop_assert_eq!(&*cached, &uncached, "{}", sql);
+                prop_assert_eq!(unbound(&cached), uncached, "{}", sql);
             }
         }
     }
@@ -106,7 +135,7 @@ fn the_bench_workload_is_served_from_shapes() {
             let sql = pattern
                 .replace("{s}", &format!("'DXY{m}'"))
                 .replace("{n}", &format!("{m}.5"));
-            assert_eq!(*a.analyze(&sql), a.analyze_uncached(&sql), "{sql}");
+            assert_eq!(unbound(&a.analyze(&sql)), a.analyze_uncached(&sql), "{sql}");
         }
     }
     // Each pattern: the first text builds the shape, the next two fill it.
@@ -127,4 +156,22 @@ fn every_pattern_has_a_shape() {
         let expected = u64::from(!pattern.contains("-- {s}"));
         assert_eq!(a.shape_hits(), expected, "{pattern}");
     }
+}
+
+#[test]
+fn a_read_the_secondary_serves_is_bound_from_its_shape() {
+    let a = analyzer(MirrorMode::Rows);
+    let text = |n: &str, limit: u32| {
+        format!("SELECT ts, close FROM derived_data_bars WHERE symbol = 'DXY' AND close > {n} ORDER BY ts LIMIT {limit}")
+    };
+    a.analyze(&text("1.5", 3));
+    let filled = a.analyze(&text("2.25", 4));
+    assert_eq!(a.shape_hits(), 1);
+    let bound = filled.read_bound().expect("a bound read");
+    // The comparison's operand is a parameter typed as its literal (numeric); LIMIT's stays text.
+    assert!(bound.sql.contains("close > $1"), "{}", bound.sql);
+    assert!(bound.sql.contains("LIMIT 4"), "{}", bound.sql);
+    assert_eq!(bound.types, [1700]);
+    assert_eq!(bound.values, ["2.25"]);
+    assert_eq!(unbound(&filled), a.analyze_uncached(&text("2.25", 4)));
 }

@@ -118,6 +118,7 @@ mod tests {
             writes: Vec::new(),
             may_write: false,
             read_rewrite: Some("SELECT rewritten".into()),
+            read_bound: None,
             read_params: Vec::new(),
             read_literal_proof: false,
             ordered: false,

@@ -16,7 +16,7 @@ use super::keywords;
 use super::pipeline::{analyze_uncached, seen_tables};
 use super::prefilter::Prefilter;
 use super::read::Views;
-use super::shape::{self, Shape};
+use super::shape::{self, Shape, Template};
 use super::{plan, view, Analysis};
 use crate::rules::{RuleSet, TableName};
 use arc_swap::{ArcSwap, Guard};
@@ -117,23 +117,35 @@ impl Analyzer {
         match cached {
             Some(Shape::Template(t)) => {
                 // A literal that holds a migrated table's name changes what the pre-filter saw.
-                if t.seen != seen_tables(sql, snap) {
+                if t.analysis.seen != seen_tables(sql, snap) {
                     return None;
                 }
-                let filled = norm.fill(&t, sql)?;
+                let mut filled = norm.fill(&t.analysis, sql)?;
+                if let Some(b) = &t.bound {
+                    filled.statements[0].read_bound = Some(norm.bind(b, sql)?);
+                }
                 self.shape_hits.fetch_add(1, Ordering::Relaxed);
                 Some(planned(filled, sql, snap))
             }
             Some(Shape::Opaque) => None,
             None => {
-                let real = analyze_uncached(sql, snap);
+                let mut real = analyze_uncached(sql, snap);
                 let template = analyze_uncached(&norm.sentinel_text(sql), snap);
                 // A read proven within its `where` from a literal holds for that literal only.
                 let exact = template.parse_error.is_none()
                     && !template.statements.iter().any(|s| s.read_literal_proof)
                     && norm.fill(&template, sql).as_ref() == Some(&real);
                 let entry = match exact {
-                    true => Shape::Template(Arc::new(template)),
+                    true => {
+                        let bound = bound_template(&norm, &template);
+                        if let Some(b) = &bound {
+                            real.statements[0].read_bound = norm.bind(b, sql);
+                        }
+                        Shape::Template(Arc::new(Template {
+                            analysis: template,
+                            bound,
+                        }))
+                    }
                     false => Shape::Opaque,
                 };
                 if let Ok(mut shapes) = self.shapes.lock() {
@@ -187,6 +199,13 @@ impl Analyzer {
             .store(Arc::new(Snapshot::new(live, generation)));
         self.snapshot.load()
     }
+}
+
+/// The template's read rewrite with the literals that can be parameters as parameters.
+fn bound_template(norm: &shape::Normalized, template: &Analysis) -> Option<shape::BoundTemplate> {
+    let rewrite = template.read_rewrite()?;
+    let params = super::read::bind::parameter_literals(rewrite)?;
+    norm.bound_template(rewrite, &params)
 }
 
 /// `a` with the plan of each statement, under the snapshot's rules. Plans are made after the

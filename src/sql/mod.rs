@@ -90,6 +90,9 @@ pub struct StatementInfo {
     pub may_write: bool,
     /// For `Read`: the statement rewritten to read the targets on the secondary.
     pub read_rewrite: Option<String>,
+    /// For `Read` filled from a shape: the read rewrite with the client's literals as
+    /// parameters, for a statement the secondary prepares once ([`read::bind`]).
+    pub read_bound: Option<BoundRead>,
     /// For `Read`: checks of bound parameters that must all hold at Bind for the read to stay
     /// within its rules' `where` (`col = $1` for a `where` of `col IN ('DXY', 'EURX')`).
     pub read_params: Vec<read::Deferred>,
@@ -120,6 +123,7 @@ impl StatementInfo {
             writes: Vec::new(),
             may_write: false,
             read_rewrite: None,
+            read_bound: None,
             read_params: Vec::new(),
             read_literal_proof: false,
             ordered: false,
@@ -129,6 +133,15 @@ impl StatementInfo {
             plan: Plan::default(),
         }
     }
+}
+
+/// A read rewrite with literals as parameters: `sql` has `$1`, `$2`, ... of `types` (0: left to
+/// the server), bound to `values` as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoundRead {
+    pub sql: std::sync::Arc<str>,
+    pub types: Vec<u32>,
+    pub values: Vec<String>,
 }
 
 /// Everything pgbridge knows about a statement text (one Query message may hold several).
@@ -161,6 +174,17 @@ impl Analysis {
     pub fn read_rewrite(&self) -> Option<&str> {
         match self.statements.as_slice() {
             [s] if s.kind == Kind::Read && !s.may_write => s.read_rewrite.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The read rewrite with its literals as parameters, when [`Analysis::read_rewrite`] is
+    /// and its shape has literals that can be.
+    pub fn read_bound(&self) -> Option<&BoundRead> {
+        match self.statements.as_slice() {
+            [s] if s.kind == Kind::Read && !s.may_write && s.read_rewrite.is_some() => {
+                s.read_bound.as_ref()
+            }
             _ => None,
         }
     }

@@ -22,15 +22,32 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use super::{lex, Analysis};
+use super::{lex, Analysis, BoundRead};
 
 /// What the shape cache holds for a key.
 #[derive(Clone)]
 pub enum Shape {
     /// The analysis of the sentinel text, to fill.
-    Template(std::sync::Arc<Analysis>),
+    Template(std::sync::Arc<Template>),
     /// Filling does not reproduce the uncached analysis: analyze each text itself.
     Opaque,
+}
+
+/// A shape's analysis, and for a read its rewrite with literals as parameters.
+pub struct Template {
+    pub analysis: Analysis,
+    pub bound: Option<BoundTemplate>,
+}
+
+/// A read rewrite of the sentinel text with the sentinels that can be parameters
+/// ([`super::read::bind`]) replaced by `$1`, `$2`, ...; the other sentinels stay, to fill.
+#[derive(Debug)]
+pub struct BoundTemplate {
+    sql: std::sync::Arc<str>,
+    /// The literal index of each parameter.
+    literals: Vec<usize>,
+    /// Whether `sql` still holds sentinels.
+    fill: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +197,23 @@ pub fn filter_literals(filters: impl IntoIterator<Item = impl AsRef<str>>) -> Ha
     out
 }
 
+/// The sentinel of literal `i`.
+fn sentinel(i: usize, lit: Lit) -> String {
+    match lit {
+        Lit::Num => format!("{MARK}{i:04}"),
+        Lit::Str => format!("'{MARK}{i:04}'"),
+    }
+}
+
+/// The literal index of a sentinel's value (a number's token, or a string's content).
+pub fn sentinel_index(value: &str) -> Option<usize> {
+    let digits = value.strip_prefix(MARK)?;
+    if digits.len() != 4 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn sentinel_len(lit: Lit) -> usize {
     match lit {
         Lit::Num => NUM_LEN,
@@ -194,10 +228,7 @@ impl Normalized {
         let mut at = 0;
         for (i, (r, lit)) in self.spans.iter().enumerate() {
             out.push_str(&sql[at..r.start]);
-            match lit {
-                Lit::Num => out.push_str(&format!("{MARK}{i:04}")),
-                Lit::Str => out.push_str(&format!("'{MARK}{i:04}'")),
-            }
+            out.push_str(&sentinel(i, *lit));
             at = r.end;
         }
         out.push_str(&sql[at..]);
@@ -233,8 +264,80 @@ impl Normalized {
         Some(a)
     }
 
+    /// The token of literal `i` in `sql` (the text this was normalized from).
+    pub fn literal<'s>(&self, sql: &'s str, i: usize) -> &'s str {
+        &sql[self.spans[i].0.clone()]
+    }
+
+    /// `rewrite` (a read rewrite of the sentinel text) with the sentinels of `params` (sorted
+    /// literal indexes, [`super::read::bind::parameter_literals`]) replaced by `$1`, `$2`, ...
+    /// in the order they appear; `None` when there is none, or a sentinel does not fit.
+    pub fn bound_template(&self, rewrite: &str, params: &[usize]) -> Option<BoundTemplate> {
+        let mut literals = Vec::new();
+        let mut fill = false;
+        let sql = self.replace_sentinels(rewrite, |i, lit| match params.binary_search(&i) {
+            Ok(_) => {
+                literals.push(i);
+                format!("${}", literals.len())
+            }
+            Err(_) => {
+                fill = true;
+                sentinel(i, lit)
+            }
+        })?;
+        if literals.is_empty() {
+            return None;
+        }
+        Some(BoundTemplate {
+            sql: sql.into(),
+            literals,
+            fill,
+        })
+    }
+
+    /// The bound read of `sql` from its shape's template: the text with the other literals
+    /// filled in, each parameter's type (a number's as its literal's, a string's left to the
+    /// server) and its value as text.
+    pub fn bind(&self, t: &BoundTemplate, sql: &str) -> Option<BoundRead> {
+        let text = match t.fill {
+            true => self.substitute(&t.sql, sql)?.into(),
+            false => t.sql.clone(),
+        };
+        let mut types = Vec::with_capacity(t.literals.len());
+        let mut values = Vec::with_capacity(t.literals.len());
+        for &i in &t.literals {
+            let (range, lit) = self.spans.get(i)?;
+            let token = &sql[range.clone()];
+            match lit {
+                Lit::Num => {
+                    types.push(super::read::bind::number_type(token));
+                    values.push(token.to_string());
+                }
+                Lit::Str => {
+                    types.push(0);
+                    values.push(token[1..token.len() - 1].replace("''", "'"));
+                }
+            }
+        }
+        Some(BoundRead {
+            sql: text,
+            types,
+            values,
+        })
+    }
+
     /// `s` (derived from the sentinel text) with every sentinel replaced by the literal.
     fn substitute(&self, s: &str, sql: &str) -> Option<String> {
+        self.replace_sentinels(s, |i, _| sql[self.spans[i].0.clone()].to_string())
+    }
+
+    /// `s` with each sentinel (of literal `index`, of kind `lit`) replaced by `with(index, lit)`;
+    /// `None` when a sentinel does not fit its literal.
+    fn replace_sentinels(
+        &self,
+        s: &str,
+        mut with: impl FnMut(usize, Lit) -> String,
+    ) -> Option<String> {
         let b = s.as_bytes();
         let mut out = String::with_capacity(s.len() + 64);
         let mut at = 0;
@@ -243,7 +346,8 @@ impl Normalized {
             if !digits.bytes().all(|c| c.is_ascii_digit()) {
                 return None;
             }
-            let (range, lit) = self.spans.get(digits.parse::<usize>().ok()?)?;
+            let index = digits.parse::<usize>().ok()?;
+            let (_, lit) = self.spans.get(index)?;
             let (before, after) = (p.checked_sub(1).map(|q| b[q]), b.get(p + NUM_LEN).copied());
             let (start, end) = match lit {
                 Lit::Str if before == Some(b'\'') && after == Some(b'\'') => {
@@ -261,7 +365,7 @@ impl Normalized {
                 return None;
             }
             out.push_str(&s[at..start]);
-            out.push_str(&sql[range.clone()]);
+            out.push_str(&with(index, *lit));
             at = end;
         }
         out.push_str(&s[at..]);

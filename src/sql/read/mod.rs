@@ -15,6 +15,7 @@ use sqlparser::ast::{Ident, ObjectName, Statement, VisitMut};
 use super::view::Retarget;
 use super::SqlError;
 
+pub mod bind;
 mod coverage;
 mod formula;
 pub mod prove;
