@@ -684,3 +684,86 @@ async fn a_read_after_the_source_changed_its_columns_is_the_primarys() {
         assert_eq!(ask(req), 0.0, "a stale description was served");
     }
 }
+
+/// Simple-protocol reads of one shape are prepared once on the secondary and bound with each
+/// read's literals; a shape the secondary will not prepare (a literal in a function of `"any"`)
+/// goes with its literals. Either way the client gets the primary's bytes.
+#[tokio::test]
+async fn simple_reads_are_prepared_once_per_shape_on_the_secondary() {
+    let (bridge, db) = with_bars("serve_bound", cluster().secondary_port, 10, "").await;
+    set_reads(&bridge, "secondary");
+    let client = connect(&bridge.conn_str("postgres", "", &db)).await;
+    let direct = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        cluster().primary_port
+    ))
+    .await;
+    let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<Option<String>>> {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // What the secondary's session of pgbridge ran last.
+    let last_on_secondary = || {
+        psql_on(
+            cluster().secondary_port,
+            &db,
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND query LIKE '%data_bars%'",
+        )
+    };
+    let served = || metric(&bridge, SERVED, "result=\"served\"");
+    let before = served();
+    for (minute, min_volume) in [(1, "0"), (4, "1000"), (7, "1069.5"), (9, "5000000000")] {
+        let read = format!(
+            "SELECT ts, close, volume FROM derived_data_bars WHERE symbol = 'DXY' \
+             AND ts >= '2026-01-05 10:00+00'::timestamptz + {minute} * interval '1 minute' \
+             AND volume > {min_volume} ORDER BY ts LIMIT 3"
+        );
+        let via = text(client.simple_query(&read).await.unwrap());
+        assert_eq!(
+            via,
+            text(direct.simple_query(&read).await.unwrap()),
+            "{read}"
+        );
+        let ran = last_on_secondary();
+        assert!(
+            ran.contains("$1") && ran.contains("$2") && !ran.contains("10:00+00"),
+            "the secondary ran {ran}"
+        );
+    }
+    assert_eq!(served() - before, 4.0, "every read was the secondary's");
+    assert_eq!(
+        text(client.simple_query(
+            "SELECT count(*) FROM derived_data_bars WHERE symbol = 'DXY' AND volume > 1069.5"
+        )
+        .await
+        .unwrap()),
+        vec![vec![Some("3".to_string())]]
+    );
+
+    // concat's arguments are "any": PostgreSQL cannot type a parameter there, so the read goes
+    // with its literals, as the client wrote them.
+    for minute in ["10:02", "10:03"] {
+        let read = format!(
+            "SELECT concat(symbol, '/', volume) FROM derived_data_bars WHERE symbol = 'DXY' \
+             AND ts = '2026-01-05 {minute}+00'"
+        );
+        let before = served();
+        let via = text(client.simple_query(&read).await.unwrap());
+        assert_eq!(via, text(direct.simple_query(&read).await.unwrap()));
+        assert_eq!(served() - before, 1.0, "{read} was not the secondary's");
+        let ran = last_on_secondary();
+        assert!(
+            ran.contains(minute) && !ran.contains("$1"),
+            "the secondary ran {ran}"
+        );
+    }
+    let s = status(&bridge);
+    assert_eq!(s["divergences"]["total"], 0, "{s}");
+}

@@ -35,7 +35,11 @@ impl<'a> Driver<'a> {
             return Err(None);
         }
         let script = self.settings_script();
-        let answer = self.serving().server.simple(sql, &script).await;
+        let server = &mut self.serving().server;
+        let answer = match analysis.read_bound() {
+            Some(bound) => server.bound(bound, sql, &script).await,
+            None => server.simple(sql, &script).await,
+        };
         let rows = match answer {
             Ok(rows) => rows,
             // The client cancelled it (the cancel went to the secondary too): it ends here.

@@ -36,6 +36,8 @@ pub(super) struct Answer {
     error: Option<Failure>,
     /// The settings script's error, as `SQLSTATE: message`.
     settings_failed: Option<String>,
+    /// A ParseComplete came.
+    parsed: bool,
 }
 
 impl Answer {
@@ -48,6 +50,7 @@ impl Answer {
             description: None,
             error: None,
             settings_failed: None,
+            parsed: false,
         }
     }
 
@@ -71,6 +74,7 @@ impl Answer {
                     frame: frame.clone(),
                 });
             }
+            Some(b'1') if !in_settings => self.parsed = true,
             Some(b'Z') => self.readies -= 1,
             _ => {}
         }
@@ -80,6 +84,11 @@ impl Answer {
     /// Whether the settings script ran without an error (false when there was none to run).
     pub(super) fn settings_applied(&self) -> bool {
         self.with_settings && self.settings_failed.is_none()
+    }
+
+    /// Whether the batch's Parse completed (false too when it had none).
+    pub(super) fn parsed(&self) -> bool {
+        self.parsed
     }
 
     /// The read's DataRows and CommandComplete (and its RowDescription), or why it failed.
@@ -141,7 +150,7 @@ mod tests {
             ready(b'I'),
         ];
         assert_eq!(feed(&mut answer, &frames), 5);
-        assert!(!answer.settings_applied());
+        assert!(!answer.settings_applied() && answer.parsed());
         let rows = answer.into_result().unwrap().rows;
         assert_eq!(
             &rows[..],
@@ -190,6 +199,7 @@ mod tests {
         let first = error_response(Severity::Error, "42P01", "no such table");
         let second = error_response(Severity::Error, "25P02", "aborted");
         feed(&mut answer, &[first.clone(), second, ready(b'I')]);
+        assert!(!answer.parsed(), "the error came before any ParseComplete");
         let Err(Failure::Error {
             sqlstate,
             message,

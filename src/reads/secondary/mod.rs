@@ -14,6 +14,9 @@
 //! - the rows and the command tag are the secondary's, in the formats the client asked for (its
 //!   Bind goes to the secondary as it is, with its parameters, their formats and the result
 //!   formats), with the types the primary inferred for the parameters;
+//! - a simple Query whose shape binds ([`crate::sql::BoundRead`]) runs as a Bind of its rewrite
+//!   prepared with the literals as parameters, so that the secondary plans it once per shape
+//!   and connection, not per text; one the secondary will not prepare runs as text;
 //! - the ReadyForQuery carries the primary session's transaction status.
 //!
 //! The session's settings that shape values (DateStyle, TimeZone, IntervalStyle,
@@ -129,6 +132,8 @@ pub struct SessionServer {
     applied: String,
     /// The connection's cancel key, for the session's cancel requests.
     alongside: crate::net::cancel::Alongside,
+    /// Whether the last batch's Parse completed.
+    parsed: bool,
 }
 
 impl SessionServer {
@@ -145,6 +150,7 @@ impl SessionServer {
             resting_until: None,
             statements: Statements::default(),
             applied: String::new(),
+            parsed: false,
         }
     }
 
@@ -157,6 +163,35 @@ impl SessionServer {
     pub async fn simple(&mut self, sql: &str, settings: &str) -> Result<Rows, Failure> {
         let request = wire::query(sql);
         self.exchange(settings, &request).await
+    }
+
+    /// Runs a simple-protocol read bound to parameters (`bound`, whose text with its literals is
+    /// `sql`): prepared on the first read of its text and types, then only bound and executed.
+    /// A text the secondary will not prepare goes as `sql` from then on.
+    pub async fn bound(
+        &mut self,
+        bound: &crate::sql::BoundRead,
+        sql: &str,
+        settings: &str,
+    ) -> Result<Rows, Failure> {
+        if self.statements.is_unbindable(&bound.sql) {
+            return self.simple(sql, settings).await;
+        }
+        let mut request = BytesMut::new();
+        let (name, parse) = self
+            .statements
+            .prepare_bound(&bound.sql, &bound.types, &mut request);
+        request.extend_from_slice(&wire::bind_text("", &name, &bound.values));
+        request.extend_from_slice(&wire::describe_portal(""));
+        request.extend_from_slice(&wire::execute(""));
+        request.extend_from_slice(&wire::sync());
+        let answer = self.exchange(settings, &request).await;
+        if parse && !self.parsed && matches!(answer, Err(Failure::Error { .. })) {
+            self.statements.refuse_bound(&bound.sql, &bound.types);
+            tracing::debug!(sql = %bound.sql, "the secondary would not prepare a bound read");
+            return self.simple(sql, settings).await;
+        }
+        answer
     }
 
     /// Runs the client's Bind `bind` of statement `stmt` (whose read rewrite is `sql`, with
@@ -248,6 +283,7 @@ impl SessionServer {
         if answer.settings_applied() {
             self.applied = settings.to_string();
         }
+        self.parsed = answer.parsed();
         Ok(answer.into_result())
     }
 
