@@ -145,6 +145,10 @@ impl Fixture {
         ShadowJob {
             ordered: analysis.read_ordered(),
             sql: rewrite.to_string(),
+            bound: match params.is_empty() {
+                true => analysis.read_bound().cloned(),
+                false => None,
+            },
             params,
             settings: vec![
                 ("DateStyle".into(), "ISO, MDY".into()),
@@ -219,6 +223,56 @@ async fn identical_data_records_nothing() {
     );
     assert!(f.records().is_empty());
     assert_eq!(shadow.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_simple_read_whose_shape_binds_runs_prepared_and_one_that_cannot_runs_as_text() {
+    let f = fixture().await;
+    let shadow = f.default_shadow();
+    // What the shadow connection ran last.
+    let ran = || async {
+        f.secondary
+            .query_one(
+                "SELECT query FROM pg_stat_activity WHERE application_name = 'pgbridge shadow' \
+                 ORDER BY state_change DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    for close in ["100.3", "100.35"] {
+        let sql = format!(
+            "SELECT ts, close FROM derived_data_bars WHERE symbol = 'DXY' AND close > {close} \
+             ORDER BY ts"
+        );
+        let primary = f.primary_text(&sql).await;
+        assert!(!primary.rows.is_empty());
+        let job = f.job(&sql, vec![], primary);
+        assert_eq!(job.bound.as_ref().unwrap().values, [close]);
+        assert_eq!(run(&shadow, job).await, Outcome::Equal, "{sql}");
+        let last = ran().await;
+        assert!(last.contains("close > $1"), "the secondary ran {last}");
+    }
+    // concat's arguments are "any": the secondary cannot type a parameter there, so the read
+    // runs with its literals, and compares the same.
+    for minute in ["14:35", "14:36"] {
+        let sql = format!(
+            "SELECT concat(symbol, '/', volume) FROM derived_data_bars WHERE symbol = 'DXY' \
+             AND ts = '2026-01-05 {minute}:00+00'"
+        );
+        let primary = f.primary_text(&sql).await;
+        assert_eq!(primary.rows.len(), 1);
+        let job = f.job(&sql, vec![], primary);
+        assert!(job.bound.is_some());
+        assert_eq!(run(&shadow, job).await, Outcome::Equal, "{sql}");
+        let last = ran().await;
+        assert!(
+            last.contains(minute) && !last.contains("$1"),
+            "the secondary ran {last}"
+        );
+    }
+    assert!(f.records().is_empty());
 }
 
 #[tokio::test]

@@ -67,6 +67,8 @@ pub struct ShadowPlan {
     pub after: Option<u64>,
     /// The client's bound parameters (extended protocol).
     pub params: Vec<crate::mirror::Value>,
+    /// A simple Query's read with its literals as parameters, when its shape binds.
+    pub bound: Option<crate::sql::BoundRead>,
     /// The read orders its rows.
     pub ordered: bool,
 }

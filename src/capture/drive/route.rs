@@ -83,6 +83,10 @@ impl<'a> Driver<'a> {
                     table: table.to_string(),
                     query: normalize_query(text),
                     after: self.journal.map(|j| j.last_id()),
+                    bound: match params.is_empty() {
+                        true => analysis.read_bound().cloned(),
+                        false => None,
+                    },
                     params,
                     ordered: analysis.read_ordered(),
                 })))

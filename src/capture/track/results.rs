@@ -217,6 +217,7 @@ impl Tracker {
         drop(ticket.submit(ShadowJob {
             sql: plan.sql.clone(),
             params: plan.params.clone(),
+            bound: plan.bound.clone(),
             settings,
             table: plan.table.clone(),
             query: plan.query.clone(),

@@ -1,9 +1,10 @@
 //! One shadow connection to the secondary (pgbridge's own credentials, `[secondary] url`):
 //! opened read-only and with a server-side `statement_timeout`, it pins the job's session
 //! settings, keeps the statements it prepared, and runs a read to its rows as the wire carried
-//! them (binary), ready to compare.
+//! them (binary), ready to compare. A simple Query's read whose shape binds runs prepared with
+//! its literals as parameters, so the secondary plans each shape once per connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::time::Duration;
 
@@ -22,7 +23,10 @@ const PREPARED_PER_CONN: usize = 256;
 pub(super) struct Conn {
     pub(super) client: Client,
     settings: Vec<(String, String)>,
-    prepared: HashMap<String, Statement>,
+    /// By text and parameter types.
+    prepared: HashMap<(String, Vec<Type>), Statement>,
+    /// Bound reads the secondary would not prepare: run as text.
+    unbindable: HashSet<std::sync::Arc<str>>,
 }
 
 impl Conn {
@@ -52,6 +56,7 @@ impl Conn {
             client,
             settings: Vec::new(),
             prepared: HashMap::new(),
+            unbindable: HashSet::new(),
         })
     }
 
@@ -63,10 +68,10 @@ impl Conn {
         if self.settings != job.settings && !job.settings.is_empty() {
             self.pin_settings(&job.settings).await?;
         }
-        let (fields, rows) = if job.params.is_empty() && !self.prepared.contains_key(&job.sql) {
-            self.query_unprepared(&job.sql).await?
-        } else {
-            self.query_prepared(&job.sql, &job.params).await?
+        let (fields, rows) = match &job.bound {
+            Some(b) if job.params.is_empty() => self.query_bound(b, &job.sql).await?,
+            _ if job.params.is_empty() => self.query_unprepared(&job.sql).await?,
+            _ => self.query_prepared(&job.sql, &job.params).await?,
         };
         let rows = rows
             .iter()
@@ -109,6 +114,32 @@ impl Conn {
         Ok((fields, rows))
     }
 
+    /// A simple Query's read bound to its literals (`b`), prepared once per connection; `sql`
+    /// (its text with the literals) unprepared when the secondary will not prepare it.
+    async fn query_bound(
+        &mut self,
+        b: &crate::sql::BoundRead,
+        sql: &str,
+    ) -> Result<(Vec<Field>, Vec<Row>), tokio_postgres::Error> {
+        if self.unbindable.contains(&b.sql) {
+            return self.query_unprepared(sql).await;
+        }
+        let values: Vec<Value> = (b.types.iter().zip(&b.values))
+            .map(|(&ty, v)| Value::text(ty, v))
+            .collect();
+        match self.statement(&b.sql, &values).await {
+            Ok(statement) => self.query_statement(&statement, &values).await,
+            // The server refused to prepare it (a parameter whose type it cannot infer, say):
+            // the literals decide what the text means.
+            Err(e) if e.as_db_error().is_some() => {
+                debug!(sql = %b.sql, error = %e, "the secondary would not prepare a bound shadow read");
+                self.unbindable.insert(b.sql.clone());
+                self.query_unprepared(sql).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A read prepared once per connection (up to [`PREPARED_PER_CONN`] statements), with its
     /// parameters as the client bound them.
     async fn query_prepared(
@@ -116,21 +147,36 @@ impl Conn {
         sql: &str,
         values: &[Value],
     ) -> Result<(Vec<Field>, Vec<Row>), tokio_postgres::Error> {
-        let statement = match self.prepared.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let types: Vec<Type> = values.iter().map(param_type).collect();
-                let s = self.client.prepare_typed(sql, &types).await?;
-                if self.prepared.len() >= PREPARED_PER_CONN {
-                    self.prepared.clear();
-                }
-                self.prepared.insert(sql.to_string(), s.clone());
-                s
-            }
-        };
+        let statement = self.statement(sql, values).await?;
+        self.query_statement(&statement, values).await
+    }
+
+    /// `sql` prepared for parameters like `values`, once per connection.
+    async fn statement(
+        &mut self,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Statement, tokio_postgres::Error> {
+        let key = (sql.to_string(), values.iter().map(param_type).collect());
+        if let Some(s) = self.prepared.get(&key) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare_typed(sql, &key.1).await?;
+        if self.prepared.len() >= PREPARED_PER_CONN {
+            self.prepared.clear();
+        }
+        self.prepared.insert(key, s.clone());
+        Ok(s)
+    }
+
+    async fn query_statement(
+        &self,
+        statement: &Statement,
+        values: &[Value],
+    ) -> Result<(Vec<Field>, Vec<Row>), tokio_postgres::Error> {
         let params: Vec<&(dyn ToSql + Sync)> =
             values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let rows = self.client.query(&statement, &params).await?;
+        let rows = self.client.query(statement, &params).await?;
         Ok((fields(statement.columns()), rows))
     }
 }

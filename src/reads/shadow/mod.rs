@@ -77,6 +77,10 @@ pub struct ShadowJob {
     pub sql: String,
     /// Its parameters as the client bound them, with their type OIDs (text or binary).
     pub params: Vec<Value>,
+    /// A simple Query's read (no `params`) with its literals as parameters, when its shape
+    /// binds: prepared once per connection and bound, and `sql` run as text when the secondary
+    /// will not prepare it.
+    pub bound: Option<crate::sql::BoundRead>,
     /// Session settings to set on the secondary first (DateStyle, TimeZone, extra_float_digits,
     /// IntervalStyle, bytea_output, search_path), as `(name, value)`.
     pub settings: Vec<(String, String)>,
