@@ -5,8 +5,8 @@
 //!
 //! Simple-protocol reads bound to parameters ([`crate::sql::BoundRead`]) are prepared once per
 //! text and parameter types (`pgbridge_b1`, ...), up to [`MAX_BOUND`] of them: past that the
-//! least recently used eighth is closed. A text the secondary refused to prepare is remembered,
-//! and sent with its literals from then on.
+//! least recently used eighth is closed. A text the secondary refused to prepare is remembered
+//! (up to [`MAX_BOUND`] of them), and sent with its literals from then on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -155,6 +155,11 @@ impl Statements {
             }
         }
         self.bound_count = self.bound.values().map(Vec::len).sum();
+        // Texts that fill other literals in are many: past the limit they start over (a text
+        // forgotten is refused once more, one failed Parse).
+        if self.unbindable.len() >= MAX_BOUND {
+            self.unbindable.clear();
+        }
         self.unbindable.insert(sql.clone());
     }
 
@@ -233,6 +238,21 @@ mod tests {
         s.refuse_bound(&sql, &[20]);
         assert!(s.is_unbindable("SELECT $1") && !s.is_unbindable("SELECT $2"));
         assert!(!s.prepare_bound(&sql, &[0], &mut BytesMut::new()).1);
+    }
+
+    #[test]
+    fn refused_texts_are_remembered_up_to_the_limit() {
+        let mut s = Statements::default();
+        let texts: Vec<Arc<str>> = (0..=MAX_BOUND)
+            .map(|i| Arc::from(format!("SELECT concat($1, {i})")))
+            .collect();
+        for t in &texts[..MAX_BOUND] {
+            s.refuse_bound(t, &[0]);
+        }
+        assert!(texts[..MAX_BOUND].iter().all(|t| s.is_unbindable(t)));
+        s.refuse_bound(&texts[MAX_BOUND], &[0]);
+        assert!(s.is_unbindable(&texts[MAX_BOUND]) && !s.is_unbindable(&texts[0]));
+        assert_eq!(s.unbindable.len(), 1);
     }
 
     #[test]

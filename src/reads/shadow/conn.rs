@@ -133,6 +133,9 @@ impl Conn {
             // the literals decide what the text means.
             Err(e) if e.as_db_error().is_some() => {
                 debug!(sql = %b.sql, error = %e, "the secondary would not prepare a bound shadow read");
+                if self.unbindable.len() >= PREPARED_PER_CONN {
+                    self.unbindable.clear();
+                }
                 self.unbindable.insert(b.sql.clone());
                 self.query_unprepared(sql).await
             }
